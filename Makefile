@@ -1,0 +1,35 @@
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY)"; exit 1; }
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Start a local 3-node cluster on 127.0.0.1:8788-8790 (Ctrl-C stops it)
+up: $(STAMP)
+	$(BIN)/spine up --nodes 3 --base-port 8788
+
+## Lint, type-check, and run the default test suite (unit, property, sim, integration)
+test: $(STAMP)
+	$(BIN)/ruff check spine tests bench jepsen_style
+	$(BIN)/mypy
+	$(BIN)/pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check spine tests bench jepsen_style
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info

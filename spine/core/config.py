@@ -1,0 +1,401 @@
+"""cluster.yaml: every setting with its default, and a strict loader.
+
+The loader rejects unknown keys and bad values with the key's path in the message
+(`ring.shards: must be an integer >= 1`), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from spine.core.consistency import Level, Policy, Quorum
+from spine.core.errors import ConfigError
+from spine.core.validation import Limits
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One member: id, listen address, HTTP / RPC / gossip ports, zone."""
+
+    id: str
+    host: str = "127.0.0.1"
+    port: int = 8788
+    rpc_port: int = 0
+    gossip_port: int = 0
+    zone: str = ""
+
+    @property
+    def rpc_address(self) -> tuple[str, int]:
+        """Where this node's internal RPC listens (defaults to HTTP port + 1000)."""
+        return self.host, self.rpc_port or self.port + 1000
+
+    @property
+    def gossip_address(self) -> tuple[str, int]:
+        """Where this node's SWIM gossip listens (defaults to HTTP port + 2000)."""
+        return self.host, self.gossip_port or self.port + 2000
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    name: str = "spine-local"
+    secret: str = "spine-local-secret"
+
+
+@dataclass(frozen=True)
+class RingSection:
+    shards: int = 256
+    vnodes: int = 128
+
+
+@dataclass(frozen=True)
+class ReplicationSection:
+    n: int = 3
+
+
+@dataclass(frozen=True)
+class QuorumSection:
+    w: int = 0
+    r: int = 0
+
+
+@dataclass(frozen=True)
+class LevelsSection:
+    eventual: QuorumSection = field(default_factory=lambda: QuorumSection(1, 1))
+    session: QuorumSection = field(default_factory=QuorumSection)
+    strong: QuorumSection = field(default_factory=QuorumSection)
+
+
+@dataclass(frozen=True)
+class ConsistencySection:
+    default: str = "session"
+    allow_weaker: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
+    levels: LevelsSection = field(default_factory=LevelsSection)
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    path: str = "./data"
+    sync: bool = True
+    map_size_mb: int = 8192
+    max_batch: int = 512
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    content_bytes: int = 64 * 1024
+    metadata_bytes: int = 16 * 1024
+    max_tags: int = 32
+    body_bytes: int = 32 * 1024 * 1024
+    batch_items: int = 1000
+    max_k: int = 1000
+    list_limit: int = 1000
+    max_inflight: int = 2048
+
+
+@dataclass(frozen=True)
+class TimeoutsSection:
+    connect_ms: int = 500
+    rpc_ms: int = 2000
+    read_ms: int = 2000
+    write_ms: int = 2000
+    search_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class HandoffSection:
+    window_s: int = 3 * 3600
+    replay_interval_ms: int = 500
+    batch: int = 256
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class TombstoneSection:
+    grace_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class HistorySection:
+    keep: int = 10
+
+
+@dataclass(frozen=True)
+class SessionSection:
+    max_keys: int = 32
+
+
+@dataclass(frozen=True)
+class ClockSection:
+    max_offset_ms: int = 500
+
+
+@dataclass(frozen=True)
+class EmbedderSection:
+    name: str = "hash"
+    dim: int = 384
+
+
+@dataclass(frozen=True)
+class IndexSection:
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    persist_interval_s: int = 30
+
+
+@dataclass(frozen=True)
+class LivenessSection:
+    probe_interval_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    role: str = "agent"
+    namespaces: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    keys: list[ApiKey] = field(default_factory=list)
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of cluster.yaml."""
+
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    nodes: list[NodeConfig] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)
+    ring: RingSection = field(default_factory=RingSection)
+    replication: ReplicationSection = field(default_factory=ReplicationSection)
+    consistency: ConsistencySection = field(default_factory=ConsistencySection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    handoff: HandoffSection = field(default_factory=HandoffSection)
+    tombstone: TombstoneSection = field(default_factory=TombstoneSection)
+    history: HistorySection = field(default_factory=HistorySection)
+    session: SessionSection = field(default_factory=SessionSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+    embedder: EmbedderSection = field(default_factory=EmbedderSection)
+    index: IndexSection = field(default_factory=IndexSection)
+    liveness: LivenessSection = field(default_factory=LivenessSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def node(self, node_id: str) -> NodeConfig:
+        """The config of one member, or ConfigError naming it."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise ConfigError(f"nodes: no node with id {node_id!r}", field="nodes")
+
+    def policy(self) -> Policy:
+        """The consistency policy these settings describe."""
+        n = self.replication.n
+        quorums: dict[Level, Quorum] = {}
+        for level in Level:
+            q: QuorumSection = getattr(self.consistency.levels, level.label)
+            default = Policy(n=n).quorum(level)
+            quorums[level] = Quorum(q.w or default.w, q.r or default.r)
+        return Policy(
+            n=n,
+            default=Level.parse(self.consistency.default),
+            overrides={t: Level.parse(v) for t, v in self.consistency.overrides.items()},
+            allow_weaker=self.consistency.allow_weaker,
+            quorums=quorums,
+        )
+
+    def limits_value(self) -> Limits:
+        """The validation limits these settings describe."""
+        lim = self.limits
+        return Limits(
+            content_bytes=lim.content_bytes,
+            metadata_bytes=lim.metadata_bytes,
+            max_tags=lim.max_tags,
+            batch_items=lim.batch_items,
+            max_k=lim.max_k,
+            list_limit=lim.list_limit,
+        )
+
+
+T = TypeVar("T")
+
+_POSITIVE = {
+    "ring.shards", "ring.vnodes", "replication.n", "storage.map_size_mb", "storage.max_batch",
+    "limits.content_bytes", "limits.metadata_bytes", "limits.body_bytes", "limits.batch_items",
+    "limits.max_k", "limits.list_limit", "limits.max_inflight", "timeouts.connect_ms",
+    "timeouts.rpc_ms", "timeouts.read_ms", "timeouts.write_ms", "timeouts.search_ms",
+    "handoff.replay_interval_ms", "handoff.batch", "history.keep", "session.max_keys",
+    "embedder.dim", "index.m", "index.ef_construction", "index.ef_search",
+    "index.persist_interval_s", "liveness.probe_interval_ms",
+}
+
+
+def _build(cls: type[T], data: object, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: must be a mapping", field=path)
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key", field=where)
+        kwargs[key] = _coerce(hints[key], value, where)
+    for name, f in known.items():
+        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+            where = f"{path}.{name}" if path else name
+            raise ConfigError(f"{where}: required", field=where)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list", field=where)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping", field=where)
+        return {str(k): _coerce(item, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false", field=where)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: must be an integer", field=where)
+        if value < 0 or (value == 0 and where in _POSITIVE):
+            raise ConfigError(f"{where}: must be an integer >= 1", field=where)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string", field=where)
+        return value
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that a single value cannot express."""
+    levels = {"eventual", "session", "strong"}
+    if cfg.consistency.default not in levels:
+        raise ConfigError("consistency.default: must be eventual, session or strong",
+                          field="consistency.default")
+    for tag_name, lvl in cfg.consistency.overrides.items():
+        if lvl not in levels:
+            where = f"consistency.overrides.{tag_name}"
+            raise ConfigError(f"{where}: must be eventual, session or strong", field=where)
+    n = cfg.replication.n
+    for name in ("eventual", "session", "strong"):
+        q: QuorumSection = getattr(cfg.consistency.levels, name)
+        for part in ("w", "r"):
+            v = getattr(q, part)
+            if v > n:
+                where = f"consistency.levels.{name}.{part}"
+                raise ConfigError(f"{where}: {v} exceeds replication.n={n}", field=where)
+    pol = cfg.policy()
+    for level in (Level.SESSION, Level.STRONG):
+        q2 = pol.quorum(level)
+        if q2.w + q2.r <= n:
+            where = f"consistency.levels.{level.label}"
+            raise ConfigError(f"{where}: w + r must exceed n for {level.label}", field=where)
+    ids = [nd.id for nd in cfg.nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("nodes: node ids must be unique", field="nodes")
+    for i, nd in enumerate(cfg.nodes):
+        if not nd.id or "#" in nd.id or "/" in nd.id:
+            raise ConfigError(f"nodes[{i}].id: must be non-empty without '#' or '/'",
+                              field=f"nodes[{i}].id")
+        for port_name in ("port", "rpc_port", "gossip_port"):
+            if getattr(nd, port_name) > 65535:
+                where = f"nodes[{i}].{port_name}"
+                raise ConfigError(f"{where}: must be a port number", field=where)
+    if cfg.embedder.name not in ("hash", "minilm"):
+        raise ConfigError("embedder.name: must be hash or minilm", field="embedder.name")
+    if cfg.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level: must be debug, info, warning or error", field="log.level")
+    for i, key in enumerate(cfg.auth.keys):
+        if key.role not in ("agent", "admin"):
+            where = f"auth.keys[{i}].role"
+            raise ConfigError(f"{where}: must be agent or admin", field=where)
+        if len(key.sha256) != 64:
+            where = f"auth.keys[{i}].sha256"
+            raise ConfigError(f"{where}: must be a hex SHA-256 of the key", field=where)
+    return cfg
+
+
+def from_dict(data: object) -> Config:
+    """Build and validate a Config from parsed YAML."""
+    return validate(_build(Config, data, ""))
+
+
+def load(path: str | Path) -> Config:
+    """Read, parse and validate cluster.yaml."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(data)
+
+
+def hash_key(secret: str) -> str:
+    """The SHA-256 hex digest stored in cluster.yaml for an API key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def local_cluster(nodes: int, base_port: int, data_dir: str, sync: bool = True) -> dict[str, Any]:
+    """The config `spine up` writes: N nodes on 127.0.0.1, HTTP on base_port + i."""
+    return {
+        "cluster": {"name": "spine-local", "secret": hashlib.sha256(data_dir.encode()).hexdigest()},
+        "nodes": [
+            {
+                "id": f"n{i + 1}",
+                "host": "127.0.0.1",
+                "port": base_port + i,
+                "rpc_port": base_port + 1000 + i,
+                "gossip_port": base_port + 2000 + i,
+            }
+            for i in range(nodes)
+        ],
+        "seeds": [f"127.0.0.1:{base_port + 2000}"],
+        "replication": {"n": min(3, nodes)},
+        "consistency": {
+            "overrides": {
+                "critical": "strong",
+                "lock": "strong",
+                "analytics": "eventual",
+                "metric": "eventual",
+            }
+        },
+        "storage": {"path": data_dir, "sync": sync},
+    }

@@ -1,0 +1,99 @@
+"""Consistency levels, per-tag overrides and quorum sizes (DESIGN §4).
+
+A write uses the strongest level of its old and new tags; a read escalates to the strongest level
+of the tags it finds; a request header may only strengthen the level (unless the operator allows
+weaker). All of it is plain arithmetic on levels.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from spine.core.errors import InvalidInput
+
+
+class Level(enum.IntEnum):
+    """Consistency levels, ordered from weakest to strongest."""
+
+    EVENTUAL = 0
+    SESSION = 1
+    STRONG = 2
+
+    @classmethod
+    def parse(cls, text: str, field: str = "Spine-Consistency") -> Level:
+        """`eventual | session | strong` (case-insensitive) → Level."""
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise InvalidInput(
+                "consistency must be one of eventual, session, strong", field=field
+            ) from None
+
+    @property
+    def label(self) -> str:
+        """The lowercase name used in headers, config and metrics."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """How many replicas must acknowledge a write (w) and answer a read (r)."""
+
+    w: int
+    r: int
+
+
+def majority(n: int) -> int:
+    """The smallest majority of n replicas."""
+    return n // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The operator's consistency policy: default level, tag overrides and quorum sizes."""
+
+    n: int = 3
+    default: Level = Level.SESSION
+    overrides: Mapping[str, Level] = field(default_factory=dict)
+    allow_weaker: bool = False
+    quorums: Mapping[Level, Quorum] = field(default_factory=dict)
+
+    def quorum(self, level: Level) -> Quorum:
+        """w and r for a level (eventual 1/1, others a majority of n unless configured)."""
+        if level in self.quorums:
+            return self.quorums[level]
+        if level is Level.EVENTUAL:
+            return Quorum(1, 1)
+        return Quorum(majority(self.n), majority(self.n))
+
+    def for_tags(self, tags: Iterable[str]) -> Level:
+        """The level the tags ask for: the strongest override among them, else the default."""
+        levels = [self.overrides[t] for t in tags if t in self.overrides]
+        return max(levels) if levels else self.default
+
+    def apply_request(self, base: Level, requested: Level | None) -> Level:
+        """A request header may strengthen the level; weaken only when the operator allows it."""
+        if requested is None:
+            return base
+        if requested >= base or self.allow_weaker:
+            return requested
+        return base
+
+    def write_level(
+        self, old_tags: Iterable[str], new_tags: Iterable[str], requested: Level | None
+    ) -> Level:
+        """The level of a write: strongest of the old and new tags' levels, then the header."""
+        base = max(self.for_tags(old_tags), self.for_tags(new_tags))
+        return self.apply_request(base, requested)
+
+    def read_level(self, requested: Level | None) -> Level:
+        """The level a read starts at, before it knows the record's tags."""
+        return self.apply_request(self.default, requested)
+
+    def escalate(self, current: Level, found_tags: Iterable[str]) -> Level | None:
+        """A stronger level the found tags require, or None if `current` is enough."""
+        needed = self.for_tags(found_tags)
+        has_override = any(t in self.overrides for t in found_tags)
+        return needed if has_override and needed > current else None

@@ -1,0 +1,106 @@
+"""One root error; each subclass says whether a retry may help and which HTTP status it maps to.
+
+The status mapping lives in `spine.api.errors`; here an error only carries its code, its field and
+whatever context a client needs (acks reached, shards missing) as plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpineError(Exception):
+    """Root of every error Spine raises on purpose."""
+
+    code = "internal"
+    retriable = False
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+
+class InvalidInput(SpineError):
+    """The request is malformed: wrong type, bad format, unknown field."""
+
+    code = "invalid"
+
+
+class TooLarge(SpineError):
+    """A field or the whole body is past its configured limit."""
+
+    code = "too_large"
+
+
+class Unauthorized(SpineError):
+    """No credentials, or credentials that match no key."""
+
+    code = "unauthorized"
+
+
+class Forbidden(SpineError):
+    """Valid credentials without the right to this namespace or operation."""
+
+    code = "forbidden"
+
+
+class NotFound(SpineError):
+    """No live record under this key (a tombstone also reads as not found)."""
+
+    code = "not_found"
+
+
+class Conflict(SpineError):
+    """The request conflicts with the current state (e.g. an id that already exists)."""
+
+    code = "conflict"
+
+
+class Overloaded(SpineError):
+    """Too much work in flight; the client should back off and retry."""
+
+    code = "overloaded"
+    retriable = True
+
+
+class QuorumUnavailable(SpineError):
+    """Fewer replicas answered than the level needs; the write may still have landed."""
+
+    code = "quorum_unavailable"
+    retriable = True
+
+
+class SessionUnavailable(SpineError):
+    """No reachable replica holds a version as new as the session token requires."""
+
+    code = "session_unavailable"
+    retriable = True
+
+
+class Timeout(SpineError):
+    """The operation did not finish within its deadline."""
+
+    code = "timeout"
+    retriable = True
+
+
+class ClockSkew(SpineError):
+    """A peer's HLC is further ahead of our wall clock than `clock.max_offset` allows."""
+
+    code = "clock_skew"
+    retriable = True
+
+
+class PeerUnavailable(SpineError):
+    """An internal RPC could not reach its peer or the peer failed the call."""
+
+    code = "peer_unavailable"
+    retriable = True
+
+
+class ConfigError(SpineError):
+    """cluster.yaml holds an unknown key or a bad value (the message names the key path)."""
+
+    code = "config"

@@ -1,0 +1,128 @@
+"""The memory record, its key, its LWW merge and its wire form.
+
+A record is a last-write-wins register (a state-based CRDT): `merge` keeps the payload of the larger
+`Version` and the pointwise maximum of the version vectors, so it is commutative, associative and
+idempotent, and every replica that has seen the same set of writes holds the same record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from spine.core.clock import Ordering, Version, hlc_ms, vv_compare, vv_merge
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A memory's address: (namespace, id)."""
+
+    namespace: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One version of a memory, live or a tombstone. `vector` is raw float32 bytes."""
+
+    namespace: str
+    id: str
+    version: Version
+    clock: Mapping[str, int] = field(default_factory=dict)
+    content: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    agent_id: str | None = None
+    vector: bytes | None = None
+    created_hlc: int = 0
+    deleted: bool = False
+
+    @property
+    def key(self) -> Key:
+        """The (namespace, id) this record belongs to."""
+        return Key(self.namespace, self.id)
+
+    def public(self, include_vector: bool = False) -> dict[str, Any]:
+        """The JSON shape of DESIGN §11 (the vector only when asked for)."""
+        out: dict[str, Any] = {
+            "namespace": self.namespace,
+            "id": self.id,
+            "content": self.content,
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+            "agent_id": self.agent_id,
+            "created_at": rfc3339(hlc_ms(self.created_hlc or self.version.hlc)),
+            "updated_at": rfc3339(hlc_ms(self.version.hlc)),
+            "version": self.version.encode(),
+            "deleted": self.deleted,
+        }
+        if include_vector:
+            out["vector"] = vector_to_list(self.vector)
+        return out
+
+    def to_wire(self) -> list[Any]:
+        """A compact msgpack-friendly list (positional, so keep the order append-only)."""
+        return [
+            self.namespace,
+            self.id,
+            self.version.hlc,
+            self.version.node,
+            dict(self.clock),
+            self.content,
+            list(self.tags),
+            dict(self.metadata),
+            self.agent_id,
+            self.vector,
+            self.created_hlc,
+            self.deleted,
+        ]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Record:
+        """Inverse of `to_wire`."""
+        return cls(
+            namespace=w[0],
+            id=w[1],
+            version=Version(w[2], w[3]),
+            clock=dict(w[4]),
+            content=w[5],
+            tags=tuple(w[6]),
+            metadata=dict(w[7]),
+            agent_id=w[8],
+            vector=w[9],
+            created_hlc=w[10],
+            deleted=bool(w[11]),
+        )
+
+
+def merge(a: Record, b: Record) -> Record:
+    """The LWW merge: payload of the larger version, version vectors joined."""
+    win, lose = (a, b) if a.version >= b.version else (b, a)
+    if win.version == lose.version and dict(win.clock) == dict(lose.clock):
+        return win
+    return replace(win, clock=vv_merge(win.clock, lose.clock))
+
+
+def is_concurrent(a: Record, b: Record) -> bool:
+    """True when neither version vector dominates the other (a real write conflict)."""
+    return vv_compare(a.clock, b.clock) is Ordering.CONCURRENT
+
+
+def rfc3339(ms: int) -> str:
+    """Milliseconds since the epoch as an RFC 3339 UTC timestamp."""
+    t = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def vector_to_list(raw: bytes | None) -> list[float] | None:
+    """float32 bytes → a JSON list."""
+    if raw is None:
+        return None
+    import numpy as np
+
+    return [float(x) for x in np.frombuffer(raw, dtype=np.float32)]

@@ -1,0 +1,152 @@
+"""Input validation with DESIGN §1's limits: bad input never reaches storage.
+
+Every check raises `InvalidInput` or `TooLarge` naming the offending field, so the API layer can
+answer a 4xx that tells the client exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from spine.core.errors import InvalidInput, TooLarge
+
+NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9:_.-]{0,63}")
+AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The size limits that input validation enforces (`limits.*` in cluster.yaml)."""
+
+    content_bytes: int = 64 * 1024
+    metadata_bytes: int = 16 * 1024
+    max_tags: int = 32
+    batch_items: int = 1000
+    max_k: int = 1000
+    list_limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBody:
+    """A validated write: what a client may set on a memory."""
+
+    content: str
+    tags: tuple[str, ...]
+    metadata: Mapping[str, Any]
+    agent_id: str | None
+    vector: list[float] | None
+
+
+WRITE_FIELDS = frozenset({"content", "tags", "metadata", "vector", "agent_id"})
+
+
+def namespace(ns: object, field: str = "namespace") -> str:
+    """A valid namespace, or InvalidInput."""
+    if not isinstance(ns, str) or not NAMESPACE_RE.fullmatch(ns):
+        raise InvalidInput("namespace must match ^[a-z0-9][a-z0-9_-]{0,63}$", field=field)
+    return ns
+
+
+def memory_id(mid: object, field: str = "id") -> str:
+    """A valid memory id, or InvalidInput."""
+    if not isinstance(mid, str) or not ID_RE.fullmatch(mid):
+        raise InvalidInput("id must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", field=field)
+    return mid
+
+
+def agent_id(value: object, field: str = "agent_id") -> str:
+    """A valid agent id, or InvalidInput."""
+    if not isinstance(value, str) or not AGENT_RE.fullmatch(value):
+        raise InvalidInput("agent_id must match ^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$", field=field)
+    return value
+
+
+def tag(value: object, field: str) -> str:
+    """A valid tag, or InvalidInput."""
+    if not isinstance(value, str) or not TAG_RE.fullmatch(value):
+        raise InvalidInput("tags must match ^[a-z0-9][a-z0-9:_.-]{0,63}$", field=field)
+    return value
+
+
+def tags(value: object, limits: Limits, field: str = "tags") -> tuple[str, ...]:
+    """A sorted, de-duplicated tuple of valid tags."""
+    if not isinstance(value, list):
+        raise InvalidInput("tags must be a list of strings", field=field)
+    if len(value) > limits.max_tags:
+        raise TooLarge(f"at most {limits.max_tags} tags", field=field)
+    return tuple(sorted({tag(t, f"{field}[{i}]") for i, t in enumerate(value)}))
+
+
+def metadata(value: object, limits: Limits, field: str = "metadata") -> dict[str, Any]:
+    """A JSON object no larger than `limits.metadata_bytes` once encoded."""
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata must be a JSON object", field=field)
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as e:
+        raise InvalidInput(f"metadata is not encodable as JSON: {e}", field=field) from None
+    if len(encoded) > limits.metadata_bytes:
+        raise TooLarge(
+            f"metadata is {len(encoded)} bytes, limit {limits.metadata_bytes}", field=field
+        )
+    out: dict[str, Any] = value
+    return out
+
+
+def vector(value: object, dim: int, field: str = "vector") -> list[float]:
+    """A list of `dim` finite numbers."""
+    if not isinstance(value, list):
+        raise InvalidInput("vector must be a list of numbers", field=field)
+    if len(value) != dim:
+        raise InvalidInput(
+            f"vector has {len(value)} dimensions, the cluster uses {dim}", field=field
+        )
+    out: list[float] = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise InvalidInput("vector must be a list of numbers", field=field)
+        f = float(x)
+        if not math.isfinite(f) or abs(f) > 3.4e38:
+            raise InvalidInput("vector holds a NaN, infinite or out-of-range value", field=field)
+        out.append(f)
+    if not any(out):
+        raise InvalidInput("vector must not be all zeros", field=field)
+    return out
+
+
+def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> WriteBody:
+    """Validate a create/replace body `{content, tags?, metadata?, vector?, agent_id?}`."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object", field=prefix.rstrip(".") or None)
+    for name in body:
+        if name not in WRITE_FIELDS:
+            raise InvalidInput(f"unknown field {name!r}", field=f"{prefix}{name}")
+    content = body.get("content")
+    if not isinstance(content, str):
+        raise InvalidInput("content is required and must be a string", field=f"{prefix}content")
+    size = len(content.encode("utf-8", errors="surrogatepass"))
+    if size > limits.content_bytes:
+        raise TooLarge(
+            f"content is {size} bytes, limit {limits.content_bytes}", field=f"{prefix}content"
+        )
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("content is not valid UTF-8", field=f"{prefix}content") from None
+    raw_agent = body.get("agent_id")
+    raw_vector = body.get("vector")
+    return WriteBody(
+        content=content,
+        tags=tags(body.get("tags", []), limits, f"{prefix}tags"),
+        metadata=metadata(body.get("metadata", {}), limits, f"{prefix}metadata"),
+        agent_id=None if raw_agent is None else agent_id(raw_agent, f"{prefix}agent_id"),
+        vector=None if raw_vector is None else vector(raw_vector, dim, f"{prefix}vector"),
+    )
