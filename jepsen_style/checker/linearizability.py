@@ -136,6 +136,7 @@ def check_key(key: str, ops: Sequence[Op], budget: int = 1_000_000) -> KeyResult
     linearized = 0  # bit i set: op i is linearized
     done = 0  # linearized ops with a known outcome
     cache: set[tuple[int, Hashable]] = set()
+    unknown_mask = sum(1 << i for i in range(n) if not known[i])
     stack: list[tuple[int, Hashable]] = []  # (op linearized, register value before it)
     deepest: tuple[int, int, Hashable, tuple[int, ...]] = (-1, -1, None, ())
     steps = 0
@@ -151,7 +152,14 @@ def check_key(key: str, ops: Sequence[Op], budget: int = 1_000_000) -> KeyResult
             if ok:
                 bits = linearized | (1 << i)
                 memo = (bits, new_state)
-                if memo not in cache:
+                fresh = memo not in cache
+                u = bits & unknown_mask
+                while fresh and u:
+                    low = u & -u
+                    u ^= low
+                    if (bits ^ low, new_state) in cache:
+                        fresh = False
+                if fresh:
                     cache.add(memo)
                     stack.append((i, state))
                     state, linearized = new_state, bits

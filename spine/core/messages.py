@@ -1,0 +1,152 @@
+"""Internal RPC messages: one dataclass per message, a stable tag each, a positional msgpack body.
+
+Tags are append-only: never reuse or renumber one. Records travel in their compact `to_wire` form.
+The frame around a body (kind, request id, tag, sender HLC) is `spine.cluster.rpc`'s business.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from spine.core.model import Record
+
+PROTOCOL_VERSION = 1
+
+
+class Tag(enum.IntEnum):
+    """Stable message tags (append-only)."""
+
+    PING = 1
+    APPLY = 2
+    READ = 3
+    FORWARD = 4
+    LIST = 5
+    HISTORY = 6
+    SEARCH = 7
+    SHARD_TREE = 8
+    SHARD_FETCH = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness probe; the reply carries the responder's id."""
+
+    TAG: ClassVar[Tag] = Tag.PING
+    node: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.node]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Ping:
+        return cls(w[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Store these versions (merged by LWW); the reply says, per record, what is now stored."""
+
+    TAG: ClassVar[Tag] = Tag.APPLY
+    records: list[Record] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [[r.to_wire() for r in self.records]]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Apply:
+        return cls([Record.from_wire(x) for x in w[0]])
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Return the stored version (or None) of each key."""
+
+    TAG: ClassVar[Tag] = Tag.READ
+    keys: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [[list(k) for k in self.keys]]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Read:
+        return cls([(k[0], k[1]) for k in w[0]])
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Coordinate a client request on a replica: `op` is get|put|delete|history|batch."""
+
+    TAG: ClassVar[Tag] = Tag.FORWARD
+    op: str = ""
+    namespace: str = ""
+    id: str = ""
+    body: Any = None
+    level: int | None = None
+    token: str | None = None
+    agent: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.op, self.namespace, self.id, self.body, self.level, self.token, self.agent]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Forward:
+        return cls(*w[:7])
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """Records of a namespace after `after`, in id order, filtered by tag and agent."""
+
+    TAG: ClassVar[Tag] = Tag.LIST
+    namespace: str = ""
+    after: str | None = None
+    limit: int = 100
+    tag: str | None = None
+    agent_id: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.after, self.limit, self.tag, self.agent_id]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> ListPage:
+        return cls(*w[:5])
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The stored version and the history kept for one key."""
+
+    TAG: ClassVar[Tag] = Tag.HISTORY
+    namespace: str = ""
+    id: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.id]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> History:
+        return cls(w[0], w[1])
+
+
+Message = Ping | Apply | Read | Forward | ListPage | History
+
+DECODERS: dict[int, Any] = {
+    Tag.PING: Ping.from_wire,
+    Tag.APPLY: Apply.from_wire,
+    Tag.READ: Read.from_wire,
+    Tag.FORWARD: Forward.from_wire,
+    Tag.LIST: ListPage.from_wire,
+    Tag.HISTORY: History.from_wire,
+}
+
+
+def records_to_wire(records: list[Record | None]) -> list[Any]:
+    """A list of optional records as wire lists (None stays None)."""
+    return [None if r is None else r.to_wire() for r in records]
+
+
+def records_from_wire(w: list[Any]) -> list[Record | None]:
+    """Inverse of `records_to_wire`."""
+    return [None if x is None else Record.from_wire(x) for x in w]
