@@ -84,7 +84,9 @@ def _freeze(value: Any) -> Hashable:
     return value
 
 
-def _make_op(invoke: Mapping[str, Any], completion: Mapping[str, Any] | None) -> Op | None:
+def _make_op(
+    invoke: Mapping[str, Any], completion: Mapping[str, Any] | None, keep_failed_cas: bool
+) -> Op | None:
     """The Op for an invocation and its completion (None: never completed), or None to drop it."""
     f = invoke["f"]
     if f not in ("read", "write", "cas"):
@@ -106,19 +108,22 @@ def _make_op(invoke: Mapping[str, Any], completion: Mapping[str, Any] | None) ->
     if kind == "ok":
         return Op(process, key, f, value, t0, t1, "ok")
     # fail: definitely no effect. A cas whose compare ran still observed "register != FROM".
-    if f == "cas" and completion.get("error") in CAS_MISMATCH_ERRORS:
+    if keep_failed_cas and f == "cas" and completion.get("error") in CAS_MISMATCH_ERRORS:
         return Op(process, key, "cas", value, t0, t1, "fail")
     return None
 
 
-def ops_from_events(events: Iterable[Mapping[str, Any]]) -> list[Op]:
+def ops_from_events(
+    events: Iterable[Mapping[str, Any]], *, keep_failed_cas: bool = True
+) -> list[Op]:
     """Pair each ``invoke`` event with the next completion of the same process.
 
     Events are dicts ``{"process", "type": "invoke"|"ok"|"fail"|"info", "f", "key", "value",
     "time"}`` in the order recorded (a JSONL history). A failed write is removed, a failed read
     dropped; a failed cas is kept as an observation that the register did not hold FROM, unless
     its completion carries an ``"error"`` outside :data:`CAS_MISMATCH_ERRORS` (then it failed before
-    comparing and is removed). An ``info`` completion, or none by the end of the history, is an
+    comparing and is removed); ``keep_failed_cas=False`` removes every failed cas (Knossos does;
+    sound but weaker). An ``info`` completion, or none by the end of the history, is an
     unknown outcome; a read of unknown outcome is dropped since it constrains nothing.
     """
     pending: dict[int, Mapping[str, Any]] = {}
@@ -135,13 +140,13 @@ def ops_from_events(events: Iterable[Mapping[str, Any]]) -> list[Op]:
                 raise HistoryError(f"completion without an invocation: {dict(event)!r}")
             if event.get("f", invoke["f"]) != invoke["f"]:
                 raise HistoryError(f"completion {dict(event)!r} does not match {dict(invoke)!r}")
-            op = _make_op(invoke, event)
+            op = _make_op(invoke, event, keep_failed_cas)
             if op is not None:
                 ops.append(op)
         else:
             raise HistoryError(f"unknown event type {kind!r} in {dict(event)!r}")
     for invoke in pending.values():
-        op = _make_op(invoke, None)
+        op = _make_op(invoke, None, keep_failed_cas)
         if op is not None:
             ops.append(op)
     return ops

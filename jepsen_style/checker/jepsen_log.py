@@ -62,6 +62,6 @@ def events_from_lines(lines: Iterable[str]) -> list[dict[str, Any]]:
     return events
 
 
-def parse(text: str) -> list[Op]:
-    """The Ops of a whole Jepsen etcd log, all on key :data:`KEY`."""
-    return ops_from_events(events_from_lines(text.splitlines()))
+def parse(text: str, *, keep_failed_cas: bool = True) -> list[Op]:
+    """The Ops of a whole Jepsen etcd log, all on key :data:`KEY` (see :func:`ops_from_events`)."""
+    return ops_from_events(events_from_lines(text.splitlines()), keep_failed_cas=keep_failed_cas)

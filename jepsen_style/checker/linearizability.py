@@ -135,7 +135,10 @@ def check_key(key: str, ops: Sequence[Op], budget: int = 1_000_000) -> KeyResult
     state: Hashable = None
     linearized = 0  # bit i set: op i is linearized
     done = 0  # linearized ops with a known outcome
-    cache: set[tuple[int, Hashable]] = set()
+    # Lowe's memo: every (linearized set, register value) entered. An unknown op is optional, so
+    # a configuration with it linearized is dominated by the same one without it (every
+    # continuation of the former is one of the latter): skip it if that one was entered.
+    cache: set[tuple[int, Hashable]] = {(0, None)}
     unknown_mask = sum(1 << i for i in range(n) if not known[i])
     stack: list[tuple[int, Hashable]] = []  # (op linearized, register value before it)
     deepest: tuple[int, int, Hashable, tuple[int, ...]] = (-1, -1, None, ())

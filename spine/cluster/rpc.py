@@ -22,7 +22,7 @@ import msgpack
 import structlog
 
 from spine.core.clock import HLC
-from spine.core.errors import ClockSkew, PeerUnavailable, SpineError
+from spine.core.errors import ERRORS_BY_CODE, ClockSkew, PeerUnavailable, SpineError
 from spine.core.messages import DECODERS, PROTOCOL_VERSION, Message, Tag
 
 _LEN = struct.Struct(">I")
@@ -50,6 +50,15 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
     if n > MAX_FRAME:
         raise PeerUnavailable(f"frame of {n} bytes is past the limit")
     return msgpack.unpackb(await reader.readexactly(n), raw=False)
+
+
+def _remote_error(node: str, code: str, message: str, details: dict[str, Any]) -> SpineError:
+    """Rebuild the error a peer answered; unknown codes become PeerUnavailable."""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None or cls is PeerUnavailable:
+        return PeerUnavailable(f"{node}: {code}: {message}", node=node, code=code)
+    field = details.pop("field", None) if isinstance(details, dict) else None
+    return cls(message, field=field, **(details if isinstance(details, dict) else {}))
 
 
 class RpcServer:
@@ -145,7 +154,8 @@ class RpcServer:
             result = await handler(peer, msg)
             reply = [REPLY, req_id, tag, self._hlc.now(), result]
         except SpineError as e:
-            reply = [ERROR, req_id, tag, self._hlc.now(), [e.code, e.message, e.details]]
+            details = {**e.details, "field": e.field} if e.field else dict(e.details)
+            reply = [ERROR, req_id, tag, self._hlc.now(), [e.code, e.message, details]]
         except Exception as e:  # a bug in a handler: answer, log, keep the connection
             log.exception("rpc_handler_failed", peer=peer, tag=tag)
             reply = [ERROR, req_id, tag, self._hlc.now(), ["internal", repr(e), {}]]
@@ -268,12 +278,7 @@ class RpcClient:
                 if kind == REPLY:
                     fut.set_result(body)
                 else:
-                    code, message, details = body
-                    exc: SpineError = (
-                        ClockSkew(message, **details) if code == ClockSkew.code
-                        else PeerUnavailable(f"{node}: {code}: {message}", node=node, code=code)
-                    )
-                    fut.set_exception(exc)
+                    fut.set_exception(_remote_error(node, *body))
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as e:
             conn.fail_all(PeerUnavailable(f"connection to {node} lost: {e!r}", node=node))
         except asyncio.CancelledError:

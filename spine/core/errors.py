@@ -104,3 +104,12 @@ class ConfigError(SpineError):
     """cluster.yaml holds an unknown key or a bad value (the message names the key path)."""
 
     code = "config"
+
+
+ERRORS_BY_CODE: dict[str, type[SpineError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidInput, TooLarge, Unauthorized, Forbidden, NotFound, Conflict, Overloaded,
+        QuorumUnavailable, SessionUnavailable, Timeout, ClockSkew, PeerUnavailable,
+    )
+}

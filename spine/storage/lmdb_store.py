@@ -119,6 +119,7 @@ class Store:
         self.changes = self.env.open_db(b"changes")
         self.meta = self.env.open_db(b"meta")
         self._seq = self._meta_int(b"seq")
+        self.max_hlc = self._meta_int(b"hlc")
         self._hint_seq = self._meta_int(b"hint_seq")
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -348,6 +349,7 @@ class Store:
     def _commit(self, batch: list[_Op]) -> None:
         results: list[Any] = []
         seq, hint_seq = self._seq, self._hint_seq
+        max_hlc = self.max_hlc
         try:
             with self.env.begin(write=True) as txn:
                 for op in batch:
@@ -356,6 +358,7 @@ class Store:
                         for rec in op.payload:
                             seq += 1
                             out.append(self._apply_one(txn, rec, seq))
+                            max_hlc = max(max_hlc, rec.version.hlc)
                         results.append(out)
                     elif op.kind == "hints":
                         for target, created, rec in op.payload:
@@ -382,11 +385,12 @@ class Store:
                         results.append(None)
                 txn.put(b"seq", _U64.pack(seq), db=self.meta)
                 txn.put(b"hint_seq", _U64.pack(hint_seq), db=self.meta)
+                txn.put(b"hlc", _U64.pack(max_hlc), db=self.meta)
         except Exception as e:  # the whole transaction failed: fail every caller in it
             for op in batch:
                 op.loop.call_soon_threadsafe(_set_exception, op.future, e)
             return
-        self._seq, self._hint_seq = seq, hint_seq
+        self._seq, self._hint_seq, self.max_hlc = seq, hint_seq, max_hlc
         self.commits += 1
         self.committed_ops += len(batch)
         for op, res in zip(batch, results, strict=True):

@@ -1,0 +1,377 @@
+"""The public HTTP API of DESIGN §11 (aiohttp).
+
+Handlers parse and validate, call the coordinator, and shape the reply. Errors become statuses
+only in `spine.api.errors`; bad input never reaches the coordinator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from spine.api.auth import Authenticator, Principal
+from spine.api.errors import error_body, error_response, status_of
+from spine.api.openapi import OPENAPI
+from spine.cluster.coordinator import Coordinator, ItemResult, WriteOp
+from spine.cluster.fanout import FanOut
+from spine.core import validation as v
+from spine.core.consistency import Level
+from spine.core.errors import (
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    QuorumUnavailable,
+    SpineError,
+    TooLarge,
+)
+from spine.core.ids import uuid7
+from spine.core.metrics import SpineMetrics
+from spine.core.session import HEADER as SESSION
+from spine.core.session import SessionToken
+
+log = structlog.get_logger("spine.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SearchFn = Callable[[str, dict[str, Any], SessionToken | None, Level | None], Awaitable[Any]]
+
+
+@dataclass
+class Services:
+    """What the HTTP layer needs from the node."""
+
+    node_id: str
+    coordinator: Coordinator
+    fanout: FanOut
+    metrics: SpineMetrics
+    auth: Authenticator
+    limits: v.Limits
+    dim: int
+    session_max_keys: int
+    body_bytes: int
+    max_inflight: int
+    cluster_view: Callable[[], dict[str, Any]]
+    shards_view: Callable[[], dict[str, Any]]
+    ready: Callable[[], bool]
+    mint_id: Callable[[], str]
+    search: SearchFn | None = None
+    admin: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = field(default_factory=dict)
+    inflight: int = 0
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )
+
+
+async def _read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("request body is past limits.body_bytes", field="body") from None
+    if not raw:
+        raise InvalidInput("a JSON body is required", field="body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"malformed JSON: {e}", field="body") from None
+
+
+def _level(request: web.Request) -> Level | None:
+    raw = request.headers.get("Spine-Consistency")
+    return None if raw is None else Level.parse(raw)
+
+
+def _token(request: web.Request, max_keys: int) -> SessionToken | None:
+    raw = request.headers.get(SESSION)
+    return None if raw is None else SessionToken.decode(raw, max_keys)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"{name} must be true or false", field=name)
+    return raw in ("true", "1")
+
+
+def build_app(svc: Services) -> web.Application:
+    """The aiohttp application serving the public API."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        route_name = route.canonical if route is not None else "unmatched"
+        started = time.perf_counter()
+        counted = not request.path.startswith(("/healthz", "/readyz", "/metrics"))
+        if counted and svc.inflight >= svc.max_inflight:
+            svc.metrics.overloaded.inc()
+            resp: web.StreamResponse = error_response(
+                Overloaded("too many requests in flight; retry shortly")
+            )
+            _observe(svc, route_name, request, resp, started)
+            return resp
+        svc.inflight += counted
+        try:
+            request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
+            resp = await handler(request)
+        except SpineError as e:
+            resp = error_response(e)
+        except web.HTTPRequestEntityTooLarge:
+            resp = error_response(TooLarge("request body is past limits.body_bytes", field="body"))
+        except web.HTTPException as e:
+            code = "not_found" if e.status == 404 else "invalid"
+            resp = _json({"error": {"code": code, "message": e.reason}}, status=e.status)
+        except Exception:
+            log.exception("request_failed", path=request.path, method=request.method)
+            resp = _json({"error": {"code": "internal", "message": "internal error"}}, 500)
+        finally:
+            svc.inflight -= counted
+        resp.headers["Spine-Coordinator"] = request.get("coordinator", svc.node_id)
+        _observe(svc, route_name, request, resp, started)
+        return resp
+
+    app = web.Application(middlewares=[middleware], client_max_size=svc.body_bytes)
+    h = _Handlers(svc)
+    r = app.router
+    r.add_put("/v1/ns/{ns}/memories/{id}", h.put)
+    r.add_post("/v1/ns/{ns}/memories/_batch", h.batch)
+    r.add_post("/v1/ns/{ns}/memories", h.create)
+    r.add_get("/v1/ns/{ns}/memories/{id}/history", h.history)
+    r.add_get("/v1/ns/{ns}/memories/{id}", h.get)
+    r.add_delete("/v1/ns/{ns}/memories/{id}", h.delete)
+    r.add_get("/v1/ns/{ns}/memories", h.list)
+    r.add_post("/v1/ns/{ns}/search", h.search)
+    r.add_get("/v1/cluster", h.cluster)
+    r.add_get("/v1/cluster/shards", h.shards)
+    r.add_post("/v1/cluster/nodes/{node}/{action}", h.admin)
+    r.add_get("/healthz", h.healthz)
+    r.add_get("/readyz", h.readyz)
+    r.add_get("/metrics", h.metrics)
+    r.add_get("/openapi.json", h.openapi)
+    return app
+
+
+def _observe(
+    svc: Services, route: str, request: web.Request, resp: web.StreamResponse, started: float
+) -> None:
+    level = request.get("level", "")
+    svc.metrics.requests.inc(route, level, str(resp.status))
+    svc.metrics.latency.observe(time.perf_counter() - started, route, level)
+
+
+class _Handlers:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.c = svc.coordinator
+
+    # -------------------------------------------------------------- helpers
+
+    def _ns(self, request: web.Request) -> str:
+        ns = v.namespace(request.match_info["ns"])
+        principal: Principal = request["principal"]
+        Authenticator.require_namespace(principal, ns)
+        return ns
+
+    def _agent(self, request: web.Request) -> str | None:
+        principal: Principal = request["principal"]
+        return principal.name if self.svc.auth.enabled and principal.role == "agent" else None
+
+    def _session(self, token: SessionToken | None) -> SessionToken:
+        return token if token is not None else SessionToken(self.svc.session_max_keys)
+
+    def _reply(
+        self, request: web.Request, data: Any, token: SessionToken, status: int = 200
+    ) -> web.Response:
+        return _json(data, status, {SESSION: token.encode()})
+
+    async def _write_one(
+        self, request: web.Request, ns: str, op: WriteOp
+    ) -> tuple[ItemResult, SessionToken]:
+        requested = _level(request)
+        token = _token(request, self.svc.session_max_keys)
+        items = await self.c.write(ns, [op], requested, token, self._agent(request))
+        item = items[0]
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        request["level"] = item.result.level.label
+        out = self._session(token)
+        out.observe(f"{ns}/{op.id}", item.result.record.version)
+        return item, out
+
+    # -------------------------------------------------------------- memories
+
+    async def put(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        mid = v.memory_id(request.match_info["id"])
+        include_vector = _flag(request, "include_vector")
+        body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        item, token = await self._write_one(request, ns, WriteOp(mid, body))
+        assert item.result is not None
+        status = 201 if item.result.created else 200
+        return self._reply(request, item.result.record.public(include_vector), token, status)
+
+    async def create(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        item, token = await self._write_one(request, ns, WriteOp(self.svc.mint_id(), body))
+        assert item.result is not None
+        return self._reply(request, item.result.record.public(), token, 201)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        mid = v.memory_id(request.match_info["id"])
+        item, token = await self._write_one(request, ns, WriteOp(mid, None))
+        assert item.result is not None
+        rec = item.result.record
+        return self._reply(request, {"id": mid, "version": rec.version.encode(), "deleted": True},
+                           token)
+
+    async def get(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        mid = v.memory_id(request.match_info["id"])
+        include_vector = _flag(request, "include_vector")
+        token = _token(request, self.svc.session_max_keys)
+        rec, level, coordinator = await self.c.get(ns, mid, _level(request), token)
+        request["level"] = level.label
+        request["coordinator"] = coordinator
+        out = self._session(token)
+        if rec is not None:
+            out.observe(f"{ns}/{mid}", rec.version)
+        if rec is None or rec.deleted:
+            err = NotFound(f"no memory {mid!r} in namespace {ns!r}", field="id")
+            resp = error_response(err, {SESSION: out.encode()})
+            return resp
+        return self._reply(request, rec.public(include_vector), out)
+
+    async def history(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        mid = v.memory_id(request.match_info["id"])
+        versions = await self.c.history(ns, mid)
+        if not versions:
+            raise NotFound(f"no memory {mid!r} in namespace {ns!r}", field="id")
+        return _json({"versions": [
+            {**rec.public(), "concurrent": concurrent} for rec, concurrent in versions
+        ]})
+
+    async def list(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        q = request.query
+        for name in q:
+            if name not in ("tag", "agent_id", "limit", "cursor"):
+                raise InvalidInput(f"unknown query parameter {name!r}", field=name)
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise InvalidInput("limit must be an integer", field="limit") from None
+        if not 1 <= limit <= self.svc.limits.list_limit:
+            raise InvalidInput(f"limit must be in 1..{self.svc.limits.list_limit}", field="limit")
+        tag = v.tag(q["tag"], "tag") if "tag" in q else None
+        agent = v.agent_id(q["agent_id"]) if "agent_id" in q else None
+        cursor = v.memory_id(q["cursor"], "cursor") if "cursor" in q else None
+        page = await self.svc.fanout.list_page(ns, cursor, limit, tag, agent)
+        return _json({
+            "items": [r.public() for r in page.items],
+            "next_cursor": page.next_cursor,
+            "partial": bool(page.missing_shards),
+            "missing_shards": page.missing_shards,
+        })
+
+    async def batch(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        body = await _read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object", field="body")
+        for name in body:
+            if name != "items":
+                raise InvalidInput(f"unknown field {name!r}", field=name)
+        raw_items = body.get("items")
+        if not isinstance(raw_items, list) or not raw_items:
+            raise InvalidInput("items must be a non-empty list", field="items")
+        if len(raw_items) > self.svc.limits.batch_items:
+            raise TooLarge(f"at most {self.svc.limits.batch_items} items", field="items")
+        ops: list[WriteOp] = []
+        for i, raw in enumerate(raw_items):
+            where = f"items[{i}]"
+            if not isinstance(raw, dict):
+                raise InvalidInput("each item must be a JSON object", field=where)
+            fields = dict(raw)
+            mid = v.memory_id(fields.pop("id", None), f"{where}.id")
+            if fields.get("delete") is True:
+                if set(fields) != {"delete"}:
+                    raise InvalidInput("a delete item holds only id and delete", field=where)
+                ops.append(WriteOp(mid, None))
+            else:
+                if "delete" in fields:
+                    raise InvalidInput("delete must be true when present", field=f"{where}.delete")
+                ops.append(WriteOp(mid, v.write_body(fields, self.svc.limits, self.svc.dim,
+                                                     f"{where}.")))
+        token = _token(request, self.svc.session_max_keys)
+        items = await self.c.write(ns, ops, _level(request), token, self._agent(request))
+        out = self._session(token)
+        results = []
+        for item in items:
+            if item.result is not None:
+                rec = item.result.record
+                out.observe(f"{ns}/{item.id}", rec.version)
+                results.append({"id": item.id, "status": 201 if item.result.created else 200,
+                                "version": rec.version.encode()})
+            else:
+                assert item.error is not None
+                results.append({"id": item.id, "status": status_of(item.error),
+                                **error_body(item.error)})
+        return self._reply(request, {"results": results}, out)
+
+    async def search(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        if self.svc.search is None:
+            raise InvalidInput("search is not available on this node", field="path")
+        body = await _read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object", field="body")
+        token = _token(request, self.svc.session_max_keys)
+        result = await self.svc.search(ns, body, token, _level(request))
+        return self._reply(request, result, self._session(token))
+
+    # -------------------------------------------------------------- cluster
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        return _json(self.svc.cluster_view())
+
+    async def shards(self, request: web.Request) -> web.Response:
+        return _json(self.svc.shards_view())
+
+    async def admin(self, request: web.Request) -> web.Response:
+        Authenticator.require_admin(request["principal"])
+        action = request.match_info["action"]
+        fn = self.svc.admin.get(action)
+        if fn is None:
+            raise InvalidInput(f"unknown cluster action {action!r}", field="action")
+        return _json(await fn(request.match_info["node"]), status=202)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "node": self.svc.node_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.svc.ready():
+            raise QuorumUnavailable("not ready: too few peers reachable")
+        return _json({"status": "ready", "node": self.svc.node_id})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.svc.metrics.registry.render(), content_type="text/plain", charset="utf-8"
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(OPENAPI)
+
+
+def mint_id(wall_ms: Callable[[], int], rand: Callable[[int], bytes]) -> Callable[[], str]:
+    """A UUIDv7 minter bound to a clock and a random source."""
+    return lambda: uuid7(wall_ms(), rand(10))

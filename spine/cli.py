@@ -1,0 +1,221 @@
+"""`spine`: serve a node, run a local cluster, and talk to one from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spine.core.config import load, local_cluster
+
+
+def _session_file(args: argparse.Namespace) -> Path:
+    return Path(args.session_file or os.environ.get("SPINE_SESSION_FILE")
+                or Path.home() / ".spine" / "session")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from spine.client import Client
+
+    path = _session_file(args)
+    token = path.read_text().strip() if path.exists() else None
+    return Client(args.url.split(","), api_key=args.api_key or os.environ.get("SPINE_API_KEY"),
+                  session=token or None, consistency=args.consistency)
+
+
+def _save_session(args: argparse.Namespace, client: Any) -> None:
+    if client.session:
+        path = _session_file(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(client.session)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from spine.logs import configure
+    from spine.node import run_node
+
+    cfg = load(args.config)
+    configure(args.node, cfg.log.level)
+    _install_uvloop()
+    asyncio.run(run_node(cfg, args.node, insecure=args.insecure))
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    cfg_path = data / "cluster.yaml"
+    cfg = local_cluster(args.nodes, args.base_port, str(data), sync=not args.no_sync)
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    procs: list[subprocess.Popen[bytes]] = []
+    for node in cfg["nodes"]:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "spine", "serve", "--config", str(cfg_path),
+             "--node", node["id"]],
+            start_new_session=True,
+        ))
+    urls = ", ".join(f"http://127.0.0.1:{n['port']}" for n in cfg["nodes"])
+    print(f"spine: {args.nodes} nodes on {urls}; data in {data}; Ctrl-C stops them",
+          file=sys.stderr, flush=True)
+    stopping = False
+
+    def stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping:
+        if any(p.poll() is not None for p in procs):
+            print("spine: a node exited; stopping the others", file=sys.stderr)
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return 0 if stopping else 1
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    c = _client(args)
+    body: dict[str, Any] = {}
+    if args.tags:
+        body["tags"] = [t for t in args.tags.split(",") if t]
+    if args.metadata:
+        body["metadata"] = json.loads(args.metadata)
+    content = args.content if args.content is not None else sys.stdin.read()
+    out = c.put(args.ns, args.id, content, **body) if args.id else c.create(args.ns, content,
+                                                                             **body)
+    _save_session(args, c)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    c = _client(args)
+    out = c.get(args.ns, args.id)
+    _save_session(args, c)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    c = _client(args)
+    out = c.delete(args.ns, args.id)
+    _save_session(args, c)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    c = _client(args)
+    body: dict[str, Any] = {"k": args.k}
+    if args.tags_all:
+        body["tags_all"] = args.tags_all.split(",")
+    out = c.search(args.ns, args.query, **body)
+    _save_session(args, c)
+    for r in out["results"]:
+        print(f"{r['score']:.3f}  {r['id']}  {r['record']['content'][:80]!r}")
+    if out.get("partial"):
+        print(f"(partial: shards {out['missing_shards']} had no answering replica)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    c = _client(args)
+    view = c.request("GET", "/v1/cluster")
+    print(f"cluster {view.get('cluster')}  seen from {view['node']}")
+    print(f"{'state':<10}{'id':<10}{'address':<24}{'zone':<10}alive")
+    for m in view["members"]:
+        print(f"{m['state']:<10}{m['id']:<10}{m['address']:<24}{m.get('zone') or '-':<10}"
+              f"{'up' if m.get('alive', True) else 'DOWN'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="spine", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run one node")
+    s.add_argument("--config", required=True)
+    s.add_argument("--node", required=True)
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback listener without API keys")
+    s.set_defaults(fn=cmd_serve)
+
+    u = sub.add_parser("up", help="run a local cluster on 127.0.0.1 in the foreground")
+    u.add_argument("--nodes", type=int, default=3)
+    u.add_argument("--base-port", type=int, default=8788)
+    u.add_argument("--data", default="./data/local")
+    u.add_argument("--no-sync", action="store_true", help="do not fsync commits (faster, unsafe)")
+    u.set_defaults(fn=cmd_up)
+
+    def client_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--url", default=os.environ.get("SPINE_URL", "http://127.0.0.1:8788"),
+                        help="node URL(s), comma-separated")
+        sp.add_argument("--api-key")
+        sp.add_argument("--consistency", choices=["eventual", "session", "strong"])
+        sp.add_argument("--session-file")
+
+    c = sub.add_parser("put", help="create or replace a memory")
+    c.add_argument("ns")
+    c.add_argument("id", nargs="?")
+    c.add_argument("--content")
+    c.add_argument("--tags")
+    c.add_argument("--metadata")
+    client_args(c)
+    c.set_defaults(fn=cmd_put)
+    for name, fn in (("get", cmd_get), ("rm", cmd_rm)):
+        g = sub.add_parser(name, help=f"{name} a memory")
+        g.add_argument("ns")
+        g.add_argument("id")
+        client_args(g)
+        g.set_defaults(fn=fn)
+    q = sub.add_parser("search", help="semantic search")
+    q.add_argument("ns")
+    q.add_argument("query")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--tags-all")
+    client_args(q)
+    q.set_defaults(fn=cmd_search)
+    st = sub.add_parser("status", help="print the cluster as this node sees it")
+    client_args(st)
+    st.set_defaults(fn=cmd_status)
+
+    args = p.parse_args(argv)
+    from spine.client import SpineHTTPError
+
+    try:
+        rc: int = args.fn(args)
+    except SpineHTTPError as e:
+        print(json.dumps(e.body, indent=2), file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Python clients (sync and async) that carry the session token between calls.
+
+Any node will do: pass several base URLs and the client spreads requests over them, like a
+non-sticky load balancer; the session token keeps read-your-writes across nodes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+
+class SpineHTTPError(Exception):
+    """A non-2xx reply, with its status and the error body."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        super().__init__(f"{status} {err.get('code', '')}: {err.get('message', body)}")
+        self.status = status
+        self.body = body
+        self.code = err.get("code")
+        self.field = err.get("field")
+
+
+def _path(ns: str, *parts: str) -> str:
+    return "/v1/ns/" + quote(ns, safe="") + "".join("/" + quote(p, safe="") for p in parts)
+
+
+class Client:
+    """A synchronous client (standard library only)."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "http://127.0.0.1:8788",
+        *,
+        api_key: str | None = None,
+        session: str | None = None,
+        consistency: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self._next = itertools.cycle(self.urls)
+        self.api_key = api_key
+        self.session = session
+        self.consistency = consistency
+        self.timeout = timeout
+        self.last_coordinator: str | None = None
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, consistency: str | None = None
+    ) -> Any:
+        """Send one request; returns the decoded JSON, raises SpineHTTPError on non-2xx."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(next(self._next) + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        if self.session:
+            req.add_header("Spine-Session", self.session)
+        level = consistency or self.consistency
+        if level:
+            req.add_header("Spine-Consistency", level)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                self._absorb(resp.headers)
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            self._absorb(e.headers)
+            raw = e.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            raise SpineHTTPError(e.code, parsed) from None
+
+    def _absorb(self, headers: Any) -> None:
+        token = headers.get("Spine-Session")
+        if token:
+            self.session = token
+        self.last_coordinator = headers.get("Spine-Coordinator")
+
+    def put(self, ns: str, mid: str, content: str, **fields: Any) -> Any:
+        """Create or replace a memory."""
+        return self.request("PUT", _path(ns, "memories", mid), {"content": content, **fields})
+
+    def create(self, ns: str, content: str, **fields: Any) -> Any:
+        """Create a memory with a minted id."""
+        return self.request("POST", _path(ns, "memories"), {"content": content, **fields})
+
+    def get(self, ns: str, mid: str, **kw: Any) -> Any:
+        """Read a memory (SpineHTTPError 404 when absent)."""
+        return self.request("GET", _path(ns, "memories", mid), **kw)
+
+    def delete(self, ns: str, mid: str) -> Any:
+        """Delete a memory."""
+        return self.request("DELETE", _path(ns, "memories", mid))
+
+    def history(self, ns: str, mid: str) -> Any:
+        """Versions kept for a memory."""
+        return self.request("GET", _path(ns, "memories", mid, "history"))
+
+    def list(self, ns: str, **params: Any) -> Any:
+        """One page of live memories."""
+        qs = urlencode({k: v for k, v in params.items() if v is not None})
+        return self.request("GET", _path(ns, "memories") + (f"?{qs}" if qs else ""))
+
+    def batch(self, ns: str, items: builtins.list[dict[str, Any]]) -> Any:
+        """Up to 1,000 upserts/deletes."""
+        return self.request("POST", _path(ns, "memories", "_batch"), {"items": items})
+
+    def search(self, ns: str, query: str | None = None, **body: Any) -> Any:
+        """Semantic search."""
+        if query is not None:
+            body["query"] = query
+        return self.request("POST", _path(ns, "search"), body)
+
+
+class AsyncClient:
+    """An asyncio client on aiohttp, with the same session-token handling."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "http://127.0.0.1:8788",
+        *,
+        api_key: str | None = None,
+        session: str | None = None,
+        consistency: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        import aiohttp
+
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self._next = itertools.cycle(self.urls)
+        self.api_key = api_key
+        self.session = session
+        self.consistency = consistency
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._http.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, consistency: str | None = None
+    ) -> Any:
+        """Send one request; returns the decoded JSON, raises SpineHTTPError on non-2xx."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.session:
+            headers["Spine-Session"] = self.session
+        level = consistency or self.consistency
+        if level:
+            headers["Spine-Consistency"] = level
+        data = None if body is None else json.dumps(body).encode()
+        async with self._http.request(
+            method, next(self._next) + path, data=data, headers=headers
+        ) as resp:
+            token = resp.headers.get("Spine-Session")
+            if token:
+                self.session = token
+            raw = await resp.read()
+            parsed = json.loads(raw) if raw else None
+            if resp.status >= 300:
+                raise SpineHTTPError(resp.status, parsed)
+            return parsed
+
+    async def put(self, ns: str, mid: str, content: str, **fields: Any) -> Any:
+        """Create or replace a memory."""
+        return await self.request("PUT", _path(ns, "memories", mid),
+                                  {"content": content, **fields})
+
+    async def get(self, ns: str, mid: str, **kw: Any) -> Any:
+        """Read a memory."""
+        return await self.request("GET", _path(ns, "memories", mid), **kw)
+
+    async def delete(self, ns: str, mid: str) -> Any:
+        """Delete a memory."""
+        return await self.request("DELETE", _path(ns, "memories", mid))
+
+    async def search(self, ns: str, query: str | None = None, **body: Any) -> Any:
+        """Semantic search."""
+        if query is not None:
+            body["query"] = query
+        return await self.request("POST", _path(ns, "search"), body)

@@ -1,0 +1,521 @@
+"""The coordinator: one client request carried out at its consistency level (DESIGN §4–§5).
+
+- eventual: W=1 with a sloppy quorum (a durable hint counts); R=1.
+- session: W=quorum of the preference list (hints do not count); R=1 when the client sends a session
+  token (asking more replicas until one is as new as the token requires), R=quorum without one.
+- strong: ABD (Attiya, Bar-Noy, Dolev 1995): a write reads a quorum's versions, then writes a newer
+  version to a quorum; a read takes the newest of a quorum and writes it back to a quorum first.
+
+The coordinator of a key is a live replica of it; a node that is not one forwards the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spine.cluster.liveness import Liveness
+from spine.cluster.replication import Replicator
+from spine.cluster.rpc import RpcClient
+from spine.core.clock import HLC, Version, vv_increment, vv_merge
+from spine.core.consistency import Level, Policy
+from spine.core.errors import (
+    ERRORS_BY_CODE,
+    PeerUnavailable,
+    QuorumUnavailable,
+    SessionUnavailable,
+    SpineError,
+)
+from spine.core.messages import Forward, History
+from spine.core.metrics import SpineMetrics
+from spine.core.model import Record
+from spine.core.quorum import meets_floor, resolve
+from spine.core.ring import Ring
+from spine.core.session import SessionToken
+from spine.core.validation import WriteBody
+from spine.storage.lmdb_store import Store
+
+Embed = Callable[[list[str]], Awaitable[list[bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp:
+    """One write of a batch (or a single request): an upsert body, or a delete when None."""
+
+    id: str
+    body: WriteBody | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: the stored version, whether it created the key, at which level."""
+
+    record: Record
+    created: bool
+    level: Level
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item of a batch: a result or the error that stopped it."""
+
+    id: str
+    result: WriteResult | None = None
+    error: SpineError | None = None
+
+
+class Coordinator:
+    """Carries out gets, puts, deletes and batches at their consistency levels."""
+
+    def __init__(
+        self,
+        node_id: str,
+        ring: Callable[[], Ring],
+        store: Store,
+        replicator: Replicator,
+        rpc: RpcClient,
+        liveness: Liveness,
+        hlc: HLC,
+        policy: Policy,
+        metrics: SpineMetrics,
+        *,
+        read_timeout: float,
+        write_timeout: float,
+        session_max_keys: int,
+        embed: Embed | None = None,
+        dim: int = 384,
+    ) -> None:
+        self.node_id = node_id
+        self.ring = ring
+        self.store = store
+        self.rep = replicator
+        self.rpc = rpc
+        self.liveness = liveness
+        self.hlc = hlc
+        self.policy = policy
+        self.metrics = metrics
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.session_max_keys = session_max_keys
+        self.embed = embed
+        self.dim = dim
+
+    # ------------------------------------------------------------ routing
+
+    def prefs(self, namespace: str, mid: str) -> tuple[str, ...]:
+        """The preference list of a key."""
+        ring = self.ring()
+        return ring.preference_list(ring.shard(namespace, mid))
+
+    def route(self, prefs: Sequence[str]) -> list[str]:
+        """Replicas that may coordinate, best first: this node if it is one, then live ones."""
+        if self.node_id in prefs:
+            return [self.node_id]
+        return [p for p in prefs if self.liveness.is_alive(p)]
+
+    async def _forward(
+        self, targets: list[str], msg: Forward, token: SessionToken
+    ) -> dict[str, Any] | None:
+        """Run the request on the first target that answers; None if none could."""
+        for target in targets:
+            try:
+                reply: dict[str, Any] = await self.rpc.call(
+                    target, msg, self.write_timeout + self.read_timeout
+                )
+            except PeerUnavailable as e:
+                if "code" not in e.details:
+                    self.liveness.report_failure(target)
+                continue
+            self.metrics.forwards.inc()
+            if reply.get("token"):
+                returned = SessionToken.decode(reply["token"], self.session_max_keys)
+                for k, v in returned.entries.items():
+                    token.observe(k, v)
+                token.overflowed = token.overflowed or returned.overflowed
+            return reply
+        return None
+
+    # ------------------------------------------------------------ reads
+
+    async def get(
+        self,
+        namespace: str,
+        mid: str,
+        requested: Level | None,
+        token: SessionToken | None,
+        *,
+        forwarded: bool = False,
+    ) -> tuple[Record | None, Level, str]:
+        """Read a key: (stored version or None, level used, coordinating node)."""
+        prefs = self.prefs(namespace, mid)
+        targets = self.route(prefs)
+        if not forwarded and targets and targets[0] != self.node_id:
+            tok = token or SessionToken(self.session_max_keys)
+            msg = Forward("get", namespace, mid, None, None if requested is None else
+                          int(requested), token.encode() if token else None)
+            reply = await self._forward(targets, msg, tok)
+            if reply is not None:
+                if token is not None:
+                    token.entries, token.overflowed = tok.entries, tok.overflowed
+                rec = None if reply["record"] is None else Record.from_wire(reply["record"])
+                return rec, Level(reply["level"]), reply["coordinator"]
+        level = self.policy.read_level(requested)
+        rec = await self._read_at(namespace, mid, prefs, level, token)
+        if rec is not None:
+            stronger = self.policy.escalate(level, rec.tags)
+            if stronger is not None:
+                level = stronger
+                rec = await self._read_at(namespace, mid, prefs, level, token)
+        if token is not None and rec is not None:
+            token.observe(f"{namespace}/{mid}", rec.version)
+        return rec, level, self.node_id
+
+    async def _read_at(
+        self,
+        namespace: str,
+        mid: str,
+        prefs: tuple[str, ...],
+        level: Level,
+        token: SessionToken | None,
+    ) -> Record | None:
+        key = f"{namespace}/{mid}"
+        floor = token.floor(key) if token is not None else None
+        local = self.node_id in prefs
+        q = self.policy.quorum(level)
+        if level is Level.STRONG:
+            return await self._strong_read(namespace, mid, prefs, q.r, q.w, floor)
+        one_is_enough = level is Level.EVENTUAL or (
+            token is not None and not token.needs_quorum(key)
+        )
+        if one_is_enough and local:
+            rec = self.store.get(namespace, mid)
+            if meets_floor(rec, floor):
+                return rec
+            self.metrics.session_waits.inc()
+        r = 1 if one_is_enough else q.r
+        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        answers = await self.rep.read(
+            namespace, mid, alive, r, timeout=self.read_timeout, floor=floor
+        )
+        outcome = resolve(answers)
+        if len(answers) < r:
+            self.metrics.quorum_failures.inc("read", level.label)
+            raise QuorumUnavailable(
+                f"{len(answers)} of {r} replicas answered", reached=len(answers), needed=r
+            )
+        if not meets_floor(outcome.newest, floor):
+            raise SessionUnavailable(
+                "no reachable replica holds the version this session has seen",
+                reached=len(answers),
+            )
+        return outcome.newest
+
+    async def _strong_read(
+        self,
+        namespace: str,
+        mid: str,
+        prefs: tuple[str, ...],
+        r: int,
+        w: int,
+        floor: Version | None,
+    ) -> Record | None:
+        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        answers = await self.rep.read(
+            namespace, mid, alive, r, timeout=self.read_timeout, repair=False
+        )
+        if len(answers) < r:
+            self.metrics.quorum_failures.inc("read", "strong")
+            raise QuorumUnavailable(
+                f"{len(answers)} of {r} replicas answered", reached=len(answers), needed=r
+            )
+        outcome = resolve(answers)
+        newest = outcome.newest
+        if newest is not None and len(outcome.holders) < w:
+            # ABD's second phase: make sure a quorum holds what we return before returning it.
+            others = [p for p in prefs if p not in outcome.holders]
+            acks = await self.rep.write(
+                [newest], [others], w - len(outcome.holders),
+                hints_count=False, timeout=self.write_timeout,
+            )
+            if acks[0] + len(outcome.holders) < w:
+                self.metrics.quorum_failures.inc("write_back", "strong")
+                raise QuorumUnavailable(
+                    "could not write the value back to a quorum",
+                    reached=acks[0] + len(outcome.holders), needed=w,
+                )
+            self.metrics.read_repairs.inc(by=acks[0])
+        if not meets_floor(newest, floor):
+            raise SessionUnavailable("no quorum holds the version this session has seen")
+        return newest
+
+    # ------------------------------------------------------------ writes
+
+    async def write(
+        self,
+        namespace: str,
+        ops: Sequence[WriteOp],
+        requested: Level | None,
+        token: SessionToken | None,
+        agent: str | None,
+        *,
+        forwarded: bool = False,
+    ) -> list[ItemResult]:
+        """Upsert or delete keys; one result per op, in order."""
+        results: dict[int, ItemResult] = {}
+        groups: dict[str, list[int]] = {}
+        local: list[int] = []
+        for i, op in enumerate(ops):
+            targets = self.route(self.prefs(namespace, op.id))
+            if forwarded or (targets and targets[0] == self.node_id):
+                local.append(i)
+            elif targets:
+                groups.setdefault(targets[0], []).append(i)
+            else:
+                local.append(i)  # no replica is reachable: sloppy quorum (eventual) or 503
+        for target, idxs in groups.items():
+            got = await self._forward_writes(target, namespace, [ops[i] for i in idxs],
+                                             requested, token, agent)
+            if got is None:
+                local.extend(idxs)
+            else:
+                results.update(zip(idxs, got, strict=True))
+        if local:
+            local.sort()
+            got = await self._write_local(namespace, [ops[i] for i in local], requested, token,
+                                          agent)
+            results.update(zip(local, got, strict=True))
+        return [results[i] for i in range(len(ops))]
+
+    async def _forward_writes(
+        self,
+        target: str,
+        namespace: str,
+        ops: list[WriteOp],
+        requested: Level | None,
+        token: SessionToken | None,
+        agent: str | None,
+    ) -> list[ItemResult] | None:
+        body = [[op.id, None if op.body is None else _body_wire(op.body)] for op in ops]
+        tok = token or SessionToken(self.session_max_keys)
+        msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
+                      token.encode() if token else None, agent)
+        reply = await self._forward([target], msg, tok)
+        if reply is None:
+            return None
+        if token is not None:
+            token.entries, token.overflowed = tok.entries, tok.overflowed
+        return [item_from_wire(x) for x in reply["results"]]
+
+    async def _write_local(
+        self,
+        namespace: str,
+        ops: list[WriteOp],
+        requested: Level | None,
+        token: SessionToken | None,
+        agent: str | None,
+    ) -> list[ItemResult]:
+        olds = self.store.get_many([(namespace, op.id) for op in ops])
+        vectors = await self._vectors(ops)
+        by_level: dict[Level, list[int]] = {}
+        for i, op in enumerate(ops):
+            old = olds[i]
+            new_tags = op.body.tags if op.body is not None else ()
+            level = self.policy.write_level(old.tags if old else (), new_tags, requested)
+            by_level.setdefault(level, []).append(i)
+        out: dict[int, ItemResult] = {}
+        for level, idxs in by_level.items():
+            if level is Level.STRONG:
+                for i in idxs:
+                    out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent)
+                continue
+            records = [
+                self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None)
+                for i in idxs
+            ]
+            prefs = [self.prefs(namespace, ops[i].id) for i in idxs]
+            w = self.policy.quorum(level).w
+            acks = await self.rep.write(
+                records, prefs, w, hints_count=level is Level.EVENTUAL,
+                timeout=self.write_timeout,
+            )
+            for i, rec, a in zip(idxs, records, acks, strict=True):
+                if a >= w:
+                    old = olds[i]
+                    created = old is None or old.deleted
+                    out[i] = ItemResult(ops[i].id, WriteResult(rec, created, level))
+                    if token is not None:
+                        token.observe(f"{namespace}/{rec.id}", rec.version)
+                else:
+                    self.metrics.quorum_failures.inc("write", level.label)
+                    out[i] = ItemResult(ops[i].id, error=QuorumUnavailable(
+                        f"{a} of {w} replicas acknowledged; the write may still land",
+                        reached=a, needed=w,
+                    ))
+        return [out[i] for i in range(len(ops))]
+
+    async def _strong_write(
+        self,
+        namespace: str,
+        op: WriteOp,
+        vector: bytes | None,
+        token: SessionToken | None,
+        agent: str | None,
+    ) -> ItemResult:
+        prefs = self.prefs(namespace, op.id)
+        q = self.policy.quorum(Level.STRONG)
+        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        answers = await self.rep.read(
+            namespace, op.id, alive, q.r, timeout=self.read_timeout, repair=False
+        )
+        if len(answers) < q.r:
+            self.metrics.quorum_failures.inc("write", "strong")
+            return ItemResult(op.id, error=QuorumUnavailable(
+                f"{len(answers)} of {q.r} replicas answered the version read",
+                reached=len(answers), needed=q.r,
+            ))
+        newest = resolve(answers).newest
+        seen_clock: dict[str, int] = {}
+        for rec in answers.values():
+            if rec is not None:
+                seen_clock = vv_merge(seen_clock, rec.clock)
+        rec = self._new_record(namespace, op, newest, vector, token, agent, seen_clock)
+        acks = await self.rep.write(
+            [rec], [prefs], q.w, hints_count=False, timeout=self.write_timeout
+        )
+        if acks[0] < q.w:
+            self.metrics.quorum_failures.inc("write", "strong")
+            return ItemResult(op.id, error=QuorumUnavailable(
+                f"{acks[0]} of {q.w} replicas acknowledged; the write may still land",
+                reached=acks[0], needed=q.w,
+            ))
+        if token is not None:
+            token.observe(f"{namespace}/{op.id}", rec.version)
+        created = newest is None or newest.deleted
+        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG))
+
+    def _new_record(
+        self,
+        namespace: str,
+        op: WriteOp,
+        old: Record | None,
+        vector: bytes | None,
+        token: SessionToken | None,
+        agent: str | None,
+        clock: dict[str, int] | None,
+    ) -> Record:
+        # The new version must be newer than everything this client or this replica has seen
+        # of the key, so the HLC observes both before ticking.
+        floor = token.floor(f"{namespace}/{op.id}") if token is not None else None
+        seen = max(
+            old.version.hlc if old is not None else 0, floor.hlc if floor is not None else 0
+        )
+        hlc = self.hlc.observe(seen) if seen else self.hlc.now()
+        base = clock if clock is not None else (dict(old.clock) if old is not None else {})
+        version = Version(hlc, self.node_id)
+        created = old.created_hlc if old is not None and not old.deleted else hlc
+        if op.body is None:
+            return Record(
+                namespace=namespace, id=op.id, version=version,
+                clock=vv_increment(base, self.node_id),
+                tags=old.tags if old is not None else (),
+                agent_id=agent or (old.agent_id if old is not None else None),
+                created_hlc=created, deleted=True,
+            )
+        body = op.body
+        return Record(
+            namespace=namespace, id=op.id, version=version,
+            clock=vv_increment(base, self.node_id),
+            content=body.content, tags=body.tags, metadata=dict(body.metadata),
+            agent_id=agent or body.agent_id, vector=vector, created_hlc=created,
+        )
+
+    async def _vectors(self, ops: Sequence[WriteOp]) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(ops)
+        to_embed: list[int] = []
+        for i, op in enumerate(ops):
+            if op.body is None:
+                continue
+            if op.body.vector is not None:
+                out[i] = normalise(op.body.vector)
+            elif self.embed is not None:
+                to_embed.append(i)
+        if to_embed and self.embed is not None:
+            vecs = await self.embed([ops[i].body.content for i in to_embed])  # type: ignore[union-attr]
+            for i, v in zip(to_embed, vecs, strict=True):
+                out[i] = v
+        return out
+
+    # ------------------------------------------------------------ history
+
+    async def history(self, namespace: str, mid: str) -> list[tuple[Record, bool]]:
+        """Versions kept for a key across its live replicas, newest first (concurrent flagged)."""
+        prefs = self.prefs(namespace, mid)
+        found: dict[Version, tuple[Record, bool]] = {}
+
+        async def one(node: str) -> list[Any]:
+            if node == self.node_id:
+                return local_history(self.store, namespace, mid)
+            reply: list[Any] = await self.rpc.call(node, History(namespace, mid),
+                                                   self.read_timeout)
+            return reply
+
+        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        replies = await asyncio.gather(*(one(n) for n in alive), return_exceptions=True)
+        ok = [r for r in replies if not isinstance(r, BaseException)]
+        if not ok:
+            raise QuorumUnavailable("no replica answered", reached=0, needed=1)
+        for reply in ok:
+            for wire, concurrent in reply:
+                rec = Record.from_wire(wire)
+                prev = found.get(rec.version)
+                found[rec.version] = (rec, concurrent or (prev[1] if prev else False))
+        return [found[v] for v in sorted(found, reverse=True)]
+
+
+def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
+    """This replica's current version and kept history, as wire pairs."""
+    out: list[Any] = []
+    cur = store.get(namespace, mid)
+    if cur is not None:
+        out.append([cur.to_wire(), False])
+    out.extend([h.record.to_wire(), h.concurrent] for h in store.history(namespace, mid))
+    return out
+
+
+def normalise(vector: Sequence[float]) -> bytes:
+    """A client vector as L2-normalised float32 bytes (the index uses cosine similarity)."""
+    arr = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(arr))
+    return (arr / norm).astype(np.float32).tobytes()
+
+
+def _body_wire(body: WriteBody) -> list[Any]:
+    return [body.content, list(body.tags), dict(body.metadata), body.agent_id, body.vector]
+
+
+def body_from_wire(w: list[Any]) -> WriteBody:
+    """Inverse of `_body_wire` (a forwarded body was validated by the receiving node)."""
+    return WriteBody(w[0], tuple(w[1]), w[2], w[3], w[4])
+
+
+def item_to_wire(item: ItemResult) -> list[Any]:
+    """A batch item result for a Forward reply."""
+    if item.result is not None:
+        r = item.result
+        return [item.id, r.record.to_wire(), r.created, int(r.level), None]
+    err = item.error
+    assert err is not None
+    return [item.id, None, False, 0, [err.code, err.message, err.field, err.details]]
+
+
+def item_from_wire(w: list[Any]) -> ItemResult:
+    """Inverse of `item_to_wire`."""
+    if w[1] is not None:
+        return ItemResult(w[0], WriteResult(Record.from_wire(w[1]), bool(w[2]), Level(w[3])))
+    code, message, field, details = w[4]
+    cls = ERRORS_BY_CODE.get(code, PeerUnavailable)
+    return ItemResult(w[0], error=cls(message, field=field, **details))

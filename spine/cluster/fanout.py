@@ -1,0 +1,123 @@
+"""Requests answered by every live node together: paged listing (and, later, search).
+
+Each node answers from what it stores; the coordinator merges by id keeping the newest version,
+drops tombstones, and reports the shards for which no replica answered (`partial`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from spine.cluster.liveness import Liveness
+from spine.cluster.rpc import RpcClient
+from spine.core.errors import PeerUnavailable
+from spine.core.messages import ListPage, Message
+from spine.core.model import Record, merge
+from spine.core.ring import Ring
+from spine.storage.lmdb_store import Store
+
+
+def missing_shards(ring: Ring, answered: Iterable[str]) -> list[int]:
+    """Shards none of whose replicas is among `answered`."""
+    got = set(answered)
+    return [s for s in range(ring.shards) if not got.intersection(ring.preference_list(s))]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing."""
+
+    items: list[Record]
+    next_cursor: str | None
+    missing_shards: list[int]
+
+
+class FanOut:
+    """Asks every live node and merges what they hold."""
+
+    def __init__(
+        self,
+        node_id: str,
+        ring: Callable[[], Ring],
+        store: Store,
+        rpc: RpcClient,
+        liveness: Liveness,
+        members: Callable[[], list[str]],
+        timeout: float,
+    ) -> None:
+        self.node_id = node_id
+        self.ring = ring
+        self.store = store
+        self.rpc = rpc
+        self.liveness = liveness
+        self.members = members
+        self.timeout = timeout
+
+    async def ask_all(
+        self, msg: Message, local: Callable[[], Any]
+    ) -> dict[str, Any]:
+        """Every live node's answer to `msg` (this node's from `local()`), by node id."""
+        nodes = [m for m in self.members() if m == self.node_id or self.liveness.is_alive(m)]
+
+        async def one(node: str) -> Any:
+            if node == self.node_id:
+                return local()
+            return await self.rpc.call(node, msg, self.timeout)
+
+        replies = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+        out: dict[str, Any] = {}
+        for node, reply in zip(nodes, replies, strict=True):
+            if isinstance(reply, PeerUnavailable):
+                if "code" not in reply.details:
+                    self.liveness.report_failure(node)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                out[node] = reply
+        return out
+
+    async def list_page(
+        self,
+        namespace: str,
+        after: str | None,
+        limit: int,
+        tag: str | None,
+        agent_id: str | None,
+    ) -> Page:
+        """Live records of a namespace in id order after `after`, at most `limit`."""
+        msg = ListPage(namespace, after, limit, tag, agent_id)
+        replies = await self.ask_all(msg, lambda: local_list(self.store, msg))
+        newest: dict[str, Record] = {}
+        bound: str | None = None
+        for wires in replies.values():
+            recs = [Record.from_wire(w) for w in wires]
+            if len(recs) >= limit and recs:
+                # This node may hold more after its last id: the page can only be sure up to it.
+                bound = recs[-1].id if bound is None else min(bound, recs[-1].id)
+            for r in recs:
+                prev = newest.get(r.id)
+                newest[r.id] = r if prev is None else merge(prev, r)
+        ids = sorted(i for i in newest if bound is None or i <= bound)
+        items = [newest[i] for i in ids if not newest[i].deleted][:limit]
+        if len(items) == limit:
+            next_cursor: str | None = items[-1].id
+        else:
+            next_cursor = bound
+        return Page(items, next_cursor, missing_shards(self.ring(), replies))
+
+
+def local_list(store: Store, msg: ListPage) -> list[Any]:
+    """This node's answer to a ListPage: records (tombstones included) in id order."""
+
+    def match(r: Record) -> bool:
+        if r.deleted:
+            return True
+        if msg.tag is not None and msg.tag not in r.tags:
+            return False
+        return msg.agent_id is None or r.agent_id == msg.agent_id
+
+    recs = store.list_namespace(msg.namespace, msg.after, msg.limit, match, include_deleted=True)
+    return [r.to_wire() for r in recs]

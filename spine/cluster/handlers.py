@@ -1,0 +1,79 @@
+"""The internal RPC handler table: one explicit function per message tag (no getattr dispatch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spine.cluster.coordinator import (
+    Coordinator,
+    WriteOp,
+    body_from_wire,
+    item_to_wire,
+    local_history,
+)
+from spine.cluster.fanout import local_list
+from spine.cluster.replication import Replicator
+from spine.cluster.rpc import Handler
+from spine.core.consistency import Level
+from spine.core.errors import InvalidInput
+from spine.core.messages import Apply, Forward, History, ListPage, Ping, Read, Tag, records_to_wire
+from spine.core.session import SessionToken
+from spine.storage.lmdb_store import Outcome, Store
+
+
+def build_handlers(
+    node_id: str,
+    store: Store,
+    replicator: Replicator,
+    coordinator: Coordinator,
+    session_max_keys: int,
+) -> dict[Tag, Handler]:
+    """The handlers a node serves to its peers."""
+
+    async def ping(_peer: str, _msg: Ping) -> str:
+        return node_id
+
+    async def apply(_peer: str, msg: Apply) -> list[bool]:
+        applied = await replicator.apply_local(msg.records)
+        return [a.outcome is Outcome.APPLIED for a in applied]
+
+    async def read(_peer: str, msg: Read) -> list[Any]:
+        return records_to_wire(store.get_many(msg.keys))
+
+    async def history(_peer: str, msg: History) -> list[Any]:
+        return local_history(store, msg.namespace, msg.id)
+
+    async def list_page(_peer: str, msg: ListPage) -> list[Any]:
+        return local_list(store, msg)
+
+    async def forward(_peer: str, msg: Forward) -> dict[str, Any]:
+        token = (
+            SessionToken.decode(msg.token, session_max_keys) if msg.token is not None else None
+        )
+        level = None if msg.level is None else Level(msg.level)
+        out: dict[str, Any] = {"coordinator": node_id}
+        if msg.op == "get":
+            rec, used, _ = await coordinator.get(
+                msg.namespace, msg.id, level, token, forwarded=True
+            )
+            out.update(record=None if rec is None else rec.to_wire(), level=int(used))
+        elif msg.op == "write":
+            ops = [WriteOp(i, None if b is None else body_from_wire(b)) for i, b in msg.body]
+            items = await coordinator.write(
+                msg.namespace, ops, level, token, msg.agent, forwarded=True
+            )
+            out["results"] = [item_to_wire(x) for x in items]
+        else:
+            raise InvalidInput(f"unknown forwarded op {msg.op!r}", field="op")
+        out["token"] = token.encode() if token is not None else None
+        return out
+
+    table: dict[Tag, Any] = {
+        Tag.PING: ping,
+        Tag.APPLY: apply,
+        Tag.READ: read,
+        Tag.HISTORY: history,
+        Tag.LIST: list_page,
+        Tag.FORWARD: forward,
+    }
+    return table

@@ -1,0 +1,236 @@
+"""Sending versions to replicas and reading them back (Dynamo §4.5–§4.6).
+
+`write` fans a set of records out to their preference lists in parallel, one Apply per node, and
+returns as soon as every record has `w` acknowledgements (or every answer is in, or the deadline
+passes). A replica that is down or fails the call gets a hint, kept durably here for handoff.
+Calls still in flight after the reply go on in owned background tasks (never fire-and-forget).
+`read` asks replicas for a key and reports what they hold; stale ones are read-repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from spine.cluster.liveness import Liveness
+from spine.cluster.rpc import RpcClient
+from spine.core.clock import Version
+from spine.core.errors import PeerUnavailable, SpineError
+from spine.core.messages import Apply, Read, records_from_wire
+from spine.core.metrics import SpineMetrics
+from spine.core.model import Record
+from spine.core.quorum import meets_floor, resolve
+from spine.storage.lmdb_store import Applied, Store
+
+log = structlog.get_logger("spine.replication")
+
+AppliedHook = Callable[[list[Applied]], None]
+
+
+class Replicator:
+    """Writes to and reads from the replicas of keys, with hints and read repair."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        rpc: RpcClient,
+        liveness: Liveness,
+        metrics: SpineMetrics,
+        *,
+        rpc_timeout: float,
+        wall_ms: Callable[[], int],
+        on_applied: AppliedHook,
+        hints_enabled: bool = True,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.rpc = rpc
+        self.liveness = liveness
+        self.metrics = metrics
+        self.rpc_timeout = rpc_timeout
+        self.wall_ms = wall_ms
+        self.on_applied = on_applied
+        self.hints_enabled = hints_enabled
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `coro` as an owned background task (cancelled by `stop`)."""
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def stop(self) -> None:
+        """Cancel background work (pending replications and repairs)."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def apply_local(self, records: Sequence[Record]) -> list[Applied]:
+        """Apply versions to the local store and tell the derived structures."""
+        applied = await self.store.apply(records)
+        self.on_applied(applied)
+        conflicts = sum(1 for a in applied if a.conflict)
+        if conflicts:
+            self.metrics.conflicts.inc(by=conflicts)
+        return applied
+
+    async def send(self, node: str, records: Sequence[Record]) -> None:
+        """Apply `records` on `node` (local or remote); PeerUnavailable if it cannot."""
+        if node == self.node_id:
+            await self.apply_local(records)
+            return
+        if not self.liveness.is_alive(node):
+            raise PeerUnavailable(f"{node} is down", node=node)
+        try:
+            await self.rpc.call(node, Apply(list(records)), self.rpc_timeout)
+        except PeerUnavailable as e:
+            self._failed(node, e)
+            raise
+        self.liveness.report_success(node)
+
+    def _failed(self, node: str, e: SpineError) -> None:
+        self.metrics.rpc_errors.inc(node)
+        if "code" not in e.details:  # a transport failure, not an error the peer answered
+            self.liveness.report_failure(node)
+            self.rpc.drop(node)
+
+    async def write(
+        self,
+        records: Sequence[Record],
+        prefs: Sequence[Sequence[str]],
+        w: int,
+        *,
+        hints_count: bool,
+        timeout: float,
+    ) -> list[int]:
+        """Replicate each record to its preference list; acks per record (≥ w means success)."""
+        acks = [0] * len(records)
+        by_node: dict[str, list[int]] = {}
+        for i, pl in enumerate(prefs):
+            for node in pl:
+                by_node.setdefault(node, []).append(i)
+        done = asyncio.Event()
+        outstanding = len(by_node)
+
+        def ack(idxs: list[int]) -> None:
+            for i in idxs:
+                acks[i] += 1
+            if all(a >= w for a in acks):
+                done.set()
+
+        async def one(node: str, idxs: list[int]) -> None:
+            nonlocal outstanding
+            recs = [records[i] for i in idxs]
+            try:
+                await self.send(node, recs)
+                ack(idxs)
+            except PeerUnavailable:
+                if self.hints_enabled:
+                    now = self.wall_ms()
+                    await self.store.add_hints([(node, now, r) for r in recs])
+                    self.metrics.hints_written.inc(by=len(recs))
+                    if hints_count:
+                        ack(idxs)
+            except Exception:
+                log.exception("replicate_failed", peer=node)
+            finally:
+                outstanding -= 1
+                if outstanding == 0:
+                    done.set()
+
+        if not by_node:
+            return acks
+        for node, idxs in by_node.items():
+            self.spawn(one(node, idxs))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
+        return acks
+
+    async def read(
+        self,
+        namespace: str,
+        mid: str,
+        nodes: Sequence[str],
+        r: int,
+        *,
+        timeout: float,
+        floor: Version | None = None,
+        repair: bool = True,
+    ) -> dict[str, Record | None]:
+        """Ask `nodes` for a key; return once `r` answered (and one meets `floor`) or all did.
+
+        When every answer is in, replicas that answered with an older version are repaired.
+        """
+        answers: dict[str, Record | None] = {}
+        done = asyncio.Event()
+        outstanding = len(nodes)
+
+        def enough() -> bool:
+            if len(answers) < r:
+                return False
+            return floor is None or any(meets_floor(x, floor) for x in answers.values())
+
+        async def one(node: str) -> None:
+            nonlocal outstanding
+            try:
+                answers[node] = await self.read_one(node, namespace, mid)
+                if enough():
+                    done.set()
+            except PeerUnavailable:
+                pass
+            finally:
+                outstanding -= 1
+                if outstanding == 0:
+                    done.set()
+
+        tasks = [self.spawn(one(n)) for n in nodes]
+        if tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+        snapshot = dict(answers)
+        if repair and tasks:
+            self.spawn(self._repair_after(tasks, answers, timeout))
+        return snapshot
+
+    async def read_one(self, node: str, namespace: str, mid: str) -> Record | None:
+        """What `node` stores for a key."""
+        if node == self.node_id:
+            return self.store.get(namespace, mid)
+        if not self.liveness.is_alive(node):
+            raise PeerUnavailable(f"{node} is down", node=node)
+        try:
+            reply = await self.rpc.call(node, Read([(namespace, mid)]), self.rpc_timeout)
+        except PeerUnavailable as e:
+            self._failed(node, e)
+            raise
+        self.liveness.report_success(node)
+        return records_from_wire(reply)[0]
+
+    async def _repair_after(
+        self, tasks: list[asyncio.Task[Any]], answers: dict[str, Record | None], timeout: float
+    ) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout)
+        await self.repair(answers)
+
+    async def repair(self, answers: dict[str, Record | None]) -> None:
+        """Send the newest answer to every replica that answered with something older."""
+        outcome = resolve(answers)
+        if outcome.newest is None or not outcome.stale:
+            return
+        newest = outcome.newest
+        results = await asyncio.gather(
+            *(self.send(n, [newest]) for n in outcome.stale), return_exceptions=True
+        )
+        repaired = sum(1 for x in results if not isinstance(x, BaseException))
+        if repaired:
+            self.metrics.read_repairs.inc(by=repaired)

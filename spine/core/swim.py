@@ -1,0 +1,676 @@
+"""SWIM membership as a pure state machine (Das et al. 2002, §4–§5; Lifeguard, Dadgar et al. 2018).
+
+`Swim` holds one node's view of the cluster. It never reads a clock, draws from a global random
+source or touches a socket: the shell passes `now` (seconds, monotonic) into every call, hands it
+each decoded datagram through `receive`, calls `tick` when `next_deadline()` comes due, and sends
+whatever `Outbound`s come back — `PushPull` over TCP (reply on the same connection), the rest over
+UDP. The randomness (probe order, helpers, stagger) comes from the `random.Random` it is given, so
+a simulation with a seed replays exactly.
+
+Protocol, per protocol period T (scaled by Lifeguard's local health multiplier):
+  1. ping the next member of a shuffled round-robin list (SWIM §4.3);
+  2. no ack within `ping_timeout`: ask `ping_req_k` random helpers to ping it (SWIM §3.1), each
+     answering with the relayed ack or a Nack (Lifeguard);
+  3. still no ack at the end of the period: SUSPECT it at the incarnation probed (SWIM §4.2);
+  4. a suspicion not refuted before its timeout becomes DEAD. The timeout starts at
+     `suspicion_max_mult` × the nominal one and shrinks towards it as other nodes independently
+     confirm the suspicion (Lifeguard §IV-B).
+Every change is piggybacked on the next pings and acks a bounded number of times (SWIM §4.1), and
+a full-state push-pull runs every `push_pull_interval` (memberlist), also toward one DEAD member
+so a healed partition finds its way back (Serf's reconnect).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from spine.core.errors import ConfigError
+from spine.core.swim_messages import (
+    Ack,
+    Member,
+    MemberState,
+    Message,
+    Meta,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Refuse,
+    Update,
+    meta_of,
+)
+
+__all__ = [
+    "Member", "MemberState", "Meta", "Outbound", "Refusal", "Swim", "SwimConfig", "Transition",
+    "Update", "failure_detection_bound", "retransmit_limit", "supersedes", "suspicion_duration",
+    "suspicion_timeout",
+]
+
+ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
+DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
+_LIVE = (ALIVE, SUSPECT)
+_GONE = (DEAD, LEFT)
+_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
+ANONYMOUS = ""  # the accuser of a suspicion learnt from full state: unknown, never a confirmation
+
+
+# -------------------------------------------------------------------------------------- formulas
+
+
+def suspicion_timeout(suspicion_mult: float, n_members: int, protocol_period: float) -> float:
+    """Nominal suspicion timeout (memberlist): mult × max(1, log10(n)) × T, in seconds."""
+    return suspicion_mult * max(1.0, math.log10(max(1, n_members))) * protocol_period
+
+
+def suspicion_duration(confirmations: int, expected: int, lo: float, hi: float) -> float:
+    """Lifeguard's shrinking timeout: `hi` with no independent confirmation, falling
+    logarithmically to `lo` once `expected` other nodes have confirmed the suspicion."""
+    if expected < 1 or hi <= lo:
+        return lo
+    frac = math.log(confirmations + 1) / math.log(expected + 1)
+    return max(lo, hi - frac * (hi - lo))
+
+
+def retransmit_limit(retransmit_mult: int, n_members: int) -> int:
+    """How many times one update is piggybacked: mult × ceil(log10(n + 1)) (SWIM §4.1)."""
+    return retransmit_mult * math.ceil(math.log10(n_members + 1))
+
+
+def supersedes(new: Member, old: Member | None) -> bool:
+    """SWIM's precedence (§4.2), as one order on (incarnation, ALIVE < SUSPECT < DEAD < LEFT).
+
+    alive(i) beats alive/suspect(j < i); suspect(i) beats alive(j <= i) and suspect(j < i);
+    dead(i) beats everything of incarnation <= i; left(i) is final for incarnation i. Only a
+    higher incarnation, which only the member itself can mint, brings a DEAD or LEFT one back.
+    """
+    if old is None:
+        return True
+    return (new.incarnation, _RANK[new.state]) > (old.incarnation, _RANK[old.state])
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class SwimConfig:
+    """SWIM's knobs, times in seconds. The defaults suit a LAN (memberlist's, at half the T)."""
+
+    protocol_period: float = 0.5  # T: one probe per period
+    ping_timeout: float = 0.2  # wait for a direct ack before asking helpers; < T/2
+    ping_req_k: int = 3  # helpers asked to probe indirectly
+    suspicion_mult: int = 4  # nominal suspicion timeout = mult × max(1, log10 n) × T
+    suspicion_max_mult: float = 6.0  # Lifeguard: a lone suspicion waits this × the nominal one
+    retransmit_mult: int = 4  # each update is piggybacked mult × ceil(log10(n+1)) times
+    push_pull_interval: float = 10.0  # full-state TCP exchange with one random member
+    max_piggyback: int = 6  # updates carried per ping/ack
+    awareness_max: int = 8  # Lifeguard: T and ping_timeout scale by up to this factor
+    dead_reap_after: float = 86_400.0  # a DEAD/LEFT record is forgotten after this long
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"swim.{name}: {why}", field=f"swim.{name}")
+
+        if not self.protocol_period > 0:
+            raise bad("protocol_period", "must be > 0")
+        if not 0 < 2 * self.ping_timeout < self.protocol_period:
+            raise bad("ping_timeout", "must be > 0 and < protocol_period / 2")
+        for name in ("ping_req_k", "suspicion_mult", "retransmit_mult", "max_piggyback",
+                     "awareness_max"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.suspicion_max_mult < 1:
+            raise bad("suspicion_max_mult", "must be >= 1")
+        for name in ("push_pull_interval", "dead_reap_after"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+
+    @classmethod
+    def local(cls) -> SwimConfig:
+        """Faster timings for a cluster on one host (`spine up`, integration tests)."""
+        return cls(protocol_period=0.2, ping_timeout=0.08, push_pull_interval=5.0)
+
+
+def failure_detection_bound(config: SwimConfig, n_members: int) -> float:
+    """Worst case from a member's crash to a healthy observer's DEAD verdict, without loss.
+
+    The observer's round-robin reaches the crashed member within 2(n-1)-1 periods (it may just
+    have been probed at the start of one shuffled round and come last in the next), that probe
+    fails at the end of its period, and the observer's own suspicion then expires at the latest
+    `suspicion_max_mult` × the nominal timeout later (gossip can only make any step sooner).
+    """
+    probe = 2 * (n_members - 1) * config.protocol_period
+    lo = suspicion_timeout(config.suspicion_mult, n_members, config.protocol_period)
+    return probe + config.suspicion_max_mult * lo
+
+
+# ---------------------------------------------------------------------------------------- events
+
+
+class Outbound(NamedTuple):
+    """A message to send: PushPull over TCP, everything else as one UDP datagram."""
+
+    address: str
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A member's state (or meta, when old == new) changed in this node's view."""
+
+    at: float
+    node_id: str
+    old: MemberState | None  # None: first heard of
+    new: MemberState | None  # None: forgotten (reaped)
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The identity check refused `node_id`, or (by_peer) the peer `node_id` refused us."""
+
+    at: float
+    node_id: str
+    address: str
+    reason: str
+    by_peer: bool
+
+
+Event = Transition | Refusal
+AcceptHook = Callable[[Member], str | None]
+"""Identity check: None admits the member, a string refuses it and says why."""
+
+
+@dataclass(slots=True)
+class _Probe:
+    seq: int
+    target: str
+    incarnation: int
+    scale: int
+    ping_deadline: float
+    period_end: float
+    acked: bool = False
+    indirect: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Suspicion:
+    started: float
+    expected: int
+    lo: float
+    hi: float
+    deadline: float
+    confirmers: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: str
+    seq: int
+    nack_at: float
+
+
+@dataclass(slots=True)
+class _Broadcast:
+    update: Update
+    order: int
+    transmits: int = 0
+
+
+# ------------------------------------------------------------------------------------------ swim
+
+
+class Swim:
+    """One node's SWIM membership: feed it messages and ticks, send what it returns."""
+
+    def __init__(
+        self,
+        self_id: str,
+        address: str,
+        *,
+        rng: random.Random,
+        meta: Mapping[str, str] | Meta = (),
+        config: SwimConfig | None = None,
+        accept: AcceptHook | None = None,
+    ) -> None:
+        self.self_id = self_id
+        self.address = address
+        self.config = config or SwimConfig()
+        self._rng = rng
+        self._meta = meta_of(meta)
+        self._accept = accept
+        self._inc = 0
+        self._left = False
+        self._started = False
+        self._seeds: list[str] = []
+        self._members: dict[str, Member] = {}  # everyone but self
+        self._gone_at: dict[str, float] = {}  # when a member became DEAD/LEFT, for reaping
+        self._suspicions: dict[str, _Suspicion] = {}
+        self._queue: dict[str, _Broadcast] = {}  # newest update per member, to piggyback
+        self._order = 0
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._next_probe_at = math.inf
+        self._next_push_pull = math.inf
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._relays: dict[int, _Relay] = {}
+        self._awareness = 0
+        self._verdicts: dict[str, tuple[tuple[int, str, Meta], str | None]] = {}
+        self._events: list[Event] = []
+
+    # ------------------------------------------------------------------------------- queries
+
+    @property
+    def incarnation(self) -> int:
+        """This node's own incarnation number; only it ever raises it."""
+        return self._inc
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 is healthy; T scales by (awareness + 1)."""
+        return self._awareness
+
+    def me(self) -> Member:
+        """This node's own record, as it gossips it."""
+        return Member(self.self_id, self.address, self._inc, LEFT if self._left else ALIVE,
+                      self._meta)
+
+    def members(self) -> list[Member]:
+        """Every member known, self first, then by node id (DEAD/LEFT until reaped)."""
+        return [self.me(), *(self._members[k] for k in sorted(self._members))]
+
+    def member(self, node_id: str) -> Member | None:
+        """The record for `node_id`, or None if unknown (or reaped)."""
+        return self.me() if node_id == self.self_id else self._members.get(node_id)
+
+    def alive_ids(self) -> list[str]:
+        """Node ids currently ALIVE in this view (self included unless it left), sorted."""
+        return sorted(m.node_id for m in self.members() if m.state is ALIVE)
+
+    def is_alive(self, node_id: str) -> bool:
+        """True if `node_id` is ALIVE or only SUSPECT (the `Liveness` port's question)."""
+        m = self.member(node_id)
+        return m is not None and m.state in _LIVE
+
+    def drain_events(self) -> list[Event]:
+        """Transitions and refusals since the last drain, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float:
+        """When `tick` has work next (math.inf before `join`); a message may bring it closer."""
+        if not self._started:
+            return math.inf
+        due = [self._next_push_pull]
+        if not self._left:
+            p = self._probe
+            if p is None:
+                due.append(self._next_probe_at)
+            else:
+                due.append(p.period_end)
+                if not p.acked and not p.indirect:
+                    due.append(p.ping_deadline)
+        due.extend(s.deadline for s in self._suspicions.values())
+        due.extend(r.nack_at for r in self._relays.values())
+        return min(due)
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def join(self, seeds: Sequence[str], now: float) -> list[Outbound]:
+        """Start the protocol (timers staggered at random) and ask each seed for its state.
+
+        Pass no seeds for the first node. Until a member is known, every push-pull round asks
+        the seeds again, so the seeds need not be up first.
+        """
+        self._seeds = [s for s in seeds if s != self.address]
+        if not self._started:
+            self._started = True
+            self._next_probe_at = now + self._rng.uniform(0, self.config.protocol_period)
+            self._next_push_pull = now + self._rng.uniform(0, self.config.push_pull_interval)
+            self._enqueue(Update(self.me(), self.self_id))
+        return [self._push_pull_to(s) for s in self._seeds]
+
+    def leave(self, now: float) -> list[Outbound]:
+        """Leave gracefully: become LEFT (final for this incarnation), stop probing, and tell
+        every live member at once; the shell should keep answering until it shuts down."""
+        if self._left:
+            return []
+        self._left = True
+        self._probe = None
+        self._events.append(Transition(now, self.self_id, ALIVE, LEFT, self._inc))
+        up = Update(self.me(), self.self_id)
+        self._enqueue(up)
+        return [Outbound(m.address, Ping(self._next_seq(), self.self_id, m.node_id, (up,)))
+                for m in self._live_others()]
+
+    def update_meta(self, meta: Mapping[str, str] | Meta) -> None:
+        """Change this node's meta (e.g. ring state joining → active) and gossip it under a new
+        incarnation, so it overrides the old one everywhere."""
+        self._meta = meta_of(meta)
+        self._inc += 1
+        self._enqueue(Update(self.me(), self.self_id))
+
+    # ------------------------------------------------------------------------------- driving
+
+    def tick(self, now: float) -> list[Outbound]:
+        """Run every timer due by `now`: relay nacks, suspicion expiry, the probe, push-pull."""
+        out: list[Outbound] = []
+        if not self._started:
+            return out
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.nack_at:
+                del self._relays[seq]
+                out.append(Outbound(relay.requester, Nack(relay.seq, self.self_id)))
+        if not self._left:
+            self._advance_probe(now, out)
+        for node_id, s in list(self._suspicions.items()):  # after the probe: it may confirm one
+            if now >= s.deadline:
+                self._set(replace(self._members[node_id], state=DEAD), self.self_id, now)
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + self.config.push_pull_interval
+            self._reap(now)
+            if not self._left:
+                self._push_pull_round(out)
+        return out
+
+    def receive(self, src_address: str, msg: Message, now: float) -> list[Outbound]:
+        """Handle one message from `src_address`; returns the replies and forwards it causes."""
+        out: list[Outbound] = []
+        match msg:
+            case Ping():
+                self._on_ping(src_address, msg, now, out)
+            case PingReq():
+                self._on_ping_req(src_address, msg, now, out)
+            case Ack():
+                self._on_ack(msg, now, out)
+            case Nack():
+                p = self._probe
+                if p is not None and p.seq == msg.seq:
+                    p.nacks += 1
+            case PushPull():
+                self._on_push_pull(src_address, msg, now, out)
+            case Refuse():
+                self._events.append(Refusal(now, msg.sender, src_address, msg.reason, True))
+        return out
+
+    # ---------------------------------------------------------------------------- push-pull
+
+    def push_pull_state(self) -> tuple[Member, ...]:
+        """The full state this node sends in a push-pull."""
+        return tuple(self.members())
+
+    def merge_state(self, remote: Iterable[Member], now: float) -> list[Outbound]:
+        """Fold a peer's full state into ours under the precedence rules. A peer's DEAD verdict
+        on a member we know becomes only a SUSPECT here (memberlist): the member gets its chance
+        to refute, which is what lets the two sides of a healed partition meet again. Accusers
+        do not travel in full state, so these suspicions are anonymous: they never count as a
+        Lifeguard confirmation, here or wherever they are gossiped on."""
+        out: list[Outbound] = []
+        for m in remote:
+            if m.state is DEAD and (m.node_id == self.self_id or m.node_id in self._members):
+                m = replace(m, state=SUSPECT)
+            self._apply(Update(m, ANONYMOUS), now, out)
+        return out
+
+    # ------------------------------------------------------------------------------ handlers
+
+    def _on_ping(self, src: str, msg: Ping, now: float, out: list[Outbound]) -> None:
+        if msg.target != self.self_id:
+            return  # meant for whoever held this address before us
+        self._apply_all(msg.updates, now, out)
+        reason = self._cached_refusal(msg.sender)
+        if reason is not None:
+            out.append(Outbound(src, Refuse(self.self_id, reason)))
+            return
+        out.append(Outbound(src, Ack(msg.seq, self.self_id, self._piggyback(msg.sender))))
+
+    def _on_ping_req(self, src: str, msg: PingReq, now: float, out: list[Outbound]) -> None:
+        self._apply_all(msg.updates, now, out)
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(src, msg.seq, now + self.config.ping_timeout)
+        ping = Ping(seq, self.self_id, msg.target, self._piggyback(msg.target))
+        out.append(Outbound(msg.target_address, ping))
+
+    def _on_ack(self, msg: Ack, now: float, out: list[Outbound]) -> None:
+        self._apply_all(msg.updates, now, out)
+        relay = self._relays.pop(msg.seq, None)
+        if relay is not None:
+            ack = Ack(relay.seq, self.self_id, self._piggyback(None))
+            out.append(Outbound(relay.requester, ack))
+        elif self._probe is not None and self._probe.seq == msg.seq:
+            self._probe.acked = True
+
+    def _on_push_pull(self, src: str, msg: PushPull, now: float, out: list[Outbound]) -> None:
+        own = next((m for m in msg.members if m.node_id == msg.sender), None)
+        if own is not None and own.node_id != self.self_id:
+            reason, _ = self._verdict(own, now)
+            if reason is not None:  # tell it, and show it nothing of the cluster
+                out.append(Outbound(src, Refuse(self.self_id, reason)))
+                return
+        out.extend(self.merge_state(msg.members, now))
+        if not msg.is_reply:
+            out.append(Outbound(src, PushPull(self.self_id, self.push_pull_state(), True)))
+
+    # ---------------------------------------------------------------------------- the probe
+
+    def _advance_probe(self, now: float, out: list[Outbound]) -> None:
+        p = self._probe
+        if p is not None:
+            if not p.acked and not p.indirect and now >= p.ping_deadline:
+                self._ask_helpers(p, now, out)
+            if now >= p.period_end:
+                self._conclude(p, now)
+                self._probe = None
+                self._next_probe_at = p.period_end
+        if self._probe is None and now >= self._next_probe_at:
+            self._start_probe(now, out)
+
+    def _start_probe(self, now: float, out: list[Outbound]) -> None:
+        scale = self._awareness + 1
+        target = self._next_target()
+        if target is None:
+            self._next_probe_at = now + self.config.protocol_period * scale
+            return
+        seq = self._next_seq()
+        self._probe = _Probe(seq, target.node_id, target.incarnation, scale,
+                             now + self.config.ping_timeout * scale,
+                             now + self.config.protocol_period * scale)
+        ping = Ping(seq, self.self_id, target.node_id, self._piggyback(target.node_id))
+        out.append(Outbound(target.address, ping))
+
+    def _ask_helpers(self, p: _Probe, now: float, out: list[Outbound]) -> None:
+        p.indirect = True
+        target = self._members.get(p.target)
+        if target is None:
+            return
+        helpers = sorted(k for k, m in self._members.items() if m.state is ALIVE and k != p.target)
+        chosen = self._rng.sample(helpers, min(self.config.ping_req_k, len(helpers)))
+        for h in chosen:
+            req = PingReq(p.seq, self.self_id, p.target, target.address, self._piggyback(h))
+            out.append(Outbound(self._members[h].address, req))
+        p.expected_nacks = len(chosen)
+        # A late tick (the process was paused) must still give the helpers their time.
+        p.period_end = max(p.period_end, now + self.config.ping_timeout * p.scale)
+
+    def _conclude(self, p: _Probe, now: float) -> None:
+        if p.acked:
+            self._nudge(-1)
+            return
+        # Lifeguard: missing nacks mean our own links are suspect; with no helpers, blame both.
+        self._nudge(p.expected_nacks - p.nacks if p.expected_nacks else 1)
+        m = self._members.get(p.target)
+        if m is not None:
+            accused = replace(m, incarnation=p.incarnation, state=SUSPECT)
+            self._apply(Update(accused, self.self_id), now, [])
+
+    def _next_target(self) -> Member | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                m = self._members.get(self._probe_order[self._probe_index])
+                self._probe_index += 1
+                if m is not None and m.state in _LIVE:
+                    return m
+            self._probe_order = sorted(m.node_id for m in self._live_others())
+            self._rng.shuffle(self._probe_order)
+            self._probe_index = 0
+        return None
+
+    def _nudge(self, delta: int) -> None:
+        self._awareness = min(max(self._awareness + delta, 0), self.config.awareness_max - 1)
+
+    # ------------------------------------------------------------------------------- updates
+
+    def _apply_all(self, updates: Iterable[Update], now: float, out: list[Outbound]) -> None:
+        for up in updates:
+            self._apply(up, now, out)
+
+    def _apply(self, up: Update, now: float, out: list[Outbound]) -> None:
+        new = up.member
+        if new.node_id == self.self_id:
+            self._maybe_refute(new)
+            return
+        old = self._members.get(new.node_id)
+        if (old is not None and old.state is SUSPECT and new.state is SUSPECT
+                and old.incarnation == new.incarnation):
+            self._confirm(old, up.by)
+            return
+        if not supersedes(new, old) or (old is None and new.state in _GONE):
+            return  # stale, or an obituary of a stranger
+        if old is None or old.meta != new.meta or old.address != new.address:
+            reason, first = self._verdict(new, now)
+            if reason is not None:
+                if first:
+                    out.append(Outbound(new.address, Refuse(self.self_id, reason)))
+                return
+        self._set(new, up.by, now)
+
+    def _maybe_refute(self, claim: Member) -> None:
+        """Someone asserts something about us that our record does not beat: outbid it."""
+        if self._left or claim.incarnation < self._inc or claim == self.me():
+            return
+        if claim.state is not ALIVE:
+            self._nudge(1)  # Lifeguard: being suspected hints that we are the slow one
+        self._inc = claim.incarnation + 1
+        self._enqueue(Update(self.me(), self.self_id))
+
+    def _set(self, new: Member, by: str, now: float) -> None:
+        node_id = new.node_id
+        old = self._members.get(node_id)
+        self._members[node_id] = new
+        if old is None or (old.state, old.meta, old.address) != (new.state, new.meta, new.address):
+            was = None if old is None else old.state
+            self._events.append(Transition(now, node_id, was, new.state, new.incarnation))
+        if new.state in _GONE:
+            if old is None or old.state not in _GONE:
+                self._gone_at[node_id] = now
+        elif old is None or old.state in _GONE:
+            self._gone_at.pop(node_id, None)
+            if node_id not in self._probe_order[self._probe_index:]:  # probe it this round
+                pos = self._rng.randint(self._probe_index, len(self._probe_order))
+                self._probe_order.insert(pos, node_id)
+        if new.state is SUSPECT:
+            self._suspect(new, by, now)
+        else:
+            self._suspicions.pop(node_id, None)
+        self._enqueue(Update(new, by))
+
+    def _suspect(self, m: Member, by: str, now: float) -> None:
+        n = self._cluster_size()
+        # Lifeguard: expect mult-2 confirmations, unless the cluster is too small to give them.
+        k = self.config.suspicion_mult - 2
+        k = k if n - 2 >= k else 0
+        lo = suspicion_timeout(self.config.suspicion_mult, n, self.config.protocol_period)
+        hi = self.config.suspicion_max_mult * lo
+        deadline = now + suspicion_duration(0, k, lo, hi)
+        self._suspicions[m.node_id] = _Suspicion(now, k, lo, hi, deadline, {by})
+
+    def _confirm(self, m: Member, by: str) -> None:
+        s = self._suspicions.get(m.node_id)
+        if s is None or by in s.confirmers or by in (ANONYMOUS, m.node_id):
+            return
+        s.confirmers.add(by)
+        s.deadline = s.started + suspicion_duration(len(s.confirmers) - 1, s.expected, s.lo, s.hi)
+        self._enqueue(Update(m, by))  # pass the confirmation on, as memberlist does
+
+    def _verdict(self, m: Member, now: float) -> tuple[str | None, bool]:
+        """The identity check's answer for this version of `m`, asked once per version; the
+        flag says the refusal is new (reported in events, and worth a Refuse message)."""
+        if self._accept is None:
+            return None, False
+        key = (m.incarnation, m.address, m.meta)
+        cached = self._verdicts.get(m.node_id)
+        if cached is not None and cached[0] == key:
+            return cached[1], False
+        reason = self._accept(m)
+        self._verdicts[m.node_id] = (key, reason)
+        if reason is not None:
+            self._events.append(Refusal(now, m.node_id, m.address, reason, False))
+        return reason, reason is not None
+
+    def _cached_refusal(self, node_id: str) -> str | None:
+        cached = self._verdicts.get(node_id)
+        return cached[1] if cached is not None and node_id not in self._members else None
+
+    # ----------------------------------------------------------------------------- gossip
+
+    def _enqueue(self, up: Update) -> None:
+        self._order += 1
+        self._queue[up.member.node_id] = _Broadcast(up, self._order)
+
+    def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
+        """Updates for one outgoing message: fewest-sent first, then newest (SWIM §4.1). A
+        destination we hold SUSPECT or DEAD is told so first, so that it can refute at once."""
+        picked: list[Update] = []
+        m = self._members.get(dest) if dest is not None else None
+        if m is not None and m.state in (SUSPECT, DEAD):
+            picked.append(Update(m, self.self_id))
+        limit = retransmit_limit(self.config.retransmit_mult, self._cluster_size())
+        room = self.config.max_piggyback - len(picked)
+        for b in sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order))[:room]:
+            if picked and b.update.member == picked[0].member:
+                continue
+            picked.append(b.update)
+            b.transmits += 1
+            if b.transmits >= limit:
+                del self._queue[b.update.member.node_id]
+        return tuple(picked)
+
+    def _push_pull_round(self, out: list[Outbound]) -> None:
+        alive = sorted(k for k, m in self._members.items() if m.state is ALIVE)
+        if alive:
+            out.append(self._push_pull_to(self._members[self._rng.choice(alive)].address))
+        else:
+            out.extend(self._push_pull_to(s) for s in self._seeds)
+        dead = sorted(k for k, m in self._members.items() if m.state is DEAD)
+        if dead:  # reconnect: one DEAD member per round, in case it was only cut off
+            out.append(self._push_pull_to(self._members[self._rng.choice(dead)].address))
+
+    def _push_pull_to(self, address: str) -> Outbound:
+        return Outbound(address, PushPull(self.self_id, self.push_pull_state(), False))
+
+    def _reap(self, now: float) -> None:
+        for node_id, since in list(self._gone_at.items()):
+            if now - since >= self.config.dead_reap_after:
+                old = self._members.pop(node_id)
+                del self._gone_at[node_id]
+                self._queue.pop(node_id, None)
+                self._events.append(Transition(now, node_id, old.state, None, old.incarnation))
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _live_others(self) -> list[Member]:
+        return [m for m in self._members.values() if m.state in _LIVE]
+
+    def _cluster_size(self) -> int:
+        """Members ALIVE or SUSPECT, self included: the n of the formulas."""
+        return 1 + len(self._live_others())
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq

@@ -1,0 +1,252 @@
+"""The composition root: builds every part of a node from the config; `start()` / `stop()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from spine.api.auth import Authenticator
+from spine.api.http import Services, build_app, mint_id
+from spine.cluster.coordinator import Coordinator
+from spine.cluster.fanout import FanOut
+from spine.cluster.handlers import build_handlers
+from spine.cluster.handoff import Handoff
+from spine.cluster.liveness import ProbeLiveness
+from spine.cluster.replication import Replicator
+from spine.cluster.rpc import RpcClient, RpcServer
+from spine.core.clock import HLC
+from spine.core.config import Config
+from spine.core.errors import ConfigError
+from spine.core.messages import Ping
+from spine.core.metrics import SpineMetrics
+from spine.core.ring import Ring
+from spine.runtime import Runtime
+from spine.storage.lmdb_store import Applied, Store
+
+log = structlog.get_logger("spine.node")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only loopback addresses."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+class Node:
+    """One Spine process: storage, replication, coordinator, RPC and HTTP."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        node_id: str,
+        runtime: Runtime | None = None,
+        *,
+        insecure: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.me = cfg.node(node_id)
+        self.id = node_id
+        self.rt = runtime or Runtime()
+        if not cfg.auth.keys and not is_loopback(self.me.host) and not (
+            insecure or cfg.auth.insecure
+        ):
+            raise ConfigError(
+                f"node {node_id} listens on {self.me.host}, not loopback, and auth.keys is empty:"
+                " add API keys or start with --insecure",
+                field="auth.keys",
+            )
+        self.metrics = SpineMetrics()
+        self.ring_value = Ring(
+            {n.id: n.zone for n in cfg.nodes},
+            shards=cfg.ring.shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
+        )
+        data_dir = Path(cfg.storage.path) / node_id
+        self.store = Store(
+            data_dir / "lmdb",
+            shard_of=self.ring_value.shard,
+            sync=cfg.storage.sync,
+            map_size_mb=cfg.storage.map_size_mb,
+            max_batch=cfg.storage.max_batch,
+            history_keep=cfg.history.keep,
+        )
+        self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
+        t = cfg.timeouts
+        self.rpc = RpcClient(
+            node_id, cfg.cluster.secret, self.hlc,
+            {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
+            local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
+        )
+        self.liveness = ProbeLiveness(
+            node_id, [n.id for n in cfg.nodes], self._probe,
+            cfg.liveness.probe_interval_ms / 1000, self.rt.sleep,
+        )
+        self.replicator = Replicator(
+            node_id, self.store, self.rpc, self.liveness, self.metrics,
+            rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
+            on_applied=self._on_applied, hints_enabled=cfg.handoff.enabled,
+        )
+        self.coordinator = Coordinator(
+            node_id, self.ring, self.store, self.replicator, self.rpc, self.liveness, self.hlc,
+            cfg.policy(), self.metrics,
+            read_timeout=t.read_ms / 1000, write_timeout=t.write_ms / 1000,
+            session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
+        )
+        self.fanout = FanOut(
+            node_id, self.ring, self.store, self.rpc, self.liveness,
+            lambda: [n.id for n in cfg.nodes], t.search_ms / 1000,
+        )
+        self.handoff = Handoff(
+            self.store, self.replicator, self.liveness, self.metrics,
+            interval=cfg.handoff.replay_interval_ms / 1000,
+            window_ms=cfg.handoff.window_s * 1000, batch=cfg.handoff.batch,
+            wall_ms=self.rt.wall_ms, sleep=self.rt.sleep,
+        )
+        self.handoff.enabled = cfg.handoff.enabled
+        self.liveness.on_up.append(self.handoff.wake)
+        self.rpc_server = RpcServer(
+            node_id, cfg.cluster.secret, self.hlc,
+            build_handlers(node_id, self.store, self.replicator, self.coordinator,
+                           cfg.session.max_keys),
+            self.rt.token_bytes,
+        )
+        self.auth = Authenticator(cfg.auth.keys)
+        self._runner: web.AppRunner | None = None
+        self._register_gauges()
+
+    # ------------------------------------------------------------ wiring helpers
+
+    def ring(self) -> Ring:
+        """The current ring."""
+        return self.ring_value
+
+    async def _probe(self, peer: str) -> None:
+        await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
+
+    def _on_applied(self, applied: list[Applied]) -> None:
+        """Keep derived structures (index, hash trees) in step with what was committed."""
+
+    def _register_gauges(self) -> None:
+        m = self.metrics.registry
+
+        def hints() -> dict[tuple[str, ...], float]:
+            return {(k,): float(v) for k, v in self.store.hint_counts().items()}
+
+        m.gauge("spine_hints_pending", "hints waiting for their replica", ("target",), hints)
+        m.gauge("spine_peers_down", "peers this node believes down", (),
+                lambda: {(): float(len(self.liveness.down()))})
+        m.gauge("spine_store_commits", "LMDB group commits since start", (),
+                lambda: {(): float(self.store.commits)})
+        m.gauge("spine_inflight_requests", "HTTP requests in flight", (),
+                lambda: {(): float(self.services.inflight)})
+
+    def cluster_view(self) -> dict[str, Any]:
+        """GET /v1/cluster."""
+        emb = self.cfg.embedder
+        return {
+            "node": self.id,
+            "cluster": self.cfg.cluster.name,
+            "members": [
+                {"id": n.id, "address": f"{n.host}:{n.port}", "zone": n.zone,
+                 "state": "active", "alive": self.liveness.is_alive(n.id)}
+                for n in self.cfg.nodes
+            ],
+            "ring": {"shards": self.cfg.ring.shards, "vnodes": self.cfg.ring.vnodes,
+                     "n": self.cfg.replication.n},
+            "embedder": {"name": emb.name, "dim": emb.dim, "fingerprint": ""},
+        }
+
+    def shards_view(self) -> dict[str, Any]:
+        """GET /v1/cluster/shards."""
+        ring = self.ring()
+        return {"shards": [
+            {"shard": s, "preference_list": list(ring.preference_list(s)),
+             "pending": [], "transfer": None}
+            for s in range(ring.shards)
+        ]}
+
+    def ready(self) -> bool:
+        """Ready when a quorum of the cluster (this node included) is reachable."""
+        alive = sum(1 for n in self.cfg.nodes if self.liveness.is_alive(n.id))
+        return alive >= self.cfg.policy().quorum(self.cfg.policy().default).w
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def services(self) -> Services:
+        """The HTTP layer's view of this node."""
+        return self._services
+
+    async def start(self) -> None:
+        """Open storage, start listeners and background loops."""
+        lim = self.cfg.limits
+        self._services = Services(
+            node_id=self.id, coordinator=self.coordinator, fanout=self.fanout,
+            metrics=self.metrics, auth=self.auth, limits=self.cfg.limits_value(),
+            dim=self.cfg.embedder.dim, session_max_keys=self.cfg.session.max_keys,
+            body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
+            cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
+            mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
+        )
+        self.store.start()
+        host, rpc_port = self.me.rpc_address
+        await self.rpc_server.start(host, rpc_port)
+        self.liveness.start()
+        self.handoff.start()
+        self._runner = web.AppRunner(
+            build_app(self._services), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True)
+        await site.start()
+        if self.auth.enabled:
+            auth = "on"
+        elif is_loopback(self.me.host):
+            auth = "off: every listener is on loopback"
+        else:
+            auth = "off: --insecure"
+        log.info(
+            "node_started", http=f"{self.me.host}:{self.me.port}",
+            rpc=f"{host}:{rpc_port}", auth=auth,
+            members=len(self.cfg.nodes), replication=self.cfg.replication.n,
+        )
+
+    async def stop(self) -> None:
+        """Stop listeners and loops, let the writer drain, close storage."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.handoff.stop()
+        await self.liveness.stop()
+        await self.replicator.stop()
+        await self.rpc_server.stop()
+        await self.rpc.close()
+        with contextlib.suppress(Exception):
+            self.store.close()
+        log.info("node_stopped")
+
+
+async def run_node(cfg: Config, node_id: str, *, insecure: bool = False) -> None:
+    """Run a node until SIGINT/SIGTERM, then stop it cleanly."""
+    import signal
+
+    node = Node(cfg, node_id, insecure=insecure)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    await stop.wait()
+    await node.stop()

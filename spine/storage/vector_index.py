@@ -1,0 +1,641 @@
+"""HNSW index per namespace (DESIGN §6, §7), over hnswlib.
+
+HNSW: Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
+Hierarchical Navigable Small World graphs" (2016). The index is derived data: LMDB is the truth,
+and the index is persisted with the LMDB watermark it reflects so that start-up only replays what
+came after (`IndexSet.save_all` / `load_all`).
+
+Invariants kept by `VectorIndex` (all under its lock):
+- every label in `[0, len(_keys))` exists in hnswlib; `_keys[label]` is its memory id, or None when
+  the label is marked deleted in hnswlib and waits in `_free` for reuse;
+- `_labels` is the exact inverse of the non-None part of `_keys`;
+- `_vecs[label]` is the (L2-normalised) vector hnswlib holds for a live label. The copy costs
+  `4 * dim` bytes per slot and buys exact brute force for selective filters without
+  `get_items` (which round-trips through Python lists).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from spine.core.errors import InvalidInput, SpineError
+
+__all__ = ["IndexCorrupt", "IndexSet", "VectorIndex"]
+
+_FORMAT = 1
+_META = "meta.json"
+_MANIFEST = "manifest.json"
+_CURRENT = "CURRENT"
+_MAX_K = 10_000
+
+Predicate = Callable[[str], bool]
+FloatArray = npt.NDArray[np.float32]
+
+
+class IndexCorrupt(SpineError):
+    """A saved index is missing, truncated or inconsistent; rebuild it from LMDB."""
+
+    code = "index_corrupt"
+
+
+class _RWLock:
+    """Many readers or one writer; a waiting writer holds back new readers (no starvation).
+
+    Not reentrant: code holding it (a search predicate included) must not call back into the
+    index, or it deadlocks as soon as a writer is waiting.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on a directory
+        _fsync_file(path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class VectorIndex:
+    """One hnswlib graph (inner product on L2-normalised vectors) for one namespace.
+
+    Scores are cosine similarities in [-1, 1], higher is better. Memory ids map to integer labels;
+    a deleted id's label is marked deleted in hnswlib and reused by a later insert (hnswlib's
+    `add_items` on a deleted label unmarks it and replaces its vector in place).
+
+    Thread safety: a readers–writer lock. `search`, `save`, `len`, `keys` share it (hnswlib
+    queries are safe beside each other and release the GIL); `upsert`, `delete` and the resize
+    inside `upsert` take it exclusively, because hnswlib's resize and updates are not safe beside
+    queries. `search` predicates run under the shared lock and must not call back into the index.
+
+    Search is exact brute force (numpy) while the namespace has at most `exact_max` live records,
+    and for a predicate estimated to match at most `max(exact_max, 2k)` of them; otherwise HNSW
+    with hnswlib's in-graph filter, falling back to exact whenever HNSW finds fewer than k. So a
+    filtered search returns k results whenever k live records match.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        initial_capacity: int = 1024,
+        exact_max: int = 2048,
+        seed: int = 100,
+    ) -> None:
+        if dim < 1 or m < 2 or ef_construction < 1 or ef_search < 1 or initial_capacity < 1:
+            raise ValueError("dim, ef_* and initial_capacity must be ≥ 1 and m ≥ 2")
+        self.dim = dim
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.exact_max = exact_max
+        self._seed = seed
+        self._lock = _RWLock()
+        self._index: Any = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(
+            max_elements=initial_capacity, M=m, ef_construction=ef_construction, random_seed=seed
+        )
+        # hnswlib searches with max(ef, k), so one global ef serves every k without set_ef races.
+        self._index.set_ef(ef_search)
+        self._index.set_num_threads(1)
+        self._vecs: FloatArray = np.zeros((initial_capacity, dim), dtype=np.float32)
+        self._keys: list[str | None] = []
+        self._labels: dict[str, int] = {}
+        self._free: list[int] = []
+        self._attrs: dict[str, object] = {}
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Live records."""
+        with self._lock.read():
+            return len(self._labels)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock.read():
+            return key in self._labels
+
+    def keys(self) -> list[str]:
+        """The live memory ids (a copy, in no particular order)."""
+        with self._lock.read():
+            return list(self._labels)
+
+    def attrs(self, key: str) -> object | None:
+        """The attrs stored with `key` by `upsert`, or None."""
+        with self._lock.read():
+            return self._attrs.get(key)
+
+    @property
+    def capacity(self) -> int:
+        """Slots allocated in hnswlib (grows by doubling)."""
+        with self._lock.read():
+            return int(self._vecs.shape[0])
+
+    def vector(self, key: str) -> FloatArray | None:
+        """A copy of the normalised vector indexed for `key`, or None."""
+        with self._lock.read():
+            label = self._labels.get(key)
+            return None if label is None else self._vecs[label].copy()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def upsert(self, key: str, vector: npt.ArrayLike, attrs: object | None = None) -> None:
+        """Insert or replace `key`'s vector (normalised here) and attrs (None clears them).
+
+        attrs must be JSON-serialisable for `save` (e.g. tags and agent id for predicates).
+        """
+        self._apply([key], self._prepare_rows(vector, 1), [attrs], num_threads=1)
+
+    def upsert_many(
+        self,
+        keys: Sequence[str],
+        vectors: npt.ArrayLike,
+        attrs: Sequence[object | None] | None = None,
+        *,
+        num_threads: int = -1,
+    ) -> None:
+        """Upsert a batch (rebuild, catch-up) in one exclusive section; a repeated key keeps
+        its last row. hnswlib inserts on `num_threads` threads (-1: every core; 1 builds the
+        same graph every time)."""
+        if attrs is not None and len(attrs) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(attrs)} attrs")
+        if len(keys) == 0:
+            return
+        self._apply(keys, self._prepare_rows(vectors, len(keys)), attrs, num_threads=num_threads)
+
+    def _apply(
+        self,
+        keys: Sequence[str],
+        mat: FloatArray,
+        attrs: Sequence[object | None] | None,
+        *,
+        num_threads: int,
+    ) -> None:
+        last = {key: i for i, key in enumerate(keys)}
+        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        with self._lock.write():
+            # Plan labels first and commit only after hnswlib accepted them, so a failure
+            # leaves the invariants intact. New keys take freed labels, then fresh ones.
+            labels = np.empty(len(last), dtype=np.int64)
+            n_free, reused, fresh = len(self._free), 0, 0
+            for j, key in enumerate(last):
+                label = self._labels.get(key)
+                if label is None:
+                    if reused < n_free:
+                        reused += 1
+                        label = self._free[n_free - reused]
+                    else:
+                        label = len(self._keys) + fresh
+                        fresh += 1
+                labels[j] = label
+            capacity = self._vecs.shape[0]
+            if len(self._keys) + fresh > capacity:
+                self._grow(max(2 * capacity, len(self._keys) + fresh))
+            self._index.add_items(mat[rows], labels.astype(np.uint64), num_threads=num_threads)
+            del self._free[n_free - reused :]
+            self._keys.extend([None] * fresh)
+            for j, key in enumerate(last):
+                label = int(labels[j])
+                self._keys[label] = key
+                self._labels[key] = label
+                value = None if attrs is None else attrs[int(rows[j])]
+                if value is None:
+                    self._attrs.pop(key, None)
+                else:
+                    self._attrs[key] = value
+            self._vecs[labels] = mat[rows]
+
+    def delete(self, key: str) -> bool:
+        """Remove `key`; False when it was not there (replays during catch-up are no-ops)."""
+        with self._lock.write():
+            label = self._labels.get(key)
+            if label is None:
+                return False
+            self._index.mark_deleted(label)
+            del self._labels[key]
+            self._keys[label] = None
+            self._free.append(label)
+            self._attrs.pop(key, None)
+            self._vecs[label] = 0.0
+            return True
+
+    def _grow(self, capacity: int) -> None:
+        """Under the write lock: resize hnswlib and the vector copy to `capacity` slots."""
+        self._index.resize_index(capacity)
+        vecs = np.zeros((capacity, self.dim), dtype=np.float32)
+        vecs[: self._vecs.shape[0]] = self._vecs
+        self._vecs = vecs
+
+    def _prepare_rows(self, vectors: npt.ArrayLike, n: int) -> FloatArray:
+        """Validate n vectors of `dim` floats and L2-normalise a private copy (zero rows stay)."""
+        try:
+            mat = np.array(vectors, dtype=np.float32, ndmin=2)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"vector is not an array of numbers: {exc}", field="vector") from exc
+        if mat.shape != (n, self.dim):
+            want = f"({self.dim},)" if n == 1 else f"({n}, {self.dim})"
+            got = mat.shape[1:] if n == 1 and mat.shape[0] == 1 else mat.shape
+            raise InvalidInput(f"vector has shape {got}, expected {want}", field="vector")
+        if not np.all(np.isfinite(mat)):
+            raise InvalidInput("vector has a NaN or infinite component", field="vector")
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        np.divide(mat, norms, out=mat, where=norms > 0.0)
+        return mat
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def search(
+        self, vector: npt.ArrayLike, k: int, predicate: Predicate | None = None
+    ) -> list[tuple[str, float]]:
+        """The k live records most similar to `vector` (and matching `predicate`), best first.
+
+        Returns `(memory id, cosine similarity)` pairs; fewer than k only when fewer match.
+        """
+        if k < 0 or k > _MAX_K:
+            raise InvalidInput(f"k must be in [0, {_MAX_K}], got {k}", field="k")
+        q = self._prepare_rows(vector, 1)[0]
+        if k == 0:
+            return []
+        with self._lock.read():
+            live = len(self._labels)
+            if live == 0:
+                return []
+            if predicate is None:
+                if live <= self.exact_max:
+                    return self._exact(q, k, self._live_labels())
+                found = self._hnsw(q, min(k, live), None)
+                return found if found is not None else self._exact(q, k, self._live_labels())
+            if live <= self.exact_max or self._estimate(predicate) <= max(self.exact_max, 2 * k):
+                return self._exact(q, k, self._matching_labels(predicate))
+            found = self._hnsw(q, k, predicate)
+            if found is not None:
+                return found
+            return self._exact(q, k, self._matching_labels(predicate))
+
+    def _live_labels(self) -> npt.NDArray[np.int64]:
+        return np.fromiter(self._labels.values(), dtype=np.int64, count=len(self._labels))
+
+    def _matching_labels(self, predicate: Predicate) -> npt.NDArray[np.int64]:
+        return np.fromiter(
+            (label for key, label in self._labels.items() if predicate(key)), dtype=np.int64
+        )
+
+    def _estimate(self, predicate: Predicate) -> float:
+        """Live records matching `predicate`, estimated from an evenly strided sample of ~512."""
+        step = max(1, len(self._keys) // 512)
+        sample = [key for key in self._keys[::step] if key is not None]
+        if not sample:
+            return 0.0
+        hits = sum(1 for key in sample if predicate(key))
+        return hits / len(sample) * len(self._labels)
+
+    def _exact(
+        self, q: FloatArray, k: int, labels: npt.NDArray[np.int64]
+    ) -> list[tuple[str, float]]:
+        if labels.shape[0] == 0:
+            return []
+        scores = self._vecs[labels] @ q
+        if labels.shape[0] > k:
+            top = np.argpartition(-scores, k - 1)[:k]
+            order = top[np.argsort(-scores[top], kind="stable")]
+        else:
+            order = np.argsort(-scores, kind="stable")
+        keys = self._keys
+        return [(keys[int(labels[i])] or "", min(1.0, max(-1.0, float(scores[i])))) for i in order]
+
+    def _hnsw(
+        self, q: FloatArray, k: int, predicate: Predicate | None
+    ) -> list[tuple[str, float]] | None:
+        """HNSW search; None when hnswlib cannot find k (deleted or filtered-out neighbourhoods)."""
+        keys = self._keys
+        failure: list[BaseException] = []
+        allow: Callable[[int], bool] | None = None
+        if predicate is not None:
+            pred = predicate
+
+            def allow(label: int) -> bool:
+                # An exception must not unwind through hnswlib's C++ frames: keep it for later.
+                if failure:
+                    return False
+                key = keys[label]
+                try:
+                    return key is not None and bool(pred(key))
+                except BaseException as exc:
+                    failure.append(exc)
+                    return False
+
+        try:
+            labels, dists = self._index.knn_query(q[None, :], k=k, num_threads=1, filter=allow)
+        except RuntimeError:
+            if failure:
+                raise failure[0] from None
+            return None
+        if failure:
+            raise failure[0]
+        out: list[tuple[str, float]] = []
+        for label, dist in zip(labels[0].tolist(), dists[0].tolist(), strict=True):
+            key = keys[label]
+            if key is None:  # cannot happen: hnswlib skips deleted labels
+                return None
+            out.append((key, min(1.0, max(-1.0, 1.0 - float(dist)))))
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Persist into `directory`: the hnswlib graph, the vectors and a `meta.json` sidecar.
+
+        Data files carry a fresh generation number and `meta.json` (replaced atomically, last)
+        names them, so a crash mid-save leaves the previous save readable. Writers wait while
+        the graph is written; searches go on.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        gen = _generation(directory / _META) + 1
+        graph_name, vecs_name = f"graph-{gen:08d}.hnsw", f"vectors-{gen:08d}.npy"
+        with self._lock.read():
+            n = len(self._keys)
+            meta = {
+                "format": _FORMAT,
+                "generation": gen,
+                "dim": self.dim,
+                "m": self.m,
+                "ef_construction": self.ef_construction,
+                "capacity": int(self._vecs.shape[0]),
+                "graph": graph_name,
+                "vectors": vecs_name,
+                "keys": list(self._keys),
+                "attrs": dict(self._attrs),
+            }
+            try:
+                body = json.dumps(meta, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"index attrs are not JSON-serialisable: {exc}") from exc
+            self._index.save_index(str(directory / graph_name))
+            with open(directory / vecs_name, "wb") as f:
+                np.save(f, self._vecs[:n], allow_pickle=False)
+        _fsync_file(directory / graph_name)
+        _fsync_file(directory / vecs_name)
+        _write_atomic(directory / _META, body)
+        for stale in directory.iterdir():
+            if stale.name.startswith(("graph-", "vectors-")) and stale.name not in (
+                graph_name,
+                vecs_name,
+            ):
+                stale.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, directory: Path, *, ef_search: int = 64, exact_max: int = 2048) -> VectorIndex:
+        """Load what `save` wrote; IndexCorrupt when it is missing or inconsistent."""
+        try:
+            meta = json.loads((directory / _META).read_bytes())
+            if meta["format"] != _FORMAT:
+                raise IndexCorrupt(f"{directory}: unknown index format {meta['format']!r}")
+            keys: list[str | None] = meta["keys"]
+            n = len(keys)
+            capacity = max(int(meta["capacity"]), n, 1)
+            out = cls(
+                int(meta["dim"]),
+                m=int(meta["m"]),
+                ef_construction=int(meta["ef_construction"]),
+                ef_search=ef_search,
+                initial_capacity=1,
+                exact_max=exact_max,
+            )
+            index = hnswlib.Index(space="ip", dim=out.dim)
+            index.load_index(str(directory / meta["graph"]), max_elements=capacity)
+            index.set_ef(ef_search)
+            index.set_num_threads(1)
+            if index.get_current_count() != n:
+                raise IndexCorrupt(
+                    f"{directory}: graph holds {index.get_current_count()} labels, sidecar {n}"
+                )
+            vecs = np.load(directory / meta["vectors"], allow_pickle=False)
+            if vecs.shape != (n, out.dim) or vecs.dtype != np.float32:
+                raise IndexCorrupt(f"{directory}: vectors have shape {vecs.shape}, {vecs.dtype}")
+        except IndexCorrupt:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise IndexCorrupt(f"{directory}: cannot load index: {exc}") from exc
+        out._index = index
+        out._vecs = np.zeros((capacity, out.dim), dtype=np.float32)
+        out._vecs[:n] = vecs
+        out._keys = keys
+        out._labels = {key: label for label, key in enumerate(keys) if key is not None}
+        out._free = [label for label, key in enumerate(keys) if key is None]
+        out._attrs = {k: v for k, v in meta["attrs"].items() if k in out._labels}
+        if len(out._labels) + len(out._free) != n:
+            raise IndexCorrupt(f"{directory}: a memory id appears under two labels")
+        return out
+
+
+def _generation(meta_path: Path) -> int:
+    try:
+        return int(json.loads(meta_path.read_bytes())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+class IndexSet:
+    """The node's indexes, one `VectorIndex` per namespace, created on demand.
+
+    `save_all` writes a snapshot directory (every index plus a manifest holding the LMDB
+    watermark), then switches the one-line `CURRENT` file to it atomically; `load_all` follows
+    `CURRENT`. A crash at any point leaves the previous snapshot, or none, never a mixture.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        initial_capacity: int = 1024,
+        exact_max: int = 2048,
+        fingerprint: str = "",
+    ) -> None:
+        self.dim = dim
+        self.fingerprint = fingerprint
+        self._params: dict[str, int] = {
+            "m": m,
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "initial_capacity": initial_capacity,
+            "exact_max": exact_max,
+        }
+        self._indexes: dict[str, VectorIndex] = {}
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+
+    def get(self, namespace: str) -> VectorIndex:
+        """The namespace's index, created empty when new."""
+        index = self._indexes.get(namespace)
+        if index is None:
+            with self._lock:
+                index = self._indexes.get(namespace)
+                if index is None:
+                    index = VectorIndex(self.dim, **self._params)
+                    self._indexes[namespace] = index
+        return index
+
+    def peek(self, namespace: str) -> VectorIndex | None:
+        """The namespace's index, or None when it has none (searching it finds nothing)."""
+        return self._indexes.get(namespace)
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with an index."""
+        with self._lock:
+            return sorted(self._indexes)
+
+    def drop(self, namespace: str) -> None:
+        """Forget a namespace's index (e.g. after its last shard moved away)."""
+        with self._lock:
+            self._indexes.pop(namespace, None)
+
+    def save_all(self, directory: Path, watermark: int) -> None:
+        """Snapshot every index with `watermark`, the LMDB sequence they reflect.
+
+        Every write up to `watermark` must be in the indexes; later ones may be too, since
+        replaying upserts and deletes from the watermark is idempotent.
+        """
+        with self._save_lock:
+            directory.mkdir(parents=True, exist_ok=True)
+            gen = _current_snapshot_gen(directory) + 1
+            name = f"snap-{gen:08d}"
+            tmp = directory / f"{name}.tmp"
+            _rmtree(tmp)
+            tmp.mkdir()
+            with self._lock:
+                indexes = dict(self._indexes)
+            for namespace, index in sorted(indexes.items()):
+                index.save(tmp / namespace)
+            manifest = {
+                "format": _FORMAT,
+                "watermark": watermark,
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "namespaces": sorted(indexes),
+            }
+            _write_atomic(tmp / _MANIFEST, json.dumps(manifest).encode())
+            os.replace(tmp, directory / name)
+            _fsync_dir(directory)
+            _write_atomic(directory / _CURRENT, f"{name}\n".encode())
+            for old in directory.iterdir():
+                if old.name.startswith("snap-") and old.name != name:
+                    _rmtree(old)
+
+    def load_all(self, directory: Path) -> int | None:
+        """Replace the indexes with the current snapshot; its watermark, or None to rebuild.
+
+        None (indexes left empty) when there is no snapshot, it is corrupt, or it was made for
+        another dimension or embedder fingerprint.
+        """
+        try:
+            name = (directory / _CURRENT).read_text().strip()
+            snap = directory / name
+            manifest = json.loads((snap / _MANIFEST).read_bytes())
+            if (
+                manifest["format"] != _FORMAT
+                or manifest["dim"] != self.dim
+                or manifest["fingerprint"] != self.fingerprint
+            ):
+                raise IndexCorrupt(f"{snap}: made for another dim, embedder or format")
+            watermark = int(manifest["watermark"])
+            loaded = {
+                ns: VectorIndex.load(
+                    snap / ns,
+                    ef_search=self._params["ef_search"],
+                    exact_max=self._params["exact_max"],
+                )
+                for ns in manifest["namespaces"]
+            }
+            if any(index.dim != self.dim for index in loaded.values()):
+                raise IndexCorrupt(f"{snap}: an index has the wrong dimension")
+        except (IndexCorrupt, OSError, ValueError, KeyError, TypeError):
+            with self._lock:
+                self._indexes = {}
+            return None
+        with self._lock:
+            self._indexes = loaded
+        return watermark
+
+
+def _current_snapshot_gen(directory: Path) -> int:
+    gens = [0]
+    for p in directory.glob("snap-*"):
+        digits = p.name[len("snap-") :].split(".")[0]
+        if digits.isdigit():
+            gens.append(int(digits))
+    return max(gens)
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
