@@ -106,7 +106,7 @@ class SwimConfig:
     suspicion_max_mult: float = 6.0  # Lifeguard: a lone suspicion waits this × the nominal one
     retransmit_mult: int = 4  # each update is piggybacked mult × ceil(log10(n+1)) times
     push_pull_interval: float = 10.0  # full-state TCP exchange with one random member
-    max_piggyback: int = 6  # updates carried per ping/ack
+    max_piggyback: int = 6  # queued updates per message, besides the sender's own record
     awareness_max: int = 8  # Lifeguard: T and ping_timeout scale by up to this factor
     dead_reap_after: float = 86_400.0  # a DEAD/LEFT record is forgotten after this long
 
@@ -552,7 +552,11 @@ class Swim:
 
     def _maybe_refute(self, claim: Member) -> None:
         """Someone asserts something about us that our record does not beat: outbid it."""
-        if self._left or claim.incarnation < self._inc or claim == self.me():
+        if self._left or claim == self.me():
+            return
+        if claim.incarnation < self._inc:
+            if claim.state is not ALIVE:  # they missed our refutation: send it round again
+                self._enqueue(Update(self.me(), self.self_id))
             return
         if claim.state is not ALIVE:
             self._nudge(1)  # Lifeguard: being suspected hints that we are the slow one
@@ -624,21 +628,22 @@ class Swim:
         self._queue[up.member.node_id] = _Broadcast(up, self._order)
 
     def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
-        """Updates for one outgoing message: fewest-sent first, then newest (SWIM §4.1). A
-        destination we hold SUSPECT or DEAD is told so first, so that it can refute at once."""
-        picked: list[Update] = []
+        """Updates for one outgoing message. First our own record, so that any direct contact
+        refutes a stale suspicion of us without waiting on gossip; then, to a destination we
+        hold SUSPECT or DEAD, that verdict, so that it can refute at once; then up to
+        `max_piggyback` queued updates, fewest-sent first, then newest (SWIM §4.1)."""
+        picked = [Update(self.me(), self.self_id)]
         m = self._members.get(dest) if dest is not None else None
         if m is not None and m.state in (SUSPECT, DEAD):
             picked.append(Update(m, self.self_id))
         limit = retransmit_limit(self.config.retransmit_mult, self._cluster_size())
-        room = self.config.max_piggyback - len(picked)
-        for b in sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order))[:room]:
-            if picked and b.update.member == picked[0].member:
-                continue
-            picked.append(b.update)
+        queued = sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order))
+        for b in queued[: self.config.max_piggyback]:
             b.transmits += 1
             if b.transmits >= limit:
                 del self._queue[b.update.member.node_id]
+            if b.update not in picked:
+                picked.append(b.update)
         return tuple(picked)
 
     def _push_pull_round(self, out: list[Outbound]) -> None:

@@ -144,9 +144,9 @@ class HashEmbedder:
             raise ValueError(f"embedder dim must be a positive integer, got {dim!r}")
         self.name = "hash"
         self.dim = dim
-        self.fingerprint = fingerprint_of(
-            self.name, dim, f"{_HASH_VERSION}:unicode-{unicodedata.unidata_version}"
-        )
+        # The Unicode tables' version is left out on purpose: a newer Python only changes how
+        # newly assigned characters normalise, and nodes must agree across rolling upgrades.
+        self.fingerprint = fingerprint_of(self.name, dim, _HASH_VERSION)
         self._cache: dict[str, int] = {}
 
     def __repr__(self) -> str:
