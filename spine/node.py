@@ -15,12 +15,14 @@ from aiohttp import web
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app, mint_id
 from spine.cluster.coordinator import Coordinator
+from spine.cluster.embedding import EmbedBatcher
 from spine.cluster.fanout import FanOut
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.liveness import ProbeLiveness
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import RpcClient, RpcServer
+from spine.cluster.search import SearchService
 from spine.core.clock import HLC
 from spine.core.config import Config
 from spine.core.errors import ConfigError
@@ -28,6 +30,8 @@ from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.ring import Ring
 from spine.runtime import Runtime
+from spine.storage.embedders import make_embedder
+from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Applied, Store
 
 log = structlog.get_logger("spine.node")
@@ -74,6 +78,8 @@ class Node:
             shards=cfg.ring.shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
         )
         data_dir = Path(cfg.storage.path) / node_id
+        self.embedder = make_embedder(cfg.embedder.name, cfg.embedder.dim)
+        self.embed = EmbedBatcher(self.embedder)
         self.store = Store(
             data_dir / "lmdb",
             shard_of=self.ring_value.shard,
@@ -82,6 +88,14 @@ class Node:
             max_batch=cfg.storage.max_batch,
             history_keep=cfg.history.keep,
         )
+        ix = cfg.index
+        self.indexer = Indexer(
+            self.store, data_dir / "index", dim=cfg.embedder.dim, m=ix.m,
+            ef_construction=ix.ef_construction, ef_search=ix.ef_search,
+            fingerprint=self.embedder.fingerprint, persist_interval=ix.persist_interval_s,
+            sleep=self.rt.sleep,
+        )
+        self.store.on_commit = self.indexer.on_commit
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
         self.rpc = RpcClient(
@@ -103,6 +117,7 @@ class Node:
             cfg.policy(), self.metrics,
             read_timeout=t.read_ms / 1000, write_timeout=t.write_ms / 1000,
             session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
+            embed=self.embed.embed,
         )
         self.fanout = FanOut(
             node_id, self.ring, self.store, self.rpc, self.liveness,
@@ -114,12 +129,16 @@ class Node:
             window_ms=cfg.handoff.window_s * 1000, batch=cfg.handoff.batch,
             wall_ms=self.rt.wall_ms, sleep=self.rt.sleep,
         )
+        self.search = SearchService(
+            self.indexer, self.fanout, self.coordinator, self.embed.embed,
+            cfg.limits_value(), cfg.embedder.dim,
+        )
         self.handoff.enabled = cfg.handoff.enabled
         self.liveness.on_up.append(self.handoff.wake)
         self.rpc_server = RpcServer(
             node_id, cfg.cluster.secret, self.hlc,
             build_handlers(node_id, self.store, self.replicator, self.coordinator,
-                           cfg.session.max_keys),
+                           cfg.session.max_keys, self.search.local),
             self.rt.token_bytes,
         )
         self.auth = Authenticator(cfg.auth.keys)
@@ -165,7 +184,8 @@ class Node:
             ],
             "ring": {"shards": self.cfg.ring.shards, "vnodes": self.cfg.ring.vnodes,
                      "n": self.cfg.replication.n},
-            "embedder": {"name": emb.name, "dim": emb.dim, "fingerprint": ""},
+            "embedder": {"name": emb.name, "dim": emb.dim,
+                         "fingerprint": self.embedder.fingerprint},
         }
 
     def shards_view(self) -> dict[str, Any]:
@@ -199,8 +219,13 @@ class Node:
             body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
             cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
+            search=self.search.handle,
         )
+        loop = asyncio.get_running_loop()
+        how = await loop.run_in_executor(None, self.indexer.recover)
+        log.info("index_recovered", how=how, seq=self.store.seq)
         self.store.start()
+        self.indexer.start()
         host, rpc_port = self.me.rpc_address
         await self.rpc_server.start(host, rpc_port)
         self.liveness.start()
@@ -233,6 +258,8 @@ class Node:
         await self.replicator.stop()
         await self.rpc_server.stop()
         await self.rpc.close()
+        await self.indexer.stop()
+        self.embed.close()
         with contextlib.suppress(Exception):
             self.store.close()
         log.info("node_stopped")

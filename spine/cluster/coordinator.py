@@ -39,7 +39,7 @@ from spine.core.session import SessionToken
 from spine.core.validation import WriteBody
 from spine.storage.lmdb_store import Store
 
-Embed = Callable[[list[str]], Awaitable[list[bytes]]]
+Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ drops tombstones, and reports the shards for which no replica answered (`partial
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +57,14 @@ class FanOut:
         self.timeout = timeout
 
     async def ask_all(
-        self, msg: Message, local: Callable[[], Any]
+        self, msg: Message, local: Callable[[], Awaitable[Any]]
     ) -> dict[str, Any]:
         """Every live node's answer to `msg` (this node's from `local()`), by node id."""
         nodes = [m for m in self.members() if m == self.node_id or self.liveness.is_alive(m)]
 
         async def one(node: str) -> Any:
             if node == self.node_id:
-                return local()
+                return await local()
             return await self.rpc.call(node, msg, self.timeout)
 
         replies = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
@@ -89,7 +89,10 @@ class FanOut:
     ) -> Page:
         """Live records of a namespace in id order after `after`, at most `limit`."""
         msg = ListPage(namespace, after, limit, tag, agent_id)
-        replies = await self.ask_all(msg, lambda: local_list(self.store, msg))
+        async def local() -> list[Any]:
+            return local_list(self.store, msg)
+
+        replies = await self.ask_all(msg, local)
         newest: dict[str, Record] = {}
         bound: str | None = None
         for wires in replies.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spine.cluster.coordinator import (
@@ -16,7 +17,17 @@ from spine.cluster.replication import Replicator
 from spine.cluster.rpc import Handler
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput
-from spine.core.messages import Apply, Forward, History, ListPage, Ping, Read, Tag, records_to_wire
+from spine.core.messages import (
+    Apply,
+    Forward,
+    History,
+    ListPage,
+    Ping,
+    Read,
+    Search,
+    Tag,
+    records_to_wire,
+)
 from spine.core.session import SessionToken
 from spine.storage.lmdb_store import Outcome, Store
 
@@ -27,6 +38,7 @@ def build_handlers(
     replicator: Replicator,
     coordinator: Coordinator,
     session_max_keys: int,
+    search: Callable[[Search], Awaitable[list[Any]]],
 ) -> dict[Tag, Handler]:
     """The handlers a node serves to its peers."""
 
@@ -68,7 +80,11 @@ def build_handlers(
         out["token"] = token.encode() if token is not None else None
         return out
 
+    async def search_local(_peer: str, msg: Search) -> list[Any]:
+        return await search(msg)
+
     table: dict[Tag, Any] = {
+        Tag.SEARCH: search_local,
         Tag.PING: ping,
         Tag.APPLY: apply,
         Tag.READ: read,

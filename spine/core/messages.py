@@ -130,7 +130,25 @@ class History:
         return cls(w[0], w[1])
 
 
-Message = Ping | Apply | Read | Forward | ListPage | History
+@dataclass(frozen=True, slots=True)
+class Search:
+    """Search this node's index of a namespace: float32 query vector, k, filters."""
+
+    TAG: ClassVar[Tag] = Tag.SEARCH
+    namespace: str = ""
+    vector: bytes = b""
+    k: int = 10
+    filters: list[Any] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.vector, self.k, self.filters]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Search:
+        return cls(w[0], w[1], w[2], w[3])
+
+
+Message = Ping | Apply | Read | Forward | ListPage | History | Search
 
 DECODERS: dict[int, Any] = {
     Tag.PING: Ping.from_wire,
@@ -139,6 +157,7 @@ DECODERS: dict[int, Any] = {
     Tag.FORWARD: Forward.from_wire,
     Tag.LIST: ListPage.from_wire,
     Tag.HISTORY: History.from_wire,
+    Tag.SEARCH: Search.from_wire,
 }
 
 

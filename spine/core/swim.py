@@ -26,28 +26,31 @@ import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 from spine.core.errors import ConfigError
 from spine.core.swim_messages import (
     Ack,
+    Event,
     Member,
     MemberState,
     Message,
     Meta,
     Nack,
+    Outbound,
     Ping,
     PingReq,
     PushPull,
+    Refusal,
     Refuse,
+    Transition,
     Update,
     meta_of,
 )
 
 __all__ = [
-    "Member", "MemberState", "Meta", "Outbound", "Refusal", "Swim", "SwimConfig", "Transition",
-    "Update", "failure_detection_bound", "retransmit_limit", "supersedes", "suspicion_duration",
-    "suspicion_timeout",
+    "AcceptHook", "Event", "Member", "MemberState", "Meta", "Outbound", "Refusal", "Swim",
+    "SwimConfig", "Transition", "Update", "failure_detection_bound", "retransmit_limit",
+    "supersedes", "suspicion_duration", "suspicion_timeout",
 ]
 
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
@@ -147,41 +150,11 @@ def failure_detection_bound(config: SwimConfig, n_members: int) -> float:
     return probe + config.suspicion_max_mult * lo
 
 
-# ---------------------------------------------------------------------------------------- events
-
-
-class Outbound(NamedTuple):
-    """A message to send: PushPull over TCP, everything else as one UDP datagram."""
-
-    address: str
-    msg: Message
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A member's state (or meta, when old == new) changed in this node's view."""
-
-    at: float
-    node_id: str
-    old: MemberState | None  # None: first heard of
-    new: MemberState | None  # None: forgotten (reaped)
-    incarnation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The identity check refused `node_id`, or (by_peer) the peer `node_id` refused us."""
-
-    at: float
-    node_id: str
-    address: str
-    reason: str
-    by_peer: bool
-
-
-Event = Transition | Refusal
 AcceptHook = Callable[[Member], str | None]
 """Identity check: None admits the member, a string refuses it and says why."""
+
+
+# -------------------------------------------------------------------------------- internal state
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -122,6 +122,39 @@ class Refuse:
 
 
 Message = Ping | PingReq | Ack | Nack | PushPull | Refuse
+
+
+class Outbound(NamedTuple):
+    """A message to send: PushPull over TCP, everything else as one UDP datagram."""
+
+    address: str
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A member's state (or meta, when old == new) changed in this node's view."""
+
+    at: float
+    node_id: str
+    old: MemberState | None  # None: first heard of
+    new: MemberState | None  # None: forgotten (reaped)
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The identity check refused `node_id`, or (by_peer) the peer `node_id` refused us."""
+
+    at: float
+    node_id: str
+    address: str
+    reason: str
+    by_peer: bool
+
+
+Event = Transition | Refusal
+"""What `Swim.drain_events` hands the shell: for metrics, logs and liveness callbacks."""
 
 
 class Tag(enum.IntEnum):

@@ -150,3 +150,89 @@ def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> Writ
         agent_id=None if raw_agent is None else agent_id(raw_agent, f"{prefix}agent_id"),
         vector=None if raw_vector is None else vector(raw_vector, dim, f"{prefix}vector"),
     )
+
+
+SEARCH_FIELDS = frozenset(
+    {"query", "vector", "k", "tags_all", "tags_any", "agent_id", "metadata", "min_score"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A validated search: text or vector, k, and filters."""
+
+    query: str | None
+    vector: list[float] | None
+    k: int
+    tags_all: tuple[str, ...] = ()
+    tags_any: tuple[str, ...] = ()
+    agent_id: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    min_score: float | None = None
+
+    def filters_wire(self) -> list[Any]:
+        """The filters as a msgpack-friendly list."""
+        return [list(self.tags_all), list(self.tags_any), self.agent_id,
+                None if self.metadata is None else dict(self.metadata), self.min_score]
+
+
+def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
+    """Validate `{query? | vector?, k, tags_all?, tags_any?, agent_id?, metadata?, min_score?}`."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object", field="body")
+    for name in body:
+        if name not in SEARCH_FIELDS:
+            raise InvalidInput(f"unknown field {name!r}", field=name)
+    query, vec = body.get("query"), body.get("vector")
+    if (query is None) == (vec is None):
+        raise InvalidInput("give exactly one of query or vector", field="query")
+    if query is not None and (not isinstance(query, str) or not query.strip()):
+        raise InvalidInput("query must be a non-empty string", field="query")
+    if isinstance(query, str) and len(query.encode()) > limits.content_bytes:
+        raise TooLarge(f"query is past {limits.content_bytes} bytes", field="query")
+    k = body.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
+        raise InvalidInput(f"k must be an integer in 1..{limits.max_k}", field="k")
+    min_score = body.get("min_score")
+    if min_score is not None and (
+        isinstance(min_score, bool) or not isinstance(min_score, int | float)
+        or not math.isfinite(float(min_score))
+    ):
+        raise InvalidInput("min_score must be a number", field="min_score")
+    meta = body.get("metadata")
+    if meta is not None:
+        meta = metadata(meta, limits, "metadata")
+    raw_agent = body.get("agent_id")
+    return SearchQuery(
+        query=query,
+        vector=None if vec is None else vector(vec, dim, "vector"),
+        k=k,
+        tags_all=tags(body.get("tags_all", []), limits, "tags_all"),
+        tags_any=tags(body.get("tags_any", []), limits, "tags_any"),
+        agent_id=None if raw_agent is None else agent_id(raw_agent, "agent_id"),
+        metadata=meta,
+        min_score=None if min_score is None else float(min_score),
+    )
+
+
+def matches(
+    q_tags_all: tuple[str, ...] | list[str],
+    q_tags_any: tuple[str, ...] | list[str],
+    q_agent: str | None,
+    q_meta: Mapping[str, Any] | None,
+    tags_: frozenset[str],
+    agent: str | None,
+    meta: Mapping[str, Any],
+) -> bool:
+    """Whether a record's tags, agent and metadata pass a search's filters."""
+    if q_tags_all and not tags_.issuperset(q_tags_all):
+        return False
+    if q_tags_any and tags_.isdisjoint(q_tags_any):
+        return False
+    if q_agent is not None and agent != q_agent:
+        return False
+    if q_meta:
+        for key, want in q_meta.items():
+            if key not in meta or meta[key] != want:
+                return False
+    return True

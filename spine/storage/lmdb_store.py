@@ -97,12 +97,16 @@ class Store:
         map_size_mb: int = 8192,
         max_batch: int = 512,
         history_keep: int = 10,
+        on_commit: Callable[[list[Applied]], None] | None = None,
     ) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
         self._shard_of = shard_of
         self._max_batch = max_batch
         self._history_keep = history_keep
+        # Called on the writer thread after each commit, with every apply result in commit
+        # order: derived structures (the vector index, hash trees) follow LMDB exactly.
+        self.on_commit = on_commit
         self.env = lmdb.open(
             str(path),
             max_dbs=8,
@@ -391,6 +395,16 @@ class Store:
                 op.loop.call_soon_threadsafe(_set_exception, op.future, e)
             return
         self._seq, self._hint_seq, self.max_hlc = seq, hint_seq, max_hlc
+        if self.on_commit is not None:
+            committed = [a for op, res in zip(batch, results, strict=True) if op.kind == "apply"
+                         for a in res]
+            if committed:
+                try:
+                    self.on_commit(committed)
+                except Exception:  # a derived structure failing must not fail the commit
+                    import logging
+
+                    logging.getLogger("spine.store").exception("on_commit hook failed")
         self.commits += 1
         self.committed_ops += len(batch)
         for op, res in zip(batch, results, strict=True):

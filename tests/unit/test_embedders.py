@@ -80,7 +80,8 @@ def test_golden_vector() -> None:
 def test_same_vector_in_another_process() -> None:
     code = (
         "import sys; from spine.storage.embedders import HashEmbedder;"
-        "sys.stdout.buffer.write(HashEmbedder(384).embed(['Cross process, same vector?']).tobytes())"
+        "v = HashEmbedder(384).embed(['Cross process, same vector?']);"
+        "sys.stdout.buffer.write(v.tobytes())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(

@@ -1,0 +1,215 @@
+"""Keeps each namespace's HNSW index in step with LMDB, persists it, and recovers it (DESIGN §6).
+
+The store calls `on_commit` on its writer thread after every commit, in commit order; the indexer
+hands the batch to its own single index thread, so index updates never block the event loop or the
+writer, and are applied in exactly the order LMDB committed them. The index therefore reflects a
+prefix of the change log: `indexed_seq`. A snapshot is saved with that watermark; at start the
+indexer loads the snapshot and replays the change log after it (or rebuilds from a full scan when
+there is no usable snapshot), so after a crash the index holds exactly LMDB's live records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from spine.core.model import Record
+from spine.core.validation import matches
+from spine.storage.lmdb_store import Applied, Store
+from spine.storage.vector_index import IndexSet
+
+log = structlog.get_logger("spine.indexer")
+
+Attrs = tuple[frozenset[str], str | None, dict[str, Any]]
+
+
+class Indexer:
+    """The node's vector indexes and the thread that maintains them."""
+
+    def __init__(
+        self,
+        store: Store,
+        directory: Path,
+        *,
+        dim: int,
+        m: int,
+        ef_construction: int,
+        ef_search: int,
+        fingerprint: str,
+        persist_interval: float,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.indexes = IndexSet(
+            dim, m=m, ef_construction=ef_construction, ef_search=ef_search,
+            fingerprint=fingerprint,
+        )
+        self.attrs: dict[str, dict[str, Attrs]] = {}
+        self.indexed_seq = 0
+        self.persisted_seq = 0
+        self.persist_interval = persist_interval
+        self.sleep = sleep
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-writer")
+        self._queries = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="index-query")
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> str:
+        """Load the snapshot and replay the change log after it, or rebuild; says which."""
+        watermark = self.indexes.load_all(self.directory)
+        scan = list(self.store.iter_all())
+        for rec in scan:  # filters are answered from attrs kept beside the index
+            if not rec.deleted and rec.vector is not None:
+                self.attrs.setdefault(rec.namespace, {})[rec.id] = _attrs(rec)
+        if watermark is None:
+            self._rebuild(scan)
+            self.indexed_seq = self.persisted_seq = self.store.seq
+            return "rebuilt"
+        self.indexed_seq = self.persisted_seq = watermark
+        replayed = 0
+        while True:
+            changes = self.store.changes_since(self.indexed_seq)
+            if not changes:
+                break
+            recs = [self.store.get_by_record_key(rk) for _, rk in changes]
+            self._apply_records([r for r in recs if r is not None])
+            self.indexed_seq = changes[-1][0]
+            replayed += len(changes)
+        self.indexed_seq = max(self.indexed_seq, self.store.seq)
+        return f"loaded snapshot at {watermark}, replayed {replayed} changes"
+
+    def _rebuild(self, scan: Sequence[Record]) -> None:
+        by_ns: dict[str, list[Record]] = {}
+        for rec in scan:
+            if not rec.deleted and rec.vector is not None:
+                by_ns.setdefault(rec.namespace, []).append(rec)
+        for ns, recs in by_ns.items():
+            mat = np.frombuffer(b"".join(r.vector for r in recs if r.vector is not None),
+                                dtype=np.float32).reshape(len(recs), -1)
+            self.indexes.get(ns).upsert_many([r.id for r in recs], mat)
+
+    # ------------------------------------------------------------ keeping in step
+
+    def on_commit(self, applied: list[Applied]) -> None:
+        """Called on the store's writer thread: queue the batch for the index thread."""
+        self._writer.submit(self._apply_committed, applied)
+
+    def _apply_committed(self, applied: list[Applied]) -> None:
+        try:
+            self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
+        except Exception:
+            log.exception("index_update_failed")
+        self.indexed_seq = max(self.indexed_seq, applied[-1].seq)
+
+    def _apply_records(self, records: Sequence[Record]) -> None:
+        upserts: dict[str, dict[str, Record]] = {}
+        for rec in records:
+            ns_attrs = self.attrs.setdefault(rec.namespace, {})
+            if rec.deleted or rec.vector is None:
+                upserts.get(rec.namespace, {}).pop(rec.id, None)
+                ns_attrs.pop(rec.id, None)
+                index = self.indexes.peek(rec.namespace)
+                if index is not None:
+                    index.delete(rec.id)
+            else:
+                upserts.setdefault(rec.namespace, {})[rec.id] = rec
+                ns_attrs[rec.id] = _attrs(rec)
+        for ns, by_id in upserts.items():
+            if not by_id:
+                continue
+            recs = list(by_id.values())
+            mat = np.frombuffer(b"".join(r.vector for r in recs if r.vector is not None),
+                                dtype=np.float32).reshape(len(recs), -1)
+            self.indexes.get(ns).upsert_many([r.id for r in recs], mat, num_threads=1)
+
+    # ------------------------------------------------------------ search
+
+    async def search(
+        self, namespace: str, vector: np.ndarray[Any, Any], k: int, filters: list[Any]
+    ) -> list[tuple[Record, float]]:
+        """This node's top-k live records for a query vector, filtered, best first."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._queries, self._search, namespace, vector, k, filters
+        )
+
+    def _search(
+        self, namespace: str, vector: np.ndarray[Any, Any], k: int, filters: list[Any]
+    ) -> list[tuple[Record, float]]:
+        index = self.indexes.peek(namespace)
+        if index is None:
+            return []
+        tags_all, tags_any, agent, meta, min_score = filters
+        ns_attrs = self.attrs.get(namespace, {})
+        predicate = None
+        if tags_all or tags_any or agent is not None or meta:
+
+            def predicate(key: str) -> bool:
+                a = ns_attrs.get(key)
+                return a is not None and matches(tags_all, tags_any, agent, meta, *a)
+
+        found = index.search(vector, k, predicate)
+        if min_score is not None:
+            found = [(key, s) for key, s in found if s >= min_score]
+        recs = self.store.get_many([(namespace, key) for key, _ in found])
+        return [(r, s) for r, (_, s) in zip(recs, found, strict=True)
+                if r is not None and not r.deleted]
+
+    def count(self, namespace: str) -> int:
+        """Live records indexed for a namespace."""
+        index = self.indexes.peek(namespace)
+        return 0 if index is None else len(index)
+
+    # ------------------------------------------------------------ persistence
+
+    def start(self) -> None:
+        """Start the periodic snapshot loop."""
+        self._task = asyncio.create_task(self._persist_loop())
+
+    async def persist(self) -> int:
+        """Save a snapshot (on the index thread, between updates) and prune the change log."""
+        loop = asyncio.get_running_loop()
+        watermark: int = await loop.run_in_executor(self._writer, self._save)
+        if watermark > self.persisted_seq:
+            self.persisted_seq = watermark
+        await self.store.prune_changes(watermark)
+        return watermark
+
+    def _save(self) -> int:
+        watermark = self.indexed_seq
+        self.indexes.save_all(self.directory, watermark)
+        return watermark
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await self.sleep(self.persist_interval)
+            if self.indexed_seq != self.persisted_seq:
+                try:
+                    await self.persist()
+                except Exception:
+                    log.exception("index_persist_failed")
+
+    async def stop(self) -> None:
+        """Stop the loop and save a final snapshot."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            if self.indexed_seq != self.persisted_seq:
+                await self.persist()
+        self._writer.shutdown(wait=True)
+        self._queries.shutdown(wait=True)
+
+
+def _attrs(rec: Record) -> Attrs:
+    return frozenset(rec.tags), rec.agent_id, dict(rec.metadata)
