@@ -241,6 +241,7 @@ def run_wrk(wrk: str, sc: Scenario, urls: list[str], ports: list[int], args: arg
     node_cpu = sum(per_node.values())
     gen_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     secs = w["duration_us"] / 1e6
+    busy_cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
     reqs = w["requests"]
     errors = w["err_connect"] + w["err_read"] + w["err_write"] + w["err_timeout"]
     out = {
@@ -258,16 +259,63 @@ def run_wrk(wrk: str, sc: Scenario, urls: list[str], ports: list[int], args: arg
         "gen_cpu_s": round(gen_cpu, 2),
         "gen_us_per_op": round(gen_cpu / reqs * 1e6, 1) if reqs else None,
         "gen_cpu_share": round(gen_cpu / (gen_cpu + node_cpu), 3) if gen_cpu + node_cpu else None,
-        "machine_busy_cores": round((busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1), 2),
+        "machine_busy_cores": round(busy_cores, 2),
+        # CPU used by processes other than the nodes and wrk (other jobs on a shared box)
+        "other_busy_cores": round(max(0.0, busy_cores - (node_cpu + gen_cpu) / wall), 2),
+        # what the box could do if nodes + wrk had all its cores: cores / CPU per op
+        "cpu_bound_ops_per_s": round((os.cpu_count() or 1) / ((node_cpu + gen_cpu) / reqs))
+        if reqs else None,
         "wall_s": round(wall, 2),
         "target_ops_per_s": sc.target_ops, "target_p99_ms": sc.target_p99_ms,
     }
     return out
 
 
+def start_profile(outdir: str, name: str, pid: int, duration: int) -> tuple[Any, Path] | None:
+    if not outdir:
+        return None
+    spy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
+    if not Path(spy).exists():
+        sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    out = Path(outdir) / f"{name}-n1.txt"
+    proc = subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "-r", "100",
+                             "-d", str(duration), "-p", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, out
+
+
+def finish_profile(spy: tuple[Any, Path]) -> str:
+    proc, out = spy
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait()
+    sys.path.insert(0, str(HERE))
+    from profile_report import report
+    text = report(out, 15) if out.exists() else f"(no profile written to {out})"
+    print(text, flush=True)
+    return str(out)
+
+
+def settle(node_pids: list[int], idle_cores: float = 0.1, deadline_s: float = 180) -> float:
+    """Wait until the nodes are idle (background work of the previous phase, e.g. vector-index
+    inserts behind a preload or a put scenario, has drained): total node CPU below `idle_cores`
+    over a 1 s window. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline_s:
+        a = sum(proc_cpu_ticks(p) or 0 for p in node_pids)
+        time.sleep(1.0)
+        b = sum(proc_cpu_ticks(p) or 0 for p in node_pids)
+        if (b - a) / CLK_TCK < idle_cores:
+            break
+    return time.monotonic() - t0
+
+
 def fmt_table(rows: list[dict[str, Any]]) -> str:
     hdr = ["scenario", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "non2xx", "sockerr",
-           "node µs/op", "wrk µs/op", "wrk share", "busy cores", "target"]
+           "node µs/op", "wrk µs/op", "wrk share", "busy", "other", "cpu-bound ops/s", "target"]
     lines = [hdr]
     for r in rows:
         tgt = []
@@ -281,7 +329,8 @@ def fmt_table(rows: list[dict[str, Any]]) -> str:
                       f"{r['p99_ms']:.2f}", f"{r['p999_ms']:.2f}", str(r["non_2xx"]),
                       str(r["socket_errors"]), f"{r['node_us_per_op']:.0f}",
                       f"{r['gen_us_per_op']:.0f}", f"{r['gen_cpu_share'] * 100:.0f}%",
-                      f"{r['machine_busy_cores']:.2f}", "; ".join(tgt)])
+                      f"{r['machine_busy_cores']:.2f}", f"{r['other_busy_cores']:.2f}",
+                      f"{r['cpu_bound_ops_per_s']}", "; ".join(tgt)])
     widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
 
@@ -321,6 +370,9 @@ def main() -> int:
     ap.add_argument("--no-sync", action="store_true", help="pass --no-sync to spine up (no fsync)")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per scenario")
+    ap.add_argument("--profile", metavar="DIR", default="",
+                    help="py-spy record node n1 during each scenario into DIR (collapsed stacks) "
+                         "and print its top functions")
     ap.add_argument("--pause", type=int, default=0,
                     help="seconds to wait before each scenario (e.g. to attach a profiler)")
     args = ap.parse_args()
@@ -361,15 +413,22 @@ def main() -> int:
             if args.pause:
                 print(f"# {sc.name} starts in {args.pause}s (node pids {node_pids})", flush=True)
                 time.sleep(args.pause)
+            waited = settle(node_pids)
+            print(f"# {sc.name}: nodes idle after {waited:.0f}s", flush=True)
             token = session_token(urls[0]) if sc.token else None
             if args.warmup:
                 run_wrk(wrk, sc, urls, ports, args, args.warmup, node_pids, token)
+            spy = start_profile(args.profile, sc.name, node_pids[0], duration)
             r = run_wrk(wrk, sc, urls, ports, args, duration, node_pids, token)
+            if spy is not None:
+                r["profile"] = finish_profile(spy)
+            r["settle_s"] = round(waited, 1)
             rows.append(r)
             print(f"{sc.name:13s} {r['ops_per_s']:8.0f} ops/s  p50 {r['p50_ms']:6.2f}  "
                   f"p99 {r['p99_ms']:6.2f}  p99.9 {r['p999_ms']:7.2f} ms  non2xx {r['non_2xx']}  "
                   f"node {r['node_us_per_op']:.0f} µs/op  wrk {r['gen_us_per_op']:.0f} µs/op "
-                  f"({r['gen_cpu_share'] * 100:.0f}%)  busy {r['machine_busy_cores']:.2f} cores",
+                  f"({r['gen_cpu_share'] * 100:.0f}%)  busy {r['machine_busy_cores']:.2f} cores "
+                  f"(other {r['other_busy_cores']:.2f})",
                   flush=True)
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)

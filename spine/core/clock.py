@@ -8,12 +8,14 @@ carries into the milliseconds, which only moves logical time 1 ms ahead).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from spine.core.errors import ClockSkew
 
 COUNTER_BITS = 16
+_HEX = re.compile(r"[0-9a-f]{16}")
 
 
 def hlc_ms(hlc: int) -> int:
@@ -81,7 +83,7 @@ class Version:
     def decode(cls, text: str) -> Version:
         """Inverse of `encode`; raises ValueError on anything else."""
         hexpart, sep, node = text.partition(".")
-        if not sep or len(hexpart) != 16 or not node:
+        if not sep or len(hexpart) != 16 or not node or not _HEX.fullmatch(hexpart):
             raise ValueError(f"not a version: {text!r}")
         return cls(int(hexpart, 16), node)
 

@@ -284,6 +284,14 @@ class VectorIndex:
             self._vecs[label] = 0.0
             return True
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the search beam width (recall against latency); hnswlib uses max(ef, k)."""
+        if ef_search < 1:
+            raise ValueError(f"ef_search must be ≥ 1, got {ef_search}")
+        with self._lock.write():
+            self._index.set_ef(ef_search)
+            self.ef_search = ef_search
+
     def _grow(self, capacity: int) -> None:
         """Under the write lock: resize hnswlib and the vector copy to `capacity` slots."""
         self._index.resize_index(capacity)

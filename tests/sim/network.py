@@ -95,6 +95,16 @@ class Network:
 
         self.at(when, go)
 
+    def leave(self, address: str, when: float) -> None:
+        """Have the node at `address` leave gracefully at `when` (it keeps running)."""
+
+        def go() -> None:
+            node = self.nodes[address]
+            self._send(node, node.swim.leave(self.now))
+            self._after(node)
+
+        self.at(when, go)
+
     def kill(self, address: str, when: float) -> None:
         """Crash the node at `when`: it never receives, sends or ticks again."""
 

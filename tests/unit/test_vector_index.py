@@ -232,9 +232,22 @@ def test_filtered_search_on_a_large_index_returns_k_matches(share: float) -> Non
         assert set(ids(got)) <= allowed
         scores = [s for _, s in got]
         assert scores == sorted(scores, reverse=True)
+        # HNSW distances come back as cosine similarities, equal to the exact dot products.
+        row = {key: i for i, key in enumerate(keys)}
+        np.testing.assert_allclose(scores, [data[row[key]] @ q for key in ids(got)], atol=1e-5)
         if len(allowed) <= 20:  # k ≥ matches: exactly the matches, in brute-force order
             assert ids(got) == ids(brute_force(data, keys, q, 20, keep))
     assert calls > 0
+
+
+def test_k_above_ef_search_still_returns_k() -> None:
+    # hnswlib searches with max(ef, k): a small ef_search does not cap k.
+    index, data, keys = filled(3000, 16, seed=18, ef_search=10, exact_max=0)
+    q = data[0]
+    got = index.search(q, 1000)
+    assert len(got) == 1000
+    want = set(ids(brute_force(data, keys, q, 1000)))
+    assert len(want & set(ids(got))) >= 990
 
 
 def test_predicate_errors_propagate_from_both_paths() -> None:
