@@ -19,6 +19,7 @@ bench/lua/common.lua): --threads is rounded up to a multiple of the node count a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -68,6 +69,9 @@ def scenarios(keys: int, put_keys: int) -> list[Scenario]:
         Scenario("put_session", "put.lua",
                  "PUT ~200 B content to a random id of 100k, session level (W=quorum), token carried",
                  {**base, "SPINE_PREFIX": "p"}, target_ops=3_000, target_p99_ms=20),
+        Scenario("put_update", "put.lua",
+                 "PUT ~200 B content replacing a random preloaded key, session level, token carried",
+                 {**base, "SPINE_PREFIX": "k", "SPINE_PUT_KEYS": str(keys)}),
         Scenario("put_strong", "put.lua",
                  "PUT as above with Spine-Consistency: strong (ABD: read quorum, write quorum)",
                  {**base, "SPINE_PREFIX": "s", "SPINE_LEVEL": "strong"}),
@@ -78,6 +82,10 @@ def scenarios(keys: int, put_keys: int) -> list[Scenario]:
                  "90% GET / 10% PUT over the preloaded keys, session level, token carried and "
                  "updated from every reply",
                  dict(base), token=True, target_ops=8_000),
+        Scenario("mix_90_10_static", "mix.lua",
+                 "the same mix, but each client keeps the one token it started with (never "
+                 "updated): shows the R=1 read path without token overflow",
+                 {**base, "SPINE_TOKEN_UPDATE": "0"}, token=True),
     ]
 
 
@@ -128,8 +136,8 @@ def ensure_wrk() -> str:
     print("wrk not found; installing it with apt-get (Debian package 'wrk')...", file=sys.stderr)
     sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else [])
     try:
-        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True)
     except (OSError, subprocess.CalledProcessError) as e:
         sys.exit(f"could not install wrk ({e}); install it yourself: apt-get install -y wrk")
     path = shutil.which("wrk")
@@ -178,8 +186,7 @@ def wait_ready(urls: list[str], up: subprocess.Popen[bytes], deadline_s: float =
 
 
 def preload(urls: list[str], keys: int, batch: int = 1000) -> float:
-    words = ("agent memory cluster replica quorum session vector shard token handoff gossip ring "
-             "version clock record search observed user prefers meeting notes project").split()
+    words = ["agent", "memory", "cluster", "replica", "quorum", "session", "vector", "shard", "token", "handoff", "gossip", "ring", "version", "clock", "record", "search", "observed", "user", "prefers", "meeting", "notes", "project"]
     t0 = time.monotonic()
     for n, start in enumerate(range(0, keys, batch)):
         items = []
@@ -332,7 +339,7 @@ def fmt_table(rows: list[dict[str, Any]]) -> str:
                       f"{r['machine_busy_cores']:.2f}", f"{r['other_busy_cores']:.2f}",
                       f"{r['cpu_bound_ops_per_s']}", "; ".join(tgt)])
     widths = [max(len(row[i]) for row in lines) for i in range(len(hdr))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in lines)
 
 
 def stop_cluster(up: subprocess.Popen[bytes], node_pids: list[int]) -> list[int]:
@@ -349,10 +356,8 @@ def stop_cluster(up: subprocess.Popen[bytes], node_pids: list[int]) -> list[int]
         time.sleep(0.2)
     left = [p for p in node_pids if alive(p)]
     for p in left:  # only the node processes this run started, by pid
-        try:
+        with contextlib.suppress(OSError):
             os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
     return left
 
 
@@ -433,7 +438,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
         rc = 130
-    except Exception as e:  # noqa: BLE001 - report, then always stop the cluster
+    except Exception as e:
         print(f"# error: {e}", file=sys.stderr)
         rc = 1
     finally:
@@ -461,7 +466,7 @@ def main() -> int:
         out = RESULTS / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
         meta = {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
                         "python": platform.python_version()},
             "wrk": wrk_version, "threads": args.threads, "connections": args.connections,

@@ -25,6 +25,7 @@ from spine.core.clock import HLC, Version, vv_increment, vv_merge
 from spine.core.consistency import Level, Policy
 from spine.core.errors import (
     ERRORS_BY_CODE,
+    InvalidInput,
     PeerUnavailable,
     QuorumUnavailable,
     SessionUnavailable,
@@ -324,7 +325,8 @@ class Coordinator:
         for i, op in enumerate(ops):
             old = olds[i]
             new_tags = op.body.tags if op.body is not None else ()
-            level = self.policy.write_level(old.tags if old else (), new_tags, requested)
+            old_tags = old.tags if old is not None and not old.deleted else None
+            level = self.policy.write_level(old_tags, new_tags, requested)
             by_level.setdefault(level, []).append(i)
         out: dict[int, ItemResult] = {}
         for level, idxs in by_level.items():
@@ -488,9 +490,15 @@ def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
 
 def normalise(vector: Sequence[float]) -> bytes:
     """A client vector as L2-normalised float32 bytes (the index uses cosine similarity)."""
-    arr = np.asarray(vector, dtype=np.float32)
+    arr = np.asarray(vector, dtype=np.float64)
     norm = float(np.linalg.norm(arr))
-    return (arr / norm).astype(np.float32).tobytes()
+    if not np.isfinite(norm) or norm == 0.0:
+        raise InvalidInput("vector cannot be normalised (zero or overflowing norm)",
+                           field="vector")
+    out = (arr / norm).astype(np.float32)
+    if not np.all(np.isfinite(out)) or not np.any(out):
+        raise InvalidInput("vector cannot be normalised in float32", field="vector")
+    return out.tobytes()
 
 
 def _body_wire(body: WriteBody) -> list[Any]:

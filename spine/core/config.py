@@ -7,6 +7,7 @@ The loader rejects unknown keys and bad values with the key's path in the messag
 from __future__ import annotations
 
 import hashlib
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -291,8 +292,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: must be an integer", field=where)
-        if value < 0 or (value == 0 and where in _POSITIVE):
+        if value < 1 and where in _POSITIVE:
             raise ConfigError(f"{where}: must be an integer >= 1", field=where)
+        if value < 0:
+            raise ConfigError(f"{where}: must be an integer >= 0", field=where)
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -344,7 +347,7 @@ def validate(cfg: Config) -> Config:
         if key.role not in ("agent", "admin"):
             where = f"auth.keys[{i}].role"
             raise ConfigError(f"{where}: must be agent or admin", field=where)
-        if len(key.sha256) != 64:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", key.sha256):
             where = f"auth.keys[{i}].sha256"
             raise ConfigError(f"{where}: must be a hex SHA-256 of the key", field=where)
     return cfg

@@ -82,10 +82,16 @@ class Policy:
         return base
 
     def write_level(
-        self, old_tags: Iterable[str], new_tags: Iterable[str], requested: Level | None
+        self, old_tags: Iterable[str] | None, new_tags: Iterable[str], requested: Level | None
     ) -> Level:
-        """The level of a write: strongest of the old and new tags' levels, then the header."""
-        base = max(self.for_tags(old_tags), self.for_tags(new_tags))
+        """The level of a write: strongest of the old and new tags' levels, then the header.
+
+        `old_tags` is None when the key has no previous version: a create is governed by its
+        new tags alone (a new `metric` record is eventual, not the default).
+        """
+        base = self.for_tags(new_tags)
+        if old_tags is not None:
+            base = max(base, self.for_tags(old_tags))
         return self.apply_request(base, requested)
 
     def read_level(self, requested: Level | None) -> Level:
@@ -94,6 +100,7 @@ class Policy:
 
     def escalate(self, current: Level, found_tags: Iterable[str]) -> Level | None:
         """A stronger level the found tags require, or None if `current` is enough."""
-        needed = self.for_tags(found_tags)
-        has_override = any(t in self.overrides for t in found_tags)
+        tags = tuple(found_tags)
+        needed = self.for_tags(tags)
+        has_override = any(t in self.overrides for t in tags)
         return needed if has_override and needed > current else None

@@ -24,8 +24,19 @@ def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _num(v: float) -> str:
+    """A sample value exactly as Prometheus reads it."""
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    if float(v).is_integer() and abs(v) < 2**53:
+        return str(int(v))
+    return repr(float(v))
+
+
 def _series(name: str, labels: Sequence[str], values: dict[LabelKey, float]) -> list[str]:
-    return [f"{name}{_fmt_labels(labels, k)} {v:g}" for k, v in sorted(values.items())]
+    return [f"{name}{_fmt_labels(labels, k)} {_num(v)}" for k, v in sorted(values.items())]
 
 
 class Counter:
@@ -111,9 +122,9 @@ class Histogram:
                 acc += c
                 le = "+Inf" if b == float("inf") else f"{b:g}"
                 bucket = _fmt_labels(self.labels, k, 'le="' + le + '"')
-                out.append(f"{self.name}_bucket{bucket} {acc:g}")
-            out.append(f"{self.name}_sum{_fmt_labels(self.labels, k)} {s[-1]:g}")
-            out.append(f"{self.name}_count{_fmt_labels(self.labels, k)} {acc:g}")
+                out.append(f"{self.name}_bucket{bucket} {_num(acc)}")
+            out.append(f"{self.name}_sum{_fmt_labels(self.labels, k)} {_num(s[-1])}")
+            out.append(f"{self.name}_count{_fmt_labels(self.labels, k)} {_num(acc)}")
         return out
 
 
@@ -151,7 +162,8 @@ class Registry:
     def render(self) -> str:
         lines: list[str] = []
         for m in self.metrics:
-            lines.append(f"# HELP {m.name} {m.help}")
+            escaped = m.help.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"# HELP {m.name} {escaped}")
             lines.append(f"# TYPE {m.name} {m.kind}")
             lines.extend(m.render())
         return "\n".join(lines) + "\n"

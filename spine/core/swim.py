@@ -15,9 +15,12 @@ Protocol, per protocol period T (scaled by Lifeguard's local health multiplier):
   4. a suspicion not refuted before its timeout becomes DEAD. The timeout starts at
      `suspicion_max_mult` × the nominal one and shrinks towards it as other nodes independently
      confirm the suspicion (Lifeguard §IV-B).
-Every change is piggybacked on the next pings and acks a bounded number of times (SWIM §4.1), and
-a full-state push-pull runs every `push_pull_interval` (memberlist), also toward one DEAD member
-so a healed partition finds its way back (Serf's reconnect).
+Every change is piggybacked on the next pings and acks a bounded number of times (SWIM §4.1);
+every message also carries its sender's own record, so any direct contact settles a stale
+suspicion. A full-state push-pull runs every `push_pull_interval` (memberlist), also toward one
+DEAD member so that a healed partition finds its way back (Serf's reconnect). The `accept` hook
+vets each new member's identity (cluster, shard count, embedder): a refused one is never added,
+shows up in the events, and is sent a `Refuse` saying why.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from spine.core.swim_messages import (
     Transition,
     Update,
     meta_of,
+    update_size,
 )
 
 __all__ = [
@@ -58,6 +62,7 @@ DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
+_ENVELOPE = 160  # a PingReq's own fields, with room for long ids and addresses
 ANONYMOUS = ""  # the accuser of a suspicion learnt from full state: unknown, never a confirmation
 
 
@@ -100,7 +105,8 @@ def supersedes(new: Member, old: Member | None) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
-    """SWIM's knobs, times in seconds. The defaults suit a LAN (memberlist's, at half the T)."""
+    """SWIM's knobs, times in seconds. The defaults suit a LAN: memberlist's LAN preset with
+    a protocol period twice as fast and push-pull every 10 s instead of 30."""
 
     protocol_period: float = 0.5  # T: one probe per period
     ping_timeout: float = 0.2  # wait for a direct ack before asking helpers; < T/2
@@ -110,6 +116,7 @@ class SwimConfig:
     retransmit_mult: int = 4  # each update is piggybacked mult × ceil(log10(n+1)) times
     push_pull_interval: float = 10.0  # full-state TCP exchange with one random member
     max_piggyback: int = 6  # queued updates per message, besides the sender's own record
+    max_datagram: int = 1400  # piggyback stops short of this many bytes (fits a 1500 MTU)
     awareness_max: int = 8  # Lifeguard: T and ping_timeout scale by up to this factor
     dead_reap_after: float = 86_400.0  # a DEAD/LEFT record is forgotten after this long
 
@@ -125,6 +132,8 @@ class SwimConfig:
                      "awareness_max"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
+        if self.max_datagram < 576:
+            raise bad("max_datagram", "must be >= 576 (the smallest datagram IPv4 must carry)")
         if self.suspicion_max_mult < 1:
             raise bad("suspicion_max_mult", "must be >= 1")
         for name in ("push_pull_interval", "dead_reap_after"):
@@ -138,7 +147,8 @@ class SwimConfig:
 
 
 def failure_detection_bound(config: SwimConfig, n_members: int) -> float:
-    """Worst case from a member's crash to a healthy observer's DEAD verdict, without loss.
+    """Worst case from a member's crash to a healthy observer's DEAD verdict, without loss,
+    membership otherwise steady (a degraded observer's periods stretch by its awareness + 1).
 
     The observer's round-robin reaches the crashed member within 2(n-1)-1 periods (it may just
     have been probed at the start of one shuffled round and come last in the next), that probe
@@ -192,6 +202,7 @@ class _Relay:
 class _Broadcast:
     update: Update
     order: int
+    size: int
     transmits: int = 0
 
 
@@ -598,25 +609,33 @@ class Swim:
 
     def _enqueue(self, up: Update) -> None:
         self._order += 1
-        self._queue[up.member.node_id] = _Broadcast(up, self._order)
+        self._queue[up.member.node_id] = _Broadcast(up, self._order, update_size(up))
 
     def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
         """Updates for one outgoing message. First our own record, so that any direct contact
         refutes a stale suspicion of us without waiting on gossip; then, to a destination we
         hold SUSPECT or DEAD, that verdict, so that it can refute at once; then up to
-        `max_piggyback` queued updates, fewest-sent first, then newest (SWIM §4.1)."""
+        `max_piggyback` queued updates that fit `max_datagram`, fewest-sent first, then newest
+        (SWIM §4.1)."""
         picked = [Update(self.me(), self.self_id)]
         m = self._members.get(dest) if dest is not None else None
         if m is not None and m.state in (SUSPECT, DEAD):
             picked.append(Update(m, self.self_id))
+        room = self.config.max_datagram - _ENVELOPE - sum(update_size(u) for u in picked)
         limit = retransmit_limit(self.config.retransmit_mult, self._cluster_size())
-        queued = sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order))
-        for b in queued[: self.config.max_piggyback]:
+        taken = 0
+        for b in sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order)):
+            if taken == self.config.max_piggyback:
+                break
+            if b.update not in picked:  # (our own record is in already: it counts as sent)
+                if b.size > room:
+                    continue
+                picked.append(b.update)
+                room -= b.size
+                taken += 1
             b.transmits += 1
             if b.transmits >= limit:
                 del self._queue[b.update.member.node_id]
-            if b.update not in picked:
-                picked.append(b.update)
         return tuple(picked)
 
     def _push_pull_round(self, out: list[Outbound]) -> None:

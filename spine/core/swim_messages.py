@@ -200,6 +200,11 @@ def _body(msg: Message) -> tuple[Tag, list[Any]]:
     raise TypeError(f"not a SWIM message: {msg!r}")
 
 
+def update_size(up: Update) -> int:
+    """Bytes `up` adds to a message's encoding (for the datagram budget)."""
+    return len(msgpack.packb([*_member_wire(up.member), up.by], use_bin_type=True))
+
+
 def encode(msg: Message) -> bytes:
     """The wire form of `msg`: its tag byte, then its fields as a msgpack list."""
     tag, body = _body(msg)

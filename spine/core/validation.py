@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from spine.core.errors import InvalidInput, TooLarge
@@ -113,12 +114,19 @@ def vector(value: object, dim: int, field: str = "vector") -> list[float]:
     for x in value:
         if isinstance(x, bool) or not isinstance(x, int | float):
             raise InvalidInput("vector must be a list of numbers", field=field)
-        f = float(x)
+        try:
+            f = float(x)
+        except OverflowError:
+            raise InvalidInput("vector holds an out-of-range value", field=field) from None
         if not math.isfinite(f) or abs(f) > 3.4e38:
             raise InvalidInput("vector holds a NaN, infinite or out-of-range value", field=field)
         out.append(f)
-    if not any(out):
-        raise InvalidInput("vector must not be all zeros", field=field)
+    as64 = np.asarray(out, dtype=np.float64)
+    norm = float(np.linalg.norm(as64))
+    if not np.asarray(out, dtype=np.float32).any() or not math.isfinite(norm) or norm == 0.0:
+        raise InvalidInput("vector must not be all zeros (in float32)", field=field)
+    if not (as64 / norm).astype(np.float32).any():
+        raise InvalidInput("vector cannot be normalised in float32", field=field)
     return out
 
 

@@ -176,15 +176,15 @@ class HashEmbedder:
         ascii_findall = _ASCII_TOKEN_RE.findall
         unicode_findall = _token_pattern().findall  # ~4x slower: only for non-ASCII text
         hashes: list[int] = []
-        lengths = np.zeros(n, dtype=np.int64)
-        for i, text in enumerate(texts):
+        counts: list[int] = []
+        for text in texts:
             norm = _normalise(text)
             tokens = ascii_findall(norm) if norm.isascii() else unicode_findall(norm)
-            lengths[i] = len(tokens)
+            counts.append(len(tokens))
             hashes.extend(self._hashes(tokens))
-        total = int(lengths.sum())
-        if total == 0:
+        if not hashes:
             return out
+        lengths = np.array(counts, dtype=np.int64)
 
         uni = np.array(hashes, dtype=np.uint64)
         uni_rows = np.repeat(np.arange(n, dtype=np.int64), lengths)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from spine.core.clock import ZERO
 from spine.core.model import Record
 from spine.core.validation import matches
-from spine.storage.lmdb_store import Applied, Store
+from spine.storage.lmdb_store import Applied, Store, split_record_key
 from spine.storage.vector_index import IndexSet
 
 log = structlog.get_logger("spine.indexer")
@@ -80,8 +81,16 @@ class Indexer:
             changes = self.store.changes_since(self.indexed_seq)
             if not changes:
                 break
-            recs = [self.store.get_by_record_key(rk) for _, rk in changes]
-            self._apply_records([r for r in recs if r is not None])
+            recs: list[Record] = []
+            for _, rk in changes:
+                found = self.store.get_by_record_key(rk)
+                if found is not None:
+                    rec = found
+                else:  # purged after the snapshot: it must leave the index too
+                    _, ns, mid = split_record_key(rk)
+                    rec = Record(namespace=ns, id=mid, version=ZERO, deleted=True)
+                recs.append(rec)
+            self._apply_records(recs)
             self.indexed_seq = changes[-1][0]
             replayed += len(changes)
         self.indexed_seq = max(self.indexed_seq, self.store.seq)

@@ -15,7 +15,7 @@ import queue
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,12 @@ class Hint:
 def record_key(shard: int, namespace: str, mid: str) -> bytes:
     """records key: shard (2 bytes), namespace, NUL, id — so one shard is one contiguous range."""
     return _U16.pack(shard) + namespace.encode() + b"\0" + mid.encode()
+
+
+def split_record_key(rk: bytes) -> tuple[int, str, str]:
+    """Inverse of `record_key`: (shard, namespace, id)."""
+    ns, _, mid = rk[2:].partition(b"\0")
+    return _U16.unpack(rk[:2])[0], ns.decode(), mid.decode()
 
 
 def shard_prefix(shard: int) -> bytes:
@@ -384,9 +390,13 @@ class Store:
                             cur.delete()
                         results.append(None)
                     elif op.kind == "purge":
+                        purged = []
                         for rk in op.payload:
-                            self._purge_one(txn, rk)
-                        results.append(None)
+                            seq += 1
+                            gone = self._purge_one(txn, rk, seq)
+                            if gone is not None:
+                                purged.append(gone)
+                        results.append(purged)
                 txn.put(b"seq", _U64.pack(seq), db=self.meta)
                 txn.put(b"hint_seq", _U64.pack(hint_seq), db=self.meta)
                 txn.put(b"hlc", _U64.pack(max_hlc), db=self.meta)
@@ -396,8 +406,8 @@ class Store:
             return
         self._seq, self._hint_seq, self.max_hlc = seq, hint_seq, max_hlc
         if self.on_commit is not None:
-            committed = [a for op, res in zip(batch, results, strict=True) if op.kind == "apply"
-                         for a in res]
+            committed = [a for op, res in zip(batch, results, strict=True)
+                         if op.kind in ("apply", "purge") for a in res]
             if committed:
                 try:
                     self.on_commit(committed)
@@ -449,13 +459,16 @@ class Store:
         for old_key in keys[: max(0, len(keys) - self._history_keep)]:
             txn.delete(old_key, db=self.history_db)
 
-    def _purge_one(self, txn: Any, rk: bytes) -> None:
+    def _purge_one(self, txn: Any, rk: bytes, seq: int) -> Applied | None:
         raw = txn.get(rk, db=self.records)
         if raw is None:
-            return
+            return None
         rec = decode_record(raw)
         txn.delete(rk, db=self.records)
         txn.delete(rec.namespace.encode() + b"\0" + rec.id.encode(), db=self.by_ns)
+        txn.put(_U64.pack(seq), rk, db=self.changes)  # replay sees the key gone
+        gone = replace(rec, deleted=True, vector=None)
+        return Applied(Outcome.APPLIED, rec, gone, False, seq)
 
 
 @dataclass(slots=True)

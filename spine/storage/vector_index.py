@@ -464,6 +464,11 @@ class VectorIndex:
             if meta["format"] != _FORMAT:
                 raise IndexCorrupt(f"{directory}: unknown index format {meta['format']!r}")
             keys: list[str | None] = meta["keys"]
+            attrs: dict[str, object] = meta["attrs"]
+            if not isinstance(keys, list) or not isinstance(attrs, dict):
+                raise IndexCorrupt(f"{directory}: malformed sidecar")
+            if not all(key is None or isinstance(key, str) for key in keys):
+                raise IndexCorrupt(f"{directory}: a memory id is not a string")
             n = len(keys)
             capacity = max(int(meta["capacity"]), n, 1)
             out = cls(
@@ -495,7 +500,7 @@ class VectorIndex:
         out._keys = keys
         out._labels = {key: label for label, key in enumerate(keys) if key is not None}
         out._free = [label for label, key in enumerate(keys) if key is None]
-        out._attrs = {k: v for k, v in meta["attrs"].items() if k in out._labels}
+        out._attrs = {k: v for k, v in attrs.items() if k in out._labels}
         if len(out._labels) + len(out._free) != n:
             raise IndexCorrupt(f"{directory}: a memory id appears under two labels")
         return out

@@ -458,10 +458,13 @@ class LocalCluster:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 10.0,
+        *,
+        use_key: bool = True,
     ) -> Reply:
-        """One raw HTTP request to `name` (the harness's api_key is sent unless overridden)."""
+        """One raw HTTP request to `name`; the harness's api_key is sent unless `headers` hold an
+        Authorization of their own or `use_key` is false."""
         hdrs = dict(headers or {})
-        if self.api_key and not any(k.lower() == "authorization" for k in hdrs):
+        if use_key and self.api_key and not any(k.lower() == "authorization" for k in hdrs):
             hdrs["Authorization"] = f"Bearer {self.api_key}"
         return http_request(self.port(name), method, path, body, hdrs, timeout)
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from spine.client import SpineHTTPError
+from spine.core.ring import Ring
 from tests.integration.cluster import LocalCluster, Reply
+from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
@@ -85,16 +87,20 @@ def test_post_mints_a_uuid7_and_answers_201(shared_cluster: LocalCluster) -> Non
     c = shared_cluster
     ns = "basic-post"
     ids = []
+    token = ""
     for node in NODES:
-        r = c.http(node, "POST", f"/v1/ns/{ns}/memories", {"content": f"via {node}"})
+        r = c.http(node, "POST", f"/v1/ns/{ns}/memories", {"content": f"via {node}"},
+                   {"Spine-Session": token} if token else {})
         assert r.status == 201, r.body
+        token = r.headers["Spine-Session"]
         rec = r.json()
         check_record(rec, ns, rec["id"], f"via {node}")
         assert UUID7.match(rec["id"]), rec["id"]
         ids.append(rec["id"])
-        assert r.headers["Spine-Session"]
     assert len(set(ids)) == 3
-    client = c.client()
+    stamps = [int(i.replace("-", "")[:12], 16) for i in ids]  # 48-bit ms: time-ordered
+    assert stamps == sorted(stamps)
+    client = c.client(session=token)  # the token names all three: read-your-writes anywhere
     for mid, node in zip(ids, NODES, strict=True):
         assert client.get(ns, mid)["content"] == f"via {node}"
 
@@ -311,3 +317,80 @@ def test_client_raises_on_404_with_the_error_code(shared_cluster: LocalCluster) 
     with pytest.raises(SpineHTTPError) as e:
         client.get("basic-client", "absent")
     assert e.value.status == 404 and e.value.code == "not_found"
+
+
+@pytest.mark.timeout(30)
+def test_batch_upserts_and_deletes_in_order(shared_cluster: LocalCluster) -> None:
+    c = shared_cluster
+    ns = "basic-batch"
+    client = c.client()
+    client.put(ns, "b-existing", "old")
+    out = client.batch(ns, [
+        {"id": "b-new", "content": "new", "tags": ["t"]},
+        {"id": "b-existing", "content": "replaced"},
+        {"id": "b-existing-2", "content": "two"},
+        {"id": "b-existing-2", "delete": True},
+    ])
+    results = out["results"]
+    assert [x["id"] for x in results] == ["b-new", "b-existing", "b-existing-2", "b-existing-2"]
+    assert [x["status"] for x in results[:2]] == [201, 200]
+    assert all(isinstance(x["version"], str) for x in results)
+    assert client.get(ns, "b-new")["tags"] == ["t"]
+    assert client.get(ns, "b-existing")["content"] == "replaced"
+    with pytest.raises(SpineHTTPError) as e:
+        client.get(ns, "b-existing-2")
+    assert e.value.status == 404
+
+
+def _key_not_on(node: str, nodes: int, ns: str) -> tuple[str, tuple[str, ...]]:
+    """An id whose preference list (N=3 of `nodes`) leaves `node` out."""
+    ring = Ring({f"n{i + 1}": "" for i in range(nodes)}, shards=256, vnodes=128, n=3)
+    for i in range(1000):
+        prefs = ring.preference_list(ring.shard(ns, f"k{i}"))
+        if node not in prefs:
+            return f"k{i}", prefs
+    raise AssertionError("no such key")
+
+
+@pytest.mark.timeout(60)
+def test_a_node_that_is_not_a_replica_forwards_to_one(make_cluster: ClusterFactory) -> None:
+    c = make_cluster(nodes=4)
+    ns = "basic-forward"
+    shards = c.http("n4", "GET", "/v1/cluster/shards").json()["shards"]
+    ring = Ring({n: "" for n in c.names}, shards=256, vnodes=128, n=3)
+    assert all(tuple(s["preference_list"]) == ring.preference_list(s["shard"]) for s in shards)
+    mid, prefs = _key_not_on("n4", 4, ns)
+    w = c.http("n4", "PUT", f"/v1/ns/{ns}/memories/{mid}", {"content": "forwarded"})
+    assert w.status == 201, w.body
+    assert w.json()["version"].rsplit(".", 1)[1] in prefs  # a replica minted the version
+    token = w.headers["Spine-Session"]
+    g = c.read("n4", ns, mid, "session", session=token)
+    assert g.status == 200 and g.json() == w.json(), g.body
+    assert g.headers["Spine-Coordinator"] in prefs
+    assert c.metric("n4", "spine_forwards_total") >= 2
+    # Every replica holds it (a quorum read through each, which it coordinates itself).
+    for node in prefs:
+        got = c.wait_until(lambda node=node: c.read(node, ns, mid, "session").status == 200, 10,
+                           message=f"{mid} on {node}")
+        assert got
+    h = c.http("n4", "GET", f"/v1/ns/{ns}/memories/{mid}/history")
+    assert h.status == 200 and [v["content"] for v in h.json()["versions"]] == ["forwarded"]
+    listed = c.http("n4", "GET", f"/v1/ns/{ns}/memories").json()["items"]
+    assert [x["id"] for x in listed] == [mid]
+    d = c.http("n4", "DELETE", f"/v1/ns/{ns}/memories/{mid}", headers={"Spine-Session": token})
+    assert d.status == 200, d.body
+    r = c.read("n4", ns, mid, "session", session=d.headers["Spine-Session"])
+    assert r.status == 404, r.body
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="BUG: http._write_one never sets request['coordinator'], "
+                   "so a forwarded PUT/DELETE names the receiving node as its coordinator")
+def test_a_forwarded_write_names_its_coordinator(make_cluster: ClusterFactory) -> None:
+    c = make_cluster(nodes=4)
+    ns = "basic-forward-header"
+    mid, prefs = _key_not_on("n4", 4, ns)
+    w = c.http("n4", "PUT", f"/v1/ns/{ns}/memories/{mid}", {"content": "forwarded"})
+    assert w.status == 201, w.body
+    assert w.headers["Spine-Coordinator"] in prefs, (w.headers["Spine-Coordinator"], prefs)
+    assert w.headers["Spine-Coordinator"] == w.json()["version"].rsplit(".", 1)[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import statistics
+import time
 from typing import Any
 
 import pytest
@@ -51,10 +53,10 @@ def test_one_node_down_then_two_then_hints_bring_back_every_acknowledged_key(
         for i in range(15):
             mid = f"{level}-{i}"
             assert client.get(ns, mid)["content"] == acked[mid]
-    # A fresh client, no token: quorum reads through the survivors see everything.
-    fresh = c.client(["n2", "n1"])
-    for mid, content in acked.items():
-        assert fresh.get(ns, mid)["content"] == content
+    # No token: quorum reads through the survivors see everything.
+    for i, (mid, content) in enumerate(acked.items()):
+        r = c.read(("n1", "n2")[i % 2], ns, mid, "session")
+        assert r.status == 200 and r.json()["content"] == content, (mid, r.body)
     assert sum(c.metric(n, "spine_hints_pending", target="n3") for n in ("n1", "n2")) > 0
 
     # ---- two of three killed: session writes are refused, eventual writes still land.
@@ -147,10 +149,10 @@ def test_every_acknowledged_write_survives_kill_9_of_the_whole_cluster(
                 assert rec["content"] == expected[mid]
                 holders[mid] += 1
     assert [m for m, n in holders.items() if n < 2] == []
-    # And a quorum read of every key, through every node, finds it.
-    fresh = c.client()
-    for mid, content in expected.items():
-        assert fresh.get(ns, mid)["content"] == content
+    # And a quorum read (no token) of every key, through every node, finds it.
+    for i, (mid, content) in enumerate(expected.items()):
+        r = c.read(NODES[i % 3], ns, mid, "session")
+        assert r.status == 200 and r.json()["content"] == content, (mid, r.body)
 
 
 @pytest.mark.timeout(60)
@@ -201,3 +203,58 @@ def test_overwrite_through_a_replica_that_missed_the_first_write(
                {"Spine-Session": client.session or ""})
     assert r.status == 200, r.body
     assert r.json()["created_at"] == first["created_at"]
+
+
+@pytest.mark.timeout(60)
+def test_a_quorum_read_repairs_a_replica_that_missed_writes(make_cluster: ClusterFactory) -> None:
+    # Hinted handoff off: only read repair can bring n3 up to date.
+    c = make_cluster(**WEAK_OK, handoff={"enabled": False})
+    ns = "faults-read-repair"
+    c.client(["n1"]).put(ns, "k", "v1")
+    c.kill("n3")
+    expected = {f"m{i}": f"missed {i}" for i in range(10)}
+    client = c.client(["n1", "n2"])
+    for mid, content in expected.items():
+        client.put(ns, mid, content)
+    client.put(ns, "k", "v2")
+    c.start("n3")
+    assert sorted(_missing_on(c, "n3", ns, {**expected, "k": "v2"})) == sorted([*expected, "k"])
+    assert c.local_record("n3", ns, "k")["content"] == "v1"  # type: ignore[index]
+    before = c.metric("n3", "spine_read_repairs_total")
+    # No token: quorum reads, coordinated by the stale replica. (A client carrying a token
+    # would read keys the token does not name at R=1, from n3 alone: DESIGN §4.)
+    for mid, content in {**expected, "k": "v2"}.items():
+        r = c.read("n3", ns, mid, "session")
+        assert r.status == 200 and r.json()["content"] == content, (mid, r.body)
+    c.wait_until(lambda: not _missing_on(c, "n3", ns, {**expected, "k": "v2"}), 10,
+                 message="read repair to reach n3")
+    assert c.metric("n3", "spine_read_repairs_total") >= before + len(expected) + 1
+
+
+@pytest.mark.timeout(90)
+def test_a_paused_replica_does_not_hold_up_quorum_operations(
+    make_cluster: ClusterFactory,
+) -> None:
+    c = make_cluster(**WEAK_OK)
+    ns = "faults-pause"
+    c.pause("n3")  # its sockets stay open: calls to it hang until timeouts.rpc_ms (2 s)
+    expected: dict[str, str] = {}
+    took: list[float] = []
+    for level in ("session", "strong"):
+        client = c.client(["n1", "n2"], consistency=level)
+        for i in range(10):
+            mid = f"{level}-{i}"
+            started = time.monotonic()
+            client.put(ns, mid, f"{level} {i}")
+            expected[mid] = f"{level} {i}"
+            assert client.get(ns, mid)["content"] == expected[mid]
+            took.append(time.monotonic() - started)
+    # A quorum of two answers at once; nothing waits for the silent third.
+    assert statistics.median(took) < 1.0, took
+    c.resume("n3")
+    c.wait_peers_alive()
+    # Whatever was in flight to n3 when it stopped, or hinted after the RPCs timed out, lands.
+    c.wait_until(lambda: not _missing_on(c, "n3", ns, expected), 30,
+                 message=lambda: f"n3 to catch up; missing {_missing_on(c, 'n3', ns, expected)}")
+    c.wait_until(lambda: all(c.metric(n, "spine_hints_pending") == 0 for n in NODES), 30,
+                 message="every hint to be delivered")

@@ -51,7 +51,7 @@ steps = st.lists(
 skews = st.lists(st.integers(-MAX_OFFSET // 2, MAX_OFFSET // 2), min_size=3, max_size=3)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(skews, steps)
 def test_three_nodes_exchanging_messages_keep_hlc_causal_and_monotonic(
     skew: list[int], plan: list[tuple[int | str, ...]]
@@ -91,6 +91,7 @@ ops = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(ops)
 def test_one_hlc_is_strictly_increasing_and_refuses_only_far_ahead_remotes(
     plan: list[tuple[str, int] | tuple[str, int, int]]
@@ -130,11 +131,13 @@ versions = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(versions)
 def test_version_encoding_round_trips(v: Version) -> None:
     assert Version.decode(v.encode()) == v
 
 
+@settings(deadline=None)
 @given(versions, versions)
 def test_encoded_versions_compare_like_hlc_node_tuples(a: Version, b: Version) -> None:
     ea, eb = a.encode(), b.encode()
@@ -143,6 +146,7 @@ def test_encoded_versions_compare_like_hlc_node_tuples(a: Version, b: Version) -
     assert (a < b) == ((a.hlc, a.node) < (b.hlc, b.node))
 
 
+@settings(deadline=None)
 @given(st.integers(0, 2**48 - 1), st.integers(0, 0xFFFF))
 def test_hlc_packing_round_trips(ms: int, counter: int) -> None:
     t = hlc_from_ms(ms) + counter
@@ -159,6 +163,7 @@ MIRROR = {
 }
 
 
+@settings(deadline=None)
 @given(clocks, clocks)
 def test_vv_compare_is_antisymmetric_and_matches_pointwise_order(
     a: dict[str, int], b: dict[str, int]
@@ -177,6 +182,7 @@ def test_vv_compare_is_antisymmetric_and_matches_pointwise_order(
     assert got is expected
 
 
+@settings(deadline=None)
 @given(clocks, clocks, clocks)
 def test_vv_merge_is_a_join(a: dict[str, int], b: dict[str, int], c: dict[str, int]) -> None:
     assert vv_merge(a, b) == vv_merge(b, a)
@@ -187,6 +193,7 @@ def test_vv_merge_is_a_join(a: dict[str, int], b: dict[str, int], c: dict[str, i
     assert vv_compare(m, b) in (Ordering.AFTER, Ordering.EQUAL)
 
 
+@settings(deadline=None)
 @given(clocks, st.sampled_from(["n1", "n2", "n5"]))
 def test_vv_increment_is_strictly_after(a: dict[str, int], node: str) -> None:
     assert vv_compare(vv_increment(a, node), a) is Ordering.AFTER

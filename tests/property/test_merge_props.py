@@ -61,19 +61,21 @@ def replicas(draw: st.DrawFn, count: int) -> list[Record]:
     return out
 
 
+@settings(deadline=None)
 @given(replicas(2))
 def test_merge_is_commutative(rs: list[Record]) -> None:
     a, b = rs
     assert merge(a, b) == merge(b, a)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(replicas(3))
 def test_merge_is_associative(rs: list[Record]) -> None:
     a, b, c = rs
     assert merge(merge(a, b), c) == merge(a, merge(b, c))
 
 
+@settings(deadline=None)
 @given(replicas(2))
 def test_merge_is_idempotent(rs: list[Record]) -> None:
     a, b = rs
@@ -84,7 +86,7 @@ def test_merge_is_idempotent(rs: list[Record]) -> None:
     assert merge(ab, ab) == ab
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(replicas(5), st.randoms(use_true_random=False))
 def test_every_merge_order_converges_to_the_newest_payload_and_joined_clock(
     rs: list[Record], rnd: Any
@@ -101,6 +103,7 @@ def test_every_merge_order_converges_to_the_newest_payload_and_joined_clock(
     assert dict(expected.clock) == reduce(vv_merge, (r.clock for r in rs), {})
 
 
+@settings(deadline=None)
 @given(replicas(2))
 def test_is_concurrent_is_symmetric(rs: list[Record]) -> None:
     a, b = rs
@@ -124,13 +127,13 @@ any_records = st.builds(
 )
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(any_records)
 def test_wire_form_round_trips(r: Record) -> None:
     assert Record.from_wire(r.to_wire()) == r
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(any_records)
 def test_wire_form_round_trips_through_msgpack(r: Record) -> None:
     assert Record.from_wire(msgpack.unpackb(msgpack.packb(r.to_wire()))) == r

@@ -18,7 +18,7 @@ def ring_of(members: dict[str, str], n: int, shards: int = SHARDS, vnodes: int =
     return Ring(members, shards=shards, vnodes=vnodes, n=n)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(member_sets, replication)
 def test_preference_lists_hold_min_n_members_distinct_members(nodes: list[str], n: int) -> None:
     ring = ring_of(dict.fromkeys(nodes, ""), n)
@@ -28,7 +28,7 @@ def test_preference_lists_hold_min_n_members_distinct_members(nodes: list[str], 
         assert set(pref) <= set(nodes)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(member_sets, replication, st.data())
 def test_zoned_preference_lists_span_as_many_zones_as_possible(
     nodes: list[str], n: int, data: st.DataObject
@@ -44,7 +44,7 @@ def test_zoned_preference_lists_span_as_many_zones_as_possible(
         assert len({members[m] for m in pref}) == min(n, distinct_zones)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(member_sets, replication, st.data())
 def test_ring_is_a_function_of_the_member_set_only(
     nodes: list[str], n: int, data: st.DataObject
@@ -58,7 +58,7 @@ def test_ring_is_a_function_of_the_member_set_only(
         assert a.walk_order(s) == b.walk_order(s)
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 @given(member_sets, node_names, replication)
 def test_adding_a_node_moves_placements_only_to_it(
     nodes: list[str], newcomer: str, n: int
@@ -72,7 +72,7 @@ def test_adding_a_node_moves_placements_only_to_it(
         assert after - before <= {newcomer}
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 @given(member_sets.filter(lambda m: len(m) >= 2), st.data(), replication)
 def test_removing_a_node_moves_only_its_placements(
     nodes: list[str], data: st.DataObject, n: int

@@ -3,16 +3,14 @@ header codec round-trips."""
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spine.core.clock import Version
 from spine.core.session import SessionToken
 
 keys = st.sampled_from([f"ns/k{i}" for i in range(8)])
-versions = st.builds(
-    Version, st.integers(0, 2**64 - 1), st.text(min_size=1, max_size=6)
-)
+versions = st.builds(Version, st.integers(0, 2**64 - 1), st.text(min_size=1, max_size=6))
 observations = st.lists(st.tuples(keys, versions), max_size=40)
 bounds = st.integers(1, 6)
 
@@ -24,15 +22,18 @@ def token_of(max_keys: int, obs: list[tuple[str, Version]]) -> SessionToken:
     return tok
 
 
+@settings(deadline=None)
 @given(bounds, observations)
-def test_token_round_trips_through_its_header_form(max_keys: int, obs: list[tuple[str, Version]]
-                                                    ) -> None:
+def test_token_round_trips_through_its_header_form(
+    max_keys: int, obs: list[tuple[str, Version]]
+) -> None:
     tok = token_of(max_keys, obs)
     back = SessionToken.decode(tok.encode(), max_keys)
     assert back.entries == tok.entries
     assert back.overflowed == tok.overflowed
 
 
+@settings(deadline=None)
 @given(bounds, observations)
 def test_token_is_bounded_and_never_invents_versions(
     max_keys: int, obs: list[tuple[str, Version]]
@@ -53,6 +54,7 @@ def test_token_is_bounded_and_never_invents_versions(
         assert (k in tok.entries) != tok.needs_quorum(k)
 
 
+@settings(deadline=None)
 @given(bounds, observations, keys, st.integers(1, 1000))
 def test_the_latest_write_is_always_kept(
     max_keys: int, obs: list[tuple[str, Version]], key: str, bump: int

@@ -92,12 +92,6 @@ def test_write_level_takes_the_strongest_of_old_and_new_tags() -> None:
     assert p.write_level(["misc"], ["lock"], None) is X
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_level cannot tell 'no previous record' from 'a previous record without "
-    "tags'; the coordinator passes () for a create, so for_tags(()) = default wins and a new "
-    "memory tagged analytics/metric is written at session, never eventual",
-)
 def test_a_create_uses_only_the_new_tags() -> None:
     p = policy()
     assert p.write_level(None, ["analytics"], None) is E  # type: ignore[arg-type]
@@ -154,11 +148,6 @@ def test_escalate_does_not_escalate_to_the_default_without_an_override() -> None
     assert p.escalate(E, ("critical",)) is X
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Policy.escalate iterates found_tags twice (for_tags, then any()), so a one-shot "
-    "iterable such as a generator is exhausted and escalation is silently skipped",
-)
 def test_escalate_accepts_any_iterable_of_tags() -> None:
     p = policy()
     assert p.escalate(S, (t for t in ("critical",))) is X

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spine.core.ids import uuid7
@@ -22,6 +22,7 @@ def test_known_value() -> None:
     assert uuid7(0, b"\xff" * 10) == "00000000-0000-7fff-bfff-ffffffffffff"
 
 
+@settings(deadline=None)
 @given(millis, rand10)
 def test_uuid7_is_version_7_rfc_variant_with_the_timestamp_on_top(ms: int, rand: bytes) -> None:
     text = uuid7(ms, rand)
@@ -33,6 +34,7 @@ def test_uuid7_is_version_7_rfc_variant_with_the_timestamp_on_top(ms: int, rand:
     memory_id(text)  # a minted id is a valid memory id
 
 
+@settings(deadline=None)
 @given(millis, millis, rand10, rand10)
 def test_uuid7_sorts_by_time(a: int, b: int, ra: bytes, rb: bytes) -> None:
     if a < b:
@@ -48,6 +50,7 @@ def kept_bits(rand: bytes) -> tuple[int, int]:
     )
 
 
+@settings(deadline=None)
 @given(rand10, rand10)
 def test_ids_in_one_millisecond_differ_exactly_when_their_random_bits_do(
     ra: bytes, rb: bytes

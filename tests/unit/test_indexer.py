@@ -253,6 +253,23 @@ def brute_force(model: Model, ns: str, q: Vec, k: int, keep: Any = None) -> list
     return [mid for _, mid in sorted(scored)[:k]]
 
 
+async def assert_search(
+    indexer: Indexer, model: Model, ns: str, q: Vec, k: int, filters: list[Any], keep: Any
+) -> None:
+    """The indexer's filtered search equals brute force over the model (ids, best first)."""
+    found = await indexer.search(ns, q, k, filters)
+    want = brute_force(model, ns, q, k, keep)
+    got = [r.id for r, _ in found]
+    if got != want:
+        index = indexer.indexes.peek(ns)
+        raise AssertionError(
+            f"{ns} k={k} filters={filters}: got {[(r.id, s) for r, s in found]}, want {want}; "
+            f"index holds {len(index) if index is not None else None} ids; attrs of the wanted: "
+            f"{ {mid: indexer.attrs.get(ns, {}).get(mid) for mid in want} }; "
+            f"a second search: {await search_ids(indexer, ns, q, k, filters)}"
+        )
+
+
 # -- keeping in step ------------------------------------------------------------------------------
 
 
@@ -345,18 +362,16 @@ async def test_index_follows_a_random_history(tmp_path: Path) -> None:
                 batches.append(rng.sample(model.superseded, min(3, len(model.superseded))))
             await apply(store, indexer, *batches)
             assert_index_matches(indexer, store, model)
-
-        # Filtered searches answer from the attrs kept in step with the records.
-        q = unit(nrng)
-        for ns in NAMESPACES:
-            assert await search_ids(indexer, ns, q, 5, [["red"], [], None, None, None]) == (
-                brute_force(model, ns, q, 5, lambda r: "red" in r.tags)
-            )
-            assert await search_ids(indexer, ns, q, 50, [[], ["blue", "gold"], "ann",
-                                                          {"n": 1}, None]) == (
-                brute_force(model, ns, q, 50, lambda r: bool({"blue", "gold"} & set(r.tags))
-                            and r.agent_id == "ann" and r.metadata == {"n": 1})
-            )
+            # Filtered searches answer from the attrs kept in step with the records.
+            q = unit(nrng)
+            for ns in NAMESPACES:
+                await assert_search(indexer, model, ns, q, 5, [["red"], [], None, None, None],
+                                    lambda r: "red" in r.tags)
+                await assert_search(
+                    indexer, model, ns, q, 50, [[], ["blue", "gold"], "ann", {"n": 1}, None],
+                    lambda r: bool({"blue", "gold"} & set(r.tags)) and r.agent_id == "ann"
+                    and r.metadata == {"n": 1},
+                )
 
 
 # -- persistence and recovery ---------------------------------------------------------------------
@@ -500,10 +515,6 @@ async def test_snapshot_of_another_embedder_is_rebuilt(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Store.purge removes records without telling the index (on_commit only reports "
-    "'apply' ops), so a purged live record stays in the HNSW index"
-))
 async def test_purged_record_leaves_the_index(tmp_path: Path) -> None:
     nrng = np.random.default_rng(8)
     model = Model()
@@ -520,11 +531,6 @@ async def test_purged_record_leaves_the_index(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Indexer.recover skips change-log entries whose record is gone from LMDB "
-    "(purged after the snapshot), so a snapshotted record that was deleted and purged "
-    "after the snapshot is resurrected in the index"
-))
 async def test_replay_drops_a_record_deleted_and_purged_after_the_snapshot(
     tmp_path: Path,
 ) -> None:

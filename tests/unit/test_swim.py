@@ -167,9 +167,14 @@ def test_failure_detection_bound(config: SwimConfig, n: int, bound: float) -> No
     assert failure_detection_bound(config, n) == pytest.approx(bound)
 
 
+def test_presets_are_valid() -> None:
+    assert SwimConfig.local().protocol_period < CFG.protocol_period
+
+
 @pytest.mark.parametrize("bad", [
     {"protocol_period": 0}, {"ping_timeout": 0.25}, {"ping_timeout": 0}, {"ping_req_k": 0},
     {"suspicion_max_mult": 0.5}, {"push_pull_interval": 0}, {"max_piggyback": 0},
+    {"max_datagram": 512}, {"dead_reap_after": 0},
 ])
 def test_config_rejects_bad_values(bad: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match=f"swim.{next(iter(bad))}"):
@@ -590,3 +595,17 @@ def test_mismatched_member_in_gossip_is_refused_once() -> None:
     fixed = rec("z", 0, A, cluster="prod", shards="256")       # restarted with the right config
     s.receive(addr("x"), gossip(fixed, to="s"), 3.0)
     assert s.member("z") == fixed
+
+
+def test_piggyback_keeps_a_datagram_within_max_datagram() -> None:
+    big = {"embedder": "sha256:" + "ab" * 32, "cluster": "spine-prod", "zone": "eu-west-1a"}
+    a = make("a", meta=big, config=SwimConfig(max_piggyback=50))
+    a.join([], 0.0)
+    a.merge_state([rec(f"node-{i:03}", 0, A, **big) for i in range(40)], 1.0)
+    a.receive(addr("x"), gossip(rec("node-007", 0, S)), 1.0)        # a hint for node-007
+    req = PingReq(2**31, "a" * 40, "node-007", "255.255.255.255:65535", ())
+    for _ in range(10):
+        ups = a._piggyback("node-007")
+        assert len(ups) > 2
+        assert len(encode(PingReq(req.seq, req.sender, req.target, req.target_address, ups))) \
+            <= CFG.max_datagram
