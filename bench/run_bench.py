@@ -186,7 +186,11 @@ def wait_ready(urls: list[str], up: subprocess.Popen[bytes], deadline_s: float =
 
 
 def preload(urls: list[str], keys: int, batch: int = 1000) -> float:
-    words = ["agent", "memory", "cluster", "replica", "quorum", "session", "vector", "shard", "token", "handoff", "gossip", "ring", "version", "clock", "record", "search", "observed", "user", "prefers", "meeting", "notes", "project"]
+    words = [
+        "agent", "memory", "cluster", "replica", "quorum", "session", "vector", "shard", "token",
+        "handoff", "gossip", "ring", "version", "clock", "record", "search", "observed", "user",
+        "prefers", "meeting", "notes", "project",
+    ]
     t0 = time.monotonic()
     for n, start in enumerate(range(0, keys, batch)):
         items = []
