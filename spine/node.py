@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,9 @@ class Node:
             fingerprint=self.embedder.fingerprint, persist_interval=ix.persist_interval_s,
             sleep=self.rt.sleep,
         )
-        self.store.on_commit = self.indexer.on_commit
+        # Derived structures that follow every LMDB commit, in commit order (writer thread).
+        self.commit_hooks: list[Callable[[list[Applied]], None]] = [self.indexer.on_commit]
+        self.store.on_commit = self._on_commit
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
         self.rpc = RpcClient(
@@ -155,7 +158,11 @@ class Node:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
 
     def _on_applied(self, applied: list[Applied]) -> None:
-        """Keep derived structures (index, hash trees) in step with what was committed."""
+        """Called on the event loop after a local apply (the commit hooks did the real work)."""
+
+    def _on_commit(self, applied: list[Applied]) -> None:
+        for hook in self.commit_hooks:
+            hook(applied)
 
     def _register_gauges(self) -> None:
         m = self.metrics.registry

@@ -131,6 +131,18 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+# Port ranges that clusters started outside the tests use (`spine up` defaults to 8788, the
+# benchmark to 18788): a cluster started there later must not find our nodes on its ports.
+RESERVED = [range(b, b + GOSSIP_OFFSET + 32) for b in (8788, 18788)]
+
+
+def _usable(base: int, count: int) -> bool:
+    ports = [p for p, _ in _families(base, count)]
+    if max(ports) > 65535 or any(p in r for p in ports for r in RESERVED):
+        return False
+    return all(_bindable(p, k, reuse=False) for p, k in _families(base, count))
+
+
 def free_base_port(count: int, rng: random.Random | None = None) -> int:
     """A base port B such that B+i, B+1000+i and B+2000+i (TCP, and UDP for gossip) are free.
 
@@ -143,15 +155,13 @@ def free_base_port(count: int, rng: random.Random | None = None) -> int:
     top = min(lo, 65536) - GOSSIP_OFFSET - count - 1
     for _ in range(200):
         base = rng.randrange(10000, max(10001, top))
-        if all(_bindable(p, k, reuse=False) for p, k in _families(base, count)):
+        if _usable(base, count):
             return base
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((HOST, 0))
             base = s.getsockname()[1]
-        if base + GOSSIP_OFFSET + count > 65535:
-            continue
-        if all(_bindable(p, k, reuse=False) for p, k in _families(base, count)):
+        if _usable(base, count):
             return base
     raise RuntimeError(f"no free range of ports for {count} nodes")
 

@@ -42,8 +42,19 @@ def test_one_node_down_then_two_then_hints_bring_back_every_acknowledged_key(
     ns = "faults-hints"
     acked: dict[str, str] = {}
 
+    # Keys every replica holds before anything fails; some get deleted while n3 is down.
+    doomed = [f"doomed-{i}" for i in range(5)]
+    for mid in doomed:
+        c.client(["n1"]).put(ns, mid, "to be deleted")
+    for node in NODES:
+        c.wait_until(lambda node=node: all(c.local_record(node, ns, m) for m in doomed), 10,
+                     message=f"the doomed keys on {node}")
+
     # ---- one of three killed: session and strong still work through the other two (W=2).
     c.kill("n3")
+    for i, mid in enumerate(doomed):
+        r = c.http(("n1", "n2")[i % 2], "DELETE", f"/v1/ns/{ns}/memories/{mid}")
+        assert r.status == 200, r.body
     for level in ("session", "strong"):
         client = c.client(["n1", "n2"], consistency=level)
         for i in range(15):
@@ -61,6 +72,17 @@ def test_one_node_down_then_two_then_hints_bring_back_every_acknowledged_key(
 
     # ---- two of three killed: session writes are refused, eventual writes still land.
     c.kill("n2")
+    c.wait_until(lambda: c.http("n1", "GET", "/readyz").status == 503, 10,
+                 message="n1 to report itself not ready")
+    ready = c.http("n1", "GET", "/readyz")
+    assert ready.error()["code"] == "quorum_unavailable"
+    batch = c.http("n1", "POST", f"/v1/ns/{ns}/memories/_batch",
+                   {"items": [{"id": "refused-b1", "content": "x"}, {"id": "doomed-0",
+                                                                    "delete": True}]},
+                   {"Spine-Consistency": "session"})
+    assert batch.status == 200, batch.body
+    for item in batch.json()["results"]:
+        assert item["status"] == 503 and item["error"]["code"] == "quorum_unavailable", item
     r = _put(c, "n1", ns, "refused", "no quorum", "session")
     assert r.status == 503, r.body
     err = r.error()
@@ -89,6 +111,15 @@ def test_one_node_down_then_two_then_hints_bring_back_every_acknowledged_key(
     c.wait_until(lambda: all(c.metric(n, "spine_hints_pending") == 0 for n in NODES), 30,
                  message="every hint to be delivered")
     assert sum(c.metric(n, "spine_hints_delivered_total") for n in NODES) >= len(acked) // 2
+    # The deletes reached n3 as tombstones: nothing it held comes back.
+    for node in NODES:
+        assert [m for m in doomed if c.local_record(node, ns, m) is not None] == [], node
+        assert c.http(node, "GET", "/readyz").status == 200
+    listed = c.http("n3", "GET", f"/v1/ns/{ns}/memories?limit=1000").json()["items"]
+    ids = {x["id"] for x in listed}
+    assert set(acked) <= ids
+    # Refused writes are indeterminate (they may have landed); the deleted keys stay deleted.
+    assert ids - set(acked) <= {"refused", "refused-strong", "refused-b1"}, ids - set(acked)
 
 
 @pytest.mark.timeout(120)
@@ -258,3 +289,26 @@ def test_a_paused_replica_does_not_hold_up_quorum_operations(
                  message=lambda: f"n3 to catch up; missing {_missing_on(c, 'n3', ns, expected)}")
     c.wait_until(lambda: all(c.metric(n, "spine_hints_pending") == 0 for n in NODES), 30,
                  message="every hint to be delivered")
+
+
+@pytest.mark.timeout(90)
+def test_hints_survive_a_crash_of_the_node_that_keeps_them(make_cluster: ClusterFactory) -> None:
+    c = make_cluster(sync=True, **WEAK_OK)
+    ns = "faults-hint-crash"
+    c.kill("n3")
+    client = c.client(["n1"])  # n1 coordinates: the hints for n3 are kept on n1 alone
+    expected = {f"h{i}": f"hinted {i}" for i in range(40)}
+    for mid, content in expected.items():
+        client.put(ns, mid, content)
+    pending = c.metric("n1", "spine_hints_pending", target="n3")
+    assert pending >= len(expected), pending
+    c.kill("n1")
+    c.start("n3", wait_peers=False)
+    # Only n1's hints can bring these to n3 (R=1 reads do not repair).
+    assert sorted(_missing_on(c, "n3", ns, expected)) == sorted(expected)
+    c.start("n1")
+    c.wait_until(lambda: not _missing_on(c, "n3", ns, expected), 30,
+                 message=lambda: f"n1's hints to reach n3; missing "
+                 f"{_missing_on(c, 'n3', ns, expected)[:10]}")
+    c.wait_until(lambda: c.metric("n1", "spine_hints_pending") == 0, 30,
+                 message="n1's hints to be delivered and dropped")
