@@ -18,7 +18,7 @@ from aiohttp import web
 from spine.api.auth import Authenticator, Principal
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.openapi import OPENAPI
-from spine.cluster.coordinator import Coordinator, ItemResult, WriteOp
+from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
 from spine.core import validation as v
 from spine.core.consistency import Level
@@ -32,6 +32,7 @@ from spine.core.errors import (
 )
 from spine.core.ids import uuid7
 from spine.core.metrics import SpineMetrics
+from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
 
@@ -201,6 +202,7 @@ class _Handlers:
             raise item.error
         assert item.result is not None
         request["level"] = item.result.level.label
+        request["coordinator"] = item.result.coordinator or self.svc.node_id
         out = self._session(token)
         out.observe(f"{ns}/{op.id}", item.result.record.version)
         return item, out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,49 +23,27 @@ from spine.cluster.rpc import RpcClient
 from spine.core.clock import HLC, Version, vv_increment, vv_merge
 from spine.core.consistency import Level, Policy
 from spine.core.errors import (
-    ERRORS_BY_CODE,
     InvalidInput,
     PeerUnavailable,
     QuorumUnavailable,
     SessionUnavailable,
-    SpineError,
 )
 from spine.core.messages import Forward, History
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.quorum import meets_floor, resolve
+from spine.core.requests import (
+    ItemResult,
+    WriteOp,
+    WriteResult,
+    body_to_wire,
+    item_from_wire,
+)
 from spine.core.ring import Ring
 from spine.core.session import SessionToken
-from spine.core.validation import WriteBody
 from spine.storage.lmdb_store import Store
 
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOp:
-    """One write of a batch (or a single request): an upsert body, or a delete when None."""
-
-    id: str
-    body: WriteBody | None
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a write did: the stored version, whether it created the key, at which level."""
-
-    record: Record
-    created: bool
-    level: Level
-
-
-@dataclass(frozen=True, slots=True)
-class ItemResult:
-    """One item of a batch: a result or the error that stopped it."""
-
-    id: str
-    result: WriteResult | None = None
-    error: SpineError | None = None
 
 
 class Coordinator:
@@ -300,7 +277,7 @@ class Coordinator:
         token: SessionToken | None,
         agent: str | None,
     ) -> list[ItemResult] | None:
-        body = [[op.id, None if op.body is None else _body_wire(op.body)] for op in ops]
+        body = [[op.id, None if op.body is None else body_to_wire(op.body)] for op in ops]
         tok = token or SessionToken(self.session_max_keys)
         msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
                       token.encode() if token else None, agent)
@@ -348,7 +325,7 @@ class Coordinator:
                 if a >= w:
                     old = olds[i]
                     created = old is None or old.deleted
-                    out[i] = ItemResult(ops[i].id, WriteResult(rec, created, level))
+                    out[i] = ItemResult(ops[i].id, WriteResult(rec, created, level, self.node_id))
                     if token is not None:
                         token.observe(f"{namespace}/{rec.id}", rec.version)
                 else:
@@ -397,7 +374,7 @@ class Coordinator:
         if token is not None:
             token.observe(f"{namespace}/{op.id}", rec.version)
         created = newest is None or newest.deleted
-        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG))
+        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
 
     def _new_record(
         self,
@@ -499,31 +476,3 @@ def normalise(vector: Sequence[float]) -> bytes:
     if not np.all(np.isfinite(out)) or not np.any(out):
         raise InvalidInput("vector cannot be normalised in float32", field="vector")
     return out.tobytes()
-
-
-def _body_wire(body: WriteBody) -> list[Any]:
-    return [body.content, list(body.tags), dict(body.metadata), body.agent_id, body.vector]
-
-
-def body_from_wire(w: list[Any]) -> WriteBody:
-    """Inverse of `_body_wire` (a forwarded body was validated by the receiving node)."""
-    return WriteBody(w[0], tuple(w[1]), w[2], w[3], w[4])
-
-
-def item_to_wire(item: ItemResult) -> list[Any]:
-    """A batch item result for a Forward reply."""
-    if item.result is not None:
-        r = item.result
-        return [item.id, r.record.to_wire(), r.created, int(r.level), None]
-    err = item.error
-    assert err is not None
-    return [item.id, None, False, 0, [err.code, err.message, err.field, err.details]]
-
-
-def item_from_wire(w: list[Any]) -> ItemResult:
-    """Inverse of `item_to_wire`."""
-    if w[1] is not None:
-        return ItemResult(w[0], WriteResult(Record.from_wire(w[1]), bool(w[2]), Level(w[3])))
-    code, message, field, details = w[4]
-    cls = ERRORS_BY_CODE.get(code, PeerUnavailable)
-    return ItemResult(w[0], error=cls(message, field=field, **details))

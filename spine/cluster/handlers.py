@@ -5,13 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from spine.cluster.coordinator import (
-    Coordinator,
-    WriteOp,
-    body_from_wire,
-    item_to_wire,
-    local_history,
-)
+from spine.cluster.coordinator import Coordinator, local_history
 from spine.cluster.fanout import local_list
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import Handler
@@ -28,6 +22,7 @@ from spine.core.messages import (
     Tag,
     records_to_wire,
 )
+from spine.core.requests import WriteOp, body_from_wire, item_to_wire
 from spine.core.session import SessionToken
 from spine.storage.lmdb_store import Outcome, Store
 
