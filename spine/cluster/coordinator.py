@@ -297,6 +297,14 @@ class Coordinator:
         agent: str | None,
     ) -> list[ItemResult]:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
+        # Whether each op creates its key: an upsert of a key that was absent or deleted before
+        # it, counting earlier ops of the same batch (a delete never creates).
+        live: dict[str, bool] = {}
+        creates: list[bool] = []
+        for op, old in zip(ops, olds, strict=True):
+            before = live.get(op.id, old is not None and not old.deleted)
+            creates.append(op.body is not None and not before)
+            live[op.id] = op.body is not None
         vectors = await self._vectors(ops)
         by_level: dict[Level, list[int]] = {}
         for i, op in enumerate(ops):
@@ -323,9 +331,8 @@ class Coordinator:
             )
             for i, rec, a in zip(idxs, records, acks, strict=True):
                 if a >= w:
-                    old = olds[i]
-                    created = old is None or old.deleted
-                    out[i] = ItemResult(ops[i].id, WriteResult(rec, created, level, self.node_id))
+                    result = WriteResult(rec, creates[i], level, self.node_id)
+                    out[i] = ItemResult(ops[i].id, result)
                     if token is not None:
                         token.observe(f"{namespace}/{rec.id}", rec.version)
                 else:
@@ -373,7 +380,7 @@ class Coordinator:
             ))
         if token is not None:
             token.observe(f"{namespace}/{op.id}", rec.version)
-        created = newest is None or newest.deleted
+        created = op.body is not None and (newest is None or newest.deleted)
         return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
 
     def _new_record(

@@ -395,9 +395,6 @@ def test_a_forwarded_write_names_its_coordinator(make_cluster: ClusterFactory) -
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="BUG: Coordinator._write_local computes `created` from the "
-                   "stored version before the batch only: a batch delete of a missing id says 201, "
-                   "and the second write of an id in one batch says 201 again")
 def test_batch_item_statuses_match_single_requests(shared_cluster: LocalCluster) -> None:
     c = shared_cluster
     ns = "basic-batch-status"
