@@ -15,7 +15,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from spine.api.auth import Authenticator, Principal
+from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.openapi import OPENAPI
 from spine.cluster.coordinator import Coordinator
@@ -37,6 +37,8 @@ from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
 
 log = structlog.get_logger("spine.api")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SearchFn = Callable[[str, dict[str, Any], SessionToken | None, Level | None], Awaitable[Any]]
@@ -119,7 +121,10 @@ def build_app(svc: Services) -> web.Application:
             return resp
         svc.inflight += counted
         try:
-            request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
+            if request.path in PUBLIC_PATHS:  # load balancers probe these without credentials
+                request["principal"] = ANONYMOUS
+            else:
+                request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
             resp = await handler(request)
         except SpineError as e:
             resp = error_response(e)

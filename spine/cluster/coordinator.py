@@ -297,6 +297,8 @@ class Coordinator:
         agent: str | None,
     ) -> list[ItemResult]:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
+        if token is not None:
+            await self._catch_up(namespace, ops, olds, token)
         # Whether each op creates its key: an upsert of a key that was absent or deleted before
         # it, counting earlier ops of the same batch (a delete never creates).
         live: dict[str, bool] = {}
@@ -342,6 +344,32 @@ class Coordinator:
                         reached=a, needed=w,
                     ))
         return [out[i] for i in range(len(ops))]
+
+    async def _catch_up(
+        self,
+        namespace: str,
+        ops: Sequence[WriteOp],
+        olds: list[Record | None],
+        token: SessionToken,
+    ) -> None:
+        """Replace local versions older than the session has seen with a replica's newer one.
+
+        The new version's clock, created_at and created flag build on the previous version; a
+        replica that missed the client's last write must not build on what it has instead.
+        """
+        for i, op in enumerate(ops):
+            floor = token.floor(f"{namespace}/{op.id}")
+            old = olds[i]
+            if floor is None or (old is not None and old.version >= floor):
+                continue
+            prefs = self.prefs(namespace, op.id)
+            others = [p for p in prefs if p != self.node_id and self.liveness.is_alive(p)]
+            answers = await self.rep.read(
+                namespace, op.id, others, 1, timeout=self.read_timeout, floor=floor
+            )
+            newest = resolve({**answers, self.node_id: old}).newest
+            if meets_floor(newest, floor):
+                olds[i] = newest
 
     async def _strong_write(
         self,

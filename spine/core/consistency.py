@@ -73,13 +73,23 @@ class Policy:
         levels = [self.overrides[t] for t in tags if t in self.overrides]
         return max(levels) if levels else self.default
 
-    def apply_request(self, base: Level, requested: Level | None) -> Level:
-        """A request header may strengthen the level; weaken only when the operator allows it."""
+    def floor(self, tags: Iterable[str]) -> Level:
+        """The weakest level the tags' overrides allow (EVENTUAL when no tag has an override)."""
+        levels = [self.overrides[t] for t in tags if t in self.overrides]
+        return max(levels) if levels else Level.EVENTUAL
+
+    def apply_request(self, base: Level, floor: Level, requested: Level | None) -> Level:
+        """The header picks the level, but never below what the tags require (`floor`).
+
+        With no header the tags' level (or the default) applies. The default is only a default:
+        a client may ask for any level at least as strong as the tags' overrides; the operator's
+        overrides are the floor, unless `allow_weaker` lifts that too.
+        """
         if requested is None:
             return base
-        if requested >= base or self.allow_weaker:
+        if self.allow_weaker:
             return requested
-        return base
+        return max(requested, floor)
 
     def write_level(
         self, old_tags: Iterable[str] | None, new_tags: Iterable[str], requested: Level | None
@@ -89,14 +99,18 @@ class Policy:
         `old_tags` is None when the key has no previous version: a create is governed by its
         new tags alone (a new `metric` record is eventual, not the default).
         """
-        base = self.for_tags(new_tags)
-        if old_tags is not None:
-            base = max(base, self.for_tags(old_tags))
-        return self.apply_request(base, requested)
+        new = tuple(new_tags)
+        old = None if old_tags is None else tuple(old_tags)
+        base = self.for_tags(new)
+        floor = self.floor(new)
+        if old is not None:
+            base = max(base, self.for_tags(old))
+            floor = max(floor, self.floor(old))
+        return self.apply_request(base, floor, requested)
 
     def read_level(self, requested: Level | None) -> Level:
-        """The level a read starts at, before it knows the record's tags."""
-        return self.apply_request(self.default, requested)
+        """The level a read starts at, before it knows the record's tags (then `escalate`)."""
+        return self.apply_request(self.default, Level.EVENTUAL, requested)
 
     def escalate(self, current: Level, found_tags: Iterable[str]) -> Level | None:
         """A stronger level the found tags require, or None if `current` is enough."""

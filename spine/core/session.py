@@ -21,6 +21,14 @@ TOKEN_FORMAT = 1
 HEADER = "Spine-Session"
 
 
+# Raw bytes a token may hold before base64 (≈ 4 KiB as a header, well under aiohttp's 8 KiB).
+MAX_TOKEN_BYTES = 3072
+
+
+def _entry_size(key: str, v: Version) -> int:
+    return len(key.encode()) + len(v.node.encode()) + 14
+
+
 @dataclass
 class SessionToken:
     """A mutable, bounded map key → newest version known to the client."""
@@ -42,10 +50,21 @@ class SessionToken:
         old = self.entries.get(key)
         if old is None or version > old:
             self.entries[key] = version
-        if len(self.entries) > self.max_keys:
+        if len(self.entries) > self.max_keys or self._size() > MAX_TOKEN_BYTES:
+            # Keep the newest entries within both bounds; the header must stay sendable.
             keep = sorted(self.entries.items(), key=lambda kv: kv[1], reverse=True)
-            self.entries = dict(keep[: self.max_keys])
+            kept: dict[str, Version] = {}
+            size = 8
+            for k, v in keep[: self.max_keys]:
+                size += _entry_size(k, v)
+                if size > MAX_TOKEN_BYTES:
+                    break
+                kept[k] = v
+            self.entries = kept
             self.overflowed = True
+
+    def _size(self) -> int:
+        return 8 + sum(_entry_size(k, v) for k, v in self.entries.items())
 
     def encode(self) -> str:
         """The opaque header value (URL-safe base64 of msgpack)."""

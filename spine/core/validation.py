@@ -46,6 +46,24 @@ class WriteBody:
     vector: list[float] | None
 
 
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: object, limit: int = MAX_METADATA_DEPTH) -> int:
+    """Levels of nested objects and lists in a JSON value, counted up to `limit` + 1.
+
+    Iterative, so a hostile 1,000-level document cannot exhaust Python's recursion limit.
+    """
+    depth, frontier = 0, [value]
+    while depth <= limit:
+        nested = [v for v in frontier if isinstance(v, dict | list)]
+        if not nested:
+            break
+        depth += 1
+        frontier = [c for v in nested for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
 WRITE_FIELDS = frozenset({"content", "tags", "metadata", "vector", "agent_id"})
 
 
@@ -90,6 +108,8 @@ def metadata(value: object, limits: Limits, field: str = "metadata") -> dict[str
     """A JSON object no larger than `limits.metadata_bytes` once encoded."""
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object", field=field)
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels", field=field)
     try:
         encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as e:
@@ -133,7 +153,7 @@ def vector(value: object, dim: int, field: str = "vector") -> list[float]:
 def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> WriteBody:
     """Validate a create/replace body `{content, tags?, metadata?, vector?, agent_id?}`."""
     if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object", field=prefix.rstrip(".") or None)
+        raise InvalidInput("body must be a JSON object", field=prefix.rstrip(".") or "body")
     for name in body:
         if name not in WRITE_FIELDS:
             raise InvalidInput(f"unknown field {name!r}", field=f"{prefix}{name}")

@@ -119,8 +119,6 @@ def test_admin_key_works_on_any_namespace(auth_cluster: LocalCluster) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: the API middleware authenticates every route, so "
-                   "with auth on /healthz and /readyz answer 401 to an unauthenticated probe")
 def test_health_probes_need_no_key(auth_cluster: LocalCluster) -> None:
     # A load balancer's health check (DESIGN §12: haproxy in front of three nodes) sends no
     # credentials; with keys configured every node would look dead to it.

@@ -217,8 +217,6 @@ def test_a_valid_request_after_bad_ones_still_works(shared_cluster: LocalCluster
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: validation.write_body names no field (None) when "
-                   "the body is not a JSON object; the batch and search handlers say 'body'")
 def test_a_body_that_is_not_an_object_names_the_body(shared_cluster: LocalCluster) -> None:
     c = shared_cluster
     for node, method, path in (("n1", "PUT", "/v1/ns/bad-body-list/memories/target"),
@@ -229,9 +227,6 @@ def test_a_body_that_is_not_an_object_names_the_body(shared_cluster: LocalCluste
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: validation.metadata bounds the size but not the "
-                   "nesting: 251 levels pass orjson alone but not inside a reply, so the record "
-                   "is stored and then listing its namespace and its history answer 500")
 def test_deeply_nested_metadata_is_refused_not_stored(shared_cluster: LocalCluster) -> None:
     c = shared_cluster
     ns = "bad-nested-metadata"

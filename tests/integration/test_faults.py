@@ -216,8 +216,6 @@ def test_reads_fail_cleanly_when_no_replica_answers_a_session_token(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="BUG: Coordinator._write_local takes `old` (created flag, "
-                   "created_at, version vector) from the coordinator's own replica only")
 def test_overwrite_through_a_replica_that_missed_the_first_write(
     make_cluster: ClusterFactory,
 ) -> None:

@@ -8,6 +8,7 @@ middle of writes the recovered index holds exactly LMDB's live records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import shutil
 import threading
@@ -21,6 +22,7 @@ import numpy.typing as npt
 import pytest
 
 import tests.integration.cluster as harness
+from spine.core.config import Config
 from spine.core.ring import Ring
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
@@ -35,6 +37,12 @@ DIM = 384
 RESERVED_PORTS = range(18788, 20791)
 
 Vec = npt.NDArray[np.float64]
+
+# Overrides that stop every background repair (hinted handoff, and anti-entropy where this
+# version of Spine has it), so a replica that missed a write stays stale.
+NO_REPAIR: dict[str, Any] = {"handoff": {"enabled": False}}
+if any(f.name == "antientropy" for f in dataclasses.fields(Config)):
+    NO_REPAIR["antientropy"] = {"enabled": False}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,13 +132,17 @@ SENTENCES = [
 def test_session_search_sees_own_writes_and_survives_node_loss(
     make_cluster: ClusterFactory,
 ) -> None:
-    c = make_cluster(3)
+    # Hints and anti-entropy off: a replica that is down during a write misses it until the
+    # key is written again, which makes a stale replica on demand.
+    # (allow_weaker lets the test read one replica's own copy with an eventual read.)
+    c = make_cluster(3, **NO_REPAIR, consistency={"allow_weaker": True})
     c.wait_peers_alive()
     ns = "sessions"
-    writer = c.client(["n1"])
+    setup = c.client(["n1"])
     for i, text in enumerate(SENTENCES):
-        writer.put(ns, f"d{i}", text)
+        setup.put(ns, f"d{i}", text)
     target = "the agent rebooked the lisbon flight and the hotel for the delayed conference"
+    writer = c.client(["n1"])  # a session of its own: its token names the target only
     writer.put(ns, "target", target)
 
     # Through another node, at once, carrying the token: found, first for its own content.
@@ -144,13 +156,25 @@ def test_session_search_sees_own_writes_and_survives_node_loss(
     assert all(a["score"] >= b["score"] for a, b in zip(res["results"], res["results"][1:],
                                                          strict=False))
 
-    # Delete through n1; the token makes the delete show through n3 at once.
+    # Delete through n1 while n2 is down: n2 comes back still holding the live target, and
+    # answers it to every search. The token must hide it all the same.
+    c.wait_until(lambda: c.local_record("n2", ns, "target") is not None, 10.0, 0.02,
+                 "n2 to hold the target")
+    c.kill("n2")
     writer.delete(ns, "target")
+    c.start("n2")
+    stale = search(c, "n3", ns, {"query": target, "k": 20})
+    assert "target" in ids_of(stale), "precondition: n2 should still answer the deleted target"
     reader.session = writer.session
     res = reader.search(ns, target, k=20)
     assert "target" not in ids_of(res), res
     assert res["partial"] is False
+    # A search through n2 itself, the stale replica, honours the token too.
+    res = search(c, "n2", ns, {"query": target, "k": 20}, session=writer.session)
+    assert "target" not in ids_of(res), res
 
+    # Deleting again reaches every replica, n2 included.
+    writer.delete(ns, "target")
     # Without a token every node converges to the same answer: the distractors only.
     everything = {"query": "the agent flight lisbon conference hotel delay user", "k": 50}
     distractors = {f"d{i}" for i in range(len(SENTENCES))}

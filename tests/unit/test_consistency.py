@@ -102,28 +102,38 @@ def test_a_create_uses_only_the_new_tags() -> None:
 
 def test_header_can_strengthen() -> None:
     p = policy()
-    assert p.apply_request(E, S) is S
-    assert p.apply_request(S, X) is X
+    assert p.apply_request(E, E, S) is S
+    assert p.apply_request(S, E, X) is X
     assert p.write_level([], ["analytics"], X) is X
     assert p.read_level(X) is X
 
 
-def test_header_cannot_weaken_unless_the_operator_allows_it() -> None:
+def test_header_cannot_go_below_the_tags_overrides_unless_allowed() -> None:
     p = policy()
-    assert p.apply_request(X, E) is X
-    assert p.apply_request(S, E) is S
+    assert p.apply_request(X, X, E) is X
     assert p.write_level(["critical"], [], E) is X
-    assert p.read_level(E) is S
+    assert p.write_level(None, ["lock"], S) is X
     lax = policy(allow_weaker=True)
-    assert lax.apply_request(X, E) is E
+    assert lax.apply_request(X, X, E) is E
     assert lax.write_level(["critical"], [], E) is E
     assert lax.read_level(E) is E
+
+
+def test_the_default_is_only_a_default_the_header_may_choose_below_it() -> None:
+    # DESIGN §4: the header may not go weaker than the *tags* require; an untagged record
+    # requires nothing, so `eventual` is honoured for it even though the default is session.
+    p = policy()
+    assert p.write_level([], [], E) is E
+    assert p.write_level(None, ["misc"], E) is E
+    assert p.read_level(E) is E
+    assert p.floor(["misc"]) is E
+    assert p.floor(["analytics", "lock"]) is X
 
 
 def test_no_header_keeps_the_base_level() -> None:
     p = policy()
     for lv in Level:
-        assert p.apply_request(lv, None) is lv
+        assert p.apply_request(lv, E, None) is lv
     assert p.read_level(None) is S
     assert policy(default=X).read_level(None) is X
 

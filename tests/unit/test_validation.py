@@ -108,7 +108,7 @@ def test_full_body() -> None:
 
 @pytest.mark.parametrize("bad", [None, [], "content", 3])
 def test_body_must_be_an_object(bad: object) -> None:
-    assert err(InvalidInput, write_body, bad, LIM, DIM).field is None
+    assert err(InvalidInput, write_body, bad, LIM, DIM).field == "body"
     assert err(InvalidInput, write_body, bad, LIM, DIM, "items[2].").field == "items[2]"
 
 
