@@ -23,8 +23,8 @@ import structlog
 from spine.core.clock import ZERO
 from spine.core.model import Record
 from spine.core.validation import matches
+from spine.storage.index_set import IndexSet
 from spine.storage.lmdb_store import Applied, Store, split_record_key
-from spine.storage.vector_index import IndexSet
 
 log = structlog.get_logger("spine.indexer")
 

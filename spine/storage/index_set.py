@@ -1,0 +1,166 @@
+"""The node's vector indexes, one per namespace, and their crash-safe snapshots.
+
+`save_all` writes a snapshot directory (every index plus a manifest holding the LMDB watermark),
+then switches the one-line `CURRENT` file to it atomically; `load_all` follows `CURRENT`. A crash
+at any point leaves the previous snapshot, or none, never a mixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from spine.storage.vector_index import (
+    INDEX_FORMAT,
+    IndexCorrupt,
+    VectorIndex,
+    fsync_dir,
+    write_atomic,
+)
+
+_MANIFEST = "manifest.json"
+_CURRENT = "CURRENT"
+
+
+class IndexSet:
+    """The node's indexes, one `VectorIndex` per namespace, created on demand.
+
+    `save_all` writes a snapshot directory (every index plus a manifest holding the LMDB
+    watermark), then switches the one-line `CURRENT` file to it atomically; `load_all` follows
+    `CURRENT`. A crash at any point leaves the previous snapshot, or none, never a mixture.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        initial_capacity: int = 1024,
+        exact_max: int = 2048,
+        fingerprint: str = "",
+    ) -> None:
+        self.dim = dim
+        self.fingerprint = fingerprint
+        self._params: dict[str, int] = {
+            "m": m,
+            "ef_construction": ef_construction,
+            "ef_search": ef_search,
+            "initial_capacity": initial_capacity,
+            "exact_max": exact_max,
+        }
+        self._indexes: dict[str, VectorIndex] = {}
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+
+    def get(self, namespace: str) -> VectorIndex:
+        """The namespace's index, created empty when new."""
+        index = self._indexes.get(namespace)
+        if index is None:
+            with self._lock:
+                index = self._indexes.get(namespace)
+                if index is None:
+                    index = VectorIndex(self.dim, **self._params)
+                    self._indexes[namespace] = index
+        return index
+
+    def peek(self, namespace: str) -> VectorIndex | None:
+        """The namespace's index, or None when it has none (searching it finds nothing)."""
+        return self._indexes.get(namespace)
+
+    def namespaces(self) -> list[str]:
+        """Namespaces with an index."""
+        with self._lock:
+            return sorted(self._indexes)
+
+    def drop(self, namespace: str) -> None:
+        """Forget a namespace's index (e.g. after its last shard moved away)."""
+        with self._lock:
+            self._indexes.pop(namespace, None)
+
+    def save_all(self, directory: Path, watermark: int) -> None:
+        """Snapshot every index with `watermark`, the LMDB sequence they reflect.
+
+        Every write up to `watermark` must be in the indexes; later ones may be too, since
+        replaying upserts and deletes from the watermark is idempotent.
+        """
+        with self._save_lock:
+            directory.mkdir(parents=True, exist_ok=True)
+            gen = _current_snapshot_gen(directory) + 1
+            name = f"snap-{gen:08d}"
+            tmp = directory / f"{name}.tmp"
+            _rmtree(tmp)
+            tmp.mkdir()
+            with self._lock:
+                indexes = dict(self._indexes)
+            for namespace, index in sorted(indexes.items()):
+                index.save(tmp / namespace)
+            manifest = {
+                "format": INDEX_FORMAT,
+                "watermark": watermark,
+                "dim": self.dim,
+                "fingerprint": self.fingerprint,
+                "namespaces": sorted(indexes),
+            }
+            write_atomic(tmp / _MANIFEST, json.dumps(manifest).encode())
+            os.replace(tmp, directory / name)
+            fsync_dir(directory)
+            write_atomic(directory / _CURRENT, f"{name}\n".encode())
+            for old in directory.iterdir():
+                if old.name.startswith("snap-") and old.name != name:
+                    _rmtree(old)
+
+    def load_all(self, directory: Path) -> int | None:
+        """Replace the indexes with the current snapshot; its watermark, or None to rebuild.
+
+        None (indexes left empty) when there is no snapshot, it is corrupt, or it was made for
+        another dimension or embedder fingerprint.
+        """
+        try:
+            name = (directory / _CURRENT).read_text().strip()
+            snap = directory / name
+            manifest = json.loads((snap / _MANIFEST).read_bytes())
+            if (
+                manifest["format"] != INDEX_FORMAT
+                or manifest["dim"] != self.dim
+                or manifest["fingerprint"] != self.fingerprint
+            ):
+                raise IndexCorrupt(f"{snap}: made for another dim, embedder or format")
+            watermark = int(manifest["watermark"])
+            loaded = {
+                ns: VectorIndex.load(
+                    snap / ns,
+                    ef_search=self._params["ef_search"],
+                    exact_max=self._params["exact_max"],
+                )
+                for ns in manifest["namespaces"]
+            }
+            if any(index.dim != self.dim for index in loaded.values()):
+                raise IndexCorrupt(f"{snap}: an index has the wrong dimension")
+        except (IndexCorrupt, OSError, ValueError, KeyError, TypeError):
+            with self._lock:
+                self._indexes = {}
+            return None
+        with self._lock:
+            self._indexes = loaded
+        return watermark
+
+
+def _current_snapshot_gen(directory: Path) -> int:
+    gens = [0]
+    for p in directory.glob("snap-*"):
+        digits = p.name[len("snap-") :].split(".")[0]
+        if digits.isdigit():
+            gens.append(int(digits))
+    return max(gens)
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
