@@ -12,8 +12,8 @@
    Zipf-weighted, 0–2 tags) with `POST /v1/ns/bench/memories/_batch`, 1,000 items per call,
    --ingest-concurrency calls in flight spread over the nodes, embedded by the cluster's `hash`
    embedder. Reports records/s over the ingest wall time (every item must answer 200/201).
-3. Waits until every node's index has caught up (the last records written are found by their
-   own text through every node) and reports how long that took.
+3. Waits until every node's index has caught up (the last records of the last complete
+   batches are found by their own text through every node) and reports how long that took.
 4. Runs --concurrency asyncio workers (one aiohttp session) for --duration seconds after a
    2-second warm-up, each sending random 2–6-word text queries with k=10, round-robin over the
    three nodes. Reports QPS, p50/p90/p99/max latency, errors, the load generator's own CPU time
@@ -113,6 +113,13 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine so far (every core, every process)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for p in Path("/proc").iterdir():
@@ -145,6 +152,8 @@ def serve_processes(config: Path) -> list[int]:
 
 def port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the nodes bind: connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -188,7 +197,7 @@ class Cluster:
                                                   base_port + 2000 + i) if not port_free(p)]
         if busy:
             raise SystemExit(f"ports {busy} are in use: pick another --base-port")
-        self.log = open(data / "spine-up.log", "ab")  # noqa: SIM115 (closed in stop())
+        self.log = open(data / "spine-up.log", "ab")  # closed in stop()
         self.up = subprocess.Popen(
             [str(VENV_BIN / "spine"), "up", "--nodes", str(NODES), "--base-port",
              str(base_port), "--data", str(data), "--no-sync"],
@@ -248,6 +257,7 @@ async def ingest(urls: list[str], records: int, batch: int, concurrency: int,
         queue.put_nowait(i)
     errors: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
+    complete: set[int] = set()  # batches every item of which answered 200/201
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
@@ -267,9 +277,13 @@ async def ingest(urls: list[str], records: int, batch: int, concurrency: int,
                 if r.status != 200:
                     errors[f"http {r.status}: {body[:120]!r}"] += len(batches[i])
                     continue
+                ok = True
                 for res in json.loads(body)["results"]:
                     if res["status"] not in (200, 201):
+                        ok = False
                         errors[f"item {res['status']} {res.get('error', {}).get('code')}"] += 1
+                if ok:
+                    complete.add(i)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
@@ -280,26 +294,27 @@ async def ingest(urls: list[str], records: int, batch: int, concurrency: int,
         "records_per_s": records / wall, "errors": dict(errors),
         "batch_p50_ms": 1000 * latencies[len(latencies) // 2],
         "batch_max_ms": 1000 * latencies[-1],
-        "last_ids": [b[-1]["id"] for b in batches[-6:]],
-        "last_texts": [b[-1]["content"] for b in batches[-6:]],
+        "failed_items": sum(errors.values()),
+        "last_ids": [batches[i][-1]["id"] for i in sorted(complete)[-6:]],
+        "last_texts": [batches[i][-1]["content"] for i in sorted(complete)[-6:]],
     }
 
 
 def wait_indexed(urls: list[str], ids: list[str], texts: list[str],
                  timeout: float) -> float | None:
-    """Seconds until every node finds each of the last records by its own text (k=1)."""
+    """Seconds until every node finds each of the last records by its own text (k=10)."""
     t0 = time.monotonic()
     pending = [(u, mid, text) for u in urls for mid, text in zip(ids, texts, strict=True)]
     while pending:
         url, mid, text = pending[0]
         req = urllib.request.Request(
-            f"{url}/v1/ns/{NS}/search", data=json.dumps({"query": text, "k": 1}).encode(),
+            f"{url}/v1/ns/{NS}/search", data=json.dumps({"query": text, "k": 10}).encode(),
             headers={"Content-Type": "application/json"}, method="POST")
-        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-            with urllib.request.urlopen(req, timeout=5) as r:
-                if json.loads(r.read())["results"][0]["id"] == mid:
-                    pending.pop(0)
-                    continue
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError), \
+                urllib.request.urlopen(req, timeout=5) as r:
+            if any(hit["id"] == mid for hit in json.loads(r.read())["results"]):
+                pending.pop(0)
+                continue
         if time.monotonic() - t0 > timeout:
             return None
         time.sleep(0.2)
@@ -357,9 +372,11 @@ async def search_load(urls: list[str], concurrency: int, duration: float, warmup
         if on_measure is not None:
             on_measure()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        m0 = machine_cpu_s()
         t0 = time.perf_counter()
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
+        m1 = machine_cpu_s()
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
     latencies.sort()
 
@@ -375,6 +392,7 @@ async def search_load(urls: list[str], concurrency: int, duration: float, warmup
         "errors": dict(errors), "partial_replies": partial,
         "mean_results": hits / n if n else 0.0,
         "loadgen_cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "machine_busy_cpu_s": m1 - m0,
     }
 
 
@@ -401,7 +419,12 @@ def start_profiles(pids: list[int], seconds: int, out_dir: Path) -> list[
 
 
 def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks.
+
+    `self` counts the innermost Python frame (time in C code called from it included: a
+    sample in uvloop's own C loop shows as `Runner.run`); `inclusive` lists Spine's own
+    functions only, so that asyncio and threading plumbing does not fill the table.
+    """
     self_counts: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
@@ -413,11 +436,12 @@ def summarise_profile(path: Path, top: int = 12) -> dict[str, Any]:
         count = int(count_s)
         frames = stack.split(";")
         total += count
-        threads[frames[0]] += count
+        threads[frames[0].split(": ", 1)[-1]] += count
         funcs = [_short(f) for f in frames[1:]] or [_short(frames[0])]
         self_counts[funcs[-1]] += count
         for f in set(funcs):
-            incl[f] += count
+            if "(spine/" in f and not f.startswith(("main ", "cmd_serve ", "<module> ")):
+                incl[f] += count
 
     def share(c: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(f, 100.0 * n / total) for f, n in c.most_common(top)] if total else []
@@ -431,10 +455,12 @@ def _short(frame: str) -> str:
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     file = where.rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/spine/", "/lib/python"):
-        if marker in file:
-            file = file.split(marker, 1)[1]
-            break
+    if "site-packages/" in file:
+        file = file.split("site-packages/", 1)[1]
+    elif "/spine/" in file:
+        file = "spine/" + file.rsplit("/spine/", 1)[1]
+    elif "/lib/python" in file:
+        file = file.split("/lib/python", 1)[1].split("/", 1)[-1]
     return f"{name} ({file})" if file else name
 
 
@@ -487,16 +513,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{os.cpu_count()} CPUs on this machine", flush=True)
 
         gen = TextGen(args.seed)
-        cpu0 = cluster.cpu_s()
+        cpu0, m0 = cluster.cpu_s(), machine_cpu_s()
         ing = asyncio.run(ingest(cluster.urls, args.records, args.batch,
                                  args.ingest_concurrency, gen))
-        cpu1 = cluster.cpu_s()
+        cpu1, m1 = cluster.cpu_s(), machine_cpu_s()
         ing["node_cpu_s"] = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+        ing["machine_busy_cpu_s"] = m1 - m0
         print(f"ingest: {args.records:,} records in {ing['wall_s']:.1f} s = "
               f"{ing['records_per_s']:,.0f} records/s (target >= {TARGET_INGEST:,.0f}); "
               f"batch p50 {ing['batch_p50_ms']:.0f} ms, max {ing['batch_max_ms']:.0f} ms; "
               f"errors {ing['errors'] or 0}; node CPU "
-              f"{', '.join(f'{c:.1f}' for c in ing['node_cpu_s'])} s", flush=True)
+              f"{', '.join(f'{c:.1f}' for c in ing['node_cpu_s'])} s; machine busy "
+              f"{ing['machine_busy_cpu_s']:.1f} of "
+              f"{(os.cpu_count() or 1) * ing['wall_s']:.1f} CPU-s", flush=True)
 
         lag = wait_indexed(cluster.urls, ing.pop("last_ids"), ing.pop("last_texts"),
                            args.index_timeout)
@@ -511,17 +540,17 @@ def main(argv: list[str] | None = None) -> int:
         profiles: list[tuple[int, Path, subprocess.Popen[bytes]]] = []
         prof_seconds = max(1, min(10, int(args.duration) - 1))
 
+        cpu_at_measure: list[list[float]] = []
+
         def on_measure() -> None:
+            cpu_at_measure.append(cluster.cpu_s())
             if args.profile:
                 profiles.extend(start_profiles(cluster.nodes, prof_seconds, data))
 
-        cpu3 = cluster.cpu_s()
         res = asyncio.run(search_load(cluster.urls, args.concurrency, args.duration,
                                       args.warmup, args.k, gen, on_measure))
         cpu4 = cluster.cpu_s()
-        # The node CPU window includes the warm-up: scale to the measured share.
-        scale = res["duration_s"] / (res["duration_s"] + args.warmup)
-        res["node_cpu_s"] = [(b - a) * scale for a, b in zip(cpu3, cpu4, strict=True)]
+        res["node_cpu_s"] = [b - a for a, b in zip(cpu_at_measure[0], cpu4, strict=True)]
         report["search"] = res
         node_cpu = sum(res["node_cpu_s"])
         per_req = 1e6 * node_cpu / res["requests"] if res["requests"] else None
@@ -538,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({100 * res['loadgen_cpu_s'] / res['duration_s']:.0f}% of one core); node CPU "
               f"{', '.join(f'{c:.1f}' for c in res['node_cpu_s'])} s "
               f"({_fmt(per_req, ' µs', 0)} of node CPU per query)", flush=True)
+        others = res["machine_busy_cpu_s"] - node_cpu - res["loadgen_cpu_s"]
+        print(f"        machine: {res['machine_busy_cpu_s']:.1f} busy CPU-s of "
+              f"{(os.cpu_count() or 1) * res['duration_s']:.1f} available; other processes "
+              f"(py-spy included) {max(0.0, others):.1f} CPU-s", flush=True)
 
         if profiles:
             report["profiles"] = {}
@@ -555,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("  self:")
                 for f, s in summary["self"]:
                     print(f"    {s:5.1f}%  {f}")
-                print("  inclusive:")
+                print("  inclusive (Spine functions):")
                 for f, s in summary["inclusive"]:
                     print(f"    {s:5.1f}%  {f}")
     finally:

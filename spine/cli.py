@@ -149,9 +149,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     c = _client(args)
     view = c.request("GET", "/v1/cluster")
     print(f"cluster {view.get('cluster')}  seen from {view['node']}")
-    print(f"{'state':<10}{'id':<10}{'address':<24}{'zone':<10}alive")
+    print(f"{'state':<10}{'id':<10}{'address':<24}{'zone':<10}{'gossip':<10}alive")
     for m in view["members"]:
-        print(f"{m['state']:<10}{m['id']:<10}{m['address']:<24}{m.get('zone') or '-':<10}"
+        print(f"{m['state']:<10}{m['id']:<10}{m['address'] or '-':<24}"
+              f"{m.get('zone') or '-':<10}{m.get('gossip') or '-':<10}"
               f"{'up' if m.get('alive', True) else 'DOWN'}")
     return 0
 

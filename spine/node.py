@@ -15,12 +15,14 @@ from aiohttp import web
 
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app, mint_id
+from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
 from spine.cluster.fanout import FanOut
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.liveness import ProbeLiveness
+from spine.cluster.membership import Gossip, identity_meta, swim_config
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
@@ -106,15 +108,30 @@ class Node:
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
         )
-        self.liveness = ProbeLiveness(
-            node_id, [n.id for n in cfg.nodes], self._probe,
-            cfg.liveness.probe_interval_ms / 1000, self.rt.sleep,
-        )
+        # Liveness for routing, hints and fan-out: SWIM gossip, or RPC probes without it.
+        self.gossip: Gossip | None = None
+        self.liveness: Gossip | ProbeLiveness
+        if cfg.gossip.enabled:
+            self.liveness = self.gossip = self._make_gossip()
+        else:
+            self.liveness = ProbeLiveness(
+                node_id, [n.id for n in cfg.nodes], self._probe,
+                cfg.liveness.probe_interval_ms / 1000, self.rt.sleep,
+            )
         self.replicator = Replicator(
             node_id, self.store, self.rpc, self.liveness, self.metrics,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
             on_applied=self._on_applied, hints_enabled=cfg.handoff.enabled,
         )
+        ae = cfg.antientropy
+        self.antientropy = AntiEntropy(
+            node_id, self.store, self.replicator, self.rpc, self.liveness, self.ring,
+            self.metrics, interval=ae.interval_ms / 1000, shards_per_round=ae.shards_per_round,
+            max_keys_per_s=ae.max_keys_per_s, grace_ms=cfg.tombstone.grace_s * 1000,
+            rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms, monotonic=self.rt.monotonic,
+            sleep=self.rt.sleep, enabled=ae.enabled,
+        )
+        self.commit_hooks.append(self.antientropy.on_commit)
         self.coordinator = Coordinator(
             node_id, self.ring, self.store, self.replicator, self.rpc, self.liveness, self.hlc,
             cfg.policy(), self.metrics,
@@ -138,11 +155,11 @@ class Node:
         )
         self.handoff.enabled = cfg.handoff.enabled
         self.liveness.on_up.append(self.handoff.wake)
+        handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
+                                  cfg.session.max_keys, self.search.local)
+        handlers.update(self.antientropy.handlers())
         self.rpc_server = RpcServer(
-            node_id, cfg.cluster.secret, self.hlc,
-            build_handlers(node_id, self.store, self.replicator, self.coordinator,
-                           cfg.session.max_keys, self.search.local),
-            self.rt.token_bytes,
+            node_id, cfg.cluster.secret, self.hlc, handlers, self.rt.token_bytes,
         )
         self.auth = Authenticator(cfg.auth.keys)
         self._runner: web.AppRunner | None = None
@@ -153,6 +170,15 @@ class Node:
     def ring(self) -> Ring:
         """The current ring."""
         return self.ring_value
+
+    def _make_gossip(self) -> Gossip:
+        cfg = self.cfg
+        host, port = self.me.gossip_address
+        meta = identity_meta(zone=self.me.zone, ring_state="active", cluster=cfg.cluster.name,
+                             shards=cfg.ring.shards, embedder=self.embedder.fingerprint)
+        peers = {n.id: "{}:{}".format(*n.gossip_address) for n in cfg.nodes}
+        return Gossip(self.id, host, port, runtime=self.rt, config=swim_config(cfg.gossip),
+                      meta=meta, seeds=cfg.seeds, peers=peers, registry=self.metrics.registry)
 
     async def _probe(self, peer: str) -> None:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
@@ -184,25 +210,52 @@ class Node:
         return {
             "node": self.id,
             "cluster": self.cfg.cluster.name,
-            "members": [
-                {"id": n.id, "address": f"{n.host}:{n.port}", "zone": n.zone,
-                 "state": "active", "alive": self.liveness.is_alive(n.id)}
-                for n in self.cfg.nodes
-            ],
+            "liveness": "probe" if self.gossip is None else "gossip",
+            "members": self._members_view(),
             "ring": {"shards": self.cfg.ring.shards, "vnodes": self.cfg.ring.vnodes,
                      "n": self.cfg.replication.n},
             "embedder": {"name": emb.name, "dim": emb.dim,
                          "fingerprint": self.embedder.fingerprint},
         }
 
+    def _members_view(self) -> list[dict[str, Any]]:
+        """Each member: its ring `state` and `alive` verdict; with gossip also SWIM's `gossip`
+        state (alive | suspect | dead | left | unknown) and incarnation, and members gossip
+        knows of beyond the config (with no HTTP address)."""
+        out: list[dict[str, Any]] = []
+        for n in self.cfg.nodes:
+            out.append({"id": n.id, "address": f"{n.host}:{n.port}", "zone": n.zone,
+                        "state": "active", "alive": self.liveness.is_alive(n.id)})
+        if self.gossip is None:
+            return out
+        by_id = {m.node_id: m for m in self.gossip.members()}
+        configured = {n.id for n in self.cfg.nodes}
+        for extra in sorted(set(by_id) - configured):
+            meta = by_id[extra].meta_dict()
+            out.append({"id": extra, "address": "", "zone": meta.get("zone", ""),
+                        "state": meta.get("ring", "active"),
+                        "alive": self.liveness.is_alive(extra)})
+        for entry in out:
+            m = by_id.get(entry["id"])
+            entry["gossip"] = "unknown" if m is None else m.state.name.lower()
+            entry["incarnation"] = None if m is None else m.incarnation
+            entry["gossip_address"] = None if m is None else m.address
+            if m is not None:
+                entry["state"] = m.meta_dict().get("ring", entry["state"])
+        return out
+
     def shards_view(self) -> dict[str, Any]:
         """GET /v1/cluster/shards."""
         ring = self.ring()
-        return {"shards": [
+        view: dict[str, Any] = {"shards": [
             {"shard": s, "preference_list": list(ring.preference_list(s)),
              "pending": [], "transfer": None}
             for s in range(ring.shards)
         ]}
+        for entry in view["shards"]:
+            if self.id in entry["preference_list"]:  # anti-entropy root, where this node holds it
+                entry["root"] = self.antientropy.root_hex(entry["shard"])
+        return view
 
     def ready(self) -> bool:
         """Ready when a quorum of the cluster (this node included) is reachable."""
@@ -233,9 +286,13 @@ class Node:
         log.info("index_recovered", how=how, seq=self.store.seq)
         self.store.start()
         self.indexer.start()
+        self.antientropy.start()  # builds its trees in the background, then runs rounds
         host, rpc_port = self.me.rpc_address
         await self.rpc_server.start(host, rpc_port)
-        self.liveness.start()
+        if isinstance(self.liveness, ProbeLiveness):
+            self.liveness.start()
+        else:
+            await self.liveness.start()  # gossip: bound and joined before we serve
         self.handoff.start()
         self._runner = web.AppRunner(
             build_app(self._services), access_log=None, handle_signals=False
@@ -261,6 +318,7 @@ class Node:
             await self._runner.cleanup()
             self._runner = None
         await self.handoff.stop()
+        await self.antientropy.stop()
         await self.liveness.stop()
         await self.replicator.stop()
         await self.rpc_server.stop()

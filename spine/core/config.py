@@ -119,6 +119,14 @@ class HandoffSection:
 
 
 @dataclass(frozen=True)
+class AntiEntropySection:
+    enabled: bool = True
+    interval_ms: int = 5000
+    shards_per_round: int = 16
+    max_keys_per_s: int = 2000
+
+
+@dataclass(frozen=True)
 class TombstoneSection:
     grace_s: int = 7 * 24 * 3600
 
@@ -148,13 +156,26 @@ class EmbedderSection:
 class IndexSection:
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 64
+    ef_search: int = 128
     persist_interval_s: int = 30
 
 
 @dataclass(frozen=True)
 class LivenessSection:
     probe_interval_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class GossipSection:
+    """SWIM membership (DESIGN §8); the fields mirror `spine.core.swim_config.SwimConfig`."""
+
+    enabled: bool = True
+    protocol_period_ms: int = 500
+    ping_timeout_ms: int = 200
+    ping_req_k: int = 3
+    suspicion_mult: int = 4
+    retransmit_mult: int = 4
+    push_pull_interval_ms: int = 10000
 
 
 @dataclass(frozen=True)
@@ -191,12 +212,14 @@ class Config:
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
     handoff: HandoffSection = field(default_factory=HandoffSection)
     tombstone: TombstoneSection = field(default_factory=TombstoneSection)
+    antientropy: AntiEntropySection = field(default_factory=AntiEntropySection)
     history: HistorySection = field(default_factory=HistorySection)
     session: SessionSection = field(default_factory=SessionSection)
     clock: ClockSection = field(default_factory=ClockSection)
     embedder: EmbedderSection = field(default_factory=EmbedderSection)
     index: IndexSection = field(default_factory=IndexSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)
+    gossip: GossipSection = field(default_factory=GossipSection)
     auth: AuthSection = field(default_factory=AuthSection)
     log: LogSection = field(default_factory=LogSection)
 
@@ -245,7 +268,10 @@ _POSITIVE = {
     "timeouts.rpc_ms", "timeouts.read_ms", "timeouts.write_ms", "timeouts.search_ms",
     "handoff.replay_interval_ms", "handoff.batch", "history.keep", "session.max_keys",
     "embedder.dim", "index.m", "index.ef_construction", "index.ef_search",
-    "index.persist_interval_s", "liveness.probe_interval_ms",
+    "antientropy.interval_ms", "antientropy.shards_per_round", "antientropy.max_keys_per_s",
+    "index.persist_interval_s", "liveness.probe_interval_ms", "gossip.protocol_period_ms",
+    "gossip.ping_timeout_ms", "gossip.ping_req_k", "gossip.suspicion_mult",
+    "gossip.retransmit_mult", "gossip.push_pull_interval_ms",
 }
 
 
@@ -339,6 +365,9 @@ def validate(cfg: Config) -> Config:
             if getattr(nd, port_name) > 65535:
                 where = f"nodes[{i}].{port_name}"
                 raise ConfigError(f"{where}: must be a port number", field=where)
+    if not 2 * cfg.gossip.ping_timeout_ms < cfg.gossip.protocol_period_ms:
+        raise ConfigError("gossip.ping_timeout_ms: must be less than half of"
+                          " gossip.protocol_period_ms", field="gossip.ping_timeout_ms")
     if cfg.embedder.name not in ("hash", "minilm"):
         raise ConfigError("embedder.name: must be hash or minilm", field="embedder.name")
     if cfg.log.level not in ("debug", "info", "warning", "error"):

@@ -148,7 +148,54 @@ class Search:
         return cls(w[0], w[1], w[2], w[3])
 
 
-Message = Ping | Apply | Read | Forward | ListPage | History | Search
+@dataclass(frozen=True, slots=True)
+class ShardTreeQuery:
+    """Hash-tree values for anti-entropy (DESIGN §10), several shards per call.
+
+    Each query is ``(shard, level, parents)``: the root when ``parents`` is empty, else
+    ``ShardTree.frontier_children(level, parents)``. The reply holds one list per query, or None
+    for a shard whose tree the answering node has not built yet. ``fanout``/``depth`` must match
+    the answering node's tree shape.
+    """
+
+    TAG: ClassVar[Tag] = Tag.SHARD_TREE
+    fanout: int = 16
+    depth: int = 3
+    queries: list[tuple[int, int, list[int]]] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.fanout, self.depth, [[s, lv, list(p)] for s, lv, p in self.queries]]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> ShardTreeQuery:
+        return cls(w[0], w[1], [(int(q[0]), int(q[1]), [int(i) for i in q[2]]) for q in w[2]])
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFetch:
+    """Compare the listings of some leaves of a shard (anti-entropy, DESIGN §10).
+
+    ``pairs`` is the asker's ``[key, packed version, deleted]`` list for ``leaves``. The reply is
+    ``[the answerer's pairs for those leaves, up to `limit` records it holds newer]``.
+    """
+
+    TAG: ClassVar[Tag] = Tag.SHARD_FETCH
+    shard: int = 0
+    leaves: list[int] = field(default_factory=list)
+    pairs: list[list[Any]] = field(default_factory=list)
+    limit: int = 1000
+
+    def to_wire(self) -> list[Any]:
+        return [self.shard, self.leaves, self.pairs, self.limit]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> ShardFetch:
+        return cls(int(w[0]), [int(i) for i in w[1]], list(w[2]), int(w[3]))
+
+
+Message = (
+    Ping | Apply | Read | Forward | ListPage | History | Search | ShardTreeQuery | ShardFetch
+)
 
 DECODERS: dict[int, Any] = {
     Tag.PING: Ping.from_wire,
@@ -158,6 +205,8 @@ DECODERS: dict[int, Any] = {
     Tag.LIST: ListPage.from_wire,
     Tag.HISTORY: History.from_wire,
     Tag.SEARCH: Search.from_wire,
+    Tag.SHARD_TREE: ShardTreeQuery.from_wire,
+    Tag.SHARD_FETCH: ShardFetch.from_wire,
 }
 
 

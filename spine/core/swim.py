@@ -28,9 +28,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from spine.core.errors import ConfigError
+from spine.core.swim_broadcast import BroadcastQueue
+from spine.core.swim_config import (
+    SwimConfig,
+    failure_detection_bound,
+    retransmit_limit,
+    supersedes,
+    suspicion_duration,
+    suspicion_timeout,
+)
 from spine.core.swim_messages import (
     Ack,
     Event,
@@ -50,6 +58,8 @@ from spine.core.swim_messages import (
     meta_of,
     update_size,
 )
+from spine.core.swim_probe import Probe, ProbeOrder
+from spine.core.swim_suspicion import Suspicion
 
 __all__ = [
     "AcceptHook", "Event", "Member", "MemberState", "Meta", "Outbound", "Refusal", "Swim",
@@ -61,103 +71,8 @@ ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
 DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
-_RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 _ENVELOPE = 160  # a PingReq's own fields, with room for long ids and addresses
 ANONYMOUS = ""  # the accuser of a suspicion learnt from full state: unknown, never a confirmation
-
-
-# -------------------------------------------------------------------------------------- formulas
-
-
-def suspicion_timeout(suspicion_mult: float, n_members: int, protocol_period: float) -> float:
-    """Nominal suspicion timeout (memberlist): mult × max(1, log10(n)) × T, in seconds."""
-    return suspicion_mult * max(1.0, math.log10(max(1, n_members))) * protocol_period
-
-
-def suspicion_duration(confirmations: int, expected: int, lo: float, hi: float) -> float:
-    """Lifeguard's shrinking timeout: `hi` with no independent confirmation, falling
-    logarithmically to `lo` once `expected` other nodes have confirmed the suspicion."""
-    if expected < 1 or hi <= lo:
-        return lo
-    frac = math.log(confirmations + 1) / math.log(expected + 1)
-    return max(lo, hi - frac * (hi - lo))
-
-
-def retransmit_limit(retransmit_mult: int, n_members: int) -> int:
-    """How many times one update is piggybacked: mult × ceil(log10(n + 1)) (SWIM §4.1)."""
-    return retransmit_mult * math.ceil(math.log10(n_members + 1))
-
-
-def supersedes(new: Member, old: Member | None) -> bool:
-    """SWIM's precedence (§4.2), as one order on (incarnation, ALIVE < SUSPECT < DEAD < LEFT).
-
-    alive(i) beats alive/suspect(j < i); suspect(i) beats alive(j <= i) and suspect(j < i);
-    dead(i) beats everything of incarnation <= i; left(i) is final for incarnation i. Only a
-    higher incarnation, which only the member itself can mint, brings a DEAD or LEFT one back.
-    """
-    if old is None:
-        return True
-    return (new.incarnation, _RANK[new.state]) > (old.incarnation, _RANK[old.state])
-
-
-# ---------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class SwimConfig:
-    """SWIM's knobs, times in seconds. The defaults suit a LAN: memberlist's LAN preset with
-    a protocol period twice as fast and push-pull every 10 s instead of 30."""
-
-    protocol_period: float = 0.5  # T: one probe per period
-    ping_timeout: float = 0.2  # wait for a direct ack before asking helpers; < T/2
-    ping_req_k: int = 3  # helpers asked to probe indirectly
-    suspicion_mult: int = 4  # nominal suspicion timeout = mult × max(1, log10 n) × T
-    suspicion_max_mult: float = 6.0  # Lifeguard: a lone suspicion waits this × the nominal one
-    retransmit_mult: int = 4  # each update is piggybacked mult × ceil(log10(n+1)) times
-    push_pull_interval: float = 10.0  # full-state TCP exchange with one random member
-    max_piggyback: int = 6  # queued updates per message, besides the sender's own record
-    max_datagram: int = 1400  # piggyback stops short of this many bytes (fits a 1500 MTU)
-    awareness_max: int = 8  # Lifeguard: T and ping_timeout scale by up to this factor
-    dead_reap_after: float = 86_400.0  # a DEAD/LEFT record is forgotten after this long
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ConfigError:
-            return ConfigError(f"swim.{name}: {why}", field=f"swim.{name}")
-
-        if not self.protocol_period > 0:
-            raise bad("protocol_period", "must be > 0")
-        if not 0 < 2 * self.ping_timeout < self.protocol_period:
-            raise bad("ping_timeout", "must be > 0 and < protocol_period / 2")
-        for name in ("ping_req_k", "suspicion_mult", "retransmit_mult", "max_piggyback",
-                     "awareness_max"):
-            if getattr(self, name) < 1:
-                raise bad(name, "must be >= 1")
-        if self.max_datagram < 576:
-            raise bad("max_datagram", "must be >= 576 (the smallest datagram IPv4 must carry)")
-        if self.suspicion_max_mult < 1:
-            raise bad("suspicion_max_mult", "must be >= 1")
-        for name in ("push_pull_interval", "dead_reap_after"):
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be > 0")
-
-    @classmethod
-    def local(cls) -> SwimConfig:
-        """Faster timings for a cluster on one host (`spine up`, integration tests)."""
-        return cls(protocol_period=0.2, ping_timeout=0.08, push_pull_interval=5.0)
-
-
-def failure_detection_bound(config: SwimConfig, n_members: int) -> float:
-    """Worst case from a member's crash to a healthy observer's DEAD verdict, without loss,
-    membership otherwise steady (a degraded observer's periods stretch by its awareness + 1).
-
-    The observer's round-robin reaches the crashed member within 2(n-1)-1 periods (it may just
-    have been probed at the start of one shuffled round and come last in the next), that probe
-    fails at the end of its period, and the observer's own suspicion then expires at the latest
-    `suspicion_max_mult` × the nominal timeout later (gossip can only make any step sooner).
-    """
-    probe = 2 * (n_members - 1) * config.protocol_period
-    lo = suspicion_timeout(config.suspicion_mult, n_members, config.protocol_period)
-    return probe + config.suspicion_max_mult * lo
 
 
 AcceptHook = Callable[[Member], str | None]
@@ -168,42 +83,10 @@ AcceptHook = Callable[[Member], str | None]
 
 
 @dataclass(slots=True)
-class _Probe:
-    seq: int
-    target: str
-    incarnation: int
-    scale: int
-    ping_deadline: float
-    period_end: float
-    acked: bool = False
-    indirect: bool = False
-    expected_nacks: int = 0
-    nacks: int = 0
-
-
-@dataclass(slots=True)
-class _Suspicion:
-    started: float
-    expected: int
-    lo: float
-    hi: float
-    deadline: float
-    confirmers: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
 class _Relay:
     requester: str
     seq: int
     nack_at: float
-
-
-@dataclass(slots=True)
-class _Broadcast:
-    update: Update
-    order: int
-    size: int
-    transmits: int = 0
 
 
 # ------------------------------------------------------------------------------------------ swim
@@ -234,15 +117,13 @@ class Swim:
         self._seeds: list[str] = []
         self._members: dict[str, Member] = {}  # everyone but self
         self._gone_at: dict[str, float] = {}  # when a member became DEAD/LEFT, for reaping
-        self._suspicions: dict[str, _Suspicion] = {}
-        self._queue: dict[str, _Broadcast] = {}  # newest update per member, to piggyback
-        self._order = 0
+        self._suspicions: dict[str, Suspicion] = {}
+        self._queue = BroadcastQueue()  # newest update per member, to piggyback
         self._seq = 0
-        self._probe: _Probe | None = None
+        self._probe: Probe | None = None
         self._next_probe_at = math.inf
         self._next_push_pull = math.inf
-        self._probe_order: list[str] = []
-        self._probe_index = 0
+        self._probe_order = ProbeOrder(rng)
         self._relays: dict[int, _Relay] = {}
         self._awareness = 0
         self._verdicts: dict[str, tuple[tuple[int, str, Meta], str | None]] = {}
@@ -457,18 +338,18 @@ class Swim:
 
     def _start_probe(self, now: float, out: list[Outbound]) -> None:
         scale = self._awareness + 1
-        target = self._next_target()
+        target = self._probe_order.next(self._members, lambda m: m.state in _LIVE)
         if target is None:
             self._next_probe_at = now + self.config.protocol_period * scale
             return
         seq = self._next_seq()
-        self._probe = _Probe(seq, target.node_id, target.incarnation, scale,
+        self._probe = Probe(seq, target.node_id, target.incarnation, scale,
                              now + self.config.ping_timeout * scale,
                              now + self.config.protocol_period * scale)
         ping = Ping(seq, self.self_id, target.node_id, self._piggyback(target.node_id))
         out.append(Outbound(target.address, ping))
 
-    def _ask_helpers(self, p: _Probe, now: float, out: list[Outbound]) -> None:
+    def _ask_helpers(self, p: Probe, now: float, out: list[Outbound]) -> None:
         p.indirect = True
         target = self._members.get(p.target)
         if target is None:
@@ -482,7 +363,7 @@ class Swim:
         # A late tick (the process was paused) must still give the helpers their time.
         p.period_end = max(p.period_end, now + self.config.ping_timeout * p.scale)
 
-    def _conclude(self, p: _Probe, now: float) -> None:
+    def _conclude(self, p: Probe, now: float) -> None:
         if p.acked:
             self._nudge(-1)
             return
@@ -492,18 +373,6 @@ class Swim:
         if m is not None:
             accused = replace(m, incarnation=p.incarnation, state=SUSPECT)
             self._apply(Update(accused, self.self_id), now, [])
-
-    def _next_target(self) -> Member | None:
-        for _ in range(2):
-            while self._probe_index < len(self._probe_order):
-                m = self._members.get(self._probe_order[self._probe_index])
-                self._probe_index += 1
-                if m is not None and m.state in _LIVE:
-                    return m
-            self._probe_order = sorted(m.node_id for m in self._live_others())
-            self._rng.shuffle(self._probe_order)
-            self._probe_index = 0
-        return None
 
     def _nudge(self, delta: int) -> None:
         self._awareness = min(max(self._awareness + delta, 0), self.config.awareness_max - 1)
@@ -559,31 +428,18 @@ class Swim:
                 self._gone_at[node_id] = now
         elif old is None or old.state in _GONE:
             self._gone_at.pop(node_id, None)
-            if node_id not in self._probe_order[self._probe_index:]:  # probe it this round
-                pos = self._rng.randint(self._probe_index, len(self._probe_order))
-                self._probe_order.insert(pos, node_id)
+            self._probe_order.add(node_id)  # probe it this round
         if new.state is SUSPECT:
-            self._suspect(new, by, now)
+            self._suspicions[node_id] = Suspicion.begin(self.config, self._cluster_size(), by,
+                                                        now)
         else:
             self._suspicions.pop(node_id, None)
         self._enqueue(Update(new, by))
 
-    def _suspect(self, m: Member, by: str, now: float) -> None:
-        n = self._cluster_size()
-        # Lifeguard: expect mult-2 confirmations, unless the cluster is too small to give them.
-        k = self.config.suspicion_mult - 2
-        k = k if n - 2 >= k else 0
-        lo = suspicion_timeout(self.config.suspicion_mult, n, self.config.protocol_period)
-        hi = self.config.suspicion_max_mult * lo
-        deadline = now + suspicion_duration(0, k, lo, hi)
-        self._suspicions[m.node_id] = _Suspicion(now, k, lo, hi, deadline, {by})
-
     def _confirm(self, m: Member, by: str) -> None:
         s = self._suspicions.get(m.node_id)
-        if s is None or by in s.confirmers or by in (ANONYMOUS, m.node_id):
+        if s is None or by in (ANONYMOUS, m.node_id) or not s.confirm(by):
             return
-        s.confirmers.add(by)
-        s.deadline = s.started + suspicion_duration(len(s.confirmers) - 1, s.expected, s.lo, s.hi)
         self._enqueue(Update(m, by))  # pass the confirmation on, as memberlist does
 
     def _verdict(self, m: Member, now: float) -> tuple[str | None, bool]:
@@ -608,8 +464,7 @@ class Swim:
     # ----------------------------------------------------------------------------- gossip
 
     def _enqueue(self, up: Update) -> None:
-        self._order += 1
-        self._queue[up.member.node_id] = _Broadcast(up, self._order, update_size(up))
+        self._queue.enqueue(up)
 
     def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
         """Updates for one outgoing message. First our own record, so that any direct contact
@@ -623,19 +478,8 @@ class Swim:
             picked.append(Update(m, self.self_id))
         room = self.config.max_datagram - _ENVELOPE - sum(update_size(u) for u in picked)
         limit = retransmit_limit(self.config.retransmit_mult, self._cluster_size())
-        taken = 0
-        for b in sorted(self._queue.values(), key=lambda b: (b.transmits, -b.order)):
-            if taken == self.config.max_piggyback:
-                break
-            if b.update not in picked:  # (our own record is in already: it counts as sent)
-                if b.size > room:
-                    continue
-                picked.append(b.update)
-                room -= b.size
-                taken += 1
-            b.transmits += 1
-            if b.transmits >= limit:
-                del self._queue[b.update.member.node_id]
+        # (our own record is in `picked` already: its queued copy counts as sent)
+        self._queue.take(picked, room, self.config.max_piggyback, limit)
         return tuple(picked)
 
     def _push_pull_round(self, out: list[Outbound]) -> None:
@@ -656,7 +500,7 @@ class Swim:
             if now - since >= self.config.dead_reap_after:
                 old = self._members.pop(node_id)
                 del self._gone_at[node_id]
-                self._queue.pop(node_id, None)
+                self._queue.discard(node_id)
                 self._events.append(Transition(now, node_id, old.state, None, old.incarnation))
 
     # ------------------------------------------------------------------------------- helpers

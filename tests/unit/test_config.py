@@ -289,3 +289,14 @@ def test_local_cluster_secret_depends_on_the_data_dir(tmp_path: Path) -> None:
     b = from_dict(local_cluster(3, 8788, str(tmp_path / "b")))
     assert a.cluster.secret != b.cluster.secret
     assert a.cluster.secret != Config().cluster.secret
+
+
+def test_gossip_section_is_checked() -> None:
+    assert from_dict({"gossip": {"enabled": False}}).gossip.enabled is False
+    for key in ("protocol_period_ms", "ping_timeout_ms", "ping_req_k", "suspicion_mult",
+                "retransmit_mult", "push_pull_interval_ms"):
+        e = bad({"gossip": {key: 0}})
+        assert e.field == f"gossip.{key}" and ">= 1" in e.message
+    e = bad({"gossip": {"protocol_period_ms": 400, "ping_timeout_ms": 200}})
+    assert e.field == "gossip.ping_timeout_ms" and "half" in e.message
+    assert from_dict({"gossip": {"protocol_period_ms": 401, "ping_timeout_ms": 200}})
