@@ -18,7 +18,7 @@ import numpy as np
 from spine.cluster.coordinator import Coordinator, normalise
 from spine.cluster.fanout import FanOut, missing_shards
 from spine.core.consistency import Level
-from spine.core.errors import InvalidInput
+from spine.core.errors import InvalidInput, QuorumUnavailable, SessionUnavailable
 from spine.core.messages import Search
 from spine.core.model import Record
 from spine.core.session import SessionToken
@@ -74,10 +74,11 @@ class SearchService:
                 prev = best.get(rec.id)
                 if prev is None or rec.version > prev[0].version:
                     best[rec.id] = (rec, float(score))
+        unchecked: set[int] = set()
         if token is not None:
-            await self._apply_session(namespace, q, raw, token, level, best)
+            unchecked = await self._apply_session(namespace, q, raw, token, level, best)
         ranked = sorted(best.values(), key=lambda rs: (-rs[1], rs[0].id))[: q.k]
-        missing = missing_shards(self.fanout.ring(), replies)
+        missing = sorted(set(missing_shards(self.fanout.ring(), replies)) | unchecked)
         return {
             "results": [{"id": r.id, "score": s, "record": r.public()} for r, s in ranked],
             "partial": bool(missing),
@@ -92,7 +93,9 @@ class SearchService:
         token: SessionToken,
         level: Level | None,
         best: dict[str, tuple[Record, float]],
-    ) -> None:
+    ) -> set[int]:
+        """Overlay the session's own writes; the shards whose keys could not be re-read."""
+        unchecked: set[int] = set()
         prefix = namespace + "/"
         qv = np.frombuffer(query_vec, dtype=np.float32)
         for key, floor in list(token.entries.items()):
@@ -102,7 +105,13 @@ class SearchService:
             have = best.get(mid)
             if have is not None and have[0].version >= floor:
                 continue
-            rec, _, _ = await self.coordinator.get(namespace, mid, level, token)
+            try:
+                rec, _, _ = await self.coordinator.get(namespace, mid, level, token)
+            except (QuorumUnavailable, SessionUnavailable):
+                # No replica can say what the session wrote here: report the shard as missing
+                # (partial), as a search without the token would, rather than fail the search.
+                unchecked.add(self.fanout.ring().shard(namespace, mid))
+                continue
             if rec is None or rec.deleted or rec.vector is None:
                 best.pop(mid, None)
                 continue
@@ -115,6 +124,7 @@ class SearchService:
                 best.pop(mid, None)
                 continue
             best[mid] = (_strip(rec), score)
+        return unchecked
 
 
 def _strip(rec: Record) -> Record:

@@ -260,12 +260,6 @@ def _first_id(ring: Ring, ns: str, prefix: str, keep: Callable[[set[str]], bool]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: SearchService._apply_session (spine/cluster/search.py) re-reads every key of the "
-    "session token through Coordinator.get and lets its QuorumUnavailable escape, so a search "
-    "carrying a token that names a key whose shard has no live replica answers 503 instead of "
-    "the partial result it gives without the token"
-))
 def test_search_with_a_token_naming_an_unreachable_key_is_partial(
     make_cluster: ClusterFactory,
 ) -> None:
