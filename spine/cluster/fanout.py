@@ -16,7 +16,7 @@ from spine.cluster.rpc import RpcClient
 from spine.core.errors import PeerUnavailable
 from spine.core.messages import ListPage, Message
 from spine.core.model import Record, merge
-from spine.core.ring import Ring
+from spine.core.ring import Ring, covering_set
 from spine.storage.lmdb_store import Store
 
 
@@ -77,6 +77,41 @@ class FanOut:
                 raise reply
             else:
                 out[node] = reply
+        return out
+
+    async def ask_cover(
+        self, msg: Message, local: Callable[[], Awaitable[Any]], rounds: int = 3
+    ) -> dict[str, Any]:
+        """Answers from a covering set of live nodes: every shard with a live replica is asked
+        once; a node that fails is replaced by the next cover of what it would have answered."""
+        ring = self.ring()
+        out: dict[str, Any] = {}
+        failed: set[str] = set()
+        for _ in range(rounds):
+            live = [m for m in self.members()
+                    if m not in failed and (m == self.node_id or self.liveness.is_alive(m))]
+            cover = covering_set(ring, live, self.node_id)
+            todo = [n for n in cover if n not in out]
+            if not todo:
+                break
+
+            async def one(node: str) -> Any:
+                if node == self.node_id:
+                    return await local()
+                return await self.rpc.call(node, msg, self.timeout)
+
+            replies = await asyncio.gather(*(one(n) for n in todo), return_exceptions=True)
+            for node, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, PeerUnavailable):
+                    failed.add(node)
+                    if "code" not in reply.details:
+                        self.liveness.report_failure(node)
+                elif isinstance(reply, BaseException):
+                    raise reply
+                else:
+                    out[node] = reply
+            if not any(n in failed for n in todo):
+                break
         return out
 
     async def list_page(

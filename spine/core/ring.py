@@ -7,7 +7,7 @@ with arithmetic (groupcache's `consistenthash` does the same).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import xxhash
 from sortedcontainers import SortedDict
@@ -107,3 +107,26 @@ class Ring:
             if node not in picked:
                 picked.append(node)
         return tuple(picked)
+
+
+def covering_set(ring: Ring, live: Iterable[str], prefer: str | None = None) -> list[str]:
+    """A small set of live nodes that together hold every shard that has a live replica.
+
+    Greedy set cover, starting from `prefer` (the coordinator itself, whose answer costs no
+    network hop). With N replicas on N nodes one node covers everything.
+    """
+    alive = set(live)
+    uncovered = {s for s in range(ring.shards) if alive.intersection(ring.preference_list(s))}
+    holds = {n: set(ring.shards_of(n)) for n in alive}
+    chosen: list[str] = []
+    if prefer is not None and prefer in alive:
+        chosen.append(prefer)
+        uncovered -= holds[prefer]
+    while uncovered:
+        best = max(sorted(holds), key=lambda n: len(holds[n] & uncovered))
+        gain = holds[best] & uncovered
+        if not gain:
+            break
+        chosen.append(best)
+        uncovered -= gain
+    return chosen

@@ -163,7 +163,9 @@ def test_session_search_sees_own_writes_and_survives_node_loss(
     c.kill("n2")
     writer.delete(ns, "target")
     c.start("n2")
-    stale = search(c, "n3", ns, {"query": target, "k": 20})
+    # Search asks a covering set of live nodes, starting with the coordinator itself: through
+    # n2 (which holds every shard) only n2's stale index answers.
+    stale = search(c, "n2", ns, {"query": target, "k": 20})
     assert "target" in ids_of(stale), "precondition: n2 should still answer the deleted target"
     reader.session = writer.session
     res = reader.search(ns, target, k=20)

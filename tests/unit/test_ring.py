@@ -235,3 +235,24 @@ def test_removing_a_node_moves_only_its_placements() -> None:
         else:
             assert after == before
     assert changed == len(old.shards_of("n3"))
+
+
+def test_covering_set_holds_every_live_shard_and_prefers_the_coordinator() -> None:
+    from spine.core.ring import covering_set
+
+    r = Ring({f"n{i}": "" for i in range(1, 6)}, shards=64, vnodes=16, n=2)
+    live = ["n1", "n2", "n3", "n4", "n5"]
+    cover = covering_set(r, live, "n3")
+    assert cover[0] == "n3"
+    held = set().union(*(r.shards_of(n) for n in cover))
+    assert held == set(range(64))
+    assert len(cover) < len(live)
+    # With N replicas on N nodes the coordinator alone is enough.
+    r3 = Ring({"a": "", "b": "", "c": ""}, shards=32, vnodes=8, n=3)
+    assert covering_set(r3, ["a", "b", "c"], "b") == ["b"]
+    # Shards with no live replica cannot be covered and are left out, not waited for.
+    dead = {"n1", "n2"}
+    cover = covering_set(r, [n for n in live if n not in dead], None)
+    coverable = {s for s in range(64) if set(r.preference_list(s)) - dead}
+    assert set().union(*(r.shards_of(n) for n in cover)) >= coverable
+    assert not dead.intersection(cover)
