@@ -56,11 +56,10 @@ class FanOut:
         self.members = members
         self.timeout = timeout
 
-    async def ask_all(
-        self, msg: Message, local: Callable[[], Awaitable[Any]]
-    ) -> dict[str, Any]:
-        """Every live node's answer to `msg` (this node's from `local()`), by node id."""
-        nodes = [m for m in self.members() if m == self.node_id or self.liveness.is_alive(m)]
+    async def _ask(
+        self, nodes: list[str], msg: Message, local: Callable[[], Awaitable[Any]]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """Ask `nodes` in parallel (this node through `local()`): answers, and who failed."""
 
         async def one(node: str) -> Any:
             if node == self.node_id:
@@ -69,14 +68,27 @@ class FanOut:
 
         replies = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
         out: dict[str, Any] = {}
+        failed: set[str] = set()
         for node, reply in zip(nodes, replies, strict=True):
             if isinstance(reply, PeerUnavailable):
+                failed.add(node)
                 if "code" not in reply.details:
                     self.liveness.report_failure(node)
             elif isinstance(reply, BaseException):
                 raise reply
             else:
                 out[node] = reply
+        return out, failed
+
+    def _live(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        return [m for m in self.members()
+                if m not in exclude and (m == self.node_id or self.liveness.is_alive(m))]
+
+    async def ask_all(
+        self, msg: Message, local: Callable[[], Awaitable[Any]]
+    ) -> dict[str, Any]:
+        """Every live node's answer to `msg` (this node's from `local()`), by node id."""
+        out, _ = await self._ask(self._live(), msg, local)
         return out
 
     async def ask_cover(
@@ -88,29 +100,14 @@ class FanOut:
         out: dict[str, Any] = {}
         failed: set[str] = set()
         for _ in range(rounds):
-            live = [m for m in self.members()
-                    if m not in failed and (m == self.node_id or self.liveness.is_alive(m))]
-            cover = covering_set(ring, live, self.node_id)
-            todo = [n for n in cover if n not in out]
+            todo = [n for n in covering_set(ring, self._live(failed), self.node_id)
+                    if n not in out]
             if not todo:
                 break
-
-            async def one(node: str) -> Any:
-                if node == self.node_id:
-                    return await local()
-                return await self.rpc.call(node, msg, self.timeout)
-
-            replies = await asyncio.gather(*(one(n) for n in todo), return_exceptions=True)
-            for node, reply in zip(todo, replies, strict=True):
-                if isinstance(reply, PeerUnavailable):
-                    failed.add(node)
-                    if "code" not in reply.details:
-                        self.liveness.report_failure(node)
-                elif isinstance(reply, BaseException):
-                    raise reply
-                else:
-                    out[node] = reply
-            if not any(n in failed for n in todo):
+            got, lost = await self._ask(todo, msg, local)
+            out.update(got)
+            failed |= lost
+            if not lost:
                 break
         return out
 
