@@ -121,7 +121,7 @@ class Node:
         self.replicator = Replicator(
             node_id, self.store, self.rpc, self.liveness, self.metrics,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
-            on_applied=self._on_applied, hints_enabled=cfg.handoff.enabled,
+            hints_enabled=cfg.handoff.enabled,
         )
         ae = cfg.antientropy
         self.antientropy = AntiEntropy(
@@ -182,9 +182,6 @@ class Node:
 
     async def _probe(self, peer: str) -> None:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
-
-    def _on_applied(self, applied: list[Applied]) -> None:
-        """Called on the event loop after a local apply (the commit hooks did the real work)."""
 
     def _on_commit(self, applied: list[Applied]) -> None:
         for hook in self.commit_hooks:

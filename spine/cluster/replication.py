@@ -28,8 +28,6 @@ from spine.storage.lmdb_store import Applied, Store
 
 log = structlog.get_logger("spine.replication")
 
-AppliedHook = Callable[[list[Applied]], None]
-
 
 class Replicator:
     """Writes to and reads from the replicas of keys, with hints and read repair."""
@@ -44,7 +42,6 @@ class Replicator:
         *,
         rpc_timeout: float,
         wall_ms: Callable[[], int],
-        on_applied: AppliedHook,
         hints_enabled: bool = True,
     ) -> None:
         self.node_id = node_id
@@ -54,7 +51,6 @@ class Replicator:
         self.metrics = metrics
         self.rpc_timeout = rpc_timeout
         self.wall_ms = wall_ms
-        self.on_applied = on_applied
         self.hints_enabled = hints_enabled
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -75,9 +71,8 @@ class Replicator:
                 await t
 
     async def apply_local(self, records: Sequence[Record]) -> list[Applied]:
-        """Apply versions to the local store and tell the derived structures."""
+        """Apply versions to the local store (derived structures follow via commit hooks)."""
         applied = await self.store.apply(records)
-        self.on_applied(applied)
         conflicts = sum(1 for a in applied if a.conflict)
         if conflicts:
             self.metrics.conflicts.inc(by=conflicts)
