@@ -28,6 +28,18 @@ class SpineHTTPError(Exception):
         self.field = err.get("field")
 
 
+def _headers(api_key: str | None, session: str | None, level: str | None) -> dict[str, str]:
+    """The request headers both clients send: JSON, the key, the session token, the level."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if session:
+        headers["Spine-Session"] = session
+    if level:
+        headers["Spine-Consistency"] = level
+    return headers
+
+
 def _path(ns: str, *parts: str) -> str:
     return "/v1/ns/" + quote(ns, safe="") + "".join("/" + quote(p, safe="") for p in parts)
 
@@ -57,15 +69,10 @@ class Client:
     ) -> Any:
         """Send one request; returns the decoded JSON, raises SpineHTTPError on non-2xx."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(next(self._next) + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        if self.session:
-            req.add_header("Spine-Session", self.session)
-        level = consistency or self.consistency
-        if level:
-            req.add_header("Spine-Consistency", level)
+        headers = _headers(self.api_key, self.session, consistency or self.consistency)
+        req = urllib.request.Request(
+            next(self._next) + path, data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 self._absorb(resp.headers)
@@ -157,14 +164,7 @@ class AsyncClient:
         self, method: str, path: str, body: Any = None, *, consistency: str | None = None
     ) -> Any:
         """Send one request; returns the decoded JSON, raises SpineHTTPError on non-2xx."""
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        if self.session:
-            headers["Spine-Session"] = self.session
-        level = consistency or self.consistency
-        if level:
-            headers["Spine-Consistency"] = level
+        headers = _headers(self.api_key, self.session, consistency or self.consistency)
         data = None if body is None else json.dumps(body).encode()
         async with self._http.request(
             method, next(self._next) + path, data=data, headers=headers

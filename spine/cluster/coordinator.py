@@ -15,15 +15,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import RpcClient
 from spine.core.clock import HLC, Version, vv_increment, vv_merge
 from spine.core.consistency import Level, Policy
 from spine.core.errors import (
-    InvalidInput,
     PeerUnavailable,
     QuorumUnavailable,
     SessionUnavailable,
@@ -41,6 +38,7 @@ from spine.core.requests import (
 )
 from spine.core.ring import Ring
 from spine.core.session import SessionToken
+from spine.core.validation import normalise
 from spine.storage.lmdb_store import Store
 
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
@@ -498,16 +496,3 @@ def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
         out.append([cur.to_wire(), False])
     out.extend([h.record.to_wire(), h.concurrent] for h in store.history(namespace, mid))
     return out
-
-
-def normalise(vector: Sequence[float]) -> bytes:
-    """A client vector as L2-normalised float32 bytes (the index uses cosine similarity)."""
-    arr = np.asarray(vector, dtype=np.float64)
-    norm = float(np.linalg.norm(arr))
-    if not np.isfinite(norm) or norm == 0.0:
-        raise InvalidInput("vector cannot be normalised (zero or overflowing norm)",
-                           field="vector")
-    out = (arr / norm).astype(np.float32)
-    if not np.all(np.isfinite(out)) or not np.any(out):
-        raise InvalidInput("vector cannot be normalised in float32", field="vector")
-    return out.tobytes()

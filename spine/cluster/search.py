@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from spine.cluster.coordinator import Coordinator, normalise
+from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut, missing_shards
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput, QuorumUnavailable, SessionUnavailable
 from spine.core.messages import Search
 from spine.core.model import Record
 from spine.core.session import SessionToken
-from spine.core.validation import Limits, SearchQuery, matches, search_body
+from spine.core.validation import Limits, SearchQuery, matches, normalise, search_body
 from spine.storage.indexer import Indexer
 
 EmbedFn = Callable[[list[str]], Awaitable[list[bytes | None]]]

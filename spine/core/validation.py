@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,3 +264,16 @@ def matches(
             if key not in meta or meta[key] != want:
                 return False
     return True
+
+
+def normalise(vector: Sequence[float]) -> bytes:
+    """A client vector as L2-normalised float32 bytes (the index uses cosine similarity)."""
+    arr = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(arr))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise InvalidInput("vector cannot be normalised (zero or overflowing norm)",
+                           field="vector")
+    out = (arr / norm).astype(np.float32)
+    if not np.all(np.isfinite(out)) or not np.any(out):
+        raise InvalidInput("vector cannot be normalised in float32", field="vector")
+    return out.tobytes()

@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spine.cluster.coordinator import normalise
 from spine.core import validation as v
 from spine.core.errors import InvalidInput, SpineError, TooLarge
-from spine.core.validation import Limits, write_body
+from spine.core.validation import Limits, normalise, write_body
 
 LIM = Limits()
 DIM = 4
