@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from spine.core.clock import Ordering, Version, hlc_ms, vv_compare, vv_merge
 
 
@@ -123,6 +125,4 @@ def vector_to_list(raw: bytes | None) -> list[float] | None:
     """float32 bytes → a JSON list."""
     if raw is None:
         return None
-    import numpy as np
-
     return [float(x) for x in np.frombuffer(raw, dtype=np.float32)]

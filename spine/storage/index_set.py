@@ -13,13 +13,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from spine.storage.vector_index import (
-    INDEX_FORMAT,
-    IndexCorrupt,
-    VectorIndex,
-    fsync_dir,
-    write_atomic,
-)
+from spine.storage.files import fsync_dir, write_atomic
+from spine.storage.vector_index import INDEX_FORMAT, IndexCorrupt, VectorIndex
 
 _MANIFEST = "manifest.json"
 _CURRENT = "CURRENT"

@@ -21,8 +21,11 @@ from typing import Any
 
 import lmdb
 import msgpack
+import structlog
 
 from spine.core.model import Record, is_concurrent, merge
+
+log = structlog.get_logger("spine.store")
 
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
@@ -412,9 +415,7 @@ class Store:
                 try:
                     self.on_commit(committed)
                 except Exception:  # a derived structure failing must not fail the commit
-                    import logging
-
-                    logging.getLogger("spine.store").exception("on_commit hook failed")
+                    log.exception("on_commit_hook_failed")
         self.commits += 1
         self.committed_ops += len(batch)
         for op, res in zip(batch, results, strict=True):
