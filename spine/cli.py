@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     configure(args.node, cfg.log.level)
     _install_uvloop()
-    asyncio.run(run_node(cfg, args.node, insecure=args.insecure))
+    asyncio.run(run_node(cfg, args.node, insecure=args.insecure, join=args.join))
     return 0
 
 
@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--node", required=True)
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback listener without API keys")
+    s.add_argument("--join", action="store_true",
+                   help="join a running cluster: fetch its ring from a configured peer and"
+                        " stream this node's shards before serving them")
     s.set_defaults(fn=cmd_serve)
 
     u = sub.add_parser("up", help="run a local cluster on 127.0.0.1 in the foreground")

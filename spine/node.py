@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.liveness import ProbeLiveness
 from spine.cluster.membership import Gossip, identity_meta, swim_config
+from spine.cluster.rebalance import Rebalancer
 from spine.cluster.replication import Replicator
+from spine.cluster.ringkeeper import RingKeeper
 from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
 from spine.core.clock import HLC
@@ -31,7 +34,8 @@ from spine.core.config import Config
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
-from spine.core.ring import Ring
+from spine.core.ring import Ring, shard_of
+from spine.core.ringmap import JOINING, Entry, Placement, genesis
 from spine.runtime import Runtime
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
@@ -62,6 +66,7 @@ class Node:
         runtime: Runtime | None = None,
         *,
         insecure: bool = False,
+        join: bool = False,
     ) -> None:
         self.cfg = cfg
         self.me = cfg.node(node_id)
@@ -76,16 +81,13 @@ class Node:
                 field="auth.keys",
             )
         self.metrics = SpineMetrics()
-        self.ring_value = Ring(
-            {n.id: n.zone for n in cfg.nodes},
-            shards=cfg.ring.shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
-        )
+        shards = cfg.ring.shards
         data_dir = Path(cfg.storage.path) / node_id
         self.embedder = make_embedder(cfg.embedder.name, cfg.embedder.dim)
         self.embed = EmbedBatcher(self.embedder)
         self.store = Store(
             data_dir / "lmdb",
-            shard_of=self.ring_value.shard,
+            shard_of=lambda ns, mid: shard_of(ns, mid, shards),
             sync=cfg.storage.sync,
             map_size_mb=cfg.storage.map_size_mb,
             max_batch=cfg.storage.max_batch,
@@ -118,6 +120,20 @@ class Node:
                 node_id, [n.id for n in cfg.nodes], self._probe,
                 cfg.liveness.probe_interval_ms / 1000, self.rt.sleep,
             )
+        me = self.me
+        self.keeper = RingKeeper(
+            node_id, self.store, self.rpc, self.liveness,
+            genesis=genesis({"id": n.id, "zone": n.zone, "host": n.host, "port": n.port,
+                             "rpc_port": n.rpc_address[1], "gossip_port": n.gossip_address[1]}
+                            for n in cfg.nodes),
+            me=Entry(node_id, JOINING, 0, me.zone, me.host, me.port, *[
+                a[1] for a in (me.rpc_address, me.gossip_address)]),
+            shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
+            interval=cfg.ring.sync_interval_ms / 1000, rpc_timeout=t.rpc_ms / 1000,
+            now_version=self.hlc.now, sleep=self.rt.sleep, join=join,
+        )
+        self.keeper.on_change.append(self._placement_changed)
+        self._placement_changed(self.keeper.placement)
         self.replicator = Replicator(
             node_id, self.store, self.rpc, self.liveness, self.metrics,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
@@ -132,8 +148,17 @@ class Node:
             sleep=self.rt.sleep, enabled=ae.enabled,
         )
         self.commit_hooks.append(self.antientropy.on_commit)
+        quorum = cfg.policy().quorum(cfg.policy().default)
+        self.rebalancer = Rebalancer(
+            node_id, self.keeper, self.antientropy, self.store, self.rpc, self.liveness,
+            self.metrics, max_keys_per_s=cfg.ring.transfer_max_keys_per_s,
+            drop_grace=cfg.ring.drop_grace_s, settle_delay=(t.write_ms + t.rpc_ms) / 1000,
+            min_synced=cfg.replication.n - quorum.w + 1, rpc_timeout=t.rpc_ms / 1000,
+            monotonic=self.rt.monotonic, sleep=self.rt.sleep,
+        )
         self.coordinator = Coordinator(
-            node_id, self.ring, self.store, self.replicator, self.rpc, self.liveness, self.hlc,
+            node_id, self.placement, self.store, self.replicator, self.rpc, self.liveness,
+            self.hlc,
             cfg.policy(), self.metrics,
             read_timeout=t.read_ms / 1000, write_timeout=t.write_ms / 1000,
             session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
@@ -141,7 +166,7 @@ class Node:
         )
         self.fanout = FanOut(
             node_id, self.ring, self.store, self.rpc, self.liveness,
-            lambda: [n.id for n in cfg.nodes], t.search_ms / 1000,
+            lambda: sorted(self.keeper.placement.current.members), t.search_ms / 1000,
         )
         self.handoff = Handoff(
             self.store, self.replicator, self.liveness, self.metrics,
@@ -158,6 +183,8 @@ class Node:
         handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
                                   cfg.session.max_keys, self.search.local)
         handlers.update(self.antientropy.handlers())
+        handlers.update(self.keeper.handlers())
+        handlers.update(self.rebalancer.handlers())
         self.rpc_server = RpcServer(
             node_id, cfg.cluster.secret, self.hlc, handlers, self.rt.token_bytes,
         )
@@ -168,17 +195,33 @@ class Node:
     # ------------------------------------------------------------ wiring helpers
 
     def ring(self) -> Ring:
-        """The current ring."""
-        return self.ring_value
+        """The current ring (reads, quorums, search fan-out, anti-entropy)."""
+        return self.keeper.placement.current
+
+    def placement(self) -> Placement:
+        """The current ring, the next one while the ring changes, and the moves between."""
+        return self.keeper.placement
+
+    def _placement_changed(self, placement: Placement) -> None:
+        for node, e in placement.map.entries.items():
+            if node != self.id and e.rpc_port:
+                self.rpc.addresses[node] = (e.host, e.rpc_port)
+        state = placement.map.state(self.id) or "standby"
+        if self.gossip is not None and self.gossip.swim.me().meta_dict().get("ring") != state:
+            self.gossip.swim.update_meta(self._identity(state))
 
     def _make_gossip(self) -> Gossip:
         cfg = self.cfg
         host, port = self.me.gossip_address
-        meta = identity_meta(zone=self.me.zone, ring_state="active", cluster=cfg.cluster.name,
-                             shards=cfg.ring.shards, embedder=self.embedder.fingerprint)
+        meta = self._identity("standby")  # the ring state follows once the keeper is built
         peers = {n.id: "{}:{}".format(*n.gossip_address) for n in cfg.nodes}
         return Gossip(self.id, host, port, runtime=self.rt, config=swim_config(cfg.gossip),
                       meta=meta, seeds=cfg.seeds, peers=peers, registry=self.metrics.registry)
+
+    def _identity(self, ring_state: str) -> dict[str, str]:
+        cfg = self.cfg
+        return identity_meta(zone=self.me.zone, ring_state=ring_state, cluster=cfg.cluster.name,
+                             shards=cfg.ring.shards, embedder=self.embedder.fingerprint)
 
     async def _probe(self, peer: str) -> None:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
@@ -216,48 +259,54 @@ class Node:
         }
 
     def _members_view(self) -> list[dict[str, Any]]:
-        """Each member: its ring `state` and `alive` verdict; with gossip also SWIM's `gossip`
-        state (alive | suspect | dead | left | unknown) and incarnation, and members gossip
-        knows of beyond the config (with no HTTP address)."""
+        """Each node of the ring map (and any other node gossip knows of): its ring `state`
+        (joining | active | leaving | left, or standby outside the map), `alive` verdict, and
+        with gossip SWIM's `gossip` state (alive | suspect | dead | left | unknown) and
+        incarnation."""
         out: list[dict[str, Any]] = []
-        for n in self.cfg.nodes:
-            out.append({"id": n.id, "address": f"{n.host}:{n.port}", "zone": n.zone,
-                        "state": "active", "alive": self.liveness.is_alive(n.id)})
+        for node, e in sorted(self.keeper.map.entries.items()):
+            out.append({"id": node, "address": f"{e.host}:{e.port}", "zone": e.zone,
+                        "state": e.state, "alive": self.liveness.is_alive(node)})
         if self.gossip is None:
             return out
         by_id = {m.node_id: m for m in self.gossip.members()}
-        configured = {n.id for n in self.cfg.nodes}
-        for extra in sorted(set(by_id) - configured):
+        for extra in sorted(set(by_id) - set(self.keeper.map.entries)):
             meta = by_id[extra].meta_dict()
             out.append({"id": extra, "address": "", "zone": meta.get("zone", ""),
-                        "state": meta.get("ring", "active"),
+                        "state": meta.get("ring", "standby"),
                         "alive": self.liveness.is_alive(extra)})
         for entry in out:
             m = by_id.get(entry["id"])
             entry["gossip"] = "unknown" if m is None else m.state.name.lower()
             entry["incarnation"] = None if m is None else m.incarnation
             entry["gossip_address"] = None if m is None else m.address
-            if m is not None:
-                entry["state"] = m.meta_dict().get("ring", entry["state"])
         return out
 
     def shards_view(self) -> dict[str, Any]:
-        """GET /v1/cluster/shards."""
-        ring = self.ring()
-        view: dict[str, Any] = {"shards": [
-            {"shard": s, "preference_list": list(ring.preference_list(s)),
-             "pending": [], "transfer": None}
-            for s in range(ring.shards)
-        ]}
-        for entry in view["shards"]:
-            if self.id in entry["preference_list"]:  # anti-entropy root, where this node holds it
-                entry["root"] = self.antientropy.root_hex(entry["shard"])
-        return view
+        """GET /v1/cluster/shards: per shard its owners (`preference_list`), `pending` owners,
+        the owners once the change settles (`next`) and, where this node is a pending owner, its
+        `transfer` progress; where it holds the shard, its anti-entropy `root`."""
+        p = self.keeper.placement
+        shards: list[dict[str, Any]] = []
+        for s in range(p.shards):
+            entry: dict[str, Any] = {
+                "shard": s, "preference_list": list(p.owners(s)), "pending": list(p.pending(s)),
+                "next": list(p.future_owners(s)), "transfer": self.rebalancer.copy_view(s),
+            }
+            if p.holds(self.id, s):
+                entry["root"] = self.antientropy.root_hex(s)
+            shards.append(entry)
+        m = self.keeper.map
+        return {"node": self.id, "ring": {"digest": m.digest(), "changing": m.changing,
+                                          "moves": len(p.moves())},
+                "transfers": self.rebalancer.status(), "shards": shards}
 
     def ready(self) -> bool:
-        """Ready when a quorum of the cluster (this node included) is reachable."""
-        alive = sum(1 for n in self.cfg.nodes if self.liveness.is_alive(n.id))
-        return alive >= self.cfg.policy().quorum(self.cfg.policy().default).w
+        """Ready when a quorum of the current ring (this node included) is reachable."""
+        members = self.keeper.placement.current.members
+        alive = sum(1 for n in members if self.liveness.is_alive(n))
+        need = self.cfg.policy().quorum(self.cfg.policy().default).w
+        return bool(members) and alive >= min(need, len(members))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -277,6 +326,8 @@ class Node:
             cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
             search=self.search.handle,
+            admin={a: functools.partial(self.rebalancer.admin, a)
+                   for a in ("join", "decommission", "remove")},
         )
         loop = asyncio.get_running_loop()
         how = await loop.run_in_executor(None, self.indexer.recover)
@@ -290,6 +341,9 @@ class Node:
             self.liveness.start()
         else:
             await self.liveness.start()  # gossip: bound and joined before we serve
+        peers = [n.id for n in self.cfg.nodes if n.id != self.id]
+        await self.keeper.start(peers)
+        self.rebalancer.start()
         self.handoff.start()
         self._runner = web.AppRunner(
             build_app(self._services), access_log=None, handle_signals=False
@@ -306,7 +360,9 @@ class Node:
         log.info(
             "node_started", http=f"{self.me.host}:{self.me.port}",
             rpc=f"{host}:{rpc_port}", auth=auth,
-            members=len(self.cfg.nodes), replication=self.cfg.replication.n,
+            members=len(self.keeper.placement.current.members),
+            ring_state=self.keeper.state(), ring_from=self.keeper.origin,
+            replication=self.cfg.replication.n,
         )
 
     async def stop(self) -> None:
@@ -314,6 +370,8 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.rebalancer.stop()
+        await self.keeper.stop()
         await self.handoff.stop()
         await self.antientropy.stop()
         await self.liveness.stop()
@@ -327,11 +385,13 @@ class Node:
         log.info("node_stopped")
 
 
-async def run_node(cfg: Config, node_id: str, *, insecure: bool = False) -> None:
+async def run_node(
+    cfg: Config, node_id: str, *, insecure: bool = False, join: bool = False
+) -> None:
     """Run a node until SIGINT/SIGTERM, then stop it cleanly."""
     import signal
 
-    node = Node(cfg, node_id, insecure=insecure)
+    node = Node(cfg, node_id, insecure=insecure, join=join)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

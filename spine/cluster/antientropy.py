@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -57,6 +58,14 @@ log = structlog.get_logger("spine.antientropy")
 MAX_LEAVES_PER_FETCH = 64
 MAX_KEYS_PER_FETCH = 512
 MAX_PURGE_PER_SHARD = 1000
+
+
+@dataclass
+class Tally:
+    """Records and bytes a shard transfer pulled."""
+
+    records: int = 0
+    bytes: int = 0
 
 
 class AntiEntropy:
@@ -137,16 +146,15 @@ class AntiEntropy:
         return None if r is None else f"{r:016x}"
 
     def on_commit(self, applied: list[Applied]) -> None:
-        """Commit hook (LMDB writer thread); a no-op when anti-entropy is off."""
-        if self.enabled:
-            self.trees.on_commit(applied)
+        """Commit hook (LMDB writer thread). The trees are kept even with rounds off: shard
+        transfers (ring changes) compare them too."""
+        self.trees.on_commit(applied)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Run :meth:`build`, then a round every ``interval``, in one owned task."""
-        if self.enabled:
-            self._task = asyncio.create_task(self._loop())
+        """Run :meth:`build`, then (when enabled) a round every ``interval``, in one task."""
+        self._task = asyncio.create_task(self._loop())
 
     async def build(self) -> None:
         """Build the trees from a store scan on an executor thread (once; the loop calls it)."""
@@ -177,7 +185,7 @@ class AntiEntropy:
         except Exception:
             log.exception("antientropy_build_failed")
             return
-        while True:
+        while self.enabled:
             await self.sleep(self.interval)
             try:
                 await self.run_round()
@@ -236,8 +244,18 @@ class AntiEntropy:
             self.purged.inc(by=len(keys))
             log.info("tombstones_purged", shard=shard, count=len(keys))
 
+    async def sync_shards(
+        self, peer: str, shards: list[int], bucket: TokenBucket, tally: Tally
+    ) -> dict[int, bool]:
+        """Reconcile ``shards`` with ``peer`` once (a shard transfer's step), paced by
+        ``bucket``; per shard the peer answered for, whether the roots were equal already.
+        Records and bytes pulled are added to ``tally``."""
+        views, _ = await self._sync_peer(peer, shards, bucket, tally)
+        return {s: v.equal for s, v in views.items()}
+
     async def _sync_peer(
-        self, peer: str, shards: list[int]
+        self, peer: str, shards: list[int], bucket: TokenBucket | None = None,
+        tally: Tally | None = None,
     ) -> tuple[dict[int, PeerView], int]:
         """Compare ``shards`` with ``peer``: a view per shard it answered for, records moved."""
         views: dict[int, PeerView] = {}
@@ -271,7 +289,7 @@ class AntiEntropy:
                 if not leaves:  # roots differ but no leaf does: a collision or a racing write
                     views[s] = PeerView(False, None)
                     continue
-                listed, n = await self._exchange(peer, s, leaves)
+                listed, n = await self._exchange(peer, s, leaves, bucket, tally)
                 moved += n
                 views[s] = PeerView(False, frozenset(leaves), frozenset(leaves), listed)
         except (SpineError, ValueError) as e:
@@ -280,7 +298,8 @@ class AntiEntropy:
         return views, moved
 
     async def _exchange(
-        self, peer: str, shard: int, leaves: list[int]
+        self, peer: str, shard: int, leaves: list[int], bucket: TokenBucket | None = None,
+        tally: Tally | None = None,
     ) -> tuple[dict[bytes, Held], int]:
         """Reconcile ``leaves`` of ``shard`` with ``peer``; its listing and records moved."""
         counts = self.trees.leaf_counts(shard, leaves)
@@ -301,10 +320,14 @@ class AntiEntropy:
             if pushed:
                 await self.rep.send(peer, pushed)
             n = len(pulled) + len(pushed)
+            if tally is not None:
+                tally.records += len(pulled)
+                tally.bytes += sum(r.size() for r in pulled)
             if n:
                 moved += n
-                self.repaired.inc(by=n)
-                delay = self._bucket.take(n, self.monotonic())
+                if tally is None:
+                    self.repaired.inc(by=n)
+                delay = (bucket or self._bucket).take(n, self.monotonic())
                 if delay > 0:
                     await self.sleep(delay)
             listed.update(theirs)

@@ -36,7 +36,7 @@ from spine.core.requests import (
     body_to_wire,
     item_from_wire,
 )
-from spine.core.ring import Ring
+from spine.core.ringmap import Placement
 from spine.core.session import SessionToken
 from spine.core.validation import normalise
 from spine.storage.lmdb_store import Store
@@ -50,7 +50,7 @@ class Coordinator:
     def __init__(
         self,
         node_id: str,
-        ring: Callable[[], Ring],
+        placement: Callable[[], Placement],
         store: Store,
         replicator: Replicator,
         rpc: RpcClient,
@@ -66,7 +66,7 @@ class Coordinator:
         dim: int = 384,
     ) -> None:
         self.node_id = node_id
-        self.ring = ring
+        self.placement = placement
         self.store = store
         self.rep = replicator
         self.rpc = rpc
@@ -83,9 +83,15 @@ class Coordinator:
     # ------------------------------------------------------------ routing
 
     def prefs(self, namespace: str, mid: str) -> tuple[str, ...]:
-        """The preference list of a key."""
-        ring = self.ring()
-        return ring.preference_list(ring.shard(namespace, mid))
+        """The preference list of a key: its owners in the current ring."""
+        p = self.placement()
+        return p.owners(p.shard(namespace, mid))
+
+    def write_set(self, namespace: str, mid: str) -> tuple[tuple[str, ...], int]:
+        """Where a write of the key goes (owners, then pending owners while the ring changes),
+        and how many acknowledgements it needs beyond the level's W (one per pending owner)."""
+        p = self.placement()
+        return p.write_set(p.shard(namespace, mid))
 
     def route(self, prefs: Sequence[str]) -> list[str]:
         """Replicas that may coordinate, best first: this node if it is one, then live ones."""
@@ -210,18 +216,21 @@ class Coordinator:
             )
         outcome = resolve(answers)
         newest = outcome.newest
-        if newest is not None and len(outcome.holders) < w:
-            # ABD's second phase: make sure a quorum holds what we return before returning it.
-            others = [p for p in prefs if p not in outcome.holders]
+        targets, extra = self.write_set(namespace, mid)
+        need = w + extra
+        if newest is not None and len(outcome.holders) < need:
+            # ABD's second phase: make sure a quorum holds what we return before returning it
+            # (while the ring changes, a quorum of the next ring as well: the pending owners).
+            others = [p for p in targets if p not in outcome.holders]
             acks = await self.rep.write(
-                [newest], [others], w - len(outcome.holders),
+                [newest], [others], need - len(outcome.holders),
                 hints_count=False, timeout=self.write_timeout,
             )
-            if acks[0] + len(outcome.holders) < w:
+            if acks[0] + len(outcome.holders) < need:
                 self.metrics.quorum_failures.inc("write_back", "strong")
                 raise QuorumUnavailable(
                     "could not write the value back to a quorum",
-                    reached=acks[0] + len(outcome.holders), needed=w,
+                    reached=acks[0] + len(outcome.holders), needed=need,
                 )
             self.metrics.read_repairs.inc(by=acks[0])
         if not meets_floor(newest, floor):
@@ -323,14 +332,15 @@ class Coordinator:
                 self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None)
                 for i in idxs
             ]
-            prefs = [self.prefs(namespace, ops[i].id) for i in idxs]
+            sets = [self.write_set(namespace, ops[i].id) for i in idxs]
             w = self.policy.quorum(level).w
+            needs = [w + extra for _, extra in sets]
             acks = await self.rep.write(
-                records, prefs, w, hints_count=level is Level.EVENTUAL,
+                records, [t for t, _ in sets], needs, hints_count=level is Level.EVENTUAL,
                 timeout=self.write_timeout,
             )
-            for i, rec, a in zip(idxs, records, acks, strict=True):
-                if a >= w:
+            for i, rec, a, need in zip(idxs, records, acks, needs, strict=True):
+                if a >= need:
                     result = WriteResult(rec, creates[i], level, self.node_id)
                     out[i] = ItemResult(ops[i].id, result)
                     if token is not None:
@@ -338,8 +348,8 @@ class Coordinator:
                 else:
                     self.metrics.quorum_failures.inc("write", level.label)
                     out[i] = ItemResult(ops[i].id, error=QuorumUnavailable(
-                        f"{a} of {w} replicas acknowledged; the write may still land",
-                        reached=a, needed=w,
+                        f"{a} of {need} replicas acknowledged; the write may still land",
+                        reached=a, needed=need,
                     ))
         return [out[i] for i in range(len(ops))]
 
@@ -395,14 +405,16 @@ class Coordinator:
             if rec is not None:
                 seen_clock = vv_merge(seen_clock, rec.clock)
         rec = self._new_record(namespace, op, newest, vector, token, agent, seen_clock)
+        targets, extra = self.write_set(namespace, op.id)
+        need = q.w + extra
         acks = await self.rep.write(
-            [rec], [prefs], q.w, hints_count=False, timeout=self.write_timeout
+            [rec], [targets], need, hints_count=False, timeout=self.write_timeout
         )
-        if acks[0] < q.w:
+        if acks[0] < need:
             self.metrics.quorum_failures.inc("write", "strong")
             return ItemResult(op.id, error=QuorumUnavailable(
-                f"{acks[0]} of {q.w} replicas acknowledged; the write may still land",
-                reached=acks[0], needed=q.w,
+                f"{acks[0]} of {need} replicas acknowledged; the write may still land",
+                reached=acks[0], needed=need,
             ))
         if token is not None:
             token.observe(f"{namespace}/{op.id}", rec.version)

@@ -102,13 +102,15 @@ class Replicator:
         self,
         records: Sequence[Record],
         prefs: Sequence[Sequence[str]],
-        w: int,
+        w: int | Sequence[int],
         *,
         hints_count: bool,
         timeout: float,
     ) -> list[int]:
-        """Replicate each record to its preference list; acks per record (≥ w means success)."""
+        """Replicate each record to its nodes; acks per record (≥ its `w` means success; `w` is
+        one number for all records or one per record)."""
         acks = [0] * len(records)
+        need = [w] * len(records) if isinstance(w, int) else list(w)
         by_node: dict[str, list[int]] = {}
         for i, pl in enumerate(prefs):
             for node in pl:
@@ -119,7 +121,7 @@ class Replicator:
         def ack(idxs: list[int]) -> None:
             for i in idxs:
                 acks[i] += 1
-            if all(a >= w for a in acks):
+            if all(a >= n for a, n in zip(acks, need, strict=True)):
                 done.set()
 
         async def one(node: str, idxs: list[int]) -> None:

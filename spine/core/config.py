@@ -53,6 +53,9 @@ class ClusterSection:
 class RingSection:
     shards: int = 256
     vnodes: int = 128
+    sync_interval_ms: int = 1000
+    drop_grace_s: int = 60
+    transfer_max_keys_per_s: int = 5000
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,8 @@ _POSITIVE = {
     "antientropy.interval_ms", "antientropy.shards_per_round", "antientropy.max_keys_per_s",
     "index.persist_interval_s", "liveness.probe_interval_ms", "gossip.protocol_period_ms",
     "gossip.ping_timeout_ms", "gossip.ping_req_k", "gossip.suspicion_mult",
-    "gossip.retransmit_mult", "gossip.push_pull_interval_ms",
+    "gossip.retransmit_mult", "gossip.push_pull_interval_ms", "ring.sync_interval_ms",
+    "ring.transfer_max_keys_per_s",
 }
 
 

@@ -27,6 +27,8 @@ class Tag(enum.IntEnum):
     SEARCH = 7
     SHARD_TREE = 8
     SHARD_FETCH = 9
+    RING = 10
+    TRANSFER = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +195,45 @@ class ShardFetch:
         return cls(int(w[0]), [int(i) for i in w[1]], list(w[2]), int(w[3]))
 
 
+@dataclass(frozen=True, slots=True)
+class RingSync:
+    """Exchange ring maps (DESIGN §9): the asker's entries; the reply is the answerer's map
+    after merging them in (so one call brings both sides up to the join)."""
+
+    TAG: ClassVar[Tag] = Tag.RING
+    entries: list[list[Any]] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.entries]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> RingSync:
+        return cls(list(w[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Ask a pending owner about its shard copies for the ring change `transition` (a ring-map
+    digest). ``op`` is ``"status"`` (report progress) or ``"finish"`` (sync every pending shard
+    with every live owner once more, starting after this call; reported done under
+    ``barrier``)."""
+
+    TAG: ClassVar[Tag] = Tag.TRANSFER
+    op: str = "status"
+    transition: str = ""
+    barrier: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [self.op, self.transition, self.barrier]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Transfer:
+        return cls(str(w[0]), str(w[1]), int(w[2]))
+
+
 Message = (
     Ping | Apply | Read | Forward | ListPage | History | Search | ShardTreeQuery | ShardFetch
+    | RingSync | Transfer
 )
 
 DECODERS: dict[int, Any] = {
@@ -207,6 +246,8 @@ DECODERS: dict[int, Any] = {
     Tag.SEARCH: Search.from_wire,
     Tag.SHARD_TREE: ShardTreeQuery.from_wire,
     Tag.SHARD_FETCH: ShardFetch.from_wire,
+    Tag.RING: RingSync.from_wire,
+    Tag.TRANSFER: Transfer.from_wire,
 }
 
 

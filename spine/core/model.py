@@ -67,6 +67,11 @@ class Record:
             out["vector"] = vector_to_list(self.vector)
         return out
 
+    def size(self) -> int:
+        """Roughly the bytes this version takes on the wire: content, vector, tags, ids."""
+        return (len(self.content.encode()) + len(self.vector or b"") + len(self.id)
+                + len(self.namespace) + sum(len(t) for t in self.tags) + 32)
+
     def to_wire(self) -> list[Any]:
         """A compact msgpack-friendly list (positional, so keep the order append-only)."""
         return [
