@@ -35,7 +35,7 @@ from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.ring import Ring, shard_of
-from spine.core.ringmap import JOINING, Entry, Placement, genesis
+from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
 from spine.runtime import Runtime
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
@@ -237,6 +237,31 @@ class Node:
             return {(k,): float(v) for k, v in self.store.hint_counts().items()}
 
         m.gauge("spine_hints_pending", "hints waiting for their replica", ("target",), hints)
+        def lag() -> dict[tuple[str, ...], float]:
+            # The age of the oldest write a replica has not acknowledged (its oldest hint):
+            # how far behind that replica is, as far as this node knows.
+            now = self.rt.wall_ms()
+            out: dict[tuple[str, ...], float] = {}
+            for target in self.store.hint_counts():
+                oldest = self.store.hints_for(target, 1)
+                if oldest:
+                    out[(target,)] = max(0.0, (now - oldest[0].created_ms) / 1000)
+            return out
+
+        m.gauge("spine_replication_lag_seconds",
+                "estimated replication lag per replica: age of its oldest pending hint",
+                ("target",), lag)
+        m.gauge("spine_records_stored", "records (tombstones included) this node stores", (),
+                lambda: {(): float(self.store.count())})
+
+        def members() -> dict[tuple[str, ...], float]:
+            counts: dict[tuple[str, ...], float] = {(s,): 0.0 for s in STATES}
+            for e in self.keeper.map.entries.values():
+                counts[(e.state,)] += 1
+            return counts
+
+        m.gauge("spine_ring_members", "nodes in this node's ring map, by ring state",
+                ("state",), members)
         m.gauge("spine_peers_down", "peers this node believes down", (),
                 lambda: {(): float(len(self.liveness.down()))})
         m.gauge("spine_store_commits", "LMDB group commits since start", (),

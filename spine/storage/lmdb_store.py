@@ -270,6 +270,12 @@ class Store:
             raw = txn.get(rk)
         return None if raw is None else decode_record(raw)
 
+    def count(self) -> int:
+        """Records stored (tombstones included)."""
+        with self.env.begin(db=self.records) as txn:
+            n: int = txn.stat(self.records)["entries"]
+        return n
+
     def hint_counts(self) -> dict[str, int]:
         """Pending hints per target node."""
         counts: dict[str, int] = {}

@@ -260,11 +260,15 @@ class LocalCluster:
         sync: bool = False,
         api_key: str | None = None,
         start: bool = True,
+        spare: int = 0,
         **overrides: Any,
     ) -> None:
+        """`spare`: ports reserved for nodes `add_node` may start later (ring joins)."""
         self.root = Path(tmp_path)
         self.root.mkdir(parents=True, exist_ok=True)
         self.count = nodes
+        self.spare = spare
+        self.node_args: dict[str, list[str]] = {}  # per node: config path and extra flags
         self.sync = sync
         self.api_key = api_key  # sent on the harness's own health and metrics requests
         self.overrides = _deep_merge(
@@ -287,7 +291,7 @@ class LocalCluster:
     # ------------------------------------------------------------ lifecycle
 
     def _write_config(self) -> None:
-        self.base = free_base_port(self.count)
+        self.base = free_base_port(self.count + self.spare)
         cfg = local_cluster(self.count, self.base, str(self.data_dir), sync=self.sync)
         self.config = _deep_merge(cfg, self.overrides)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
@@ -325,9 +329,9 @@ class LocalCluster:
         with log_path.open("ab") as log:
             log.write(f"--- harness: starting {name} at {time.time():.3f}\n".encode())
             log.flush()
+            args = self.node_args.get(name, ["--config", str(self.config_path)])
             proc = subprocess.Popen(
-                [sys.executable, "-m", "spine", "serve", "--config", str(self.config_path),
-                 "--node", name],
+                [sys.executable, "-m", "spine", "serve", *args, "--node", name],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -364,6 +368,27 @@ class LocalCluster:
         self._wait_healthy(name)
         if wait_peers:
             self.wait_peers_alive()
+
+    def add_node(self, *, wait: bool = True) -> str:
+        """Start one more node (on a spare port) with `serve --join`: it fetches the ring from
+        the configured nodes and joins as `joining`. Its own config lists the first nodes and
+        itself; theirs is unchanged (they learn of it from its ring map). Its name."""
+        assert len(self.names) < self.count + self.spare, "no spare port left"
+        i = len(self.names)
+        name = f"n{i + 1}"
+        cfg = _deep_merge(self.config, {})
+        cfg["nodes"] = [*self.config["nodes"], {
+            "id": name, "host": HOST, "port": self.base + i,
+            "rpc_port": self.base + RPC_OFFSET + i, "gossip_port": self.base + GOSSIP_OFFSET + i,
+        }]
+        path = self.root / f"cluster-{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.names.append(name)
+        self.node_args[name] = ["--config", str(path), "--join"]
+        self._spawn(name)
+        if wait:
+            self._wait_healthy(name)
+        return name
 
     def _signal(self, name: str, sig: signal.Signals) -> subprocess.Popen[bytes]:
         proc = self.procs[name]
@@ -435,7 +460,7 @@ class LocalCluster:
             busy: list[int] = []
 
             def ports_free() -> bool:
-                busy[:] = [p for p, k in _families(self.base, self.count)
+                busy[:] = [p for p, k in _families(self.base, self.count + self.spare)
                            if not _bindable(p, k, reuse=True)]
                 return not busy
 

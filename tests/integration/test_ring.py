@@ -1,0 +1,212 @@
+"""Ring changes on real processes (DESIGN §9): join, decommission and remove under load.
+
+Each test writes through every node while the ring changes, keeps what was acknowledged, and
+afterwards reads every acknowledged key back at `strong` level. The share of replica copies that
+moved is measured from the nodes' own counters and compared with the ideal: adding a 4th node to
+3 with N=3 moves 1/4 of the copies, and taking it out again moves the same amount back.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spine.client import Client, SpineHTTPError
+
+from .cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+NS = "ring"
+DROP_GRACE_S = 2
+SETTLE_TIMEOUT = 90.0
+
+
+class Writer:
+    """Session-level puts of fresh keys through every node in turn, on a thread, until
+    stopped; remembers each acknowledged key and its content."""
+
+    def __init__(self, cluster: LocalCluster, prefix: str) -> None:
+        self.client = Client([cluster.url(n) for n in cluster.names], timeout=10.0)
+        self.prefix = prefix
+        self.acked: dict[str, str] = {}
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the writer thread did not stop"
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            items = [{"id": f"{self.prefix}-{i + j}", "content": f"{self.prefix} {i + j}"}
+                     for j in range(10)]
+            i += 10
+            try:
+                reply = self.client.batch(NS, items)
+            except (SpineHTTPError, OSError):
+                self.failed += len(items)
+                continue
+            for item, res in zip(items, reply["results"], strict=True):
+                if res.get("status") in (200, 201):
+                    self.acked[item["id"]] = item["content"]
+                else:
+                    self.failed += 1
+
+
+def preload(cluster: LocalCluster, count: int) -> dict[str, str]:
+    client = cluster.client()
+    out: dict[str, str] = {}
+    for start in range(0, count, 500):
+        items = [{"id": f"pre-{i}", "content": f"preloaded {i}"}
+                 for i in range(start, min(count, start + 500))]
+        reply = client.batch(NS, items)
+        for item, res in zip(items, reply["results"], strict=True):
+            assert res["status"] in (200, 201), res
+            out[item["id"]] = item["content"]
+    return out
+
+
+def wait_settled(cluster: LocalCluster, nodes: list[str], expect: dict[str, str]) -> None:
+    """Until every node in `nodes` has the same ring map, no change is under way, and the
+    members' states are `expect`."""
+    seen: dict[str, Any] = {}
+
+    def settled() -> bool:
+        views = {n: cluster.http(n, "GET", "/v1/cluster/shards").json()["ring"] for n in nodes}
+        seen.update(views)
+        digests = {v["digest"] for v in views.values()}
+        if len(digests) != 1 or any(v["changing"] for v in views.values()):
+            return False
+        members = {m["id"]: m["state"] for m in cluster.cluster_view(nodes[0])["members"]}
+        seen["members"] = members
+        return all(members.get(k) == v for k, v in expect.items())
+
+    cluster.wait_until(settled, SETTLE_TIMEOUT, 0.25, lambda: f"the ring to settle: {seen}")
+
+
+def check_all_readable(cluster: LocalCluster, acked: dict[str, str], via: list[str]) -> None:
+    client = Client([cluster.url(n) for n in via], consistency="strong", timeout=10.0)
+    missing: list[str] = []
+    wrong: list[str] = []
+    for mid, content in acked.items():
+        try:
+            rec = client.get(NS, mid)
+        except SpineHTTPError as e:
+            if e.status == 404:
+                missing.append(mid)
+                continue
+            raise
+        if rec["content"] != content:
+            wrong.append(mid)
+    assert not missing and not wrong, (
+        f"{len(missing)} acknowledged keys missing (e.g. {missing[:5]}),"
+        f" {len(wrong)} with other content (e.g. {wrong[:5]}) of {len(acked)}")
+
+
+def stored(cluster: LocalCluster, name: str) -> float:
+    return cluster.metric(name, "spine_records_stored")
+
+
+def moved_ratio(moved: float, total_copies: float) -> float:
+    """Moved copies as a multiple of the ideal 1/4 of all copies."""
+    return (moved / total_copies) / 0.25
+
+
+def test_join_then_decommission_under_session_writes(tmp_path: Path) -> None:
+    overrides = {"ring": {"drop_grace_s": DROP_GRACE_S, "sync_interval_ms": 300}}
+    with LocalCluster(tmp_path, 3, spare=1, **overrides) as c:
+        acked = preload(c, 1500)
+        with Writer(c, "join") as w:
+            c.wait_until(lambda: len(w.acked) >= 100, 30, 0.1, "writes before the join")
+            n4 = c.add_node()
+            wait_settled(c, c.names, {"n1": "active", "n2": "active", "n3": "active",
+                                      n4: "active"})
+            c.wait_until(lambda: len(w.acked) >= 300 + 100, 60, 0.1, "writes after the join")
+        acked.update(w.acked)
+        assert len(w.acked) >= 300
+
+        # The old owners drop what moved once the grace has passed: then every copy is where
+        # the 4-node ring puts it, and n4 holds what moved to it.
+        def dropped_everywhere() -> bool:
+            return sum(stored(c, n) for n in c.names) <= 3 * len(acked)
+
+        c.wait_until(dropped_everywhere, 30, 0.25,
+                     lambda: f"drops: {[stored(c, n) for n in c.names]} vs {3 * len(acked)}")
+        total = 3 * len(acked)
+        ratio = moved_ratio(stored(c, n4), total)
+        assert 0.8 <= ratio <= 1.3, f"n4 holds {stored(c, n4)} of {total} copies: {ratio:.2f}×"
+        dropped = sum(c.metric(n, "spine_transfer_dropped_records_total") for n in c.names[:3])
+        assert 0.8 <= moved_ratio(dropped, total) <= 1.3, dropped
+        check_all_readable(c, acked, c.names)
+
+        # And back to three, under writes again. What moves is what n4 holds now; writes made
+        # while it leaves go to the new owners directly (as pending owners) and do not count.
+        before = 3 * len(acked)
+        with Writer(c, "leave") as w2:
+            c.wait_until(lambda: len(w2.acked) >= 100, 30, 0.1, "writes before decommission")
+            r = c.http("n2", "POST", f"/v1/cluster/nodes/{n4}/decommission")
+            assert r.status == 202, r.body
+            assert r.json()["state"] == "leaving"
+            wait_settled(c, c.names, {"n1": "active", "n2": "active", "n3": "active",
+                                      n4: "left"})
+            c.wait_until(lambda: len(w2.acked) >= 300, 60, 0.1, "writes after decommission")
+        acked.update(w2.acked)
+        c.wait_until(lambda: stored(c, n4) == 0, 30, 0.25, "n4 to drop everything")
+        pulled = sum(c.metric(n, "spine_transfer_records_total") for n in c.names[:3])
+        assert 0.8 <= moved_ratio(pulled, before) <= 1.3, (pulled, before)
+        for n in c.names[:3]:
+            assert stored(c, n) >= len(acked)  # N=3 on 3 nodes: each holds every key
+        check_all_readable(c, acked, c.names[:3])
+
+
+def test_remove_a_dead_node_re_replicates_its_shards(tmp_path: Path) -> None:
+    overrides = {"ring": {"drop_grace_s": DROP_GRACE_S, "sync_interval_ms": 300}}
+    with LocalCluster(tmp_path, 4, **overrides) as c:
+        acked = preload(c, 1200)
+        c.kill("n4")
+        live = ["n1", "n2", "n3"]
+        c.wait_until(lambda: not c.cluster_view("n1")["members"][3]["alive"], 30, 0.1,
+                     "n1 to see n4 down")
+        with Writer(c, "rm") as w:
+            r = c.http("n1", "POST", "/v1/cluster/nodes/n4/remove")
+            assert r.status == 202, r.body
+            wait_settled(c, live, {"n1": "active", "n2": "active", "n3": "active",
+                                   "n4": "left"})
+            c.wait_until(lambda: len(w.acked) >= 200, 60, 0.1, "writes during the removal")
+        acked.update(w.acked)
+        # Every surviving node is now a replica of every shard (N=3 on 3 nodes) and holds it.
+        for n in live:
+            c.wait_until(lambda n=n: stored(c, n) >= len(acked), 30, 0.25,
+                         f"{n} to hold every key")
+        check_all_readable(c, acked, live)
+
+
+def test_ring_change_requests_are_checked(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, 3) as c:
+        r = c.http("n1", "POST", "/v1/cluster/nodes/n3/decommission")
+        assert r.status == 409 and r.error()["field"] == "node", r.body  # 2 nodes for N=3
+        r = c.http("n1", "POST", "/v1/cluster/nodes/n2/remove")
+        assert r.status == 409 and "alive" in r.error()["message"], r.body
+        r = c.http("n1", "POST", "/v1/cluster/nodes/n9/decommission")
+        assert r.status == 404 and r.error()["field"] == "node", r.body
+        r = c.http("n1", "POST", "/v1/cluster/nodes/n2/explode")
+        assert r.status == 400 and r.error()["field"] == "action", r.body
+        r = c.http("n1", "POST", "/v1/cluster/nodes/n2/join")
+        assert r.status == 400 and r.error()["field"] == "node", r.body
+        view = c.http("n1", "GET", "/v1/cluster/shards").json()
+        assert not view["ring"]["changing"]
+        assert all(s["pending"] == [] for s in view["shards"])
