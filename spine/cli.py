@@ -145,16 +145,64 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _member_urls(view: dict[str, Any], fallback: str) -> dict[str, str]:
+    """node → HTTP URL of every member in a /v1/cluster view that has an address."""
+    out = {m["id"]: f"http://{m['address']}" for m in view["members"]
+           if m.get("address") and m["state"] != "left"}
+    return out or {view["node"]: fallback}
+
+
+def _get(args: argparse.Namespace, url: str, path: str, timeout: float = 3.0) -> Any:
+    """GET one node's JSON resource."""
+    from spine.client import Client
+
+    c = Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=timeout)
+    return c.request("GET", path)
+
+
+def _records(args: argparse.Namespace, url: str) -> float | None:
+    """The records a node stores, from its /metrics."""
+    from spine.client import Client
+
+    c = Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0)
+    for line in c.text("/metrics").splitlines():
+        if line.startswith("spine_records_stored "):
+            return float(line.split()[1])
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from spine.admin import format_status
+
     c = _client(args)
     view = c.request("GET", "/v1/cluster")
-    print(f"cluster {view.get('cluster')}  seen from {view['node']}")
-    print(f"{'state':<10}{'id':<10}{'address':<24}{'zone':<10}{'gossip':<10}alive")
-    for m in view["members"]:
-        print(f"{m['state']:<10}{m['id']:<10}{m['address'] or '-':<24}"
-              f"{m.get('zone') or '-':<10}{m.get('gossip') or '-':<10}"
-              f"{'up' if m.get('alive', True) else 'DOWN'}")
+    shards = c.request("GET", "/v1/cluster/shards")
+    records: dict[str, float | None] = {}
+    for node, url in _member_urls(view, args.url.split(",")[0]).items():
+        try:
+            records[node] = _records(args, url)
+        except Exception:
+            records[node] = None
+    print(format_status(view, shards, records))
     return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from spine.admin import watch
+
+    c = _client(args)
+    out = c.request("POST", f"/v1/cluster/nodes/{args.node}/{args.action}")
+    print(json.dumps(out), file=sys.stderr)
+    if args.no_wait:
+        return 0
+    base = args.url.split(",")[0]
+
+    def urls() -> dict[str, str]:
+        return _member_urls(c.request("GET", "/v1/cluster"), base)
+
+    ok = watch(lambda url, path: _get(args, url, path), urls, args.node, args.action,
+               timeout=args.timeout)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="print the cluster as this node sees it")
     client_args(st)
     st.set_defaults(fn=cmd_status)
+    ad = sub.add_parser("admin", help="change the ring: join, decommission or remove a node,"
+                                      " and follow the transfers to the end")
+    ad.add_argument("action", choices=["join", "decommission", "remove"])
+    ad.add_argument("node", help="the node id (for join: --url must be that node's own)")
+    ad.add_argument("--no-wait", action="store_true", help="return once the change is asked")
+    ad.add_argument("--timeout", type=float, default=3600.0,
+                    help="seconds to follow the change before giving up (default 3600)")
+    client_args(ad)
+    ad.set_defaults(fn=cmd_admin)
 
     args = p.parse_args(argv)
     from spine.client import SpineHTTPError

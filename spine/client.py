@@ -87,6 +87,17 @@ class Client:
                 parsed = raw.decode(errors="replace")
             raise SpineHTTPError(e.code, parsed) from None
 
+    def text(self, path: str) -> str:
+        """GET a plain-text resource (e.g. /metrics); SpineHTTPError on non-2xx."""
+        req = urllib.request.Request(next(self._next) + path, method="GET",
+                                     headers=_headers(self.api_key, None, None))
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                body: str = resp.read().decode()
+                return body
+        except urllib.error.HTTPError as e:
+            raise SpineHTTPError(e.code, e.read().decode(errors="replace")) from None
+
     def _absorb(self, headers: Any) -> None:
         token = headers.get("Spine-Session")
         if token:

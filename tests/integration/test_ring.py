@@ -8,6 +8,8 @@ moved is measured from the nodes' own counters and compared with the ideal: addi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,14 @@ def check_all_readable(cluster: LocalCluster, acked: dict[str, str], via: list[s
         f" {len(wrong)} with other content (e.g. {wrong[:5]}) of {len(acked)}")
 
 
+def spine_cli(cluster: LocalCluster, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run the `spine` CLI against n1."""
+    return subprocess.run(
+        [sys.executable, "-m", "spine", *argv, "--url", cluster.url("n1")],
+        capture_output=True, text=True, timeout=SETTLE_TIMEOUT + 30, check=False,
+    )
+
+
 def stored(cluster: LocalCluster, name: str) -> float:
     return cluster.metric(name, "spine_records_stored")
 
@@ -152,15 +162,23 @@ def test_join_then_decommission_under_session_writes(tmp_path: Path) -> None:
         dropped = sum(c.metric(n, "spine_transfer_dropped_records_total") for n in c.names[:3])
         assert 0.8 <= moved_ratio(dropped, total) <= 1.3, dropped
         check_all_readable(c, acked, c.names)
+        status = spine_cli(c, "status")
+        assert status.returncode == 0, status.stderr
+        rows = [ln.split() for ln in status.stdout.splitlines() if ln[:2] in ("UN", "DN")]
+        assert [r[1] for r in rows] == ["n1", "n2", "n3", n4], status.stdout
+        owns = [float(r[4].rstrip("%")) for r in rows]  # N=3 over 4 nodes: 75% each, roughly
+        assert sum(owns) == pytest.approx(300.0, abs=0.5) and all(55 <= o <= 95 for o in owns), owns
 
         # And back to three, under writes again. What moves is what n4 holds now; writes made
         # while it leaves go to the new owners directly (as pending owners) and do not count.
         before = 3 * len(acked)
         with Writer(c, "leave") as w2:
             c.wait_until(lambda: len(w2.acked) >= 100, 30, 0.1, "writes before decommission")
-            r = c.http("n2", "POST", f"/v1/cluster/nodes/{n4}/decommission")
-            assert r.status == 202, r.body
-            assert r.json()["state"] == "leaving"
+            # The operator's way: `spine admin` asks, then follows the transfers to the end.
+            done = spine_cli(c, "admin", "decommission", n4, "--timeout", str(SETTLE_TIMEOUT))
+            assert done.returncode == 0, done.stderr
+            assert '"state": "leaving"' in done.stderr and f"{n4} is left" in done.stderr
+            assert "shards" in done.stderr  # the progress bar
             wait_settled(c, c.names, {"n1": "active", "n2": "active", "n3": "active",
                                       n4: "left"})
             c.wait_until(lambda: len(w2.acked) >= 300, 60, 0.1, "writes after decommission")
