@@ -172,7 +172,8 @@ class Node:
             self.store, self.replicator, self.liveness, self.metrics,
             interval=cfg.handoff.replay_interval_ms / 1000,
             window_ms=cfg.handoff.window_s * 1000, batch=cfg.handoff.batch,
-            wall_ms=self.rt.wall_ms, sleep=self.rt.sleep,
+            wall_ms=self.rt.wall_ms, sleep=self.rt.sleep, node_id=node_id,
+            placement=self.placement,
         )
         self.search = SearchService(
             self.indexer, self.fanout, self.coordinator, self.embed.embed,
@@ -251,6 +252,8 @@ class Node:
         m.gauge("spine_replication_lag_seconds",
                 "estimated replication lag per replica: age of its oldest pending hint",
                 ("target",), lag)
+        m.gauge("spine_index_lag_changes", "committed changes the vector index has not applied",
+                (), lambda: {(): float(max(0, self.store.seq - self.indexer.indexed_seq))})
         m.gauge("spine_records_stored", "records (tombstones included) this node stores", (),
                 lambda: {(): float(self.store.count())})
 

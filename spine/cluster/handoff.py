@@ -2,6 +2,10 @@
 
 Hints live in LMDB, so they survive a restart of the node that keeps them. A hint older than
 `handoff.window` is dropped (anti-entropy repairs what it would have delivered).
+
+Hints for a node that has left the ring (decommissioned or removed) are not kept for it: each
+goes to the current owners (and pending owners) of its record's shard instead, so a write that
+was acknowledged on the strength of a hint (eventual level) is not lost with the node.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.core.errors import PeerUnavailable
 from spine.core.metrics import SpineMetrics
+from spine.core.model import Record
+from spine.core.ringmap import LEFT, Placement
 from spine.storage.lmdb_store import Store
 
 log = structlog.get_logger("spine.handoff")
@@ -36,6 +42,8 @@ class Handoff:
         batch: int,
         wall_ms: Callable[[], int],
         sleep: Callable[[float], Awaitable[None]],
+        node_id: str = "",
+        placement: Callable[[], Placement] | None = None,
     ) -> None:
         self.store = store
         self.rep = replicator
@@ -46,6 +54,8 @@ class Handoff:
         self.batch = batch
         self.wall_ms = wall_ms
         self.sleep = sleep
+        self.node_id = node_id
+        self.placement = placement
         self.enabled = True
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -81,7 +91,8 @@ class Handoff:
         """Deliver what can be delivered now; the number of hints delivered."""
         delivered = 0
         for target in self.store.hint_counts():
-            if not self.liveness.is_alive(target):
+            gone = self._gone(target)
+            if not gone and not self.liveness.is_alive(target):
                 continue
             while True:
                 hints = self.store.hints_for(target, self.batch)
@@ -92,7 +103,10 @@ class Handoff:
                 live = [h for h in hints if h.created_ms >= cutoff]
                 if live:
                     try:
-                        await self.rep.send(target, [h.record for h in live])
+                        if gone:
+                            await self._reroute([h.record for h in live])
+                        else:
+                            await self.rep.send(target, [h.record for h in live])
                     except PeerUnavailable:
                         break
                 await self.store.delete_hints(expired + [h.key for h in live])
@@ -104,3 +118,22 @@ class Handoff:
                 if len(hints) < self.batch:
                     break
         return delivered
+
+    def _gone(self, target: str) -> bool:
+        """Whether `target` has left the ring (its hints go to the records' owners instead)."""
+        if self.placement is None:
+            return False
+        return self.placement().map.state(target) == LEFT
+
+    async def _reroute(self, records: list[Record]) -> None:
+        assert self.placement is not None
+        p = self.placement()
+        by_node: dict[str, list[Record]] = {}
+        for r in records:
+            for node in p.write_set(p.shard(r.namespace, r.id))[0]:
+                by_node.setdefault(node, []).append(r)
+        for node, recs in by_node.items():
+            if node == self.node_id:
+                await self.rep.apply_local(recs)
+            else:
+                await self.rep.send(node, recs)
