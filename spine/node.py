@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
-from spine.runtime import Runtime
+from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Applied, Store
@@ -191,6 +192,7 @@ class Node:
         )
         self.auth = Authenticator(cfg.auth.keys)
         self._runner: web.AppRunner | None = None
+        self._clock_task: asyncio.Task[None] | None = None
         self._register_gauges()
 
     # ------------------------------------------------------------ wiring helpers
@@ -373,6 +375,10 @@ class Node:
         await self.keeper.start(peers)
         self.rebalancer.start()
         self.handoff.start()
+        clock_file = os.environ.get(CLOCK_FILE_ENV)
+        if clock_file:
+            self._clock_task = asyncio.create_task(follow_clock_file(self.rt, clock_file))
+            log.warning("test_clock_control", file=clock_file)
         self._runner = web.AppRunner(
             build_app(self._services), access_log=None, handle_signals=False
         )
@@ -398,6 +404,8 @@ class Node:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         await self.rebalancer.stop()
         await self.keeper.stop()
         await self.handoff.stop()

@@ -39,3 +39,19 @@ class Runtime:
     def token_bytes(self, n: int) -> bytes:
         """Cryptographically random bytes (nonces)."""
         return os.urandom(n)
+
+
+CLOCK_FILE_ENV = "SPINE_TEST_CLOCK_FILE"
+
+
+async def follow_clock_file(rt: Runtime, path: str, interval: float = 0.05) -> None:
+    """Test-only clock control (the fault harness's clock-skew nemesis): keep
+    `rt.wall_offset_ms` equal to the integer in `path` (milliseconds, may be negative), read
+    every `interval`; a missing or malformed file means no skew. Monotonic time is not touched."""
+    while True:
+        try:
+            with open(path) as f:
+                rt.wall_offset_ms = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            rt.wall_offset_ms = 0
+        await asyncio.sleep(interval)
