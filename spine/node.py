@@ -131,7 +131,8 @@ class Node:
                 a[1] for a in (me.rpc_address, me.gossip_address)]),
             shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
             interval=cfg.ring.sync_interval_ms / 1000, rpc_timeout=t.rpc_ms / 1000,
-            now_version=self.hlc.now, sleep=self.rt.sleep, join=join,
+            now_version=self.hlc.now, sleep=self.rt.sleep, monotonic=self.rt.monotonic,
+            trailing_window=cfg.ring.drop_grace_s / 2, join=join,
         )
         self.keeper.on_change.append(self._placement_changed)
         self._placement_changed(self.keeper.placement)
@@ -156,6 +157,7 @@ class Node:
             drop_grace=cfg.ring.drop_grace_s, settle_delay=(t.write_ms + t.rpc_ms) / 1000,
             min_synced=cfg.replication.n - quorum.w + 1, rpc_timeout=t.rpc_ms / 1000,
             monotonic=self.rt.monotonic, sleep=self.rt.sleep,
+            indexed_seq=lambda: self.indexer.indexed_seq,
         )
         self.coordinator = Coordinator(
             node_id, self.placement, self.store, self.replicator, self.rpc, self.liveness,

@@ -80,7 +80,10 @@ class Rebalancer:
         monotonic: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         interval: float = 0.5,
+        indexed_seq: Callable[[], int] | None = None,
     ) -> None:
+        """`indexed_seq()`: the last commit the vector index has applied; a pending owner reports
+        its copies done only once the index holds them, so search finds them when it owns them."""
         self.node_id = node_id
         self.keeper = keeper
         self.ae = antientropy
@@ -95,6 +98,7 @@ class Rebalancer:
         self.monotonic = monotonic
         self.sleep = sleep
         self.interval = interval
+        self.indexed_seq = indexed_seq
         self._bucket = TokenBucket(max_keys_per_s, max_keys_per_s, monotonic())
         # Pending-owner side.
         self._transition = ""
@@ -236,6 +240,9 @@ class Rebalancer:
                 log.info("transfer_finish_waiting", shard=c.shard, synced=synced,
                          needed=self.min_synced)
                 return
+        synced_seq = self.store.seq
+        while self.indexed_seq is not None and self.indexed_seq() < synced_seq:
+            await self.sleep(0.1)
         self._done = barrier
         log.info("transfers_finished", barrier=barrier, shards=len(self._copies))
 

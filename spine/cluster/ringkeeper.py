@@ -26,6 +26,7 @@ from spine.cluster.liveness import Liveness
 from spine.cluster.rpc import Handler, RpcClient
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.messages import RingSync, Tag
+from spine.core.ring import Ring
 from spine.core.ringmap import JOINING, LEFT, Entry, Placement, RingMap
 from spine.storage.lmdb_store import Store
 
@@ -53,8 +54,12 @@ class RingKeeper:
         rpc_timeout: float,
         now_version: Callable[[], int],
         sleep: Callable[[float], Awaitable[None]],
+        monotonic: Callable[[], float],
+        trailing_window: float,
         join: bool = False,
     ) -> None:
+        """`trailing_window`: how long after a settle writes still go to the previous owners
+        (nodes that have not heard of the settle yet read from them)."""
         self.node_id = node_id
         self.store = store
         self.rpc = rpc
@@ -64,6 +69,10 @@ class RingKeeper:
         self.rpc_timeout = rpc_timeout
         self.now_version = now_version
         self.sleep = sleep
+        self.monotonic = monotonic
+        self.trailing_window = trailing_window
+        self._trailing: Ring | None = None
+        self._trailing_until = 0.0
         self.join = join
         self._me = me
         self._genesis = genesis
@@ -88,7 +97,8 @@ class RingKeeper:
 
     def _place(self, m: RingMap) -> Placement:
         shards, vnodes, n = self.shape
-        return Placement(m, shards=shards, vnodes=vnodes, n=n)
+        trailing = self._trailing if self.monotonic() < self._trailing_until else None
+        return Placement(m, shards=shards, vnodes=vnodes, n=n, trailing=trailing)
 
     def state(self, node: str | None = None) -> str | None:
         """A node's ring state (this node's by default); None when not in the map."""
@@ -112,6 +122,9 @@ class RingKeeper:
                 return False
             await self.store.meta_put(META_KEY, orjson.dumps(merged.to_wire()))
             before = self.map
+            if before.changing and not merged.changing:  # a settle: the old owners trail
+                self._trailing = self.placement.current
+                self._trailing_until = self.monotonic() + self.trailing_window
             self.map = merged
             self.placement = self._place(merged)
         for e in entries:
@@ -200,6 +213,11 @@ class RingKeeper:
     async def _loop(self) -> None:
         while True:
             await self.sleep(self.interval)
+            if self._trailing is not None and self.monotonic() >= self._trailing_until:
+                self._trailing = None
+                self.placement = self._place(self.map)
+                for fn in self.on_change:
+                    fn(self.placement)
             live = self.live_peers()
             if live:
                 try:

@@ -173,9 +173,14 @@ class Placement:
     """The current and next rings of a ring map, and the moves between them."""
 
     def __init__(
-        self, ringmap: RingMap, *, shards: int, vnodes: int, n: int, h: Hash64 = hash64
+        self, ringmap: RingMap, *, shards: int, vnodes: int, n: int, h: Hash64 = hash64,
+        trailing: Ring | None = None,
     ) -> None:
+        """`trailing`: the current ring before the change that just settled. For a while after
+        a settle some nodes may still read with the old owners, so writes keep going to them
+        too (see `write_set`)."""
         self.map = ringmap
+        self.trailing = trailing
         self.shards = shards
         self.current = Ring(ringmap.members(_CURRENT), shards=shards, vnodes=vnodes, n=n, h=h)
         if ringmap.changing:
@@ -185,6 +190,12 @@ class Placement:
         self._pending: list[tuple[str, ...]] = [
             tuple(x for x in self.next.preference_list(s)
                   if x not in self.current.preference_list(s))
+            for s in range(shards)
+        ]
+        self._trailing: list[tuple[str, ...]] = [
+            tuple(x for x in trailing.preference_list(s)
+                  if x not in self.current.preference_list(s) and x not in self._pending[s])
+            if trailing is not None else ()
             for s in range(shards)
         ]
 
@@ -200,9 +211,15 @@ class Placement:
         return self._pending[shard]
 
     def write_set(self, shard: int) -> tuple[tuple[str, ...], int]:
-        """(nodes a write goes to, acknowledgements needed beyond the level's W)."""
-        pend = self._pending[shard]
-        return self.owners(shard) + pend, len(pend)
+        """(nodes a write goes to, acknowledgements needed beyond the level's W): the owners,
+        the pending owners and, just after a settle, the trailing (previous) owners — one more
+        acknowledgement each, so that a quorum of either the old or the new owners holds it."""
+        more = self._pending[shard] + self._trailing[shard]
+        return self.owners(shard) + more, len(more)
+
+    def trailing_owners(self, shard: int) -> tuple[str, ...]:
+        """Previous owners of `shard` that still take writes after the last settle."""
+        return self._trailing[shard]
 
     def future_owners(self, shard: int) -> tuple[str, ...]:
         """The preference list once the change settles."""
