@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +113,11 @@ class AntiEntropy:
         self._bucket = TokenBucket(max_keys_per_s, max_keys_per_s, monotonic())
         self.trees = HashTrees(store, fanout, depth)
         self._stopping = False
-        self._cursor = 0
+        # Each replica starts its sweep at its own place and jitters its interval, so that the
+        # replicas of a shard do not all compare the same shards in the same round (measured:
+        # in lock step, two replicas repaired the same keys and the third found nothing left).
+        self._rng = random.Random(f"{node_id}/{monotonic()}")
+        self._cursor = self._rng.randrange(1 << 16)
         self._build: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         r = metrics.registry
@@ -186,7 +191,7 @@ class AntiEntropy:
             log.exception("antientropy_build_failed")
             return
         while self.enabled:
-            await self.sleep(self.interval)
+            await self.sleep(self.interval * self._rng.uniform(0.75, 1.25))
             try:
                 await self.run_round()
             except Exception:
