@@ -18,12 +18,13 @@ from typing import Any
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import RpcClient
-from spine.core.clock import HLC, Version, vv_increment, vv_merge
+from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms, vv_increment, vv_merge
 from spine.core.consistency import Level, Policy
 from spine.core.errors import (
     PeerUnavailable,
     QuorumUnavailable,
     SessionUnavailable,
+    Timeout,
 )
 from spine.core.messages import Forward, History
 from spine.core.metrics import SpineMetrics
@@ -41,6 +42,7 @@ from spine.core.session import SessionToken
 from spine.core.validation import normalise
 from spine.storage.lmdb_store import Store
 
+EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 
@@ -254,8 +256,11 @@ class Coordinator:
         agent: str | None,
         *,
         forwarded: bool = False,
+        deadline: int | None = None,
     ) -> list[ItemResult]:
-        """Upsert or delete keys; one result per op, in order."""
+        """Upsert or delete keys; one result per op, in order. `deadline` (an HLC value, set on
+        forwarded writes): no new version is minted after it — the forwarding node has given up
+        by then and may have written the key itself."""
         results: dict[int, ItemResult] = {}
         groups: dict[str, list[int]] = {}
         local: list[int] = []
@@ -277,7 +282,7 @@ class Coordinator:
         if local:
             local.sort()
             got = await self._write_local(namespace, [ops[i] for i in local], requested, token,
-                                          agent)
+                                          agent, deadline)
             results.update(zip(local, got, strict=True))
         return [results[i] for i in range(len(ops))]
 
@@ -292,8 +297,13 @@ class Coordinator:
     ) -> list[ItemResult] | None:
         body = [[op.id, None if op.body is None else body_to_wire(op.body)] for op in ops]
         tok = token or SessionToken(self.session_max_keys)
+        # The target must mint its versions well before we give up on it (our call's timeout is
+        # read + write timeouts): a request delivered late, after a partition heals, must not
+        # create a version newer than writes acknowledged since.
+        budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
+        deadline = hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
         msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
-                      token.encode() if token else None, agent)
+                      token.encode() if token else None, agent, deadline)
         reply = await self._forward([target], msg, tok)
         if reply is None:
             return None
@@ -308,6 +318,7 @@ class Coordinator:
         requested: Level | None,
         token: SessionToken | None,
         agent: str | None,
+        deadline: int | None = None,
     ) -> list[ItemResult]:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
         if token is not None:
@@ -332,7 +343,12 @@ class Coordinator:
         for level, idxs in by_level.items():
             if level is Level.STRONG:
                 for i in idxs:
-                    out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent)
+                    out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent,
+                                                      deadline)
+                continue
+            if self._expired(deadline):
+                for i in idxs:
+                    out[i] = ItemResult(ops[i].id, error=EXPIRED)
                 continue
             records = [
                 self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None)
@@ -392,6 +408,7 @@ class Coordinator:
         vector: bytes | None,
         token: SessionToken | None,
         agent: str | None,
+        deadline: int | None = None,
     ) -> ItemResult:
         prefs = self.prefs(namespace, op.id)
         q = self.policy.quorum(Level.STRONG)
@@ -406,6 +423,8 @@ class Coordinator:
                 reached=len(answers), needed=q.r,
             ))
         newest = resolve(answers).newest
+        if self._expired(deadline):
+            return ItemResult(op.id, error=EXPIRED)
         seen_clock: dict[str, int] = {}
         for rec in answers.values():
             if rec is not None:
@@ -426,6 +445,12 @@ class Coordinator:
             token.observe(f"{namespace}/{op.id}", rec.version)
         created = op.body is not None and (newest is None or newest.deleted)
         return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
+
+    def _expired(self, deadline: int | None) -> bool:
+        if deadline is None or hlc_ms(self.hlc.now()) <= hlc_ms(deadline):
+            return False
+        self.metrics.forwards_expired.inc()
+        return True
 
     def _new_record(
         self,

@@ -66,11 +66,15 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(size)
 
 
-async def request(address: str, payload: bytes, want_reply: bool) -> bytes | None:
-    """Send one frame to `address` over a fresh connection and, if asked, read the one reply
-    frame. The caller bounds the time (TRANSPORT_ERRORS on failure)."""
+async def request(
+    address: str, payload: bytes, want_reply: bool, local_host: str | None = None
+) -> bytes | None:
+    """Send one frame to `address` over a fresh connection (from `local_host`, the node's own
+    address, so that address-based firewall rules see the node) and, if asked, read the one
+    reply frame. The caller bounds the time (TRANSPORT_ERRORS on failure)."""
     host, port = split_address(address)
-    reader, writer = await asyncio.open_connection(host, port)
+    local = (local_host, 0) if local_host and local_host != "0.0.0.0" else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     try:
         writer.write(frame(payload))
         await writer.drain()

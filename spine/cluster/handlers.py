@@ -67,7 +67,8 @@ def build_handlers(
         elif msg.op == "write":
             ops = [WriteOp(i, None if b is None else body_from_wire(b)) for i, b in msg.body]
             items = await coordinator.write(
-                msg.namespace, ops, level, token, msg.agent, forwarded=True
+                msg.namespace, ops, level, token, msg.agent, forwarded=True,
+                deadline=msg.deadline,
             )
             out["results"] = [item_to_wire(x) for x in items]
         else:

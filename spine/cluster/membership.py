@@ -380,8 +380,8 @@ class Gossip:
     async def _push_pull(self, address: str, msg: PushPull) -> None:
         self._pulling.add(address)
         try:
-            data = await asyncio.wait_for(request(address, encode(msg), not msg.is_reply),
-                                          self.io_timeout)
+            data = await asyncio.wait_for(
+                request(address, encode(msg), not msg.is_reply, self.host), self.io_timeout)
             reply = None if data is None else decode(data)
         except TRANSPORT_ERRORS as e:
             log.debug("push_pull_failed", peer=address, error=repr(e))

@@ -321,7 +321,14 @@ class Rebalancer:
                      members=self.keeper.placement.members())
 
     async def _all_agree(self, digest: str) -> bool:
-        for peer in self.keeper.live_peers():
+        """Every member holds the map `digest` — every member, not only those the failure
+        detector thinks alive: one cut off for the whole change would come back with the old map
+        and take writes for shards it no longer owns. Only a leaving node that is down (being
+        removed) is excused."""
+        m = self.keeper.map
+        for peer in self.keeper.peers():
+            if m.state(peer) == LEAVING and not self.liveness.is_alive(peer):
+                continue
             theirs = await self.keeper.sync_with(peer)
             if theirs is None or theirs.digest() != digest or self.keeper.map.digest() != digest:
                 return False

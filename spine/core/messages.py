@@ -88,13 +88,15 @@ class Forward:
     level: int | None = None
     token: str | None = None
     agent: str | None = None
+    deadline: int | None = None  # an HLC value: mint no version after it (a late delivery)
 
     def to_wire(self) -> list[Any]:
-        return [self.op, self.namespace, self.id, self.body, self.level, self.token, self.agent]
+        return [self.op, self.namespace, self.id, self.body, self.level, self.token, self.agent,
+                self.deadline]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Forward:
-        return cls(*w[:7])
+        return cls(*w[:8])
 
 
 @dataclass(frozen=True, slots=True)

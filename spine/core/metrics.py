@@ -193,6 +193,9 @@ class SpineMetrics:
             "spine_hints_expired_total", "hints dropped after handoff.window")
         self.forwards = r.counter(
             "spine_forwards_total", "requests forwarded to a replica coordinator")
+        self.forwards_expired = r.counter(
+            "spine_forwards_expired_total",
+            "forwarded writes refused because they arrived after their deadline")
         self.session_waits = r.counter(
             "spine_session_escalations_total", "session reads that had to ask more replicas")
         self.rpc_errors = r.counter("spine_rpc_errors_total", "failed internal calls", ("peer",))

@@ -56,8 +56,14 @@ class Entry:
             raise ValueError(f"unknown ring state {self.state!r}")
 
     def newer_than(self, other: Entry) -> bool:
-        """Whether this entry wins a merge against `other` (same node)."""
-        return (self.version, _RANK[self.state]) > (other.version, _RANK[other.state])
+        """Whether this entry wins a merge against `other` (same node): the larger version,
+        then the later state, then the larger wire tuple — a total order, so that maps holding
+        different addresses for one node at one version still converge."""
+        return (self.version, _RANK[self.state], self._tail()) > (
+            other.version, _RANK[other.state], other._tail())
+
+    def _tail(self) -> tuple[str, str, int, int, int]:
+        return (self.zone, self.host, self.port, self.rpc_port, self.gossip_port)
 
     def to_wire(self) -> list[Any]:
         return [self.node, self.state, self.version, self.zone, self.host, self.port,
@@ -67,8 +73,11 @@ class Entry:
     def from_wire(cls, w: list[Any]) -> Entry:
         if not isinstance(w, list | tuple) or len(w) != 8:
             raise ValueError("a ring entry is a list of 8 fields")
-        return cls(str(w[0]), str(w[1]), int(w[2]), str(w[3]), str(w[4]), int(w[5]),
-                   int(w[6]), int(w[7]))
+        try:
+            return cls(str(w[0]), str(w[1]), int(w[2]), str(w[3]), str(w[4]), int(w[5]),
+                       int(w[6]), int(w[7]))
+        except TypeError as e:
+            raise ValueError(f"bad ring entry {w!r}: {e}") from None
 
 
 class RingMap:
