@@ -93,13 +93,7 @@ class Coordinator:
         """Where a write of the key goes (owners, then pending owners while the ring changes),
         and how many acknowledgements it needs beyond the level's W (one per pending owner)."""
         p = self.placement()
-        shard = p.shard(namespace, mid)
-        targets, extra = p.write_set(shard)
-        gone = [t for t in p.trailing_owners(shard) if not self.liveness.is_alive(t)]
-        if gone:  # a removed (dead) previous owner: nobody reads from it
-            targets = tuple(t for t in targets if t not in gone)
-            extra -= len(gone)
-        return targets, extra
+        return p.write_set(p.shard(namespace, mid))
 
     def route(self, prefs: Sequence[str]) -> list[str]:
         """Replicas that may coordinate, best first: this node if it is one, then live ones."""
