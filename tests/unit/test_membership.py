@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -229,7 +230,9 @@ async def test_three_nodes_converge_to_alive_and_see_a_graceful_leave() -> None:
         text = registries["a"].render()
         assert 'spine_members{state="alive"} 3' in text, text
         assert 'spine_members{state="dead"} 0' in text, text
-        assert 'spine_member_events_total{event="alive"} 2' in text, text
+        # b and c came alive (a suspicion refuted under a loaded CI box adds more, never fewer)
+        alive = re.search(r'spine_member_events_total\{event="alive"\} (\d+)', text)
+        assert alive is not None and int(alive.group(1)) >= 2, text
         await c.stop()
         await eventually(lambda: states(a).get("c") is L and states(b).get("c") is L, 5,
                          "a and b to see c LEFT")
