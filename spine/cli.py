@@ -152,20 +152,16 @@ def _member_urls(view: dict[str, Any], fallback: str) -> dict[str, str]:
     return out or {view["node"]: fallback}
 
 
-def _get(args: argparse.Namespace, url: str, path: str, timeout: float = 3.0) -> Any:
-    """GET one node's JSON resource."""
+def _node(args: argparse.Namespace, url: str) -> Any:
+    """A client of one node (status and admin ask each member in turn)."""
     from spine.client import Client
 
-    c = Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=timeout)
-    return c.request("GET", path)
+    return Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0)
 
 
 def _records(args: argparse.Namespace, url: str) -> float | None:
     """The records a node stores, from its /metrics."""
-    from spine.client import Client
-
-    c = Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0)
-    for line in c.text("/metrics").splitlines():
+    for line in _node(args, url).text("/metrics").splitlines():
         if line.startswith("spine_records_stored "):
             return float(line.split()[1])
     return None
@@ -200,8 +196,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
     def urls() -> dict[str, str]:
         return _member_urls(c.request("GET", "/v1/cluster"), base)
 
-    ok = watch(lambda url, path: _get(args, url, path), urls, args.node, args.action,
-               timeout=args.timeout)
+    ok = watch(lambda url, path: _node(args, url).request("GET", path), urls, args.node,
+               args.action, timeout=args.timeout)
     return 0 if ok else 1
 
 

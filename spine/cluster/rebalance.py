@@ -277,7 +277,6 @@ class Rebalancer:
     # ------------------------------------------------------------------ claimant
 
     async def _claim_loop(self) -> None:
-        await self.sleep(self.interval)
         m = self.keeper.map
         if not m.changing:
             self._c_digest = ""
