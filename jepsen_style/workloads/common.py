@@ -27,6 +27,7 @@ import random
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, Protocol, TypeAlias
 
 import aiohttp
@@ -154,9 +155,11 @@ class Http:
     ) -> Reply:
         """Send one request to ``node``; transport failures become a Reply without a status."""
         url = self._urls[node].rstrip("/") + path
+        attempt = SimpleNamespace(sent=False)
         try:
             async with self._session.request(
-                method, url, json=json, headers=dict(headers or {}), params=params
+                method, url, json=json, headers=dict(headers or {}), params=params,
+                trace_request_ctx=attempt,
             ) as resp:
                 raw = await resp.read()
                 body: Any = None
@@ -171,11 +174,24 @@ class Http:
         except TimeoutError:
             return Reply(node, None, error="timeout")
         except aiohttp.ClientConnectorError as e:
+            if attempt.sent:  # aiohttp retried a request it had sent: it may have landed
+                return Reply(node, None, error=f"connection: resent, {type(e).__name__}")
             return Reply(node, None, error=f"connect: {type(e).__name__}", sent=False)
         except aiohttp.ClientError as e:
             return Reply(node, None, error=f"connection: {type(e).__name__}")
         except OSError as e:
             return Reply(node, None, error=f"connection: {type(e).__name__}")
+
+
+async def _headers_sent(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    """Mark the request as having left: a failure after this may not be a definite ``fail``."""
+    attempt = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(attempt, SimpleNamespace):
+        attempt.sent = True
 
 
 @contextlib.asynccontextmanager
@@ -190,9 +206,17 @@ async def http_client(ctx: Context, workload: str) -> AsyncIterator[Http]:
     connector = aiohttp.TCPConnector(
         limit=8, local_addr=(str(local), 0) if local else None, enable_cleanup_closed=True
     )
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_headers_sent)
     session = aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout),
+        trace_configs=[trace],
     )
+    # aiohttp resends an idempotent request (PUT, DELETE) once when the connection drops before
+    # the answer, which would apply one history operation twice. A Jepsen client never retries
+    # on its own; aiohttp has no public switch, so use the one its own test client uses.
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
     try:
         yield Http(session, ctx.urls)
     finally:
@@ -362,3 +386,77 @@ def errors_of(items: Iterable[Pair]) -> dict[str, int]:
         if p.outcome != "ok" and p.error is not None:
             out[str(p.error)] = out.get(str(p.error), 0) + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# --------------------------------------------------------------------------- replica agreement
+
+#: How many diverged shards a ``roots`` op keeps as examples.
+ROOTS_SHOWN = 10
+
+
+def shard_divergence(
+    views: Mapping[str, Mapping[str, Any]],
+) -> tuple[int, list[dict[str, Any]]]:
+    """From each answering node's ``GET /v1/cluster/shards``: the number of shards, and those
+    whose preference-list members (among the nodes that answered) do not all report one root.
+
+    A member that answered but reports no root for a shard it owns counts as diverged (its tree
+    is not built yet, or it does not think it holds the shard).
+    """
+    by_shard: dict[int, dict[str, Any]] = {}
+    prefs: dict[int, list[str]] = {}
+    for node, view in views.items():
+        for entry in view.get("shards", []):
+            s = int(entry["shard"])
+            prefs.setdefault(s, list(entry.get("preference_list", [])))
+            if node in entry.get("preference_list", []):
+                by_shard.setdefault(s, {})[node] = entry.get("root")
+    diverged: list[dict[str, Any]] = []
+    for s in sorted(prefs):
+        members = [n for n in prefs[s] if n in views]
+        roots = {n: by_shard.get(s, {}).get(n) for n in members}
+        if any(r is None for r in roots.values()) or len(set(roots.values())) > 1:
+            diverged.append({"shard": s, "roots": roots,
+                             "silent": [n for n in prefs[s] if n not in views]})
+    return len(prefs), diverged
+
+
+async def wait_roots(ctx: Context, http: Http, process: int, deadline_s: float) -> dict[str, Any]:
+    """Poll every node's ``GET /v1/cluster/shards`` until, for every shard, the live members of
+    its preference list report one anti-entropy root, or ``deadline_s`` passes. One ``roots``
+    op (key ``*``) records the outcome; its value is returned."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    h = ctx.history.invoke(process, "roots", "*", None, None)
+    polls = 0
+    nshards = 0
+    diverged: list[dict[str, Any]] = []
+    answered: list[str] = []
+    while True:
+        polls += 1
+        nodes = list(ctx.nodes)
+        replies = await asyncio.gather(*(http.call(n, "GET", "/v1/cluster/shards") for n in nodes))
+        views = {r.node: r.body for r in replies if r.ok and isinstance(r.body, dict)}
+        answered = sorted(views)
+        if views:
+            nshards, diverged = shard_divergence(views)
+            if not diverged:
+                break
+        if loop.time() - start >= deadline_s:
+            break
+        await asyncio.sleep(1.0)
+    value = {
+        "converged": bool(answered) and not diverged,
+        "elapsed_s": round(loop.time() - start, 3),
+        "polls": polls,
+        "shards": nshards,
+        "diverged_count": len(diverged),
+        "diverged": diverged[:ROOTS_SHOWN],
+        "nodes_answered": answered,
+        "nodes_silent": sorted(set(ctx.nodes) - set(answered)),
+    }
+    if answered:
+        ctx.history.complete(h, "ok", value=value)
+    else:
+        ctx.history.complete(h, "fail", value=value, error="no node answered")
+    return value

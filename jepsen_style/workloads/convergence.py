@@ -46,6 +46,7 @@ from jepsen_style.workloads.common import (
     pause,
     read_outcome,
     tally,
+    wait_roots,
     write_outcome,
 )
 
@@ -60,33 +61,6 @@ def unit_vector(seed: int, dim: int) -> list[float]:
     v = [rng.gauss(0.0, 1.0) for _ in range(dim)]
     norm = math.sqrt(sum(x * x for x in v)) or 1.0
     return [round(x / norm, 6) for x in v]
-
-
-def shard_divergence(
-    views: Mapping[str, Mapping[str, Any]],
-) -> tuple[int, list[dict[str, Any]]]:
-    """From each answering node's ``GET /v1/cluster/shards``: the number of shards, and those
-    whose preference-list members (among the nodes that answered) do not all report one root.
-
-    A member that answered but reports no root for a shard it owns counts as diverged (its tree
-    is not built yet, or it does not think it holds the shard).
-    """
-    by_shard: dict[int, dict[str, Any]] = {}
-    prefs: dict[int, list[str]] = {}
-    for node, view in views.items():
-        for entry in view.get("shards", []):
-            s = int(entry["shard"])
-            prefs.setdefault(s, list(entry.get("preference_list", [])))
-            if node in entry.get("preference_list", []):
-                by_shard.setdefault(s, {})[node] = entry.get("root")
-    diverged: list[dict[str, Any]] = []
-    for s in sorted(prefs):
-        members = [n for n in prefs[s] if n in views]
-        roots = {n: by_shard.get(s, {}).get(n) for n in members}
-        if any(r is None for r in roots.values()) or len(set(roots.values())) > 1:
-            diverged.append({"shard": s, "roots": roots,
-                             "silent": [n for n in prefs[s] if n not in views]})
-    return len(prefs), diverged
 
 
 class Convergence:
@@ -181,7 +155,8 @@ class Convergence:
         attempts = max(1, int(option(self.ctx, "convergence", "final_attempts", 5)))
         async with http_client(self.ctx, self.name) as http:
             dim = await self.ensure_dim(http)
-            await self.wait_roots(http, FINAL_PROCESS)
+            await wait_roots(self.ctx, http, FINAL_PROCESS,
+                             float(option(self.ctx, "convergence", "deadline", 60.0)))
             seeds: dict[str, list[int]] = {}
             for e in self.ctx.history.events:
                 if e["type"] == "invoke" and e.get("f") in ("write", "delete"):
@@ -213,46 +188,6 @@ class Convergence:
                             await asyncio.sleep(0.2 * (attempt + 1))
 
             await asyncio.gather(*(worker(w) for w in range(conc)))
-
-    async def wait_roots(self, http: Http, process: int) -> None:
-        """Poll every node's shard view until the roots agree or ``deadline`` passes; one
-        ``roots`` op records the outcome."""
-        deadline_s = float(option(self.ctx, "convergence", "deadline", 60.0))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        h = self.ctx.history.invoke(process, "roots", "*", None, None)
-        polls = 0
-        nshards = 0
-        diverged: list[dict[str, Any]] = []
-        answered: list[str] = []
-        while True:
-            polls += 1
-            nodes = list(self.ctx.nodes)
-            replies = await asyncio.gather(
-                *(http.call(n, "GET", "/v1/cluster/shards") for n in nodes))
-            views = {r.node: r.body for r in replies if r.ok and isinstance(r.body, dict)}
-            answered = sorted(views)
-            if views:
-                nshards, diverged = shard_divergence(views)
-                if not diverged:
-                    break
-            if loop.time() - start >= deadline_s:
-                break
-            await asyncio.sleep(1.0)
-        value = {
-            "converged": bool(answered) and not diverged,
-            "elapsed_s": round(loop.time() - start, 3),
-            "polls": polls,
-            "shards": nshards,
-            "diverged_count": len(diverged),
-            "diverged": diverged[:_SHOWN],
-            "nodes_answered": answered,
-            "nodes_silent": sorted(set(self.ctx.nodes) - set(answered)),
-        }
-        if answered:
-            self.ctx.history.complete(h, "ok", value=value)
-        else:
-            self.ctx.history.complete(h, "fail", value=value, error="no node answered")
 
     async def final_read(self, http: Http, process: int, key: str) -> dict[str, Any] | None:
         """A ``strong`` read: ``{"live", "seed"}``, or None when it failed."""

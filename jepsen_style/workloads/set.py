@@ -3,12 +3,17 @@
 Jepsen's set-full, on Spine: each ``add`` writes a new key (``content`` = the key) at the run's
 level (``session`` unless told otherwise; run it with ``eventual`` too). Clients also read
 recently added keys through random nodes at the same level, which times how long an add takes to
-become visible. After the harness heals every fault, ``final()`` reads every key ever attempted
-(acknowledged or not) at ``strong`` and lists the namespace.
+become visible. After the harness heals every fault, ``final()`` waits (bounded) for every
+shard's replicas to report one anti-entropy root, then reads every key ever attempted
+(acknowledged or not) once at ``strong`` and lists the namespace.
 
-- **lost**: an acknowledged add absent from the final read (the README: "Every acknowledged write
-  at session or strong level is on at least W replicas' disks … and survives"; at ``eventual``
-  "every replica converges", so an acknowledged add must survive there too).
+- **lost**: an acknowledged add the final strong read does not return (the README: "Every
+  acknowledged write at session or strong level is on at least W replicas' disks … and
+  survives"; at ``eventual`` "every replica converges", so once the replicas agree an
+  acknowledged add must be visible at every level). The list reads every replica, so it can
+  show a key that only a minority of replicas hold: such a key still counts as lost (no quorum
+  read returns it) and is reported under ``final.listed_but_read_absent``. The list decides
+  only for a key whose strong read never answered.
 - **unexpected**: a key present that was never attempted, or whose add definitely failed.
 - **recovered**: an add of unknown outcome (503, timeout) that is present at the end (allowed).
 
@@ -51,6 +56,7 @@ from jepsen_style.workloads.common import (
     quantiles,
     read_outcome,
     tally,
+    wait_roots,
     write_outcome,
 )
 
@@ -61,7 +67,8 @@ _SHOWN = 20
 class SetWorkload:
     """Options: ``read_fraction`` (0.5), ``delay`` (0.01 s), ``probe_window`` (reads pick
     among the newest this many adds not seen yet, 10), ``tracked`` (adds kept for visibility
-    reads, 500), ``final_concurrency`` (16), ``final_attempts`` (5), ``timeout`` (3 s)."""
+    reads, 500), ``final_concurrency`` (16), ``final_attempts`` (5), ``converge_deadline`` (seconds
+    to wait for the replicas' roots to agree before the final reads, 60), ``timeout`` (3 s)."""
 
     name = "set"
     default_level = "session"
@@ -133,8 +140,8 @@ class SetWorkload:
     # ------------------------------------------------------------------ after healing
 
     async def final(self) -> None:
-        """Read every key ever attempted at ``strong`` (retrying through other nodes), then
-        list the namespace."""
+        """Wait for the replicas to agree, read every key ever attempted at ``strong`` (trying
+        other nodes only when a read gets no answer), then list the namespace."""
         keys = sorted({str(e["key"]) for e in self.ctx.history.events
                        if e.get("f") == "add" and e["type"] == "invoke"},
                       key=lambda k: (len(k), k))
@@ -152,6 +159,8 @@ class SetWorkload:
                     await asyncio.sleep(0.2 * (attempt + 1))
 
         async with http_client(self.ctx, self.name) as http:
+            await wait_roots(self.ctx, http, FINAL_PROCESS + conc + 1,
+                             float(option(self.ctx, "set", "converge_deadline", 60.0)))
             await asyncio.gather(*(worker(w, http) for w in range(conc)))
             for attempt in range(attempts):
                 if await self.list_all(http, FINAL_PROCESS + conc, attempt == attempts - 1):
@@ -191,12 +200,11 @@ class SetWorkload:
 
 
 def _state(final: bool | None, listed: bool) -> str:
-    """present / absent / unknown, from the final strong read and the final list."""
-    if final is True or listed:
-        return "present"
-    if final is False:
-        return "absent"
-    return "unknown"
+    """present / absent / unknown: the final strong read decides; the list only when that read
+    never answered."""
+    if final is not None:
+        return "present" if final else "absent"
+    return "present" if listed else "unknown"
 
 
 def check_set(events: Iterable[Mapping[str, Any]], level: str | None = None) -> dict[str, Any]:
@@ -206,6 +214,7 @@ def check_set(events: Iterable[Mapping[str, Any]], level: str | None = None) -> 
     reads: dict[str, list[Pair]] = {}
     final: dict[str, bool] = {}
     listing: Mapping[str, Any] | None = None
+    roots: Mapping[str, Any] | None = None
     for p in ops:
         if p.f == "add":
             adds[str(p.key)] = p
@@ -215,6 +224,8 @@ def check_set(events: Iterable[Mapping[str, Any]], level: str | None = None) -> 
             final[str(p.key)] = bool(p.result)
         elif p.f == "final-list" and p.outcome == "ok":
             listing = p.result
+        elif p.f == "roots" and p.outcome == "ok":
+            roots = p.result
     listed: set[str] = set(listing["ids"]) if listing is not None else set()
 
     states = {k: _state(final.get(k), k in listed) for k in adds}
@@ -274,6 +285,11 @@ def check_set(events: Iterable[Mapping[str, Any]], level: str | None = None) -> 
     summary = (f"{len(lost)} lost and {len(unexpected)} unexpected of {len(acked)} acknowledged"
                f" adds ({len(recovered)} of {len(indeterminate)} indeterminate recovered")
     summary += f", {len(unresolved)} unresolved)" if unresolved else ")"
+    hidden = sum(1 for k in lost if k in listed)
+    if hidden:
+        summary += f"; {hidden} of the lost are on a minority of replicas only"
+    if roots is not None and not roots.get("converged"):
+        summary += f"; replicas of {roots.get('diverged_count')} shards never agreed"
     if listing is None:
         summary += "; the final list never succeeded"
     if corrupt:
@@ -296,6 +312,8 @@ def check_set(events: Iterable[Mapping[str, Any]], level: str | None = None) -> 
         "recovered": sorted(recovered, key=_natural)[:_SHOWN],
         "unresolved_count": len(unresolved),
         "unresolved": unresolved[:_SHOWN],
+        "replicas_agreed": None if roots is None else bool(roots.get("converged")),
+        "agreed_after_s": None if roots is None else roots.get("elapsed_s"),
         "final": {
             "read": len(final),
             "present": sum(1 for s in states.values() if s == "present"),

@@ -11,14 +11,14 @@ The coordinator of a key is a live replica of it; a node that is not one forward
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import RpcClient
-from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms, vv_increment, vv_merge
+from spine.cluster.version_history import gather_history
+from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms, vv_merge
 from spine.core.consistency import Level, Policy
 from spine.core.errors import (
     PeerUnavailable,
@@ -26,7 +26,7 @@ from spine.core.errors import (
     SessionUnavailable,
     Timeout,
 )
-from spine.core.messages import Forward, History
+from spine.core.messages import Forward
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.quorum import meets_floor, resolve
@@ -40,6 +40,7 @@ from spine.core.requests import (
 from spine.core.ringmap import Placement
 from spine.core.session import SessionToken
 from spine.core.validation import normalise
+from spine.core.versioning import mint, seen_hlc
 from spine.storage.lmdb_store import Store
 
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
@@ -456,31 +457,11 @@ class Coordinator:
         agent: str | None,
         clock: dict[str, int] | None,
     ) -> Record:
-        # The new version must be newer than everything this client or this replica has seen
-        # of the key, so the HLC observes both before ticking.
         floor = token.floor(f"{namespace}/{op.id}") if token is not None else None
-        seen = max(
-            old.version.hlc if old is not None else 0, floor.hlc if floor is not None else 0
-        )
+        seen = seen_hlc(old, floor)
         hlc = self.hlc.observe(seen) if seen else self.hlc.now()
-        base = clock if clock is not None else (dict(old.clock) if old is not None else {})
-        version = Version(hlc, self.node_id)
-        created = old.created_hlc if old is not None and not old.deleted else hlc
-        if op.body is None:
-            return Record(
-                namespace=namespace, id=op.id, version=version,
-                clock=vv_increment(base, self.node_id),
-                tags=old.tags if old is not None else (),
-                agent_id=agent or (old.agent_id if old is not None else None),
-                created_hlc=created, deleted=True,
-            )
-        body = op.body
-        return Record(
-            namespace=namespace, id=op.id, version=version,
-            clock=vv_increment(base, self.node_id),
-            content=body.content, tags=body.tags, metadata=dict(body.metadata),
-            agent_id=agent or body.agent_id, vector=vector, created_hlc=created,
-        )
+        return mint(namespace, op, old, vector, hlc=hlc, node_id=self.node_id, agent=agent,
+                    clock=clock)
 
     async def _vectors(self, ops: Sequence[WriteOp]) -> list[bytes | None]:
         out: list[bytes | None] = [None] * len(ops)
@@ -502,34 +483,6 @@ class Coordinator:
 
     async def history(self, namespace: str, mid: str) -> list[tuple[Record, bool]]:
         """Versions kept for a key across its live replicas, newest first (concurrent flagged)."""
-        prefs = self.prefs(namespace, mid)
-        found: dict[Version, tuple[Record, bool]] = {}
-
-        async def one(node: str) -> list[Any]:
-            if node == self.node_id:
-                return local_history(self.store, namespace, mid)
-            reply: list[Any] = await self.rpc.call(node, History(namespace, mid),
-                                                   self.read_timeout)
-            return reply
-
-        alive = [p for p in prefs if self.liveness.is_alive(p)]
-        replies = await asyncio.gather(*(one(n) for n in alive), return_exceptions=True)
-        ok = [r for r in replies if not isinstance(r, BaseException)]
-        if not ok:
-            raise QuorumUnavailable("no replica answered", reached=0, needed=1)
-        for reply in ok:
-            for wire, concurrent in reply:
-                rec = Record.from_wire(wire)
-                prev = found.get(rec.version)
-                found[rec.version] = (rec, concurrent or (prev[1] if prev else False))
-        return [found[v] for v in sorted(found, reverse=True)]
-
-
-def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
-    """This replica's current version and kept history, as wire pairs."""
-    out: list[Any] = []
-    cur = store.get(namespace, mid)
-    if cur is not None:
-        out.append([cur.to_wire(), False])
-    out.extend([h.record.to_wire(), h.concurrent] for h in store.history(namespace, mid))
-    return out
+        alive = [p for p in self.prefs(namespace, mid) if self.liveness.is_alive(p)]
+        return await gather_history(alive, self.node_id, self.store, self.rpc, namespace, mid,
+                                    self.read_timeout)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from spine.cluster.coordinator import Coordinator, local_history
+from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import local_list
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import Handler
+from spine.cluster.version_history import local_history
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput
 from spine.core.messages import (

@@ -23,8 +23,16 @@ import pytest_asyncio
 from aiohttp import web
 
 from jepsen_style.workloads import WORKLOADS
-from jepsen_style.workloads.common import Reply, option, pairs, read_outcome, write_outcome
-from jepsen_style.workloads.convergence import check_convergence, shard_divergence, unit_vector
+from jepsen_style.workloads.common import (
+    Reply,
+    http_client,
+    option,
+    pairs,
+    read_outcome,
+    shard_divergence,
+    write_outcome,
+)
+from jepsen_style.workloads.convergence import check_convergence, unit_vector
 from jepsen_style.workloads.register import check_register
 from jepsen_style.workloads.session import check_session
 from jepsen_style.workloads.set import check_set
@@ -374,16 +382,39 @@ def test_set_unresolved_acked_add_makes_it_unknown() -> None:
     assert out["unresolved"] == ["e1"]
 
 
-def test_set_listed_key_counts_as_present_and_flickers_are_reported() -> None:
+def test_set_key_only_the_list_finds_is_lost_and_flickers_are_reported() -> None:
     b = Builder()
     b.op(0, "add", "e0", "e0", 0, 1)
     b.op(1, "read", "e0", None, 2, 3, result=True)
     b.op(1, "read", "e0", None, 4, 5, result=False)  # it was seen, then not
-    _final(b, {"e0": False}, ["e0"])  # the strong read missed it, the list has it
+    _final(b, {"e0": False}, ["e0"])  # the strong read missed it: only a minority holds it
     out = check_set(b.events, "eventual")
-    assert out["lost_count"] == 0
+    assert out["valid"] is False and out["lost"] == ["e0"]
     assert out["final"]["listed_but_read_absent"] == ["e0"]
+    assert "1 of the lost are on a minority of replicas only" in out["summary"]
     assert out["flickers"] == 1 and out["stale_reads_allowed"] is True
+
+
+def test_set_list_decides_a_key_whose_strong_read_never_answered() -> None:
+    b = Builder()
+    b.op(0, "add", "e0", "e0", 0, 1)
+    b.op(0, "add", "e1", "e1", 2, 3)
+    b.op(10_000, "final-read", "e1", None, 50, 51, type="fail", error="timeout", result=None)
+    _final(b, {"e0": True}, ["e0", "e1"])
+    out = check_set(b.events)
+    assert out["valid"] is True, out["summary"]
+    assert out["unresolved_count"] == 0
+
+
+def test_set_reports_replicas_that_never_agreed() -> None:
+    b = Builder()
+    b.op(0, "add", "e0", "e0", 0, 1)
+    b.op(10_002, "roots", "*", None, 90, 99,
+         result={"converged": False, "diverged_count": 3, "elapsed_s": 9.0})
+    _final(b, {"e0": True}, ["e0"])
+    out = check_set(b.events)
+    assert out["valid"] is True  # nothing lost: disagreement alone is convergence's finding
+    assert out["replicas_agreed"] is False and "3 shards never agreed" in out["summary"]
 
 
 def test_set_without_a_final_list_is_unknown() -> None:
@@ -772,3 +803,30 @@ async def test_a_refused_connection_fails_reads_and_writes() -> None:
     assert {e["type"] for e in done} == {"fail"}  # refused: the request never left
     assert all(str(e["error"]).startswith("connect") for e in done)
     assert w.check()["valid"] is True  # nothing observed, nothing contradicted
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_request_the_server_took_before_dying_is_not_a_definite_failure() -> None:
+    """The server reads the PUT, stops listening and drops the connection unanswered (a node
+    SIGKILLed mid-request). aiohttp would resend the PUT and report the refused reconnect as a
+    connect error; the client must neither resend nor call the outcome a definite fail."""
+    seen: list[bytes] = []
+    server: asyncio.base_events.Server | None = None
+
+    async def take_and_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        assert server is not None
+        server.close()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(take_and_die, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ctx = Ctx(history=Recorder(), nodes=["n1"], urls={"n1": f"http://127.0.0.1:{port}"},
+              options={"timeout": 5.0})
+    async with http_client(ctx, "set") as http:
+        reply = await http.call("n1", "PUT", "/v1/ns/x/memories/k", json={"content": "k"})
+    await server.wait_closed()
+    assert len(seen) == 1 and seen[0].startswith(b"PUT ")
+    assert reply.status is None and reply.sent
+    assert write_outcome(reply)[0] == "info"
