@@ -347,14 +347,22 @@ def _iso_ms(stamp: str) -> int:
 @pytest.mark.integration
 def test_clock_skew_moves_a_nodes_wall_clock(tmp_path: Path) -> None:
     with JepsenCluster(tmp_path / "c", nodes=1) as c:
-        def minted(offset_ms: int) -> tuple[int, dict[str, Any]]:
-            c.set_clock("n1", offset_ms)
-            time.sleep(0.3)  # the node reads the file every 50 ms
+        def mint(offset_ms: int) -> tuple[int, dict[str, Any]]:
             now = int(time.time() * 1000)
             status, body, _ = c.http("n1", "POST", "/v1/ns/skew/memories",
                                      {"content": f"at {offset_ms}"})
             assert status == 201, (status, body)
             return _uuid7_ms(body["id"]) - now, body
+
+        def minted(offset_ms: int) -> tuple[int, dict[str, Any]]:
+            """Set the offset, then mint until the node has read the file (every 50 ms)."""
+            c.set_clock("n1", offset_ms)
+
+            def followed() -> tuple[int, dict[str, Any]] | None:
+                got = mint(offset_ms)
+                return got if abs(got[0] - offset_ms) <= 5_000 else None
+
+            return wait_until(followed, 10.0, interval=0.05, what=f"n1 to follow {offset_ms} ms")
 
         ahead, rec = minted(90_000)
         assert 89_000 <= ahead <= 91_000, ahead
@@ -404,10 +412,20 @@ def test_regression_timed_out_forward_is_not_replayed_after_heal(tmp_path: Path,
             assert (status, body["content"]) == (200, "v2")
         finally:
             nft.delete_table()
-        time.sleep(8)  # TCP retransmits what the partition held back
+        # TCP retransmits what the partition held back; the coordinator must refuse it.
+        wait_until(lambda: _counter(c, coordinator, "spine_forwards_expired_total") >= 1, 30.0,
+                   interval=0.25, what="the late forward to arrive and be refused")
         status, body, _ = c.http(coordinator, "GET", path,
                                  headers={"Spine-Consistency": "strong"})
         assert (status, body["content"]) == (200, "v2"), "the acknowledged later write was lost"
+
+
+def _counter(c: JepsenCluster, node: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples in ``node``'s ``/metrics``."""
+    status, text, _ = c.http(node, "GET", "/metrics")
+    assert status == 200 and isinstance(text, str)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
 
 
 def test_missing_nft_is_installed_with_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
