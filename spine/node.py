@@ -127,8 +127,8 @@ class Node:
             genesis=genesis({"id": n.id, "zone": n.zone, "host": n.host, "port": n.port,
                              "rpc_port": n.rpc_address[1], "gossip_port": n.gossip_address[1]}
                             for n in cfg.nodes),
-            me=Entry(node_id, JOINING, 0, me.zone, me.host, me.port, *[
-                a[1] for a in (me.rpc_address, me.gossip_address)]),
+            me=Entry(node_id, JOINING, 0, me.zone, me.host, me.port,
+                     me.rpc_address[1], me.gossip_address[1]),
             shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
             interval=cfg.ring.sync_interval_ms / 1000, rpc_timeout=t.rpc_ms / 1000,
             now_version=self.hlc.now, sleep=self.rt.sleep, monotonic=self.rt.monotonic,
@@ -292,13 +292,15 @@ class Node:
 
     def _members_view(self) -> list[dict[str, Any]]:
         """Each node of the ring map (and any other node gossip knows of): its ring `state`
-        (joining | active | leaving | left, or standby outside the map), `alive` verdict, and
+        (joining | active | leaving | left, or standby outside the map), whether the operator
+        `removed` it (ring map members only), `alive` verdict, and
         with gossip SWIM's `gossip` state (alive | suspect | dead | left | unknown) and
         incarnation."""
         out: list[dict[str, Any]] = []
         for node, e in sorted(self.keeper.map.entries.items()):
             out.append({"id": node, "address": f"{e.host}:{e.port}", "zone": e.zone,
-                        "state": e.state, "alive": self.liveness.is_alive(node)})
+                        "state": e.state, "removed": e.removed,
+                        "alive": self.liveness.is_alive(node)})
         if self.gossip is None:
             return out
         by_id = {m.node_id: m for m in self.gossip.members()}

@@ -322,11 +322,12 @@ class Rebalancer:
     async def _all_agree(self, digest: str) -> bool:
         """Every member holds the map `digest` — every member, not only those the failure
         detector thinks alive: one cut off for the whole change would come back with the old map
-        and take writes for shards it no longer owns. Only a leaving node that is down (being
-        removed) is excused."""
+        and take writes for shards it no longer owns. Only a node the operator removed is
+        excused — not one merely thought down: a node decommissioned just as it was cut off
+        must hear of the change before it settles."""
         m = self.keeper.map
         for peer in self.keeper.peers():
-            if m.state(peer) == LEAVING and not self.liveness.is_alive(peer):
+            if m.removed(peer):
                 continue
             theirs = await self.keeper.sync_with(peer)
             if theirs is None or theirs.digest() != digest or self.keeper.map.digest() != digest:
@@ -401,10 +402,10 @@ class Rebalancer:
             if node == self.node_id or self.liveness.is_alive(node):
                 raise Conflict(f"{node} is alive: decommission it instead", field="node")
             if entry.state == JOINING:
-                await self.keeper.set_state(node, LEFT)  # it held nothing yet
+                await self.keeper.set_state(node, LEFT, removed=True)  # it held nothing yet
             elif entry.state in (ACTIVE, LEAVING):
                 self._check_room(node)
-                await self.keeper.set_state(node, LEAVING)
+                await self.keeper.set_state(node, LEAVING, removed=True)
         else:
             raise InvalidInput(f"unknown cluster action {action!r}", field="action")
         return {"node": node, "action": action, "state": self.keeper.state(node),

@@ -136,10 +136,12 @@ class RingKeeper:
             fn(self.placement)
         return True
 
-    async def set_state(self, node: str, state: str) -> RingMap:
-        """Move `node` to `state` (a new version), then push the map to every live peer."""
-        if self.map.entries[node].state != state:
-            changed = self.map.with_state(node, state, self.now_version())
+    async def set_state(self, node: str, state: str, removed: bool = False) -> RingMap:
+        """Move `node` to `state` (a new version), marked removed or not, then push the map to
+        every live peer."""
+        e = self.map.entries[node]
+        if (e.state, e.removed) != (state, removed):
+            changed = self.map.with_state(node, state, self.now_version(), removed)
             await self.adopt(list(changed.entries.values()))
         self.push()
         return self.map

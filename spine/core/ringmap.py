@@ -50,6 +50,9 @@ class Entry:
     port: int = 0
     rpc_port: int = 0
     gossip_port: int = 0
+    # Taken out by the operator (`remove`: it was down) rather than decommissioned: the only
+    # member a ring change may settle without, and never a trailing owner.
+    removed: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in _RANK:
@@ -62,20 +65,24 @@ class Entry:
         return (self.version, _RANK[self.state], self._tail()) > (
             other.version, _RANK[other.state], other._tail())
 
-    def _tail(self) -> tuple[str, str, int, int, int]:
-        return (self.zone, self.host, self.port, self.rpc_port, self.gossip_port)
+    def _tail(self) -> tuple[str, str, int, int, int, bool]:
+        return (self.zone, self.host, self.port, self.rpc_port, self.gossip_port, self.removed)
 
     def to_wire(self) -> list[Any]:
         return [self.node, self.state, self.version, self.zone, self.host, self.port,
-                self.rpc_port, self.gossip_port]
+                self.rpc_port, self.gossip_port, self.removed]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Entry:
-        if not isinstance(w, list | tuple) or len(w) != 8:
-            raise ValueError("a ring entry is a list of 8 fields")
+        """From 9 fields (8: a map stored before `removed` existed, read as not removed)."""
+        if not isinstance(w, list | tuple) or len(w) not in (8, 9):
+            raise ValueError("a ring entry is a list of 9 fields")
         try:
+            removed = len(w) == 9 and w[8]
+            if not isinstance(removed, bool):
+                raise TypeError("removed is not a boolean")
             return cls(str(w[0]), str(w[1]), int(w[2]), str(w[3]), str(w[4]), int(w[5]),
-                       int(w[6]), int(w[7]))
+                       int(w[6]), int(w[7]), removed)
         except TypeError as e:
             raise ValueError(f"bad ring entry {w!r}: {e}") from None
 
@@ -116,10 +123,19 @@ class RingMap:
                 changed = True
         return RingMap(merged.values()) if changed else self
 
-    def with_state(self, node: str, state: str, version: int) -> RingMap:
-        """This map with `node` moved to `state` at `version` (which must be newer)."""
+    def with_state(self, node: str, state: str, version: int,
+                   removed: bool | None = None) -> RingMap:
+        """This map with `node` moved to `state` at a version newer than its entry's (at least
+        `version`); `removed` sets or clears the operator's mark (None: as it was)."""
         e = self.entries[node]
-        return self.merge([replace(e, state=state, version=max(version, e.version + 1))])
+        mark = e.removed if removed is None else removed
+        return self.merge([replace(e, state=state, version=max(version, e.version + 1),
+                                   removed=mark)])
+
+    def removed(self, node: str) -> bool:
+        """Whether the operator removed `node` (see `Entry.removed`)."""
+        e = self.entries.get(node)
+        return e is not None and e.removed
 
     def to_wire(self) -> list[list[Any]]:
         return [self.entries[n].to_wire() for n in sorted(self.entries)]
@@ -201,9 +217,11 @@ class Placement:
                   if x not in self.current.preference_list(s))
             for s in range(shards)
         ]
+        # A removed node is gone: it neither reads nor needs the writes a trailing owner takes.
         self._trailing: list[tuple[str, ...]] = [
             tuple(x for x in trailing.preference_list(s)
-                  if x not in self.current.preference_list(s) and x not in self._pending[s])
+                  if x not in self.current.preference_list(s) and x not in self._pending[s]
+                  and not ringmap.removed(x))
             if trailing is not None else ()
             for s in range(shards)
         ]

@@ -206,6 +206,9 @@ def test_remove_a_dead_node_re_replicates_its_shards(tmp_path: Path) -> None:
                                    "n4": "left"})
             c.wait_until(lambda: len(w.acked) >= 200, 60, 0.1, "writes during the removal")
         acked.update(w.acked)
+        for n in live:  # the map says n4 was removed (so no change waits for it, ever)
+            members = {m["id"]: m for m in c.cluster_view(n)["members"]}
+            assert members["n4"]["removed"] and not members["n1"]["removed"]
         # Writes made while n4 was down left hints for it; once it has left the ring they go
         # to the records' owners instead of waiting for it forever.
         assert sum(c.metric(n, "spine_hints_written_total") for n in live) > 0

@@ -17,17 +17,16 @@ out), in the same order of steps and awaits as the real code:
   source (leaving ones first), and on a finish barrier sync every pending shard with every live
   current owner (at least N − W + 1 of them), then report done;
 - claimant: agreement on the digest (one ring sync each) of every member that has not left —
-  only a leaving member its failure detector thinks down (being removed) is excused — the settle
-  delay, the barrier, status polls, then the settled map adopted and pushed;
+  only a node the operator removed (marked so in the map) is excused — the settle delay, the
+  barrier, status polls, then the settled map adopted and pushed;
 - drops: a shard neither owned nor pending purged `drop_grace` after it became so.
 
-The network loses and delays every message (seeded) and partitions for a while. Each node has
-its own failure detector (as SWIM gives it): a peer cut off for `detect` seconds is dead to it,
-and alive again some random lag after the link is back. A coordinator sends no write to a peer
-it thinks dead (the real Replicator stores a hint instead, which counts for no quorum), and, as
-Coordinator.write_set does, leaves a trailing owner it thinks dead out of the targets and of the
-extra acks. An operator's decommission is refused by a node that thinks the node down (as
-Rebalancer.admin does), and tried again a little later.
+The network loses and delays every message (seeded) and partitions for a while. Each node has its
+own failure detector (as SWIM gives it): a peer cut off for `detect` seconds is dead to it, and
+alive again some random lag after the link is back. A coordinator sends no write to a peer it thinks
+dead (the real Replicator stores a hint instead, which counts for no quorum); the real Placement
+leaves a removed node out of the trailing owners. An operator's decommission is refused by a node
+that thinks the node down (as Rebalancer.admin does), and tried again a little later.
 
 Clients write all along: a random member coordinates with ITS OWN placement, sends the write id
 to its `write_set(s)` and counts it acknowledged at W + extra applies within the write timeout.
@@ -44,8 +43,8 @@ misses a quorum of x.
 
 `Variant` switches to the protocols the tests must catch: no barrier sync; a settle in one step
 with no trailing owners; agreement asked of the live peers only (each as rebalance.py and
-ringkeeper.py did before) — or to a proposed fix of what the sim still finds in the real one
-(`excuse_removed_only`).
+ringkeeper.py did before); and excusing from the agreement any leaving member thought down, as
+rebalance.py did before the map marked removed nodes (`excuse_down_leaving`).
 """
 
 from __future__ import annotations
@@ -105,7 +104,7 @@ class Knobs:
 class Variant:
     """Protocol variants. The default is the protocol as rebalance.py, ringkeeper.py and
     Coordinator.write_set implement it; `barrier`, `trailing` and `agree_live_only` bring back
-    a protocol the tests must catch, `excuse_removed_only` is a proposed fix."""
+    a protocol the tests must catch, and so does `excuse_down_leaving`."""
 
     # False: the claimant neither waits for agreement nor for the settle delay, and a pending
     # owner reports done as soon as its copies are in (no barrier sync).
@@ -116,10 +115,9 @@ class Variant:
     # True: the claimant asks only the peers its failure detector thinks alive to agree (the
     # old `_all_agree`, over `keeper.live_peers()`).
     agree_live_only: bool = False
-    # True: a proposed fix (not in the code): only a node removed by the operator (which the
-    # ring map would have to mark) is excused from the agreement, and only such a trailing owner
-    # is left out of a write set — not any node the failure detector thinks down.
-    excuse_removed_only: bool = False
+    # True: the claimant excuses from the agreement every leaving member its failure detector
+    # thinks down, as if it were being removed (the rule before the map marked removed nodes).
+    excuse_down_leaving: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,9 +236,8 @@ class RebalanceSim:
         self.partitioned: tuple[float, float] | None = None
         self.counts = {"sent": 0, "lost": 0, "blocked": 0, "writes": 0, "acked": 0,
                        "copies": 0, "finish_syncs": 0, "drops": 0, "barriers": 0,
-                       "to_trailing": 0, "trailing_left_out": 0}
+                       "to_trailing": 0}
         self.victim = ""
-        self.removed: set[str] = set()
         self._setup()
 
     # ------------------------------------------------------------------------ scenarios
@@ -333,12 +330,12 @@ class RebalanceSim:
             return
         node = self.rng.choice(live)
         self._log(f"{node.id}: remove {self.victim}")
-        self.removed.add(self.victim)
-        self._set_state(node, self.victim, LEAVING)
+        self._set_state(node, self.victim, LEAVING, removed=True)
 
-    def _set_state(self, node: Node, who: str, state: str) -> None:
-        if node.view.entries[who].state != state:
-            changed = node.view.with_state(who, state, self.hlc())
+    def _set_state(self, node: Node, who: str, state: str, removed: bool = False) -> None:
+        e = node.view.entries[who]
+        if (e.state, e.removed) != (state, removed):
+            changed = node.view.with_state(who, state, self.hlc(), removed)
             self._adopt(node, changed.entries.values())
         self._push(node)
 
@@ -680,12 +677,11 @@ class RebalanceSim:
             self._push(node)
 
     def _all_agree(self, node: Node, digest: str) -> Generator[Sleep | Call, Any, bool]:
-        """Rebalancer._all_agree: every peer that has not left but a leaving one this node
-        thinks down (the failure detector is asked as each is reached)."""
-        m = node.view
+        """Rebalancer._all_agree: every peer that has not left but one the operator removed
+        (or, `excuse_down_leaving`, a leaving one this node thinks down when it is reached)."""
         old = self.v.agree_live_only
         for peer in self.live_peers(node) if old else self.peers(node):
-            if not old and m.state(peer) == LEAVING and self._excused(node, peer):
+            if not old and self._excused(node, peer):
                 continue
             theirs = yield from self._sync_with(node, peer)
             if theirs is None or theirs.digest() != digest or node.view.digest() != digest:
@@ -693,11 +689,11 @@ class RebalanceSim:
         return True
 
     def _excused(self, node: Node, peer: str) -> bool:
-        """Whether `node` counts `peer` as gone: down to its failure detector (the real rule) or,
-        with the proposed fix, removed."""
-        if self.v.excuse_removed_only:
-            return peer in self.removed
-        return not self.alive(node.id, peer)
+        """Whether `node` counts `peer` as gone: removed in its map (the real rule) or, with
+        `excuse_down_leaving`, leaving and down to its failure detector."""
+        if self.v.excuse_down_leaving:
+            return node.view.state(peer) == LEAVING and not self.alive(node.id, peer)
+        return node.view.removed(peer)
 
     def _ask_all(self, node: Node, targets: list[str], msg: tuple[Any, ...]
                  ) -> Generator[Sleep | Call, Any, list[dict[str, Any]] | None]:
@@ -748,15 +744,9 @@ class RebalanceSim:
         view = coord.view
         p = self.placed(coord)
         targets, extra = p.write_set(shard)
-        trailing = p.trailing_owners(shard)
-        # Coordinator.write_set keeps every trailing owner (W + 1 each) for the whole window; the
-        # proposed fix would leave out only the removed ones.
-        gone = [t for t in trailing if self.v.excuse_removed_only and self._excused(coord, t)]
-        self.counts["to_trailing"] += len(trailing) > len(gone)
-        self.counts["trailing_left_out"] += bool(gone)
-        if gone:
-            targets = tuple(t for t in targets if t not in gone)
-            extra -= len(gone)
+        # Coordinator.write_set keeps every trailing owner but a removed one (W + 1 each) for the
+        # whole window.
+        self.counts["to_trailing"] += bool(p.trailing_owners(shard))
         need = W + extra
         deadline = self.now + self.k.write_timeout
         acks = [0]

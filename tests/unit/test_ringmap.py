@@ -29,14 +29,16 @@ NODES = ["n1", "n2", "n3", "n4", "n5"]
 versions = st.integers(0, 6)
 
 
-def _entry(node: str, state: str, version: int) -> Entry:
+def _entry(node: str, state: str, version: int, removed: bool = False) -> Entry:
     # Address fields are a function of the node, as they are in a cluster whose nodes agree on
     # their configuration (see the xfail test below for what happens when they do not).
     i = NODES.index(node)
-    return Entry(node, state, version, f"z{i % 2}", f"10.0.0.{i}", 7000 + i, 8000 + i, 9000 + i)
+    return Entry(node, state, version, f"z{i % 2}", f"10.0.0.{i}", 7000 + i, 8000 + i, 9000 + i,
+                 removed)
 
 
-entries = st.builds(_entry, st.sampled_from(NODES), st.sampled_from(STATES), versions)
+entries = st.builds(_entry, st.sampled_from(NODES), st.sampled_from(STATES), versions,
+                    st.booleans())
 entry_lists = st.lists(entries, max_size=8)
 
 
@@ -267,3 +269,40 @@ def test_wire_round_trip(es: list[Entry]) -> None:
     assert RingMap.from_wire(m.to_wire()) == m
     for e in es:
         assert Entry.from_wire(e.to_wire()) == e
+
+
+def test_an_entry_stored_before_the_removed_mark_reads_as_not_removed() -> None:
+    old = Entry.from_wire(GOOD)
+    assert old.removed is False and len(old.to_wire()) == 9
+    assert Entry.from_wire([*GOOD, True]).removed is True
+    with pytest.raises(ValueError):
+        Entry.from_wire([*GOOD, "yes"])
+
+
+def test_with_state_sets_keeps_and_clears_the_removed_mark() -> None:
+    m = genesis([{"id": n} for n in ("n1", "n2", "n3", "n4")])
+    removed = m.with_state("n4", LEAVING, 10, removed=True)
+    assert removed.removed("n4") and not removed.removed("n1") and not removed.removed("n9")
+    left = removed.settled(20)
+    assert left.state("n4") == LEFT and left.removed("n4")  # the mark outlives the settle
+    back = left.with_state("n4", JOINING, 30, removed=False)
+    assert not back.removed("n4")
+    # Marking a node already leaving is a change of its own, which every map adopts.
+    leaving = m.with_state("n4", LEAVING, 10)
+    marked = leaving.with_state("n4", LEAVING, 11, removed=True)
+    assert leaving.merge(marked.entries.values()).removed("n4")
+
+
+def test_a_removed_node_is_never_a_trailing_owner() -> None:
+    shape = {"shards": 64, "vnodes": 32, "n": 3}
+    before = genesis([{"id": n} for n in ("n1", "n2", "n3", "n4")])
+    for mark, trails in ((False, True), (True, False)):
+        changing = before.with_state("n4", LEAVING, 10, removed=mark)
+        old = Placement(changing, **shape)
+        new = Placement(changing.settled(20), trailing=old.current, **shape)
+        trailing = {t for s in range(shape["shards"]) for t in new.trailing_owners(s)}
+        assert (trailing == {"n4"}) is trails and (not trailing) is not trails
+        for s in range(shape["shards"]):
+            targets, extra = new.write_set(s)
+            assert ("n4" in targets) is (trails and "n4" in old.owners(s))
+            assert extra == len(new.trailing_owners(s))
