@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
+from spine.core.swim_admission import AcceptHook, Admission
 from spine.core.swim_broadcast import BroadcastQueue
 from spine.core.swim_config import (
     SwimConfig,
@@ -58,7 +59,7 @@ from spine.core.swim_messages import (
     meta_of,
     update_size,
 )
-from spine.core.swim_probe import Probe, ProbeOrder
+from spine.core.swim_probe import Probe, ProbeOrder, Relay
 from spine.core.swim_suspicion import Suspicion
 
 __all__ = [
@@ -73,20 +74,6 @@ _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
 _ENVELOPE = 160  # a PingReq's own fields, with room for long ids and addresses
 ANONYMOUS = ""  # the accuser of a suspicion learnt from full state: unknown, never a confirmation
-
-
-AcceptHook = Callable[[Member], str | None]
-"""Identity check: None admits the member, a string refuses it and says why."""
-
-
-# -------------------------------------------------------------------------------- internal state
-
-
-@dataclass(slots=True)
-class _Relay:
-    requester: str
-    seq: int
-    nack_at: float
 
 
 # ------------------------------------------------------------------------------------------ swim
@@ -110,7 +97,7 @@ class Swim:
         self.config = config or SwimConfig()
         self._rng = rng
         self._meta = meta_of(meta)
-        self._accept = accept
+        self._admission = Admission(accept)
         self._inc = 0
         self._left = False
         self._started = False
@@ -124,9 +111,8 @@ class Swim:
         self._next_probe_at = math.inf
         self._next_push_pull = math.inf
         self._probe_order = ProbeOrder(rng)
-        self._relays: dict[int, _Relay] = {}
+        self._relays: dict[int, Relay] = {}
         self._awareness = 0
-        self._verdicts: dict[str, tuple[tuple[int, str, Meta], str | None]] = {}
         self._events: list[Event] = []
 
     # ------------------------------------------------------------------------------- queries
@@ -298,7 +284,7 @@ class Swim:
     def _on_ping_req(self, src: str, msg: PingReq, now: float, out: list[Outbound]) -> None:
         self._apply_all(msg.updates, now, out)
         seq = self._next_seq()
-        self._relays[seq] = _Relay(src, msg.seq, now + self.config.ping_timeout)
+        self._relays[seq] = Relay(src, msg.seq, now + self.config.ping_timeout)
         ping = Ping(seq, self.self_id, msg.target, self._piggyback(msg.target))
         out.append(Outbound(msg.target_address, ping))
 
@@ -443,23 +429,15 @@ class Swim:
         self._enqueue(Update(m, by))  # pass the confirmation on, as memberlist does
 
     def _verdict(self, m: Member, now: float) -> tuple[str | None, bool]:
-        """The identity check's answer for this version of `m`, asked once per version; the
-        flag says the refusal is new (reported in events, and worth a Refuse message)."""
-        if self._accept is None:
-            return None, False
-        key = (m.incarnation, m.address, m.meta)
-        cached = self._verdicts.get(m.node_id)
-        if cached is not None and cached[0] == key:
-            return cached[1], False
-        reason = self._accept(m)
-        self._verdicts[m.node_id] = (key, reason)
-        if reason is not None:
+        """The identity check's answer for this version of `m` (see `Admission`); a new
+        refusal is reported in the events."""
+        reason, first = self._admission.verdict(m)
+        if first and reason is not None:
             self._events.append(Refusal(now, m.node_id, m.address, reason, False))
-        return reason, reason is not None
+        return reason, first
 
     def _cached_refusal(self, node_id: str) -> str | None:
-        cached = self._verdicts.get(node_id)
-        return cached[1] if cached is not None and node_id not in self._members else None
+        return None if node_id in self._members else self._admission.refusal(node_id)
 
     # ----------------------------------------------------------------------------- gossip
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from spine.core.swim_messages import Member
 
-__all__ = ["Probe", "ProbeOrder"]
+__all__ = ["Probe", "ProbeOrder", "Relay"]
 
 
 @dataclass(slots=True)
@@ -32,6 +32,16 @@ class Probe:
     indirect: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+
+
+@dataclass(slots=True)
+class Relay:
+    """A ping this node sends on behalf of `requester` (a PingReq): the requester's `seq`, and
+    when to answer it with a Nack if no ack has come back (Lifeguard)."""
+
+    requester: str
+    seq: int
+    nack_at: float
 
 
 class ProbeOrder:
