@@ -240,6 +240,9 @@ def test_a_quorum_read_repairs_a_replica_that_missed_writes(make_cluster: Cluste
     c = make_cluster(**WEAK_OK, handoff={"enabled": False})
     ns = "faults-read-repair"
     c.client(["n1"]).put(ns, "k", "v1")
+    # Acknowledged by a quorum; the third copy may still be on its way to n3.
+    c.wait_until(lambda: c.local_record("n3", ns, "k") is not None, 10,
+                 message="v1 to reach n3")
     c.kill("n3")
     expected = {f"m{i}": f"missed {i}" for i in range(10)}
     client = c.client(["n1", "n2"])
