@@ -110,6 +110,11 @@ def cmd_put(args: argparse.Namespace) -> int:
     content = args.content if args.content is not None else sys.stdin.read()
     out = c.put(args.ns, args.id, content, **body) if args.id else c.create(args.ns, content,
                                                                              **body)
+    return _show(args, c, out)
+
+
+def _show(args: argparse.Namespace, c: Any, out: Any) -> int:
+    """Keep the session token the answer carried, print the answer as JSON."""
     _save_session(args, c)
     print(json.dumps(out, indent=2))
     return 0
@@ -118,17 +123,13 @@ def cmd_put(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     c = _client(args)
     out = c.get(args.ns, args.id)
-    _save_session(args, c)
-    print(json.dumps(out, indent=2))
-    return 0
+    return _show(args, c, out)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     c = _client(args)
     out = c.delete(args.ns, args.id)
-    _save_session(args, c)
-    print(json.dumps(out, indent=2))
-    return 0
+    return _show(args, c, out)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
