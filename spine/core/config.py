@@ -47,6 +47,14 @@ class NodeConfig:
 class ClusterSection:
     name: str = "spine-local"
     secret: str = "spine-local-secret"
+    # Secrets still accepted (never used to sign) while a rotation rolls through the cluster,
+    # as memberlist's keyring does: add the new secret as `secret` and the old one here on every
+    # node, then drop the old one once every node runs with the new one.
+    previous_secrets: list[str] = field(default_factory=list)
+
+    def keyring(self) -> list[str]:
+        """Every secret accepted from peers, the signing one first."""
+        return [self.secret, *(s for s in self.previous_secrets if s != self.secret)]
 
 
 @dataclass(frozen=True)
