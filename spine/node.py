@@ -107,7 +107,7 @@ class Node:
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
         self.rpc = RpcClient(
-            node_id, cfg.cluster.secret, self.hlc,
+            node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
         )
@@ -190,7 +190,7 @@ class Node:
         handlers.update(self.keeper.handlers())
         handlers.update(self.rebalancer.handlers())
         self.rpc_server = RpcServer(
-            node_id, cfg.cluster.secret, self.hlc, handlers, self.rt.token_bytes,
+            node_id, cfg.cluster.keyring(), self.hlc, handlers, self.rt.token_bytes,
         )
         self.auth = Authenticator(cfg.auth.keys)
         self._runner: web.AppRunner | None = None

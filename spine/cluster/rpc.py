@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ssl as _ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,13 +68,13 @@ class RpcServer:
     def __init__(
         self,
         node_id: str,
-        secret: str,
+        keyring: list[str],
         hlc: HLC,
         handlers: dict[Tag, Handler],
         token_bytes: Callable[[int], bytes],
     ) -> None:
         self.node_id = node_id
-        self._secret = secret.encode()
+        self._keyring = [k.encode() for k in keyring]
         self._hlc = hlc
         self._handlers = handlers
         self._token_bytes = token_bytes
@@ -81,9 +82,10 @@ class RpcServer:
         self._conns: set[asyncio.Task[None]] = set()
         self.refused = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on (host, port)."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_FRAME)
+    async def start(self, host: str, port: int, *, ssl: _ssl.SSLContext | None = None) -> None:
+        """Listen on (host, port); with `ssl`, every connection is TLS first (mutual if it asks)."""
+        self._server = await asyncio.start_server(
+            self._serve, host, port, limit=MAX_FRAME, ssl=ssl)
 
     async def stop(self) -> None:
         """Stop listening and close every open connection."""
@@ -135,7 +137,7 @@ class RpcServer:
             version == PROTOCOL_VERSION
             and isinstance(peer, str)
             and isinstance(mac, bytes)
-            and hmac.compare_digest(mac, _mac(self._secret, nonce, peer))
+            and any(hmac.compare_digest(mac, _mac(k, nonce, peer)) for k in self._keyring)
         )
         if not ok:
             self.refused += 1
@@ -188,14 +190,17 @@ class RpcClient:
     def __init__(
         self,
         node_id: str,
-        secret: str,
+        keyring: list[str],
         hlc: HLC,
         addresses: dict[str, tuple[str, int]],
         connect_timeout: float,
         local_addr: str | None = None,
+        *,
+        ssl: _ssl.SSLContext | None = None,
     ) -> None:
         self.node_id = node_id
-        self._secret = secret.encode()
+        self._secret = keyring[0].encode()
+        self._ssl = ssl
         self._hlc = hlc
         self.addresses = addresses
         self._connect_timeout = connect_timeout
@@ -242,7 +247,8 @@ class RpcClient:
         host, port = self.addresses[node]
         local = (self._local_addr, 0) if self._local_addr else None
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_FRAME, local_addr=local),
+            asyncio.open_connection(host, port, limit=MAX_FRAME, local_addr=local,
+                                    ssl=self._ssl),
             self._connect_timeout,
         )
         try:
