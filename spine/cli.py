@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from spine.logs import configure
     from spine.node import run_node
 
-    cfg = load(args.config)
+    cfg = load(args.config, env=os.environ)
     configure(args.node, cfg.log.level)
     _install_uvloop()
     asyncio.run(run_node(cfg, args.node, insecure=args.insecure, join=args.join))
@@ -207,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run one node")
-    s.add_argument("--config", required=True)
-    s.add_argument("--node", required=True)
+    s.add_argument("--config", default=os.environ.get("SPINE_CONFIG"),
+                   required="SPINE_CONFIG" not in os.environ,
+                   help="cluster.yaml (or SPINE_CONFIG); SPINE_<SECTION>__<KEY> variables"
+                        " override its settings")
+    s.add_argument("--node", default=os.environ.get("SPINE_NODE"),
+                   required="SPINE_NODE" not in os.environ, help="this node's id (or SPINE_NODE)")
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback listener without API keys")
     s.add_argument("--join", action="store_true",

@@ -10,12 +10,14 @@ import hashlib
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from spine.core.config_env import overlay_env
 from spine.core.consistency import Level, Policy, Quorum
 from spine.core.errors import ConfigError
 from spine.core.validation import Limits
@@ -204,6 +206,31 @@ class AuthSection:
 
 
 @dataclass(frozen=True)
+class TlsSection:
+    """Transport security (DESIGN §16): TLS on the HTTP API, mutual TLS on internal RPC.
+
+    `{node}` in cert_file / key_file is replaced by the node id, so one cluster.yaml can name
+    every node's own certificate.
+    """
+
+    http: bool = False
+    rpc: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    check_hostname: bool = True
+    min_version: str = "1.2"
+
+    def cert_path(self, node_id: str) -> str:
+        """This node's certificate chain file."""
+        return self.cert_file.replace("{node}", node_id)
+
+    def key_path(self, node_id: str) -> str:
+        """This node's private key file."""
+        return self.key_file.replace("{node}", node_id)
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
 
@@ -233,6 +260,7 @@ class Config:
     gossip: GossipSection = field(default_factory=GossipSection)
     auth: AuthSection = field(default_factory=AuthSection)
     log: LogSection = field(default_factory=LogSection)
+    tls: TlsSection = field(default_factory=TlsSection)
 
     def node(self, node_id: str) -> NodeConfig:
         """The config of one member, or ConfigError naming it."""
@@ -391,7 +419,27 @@ def validate(cfg: Config) -> Config:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", key.sha256):
             where = f"auth.keys[{i}].sha256"
             raise ConfigError(f"{where}: must be a hex SHA-256 of the key", field=where)
+    _validate_tls(cfg.tls)
     return cfg
+
+
+def _validate_tls(tls: TlsSection) -> None:
+    """A listener with TLS on needs a certificate and key; mutual TLS also a CA to check with.
+
+    Whether the files exist and hold what they should is checked when the node builds its SSL
+    contexts (spine/tls.py), at start-up, naming the same keys.
+    """
+    if tls.min_version not in ("1.2", "1.3"):
+        raise ConfigError("tls.min_version: must be 1.2 or 1.3", field="tls.min_version")
+    if not (tls.http or tls.rpc):
+        return
+    for name in ("cert_file", "key_file"):
+        if not getattr(tls, name):
+            raise ConfigError(f"tls.{name}: required when tls.http or tls.rpc is on",
+                              field=f"tls.{name}")
+    if tls.rpc and not tls.ca_file:
+        raise ConfigError("tls.ca_file: required when tls.rpc is on (peers are checked"
+                          " against it)", field="tls.ca_file")
 
 
 def from_dict(data: object) -> Config:
@@ -399,8 +447,9 @@ def from_dict(data: object) -> Config:
     return validate(_build(Config, data, ""))
 
 
-def load(path: str | Path) -> Config:
-    """Read, parse and validate cluster.yaml."""
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate cluster.yaml, with `SPINE_…` variables from `env` laid over it
+    (`spine.core.config_env`)."""
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -409,7 +458,30 @@ def load(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if env is not None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping")
+        sections = frozenset(f.name for f in fields(Config))
+        data = overlay_env(data, env, sections, lambda p: Path(p).read_text(), is_string_setting)
     return from_dict(data)
+
+
+def is_string_setting(path: list[str]) -> bool:
+    """Whether the setting at `path` (YAML keys from the top) is a string."""
+    tp: Any = Config
+    for key in path:
+        if is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if key not in hints:
+                return False
+            tp = hints[key]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return False
+    return tp is str
 
 
 def hash_key(secret: str) -> str:
@@ -417,10 +489,18 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def local_cluster(nodes: int, base_port: int, data_dir: str, sync: bool = True) -> dict[str, Any]:
-    """The config `spine up` writes: N nodes on 127.0.0.1, HTTP on base_port + i."""
+def local_cluster(
+    nodes: int, base_port: int, data_dir: str, sync: bool = True, *, secret: str | None = None
+) -> dict[str, Any]:
+    """The config `spine up` writes: N nodes on 127.0.0.1, HTTP on base_port + i.
+
+    `spine up` passes a random `secret`; without one (test harnesses on loopback) it is derived
+    from the data directory, which anyone who knows the path can compute.
+    """
+    if secret is None:
+        secret = hashlib.sha256(data_dir.encode()).hexdigest()
     return {
-        "cluster": {"name": "spine-local", "secret": hashlib.sha256(data_dir.encode()).hexdigest()},
+        "cluster": {"name": "spine-local", "secret": secret},
         "nodes": [
             {
                 "id": f"n{i + 1}",
