@@ -37,10 +37,12 @@ from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
+from spine.core.secret_policy import check_secret_policy
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Applied, Store
+from spine.tls import build_contexts
 
 log = structlog.get_logger("spine.node")
 
@@ -81,6 +83,9 @@ class Node:
                 " add API keys or start with --insecure",
                 field="auth.keys",
             )
+        check_secret_policy(cfg, node_id, on_loopback=is_loopback(self.me.host))
+        # Certificates are read now, so a bad `tls` section fails before anything is opened.
+        self.tls = build_contexts(cfg.tls, node_id)
         self.metrics = SpineMetrics()
         shards = cfg.ring.shards
         data_dir = Path(cfg.storage.path) / node_id
@@ -110,6 +115,7 @@ class Node:
             node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
+            ssl=self.tls.rpc_client,
         )
         # Liveness for routing, hints and fan-out: SWIM gossip, or RPC probes without it.
         self.gossip: Gossip | None = None
@@ -370,7 +376,7 @@ class Node:
         self.indexer.start()
         self.antientropy.start()  # builds its trees in the background, then runs rounds
         host, rpc_port = self.me.rpc_address
-        await self.rpc_server.start(host, rpc_port)
+        await self.rpc_server.start(host, rpc_port, ssl=self.tls.rpc_server)
         if isinstance(self.liveness, ProbeLiveness):
             self.liveness.start()
         else:
@@ -387,7 +393,8 @@ class Node:
             build_app(self._services), access_log=None, handle_signals=False
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True,
+                           ssl_context=self.tls.http)
         await site.start()
         if self.auth.enabled:
             auth = "on"
@@ -398,6 +405,7 @@ class Node:
         log.info(
             "node_started", http=f"{self.me.host}:{self.me.port}",
             rpc=f"{host}:{rpc_port}", auth=auth,
+            tls={"http": self.tls.http is not None, "rpc": self.tls.rpc_server is not None},
             members=len(self.keeper.placement.current.members),
             ring_state=self.keeper.state(), ring_from=self.keeper.origin,
             replication=self.cfg.replication.n,
