@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from typing import Any
 import yaml
 
 from spine.core.config import load, local_cluster
+from spine.core.secret_policy import KNOWN_SECRETS, MIN_SECRET_CHARS
 
 
 def _session_file(args: argparse.Namespace) -> Path:
@@ -29,7 +33,13 @@ def _client(args: argparse.Namespace) -> Any:
     path = _session_file(args)
     token = path.read_text().strip() if path.exists() else None
     return Client(args.url.split(","), api_key=args.api_key or os.environ.get("SPINE_API_KEY"),
-                  session=token or None, consistency=args.consistency)
+                  session=token or None, consistency=args.consistency, verify=_verify(args))
+
+
+def _verify(args: argparse.Namespace) -> bool | str:
+    """How https URLs are checked: against --cacert / SPINE_CACERT, else the system CAs."""
+    cacert: str | None = args.cacert
+    return cacert or True
 
 
 def _save_session(args: argparse.Namespace, client: Any) -> None:
@@ -58,12 +68,65 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    data = Path(args.data).resolve()
+def _local_secret(cfg_path: Path, data: Path) -> str:
+    """The cluster secret an earlier `spine up` wrote for this data dir, else a new random one.
+
+    An earlier secret is kept only if no one else could read its file and it is not guessable
+    (the data dir's SHA-256 that older versions wrote, a default, a short one).
+    """
+    mode = 0o777
+    try:
+        mode = cfg_path.stat().st_mode
+        old = yaml.safe_load(cfg_path.read_text())
+    except (OSError, yaml.YAMLError):
+        old = None
+    cluster = old.get("cluster") if isinstance(old, dict) else None
+    secret = cluster.get("secret") if isinstance(cluster, dict) else None
+    if (
+        isinstance(secret, str)
+        and not mode & 0o077
+        and len(secret) >= MIN_SECRET_CHARS
+        and secret.lower() not in KNOWN_SECRETS
+        and secret != hashlib.sha256(str(data).encode()).hexdigest()
+    ):
+        return secret
+    return secrets.token_hex(32)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only: a new file created 0600, renamed over the old
+    one (so the secret is never in a file anyone else may read, not even for a moment)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_local_config(
+    data: Path, nodes: int, base_port: int, *, sync: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """Write the cluster.yaml `spine up` runs (mode 0600, random secret kept across runs)."""
     data.mkdir(parents=True, exist_ok=True)
     cfg_path = data / "cluster.yaml"
-    cfg = local_cluster(args.nodes, args.base_port, str(data), sync=not args.no_sync)
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg = local_cluster(nodes, base_port, str(data), sync=sync,
+                        secret=_local_secret(cfg_path, data))
+    _write_private(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
+    return cfg_path, cfg
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    cfg_path, cfg = write_local_config(data, args.nodes, args.base_port, sync=not args.no_sync)
     procs: list[subprocess.Popen[bytes]] = []
     for node in cfg["nodes"]:
         procs.append(subprocess.Popen(
@@ -148,7 +211,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _member_urls(view: dict[str, Any], fallback: str) -> dict[str, str]:
     """node → HTTP URL of every member in a /v1/cluster view that has an address."""
-    out = {m["id"]: f"http://{m['address']}" for m in view["members"]
+    scheme = fallback.split("://", 1)[0] if "://" in fallback else "http"
+    out = {m["id"]: f"{scheme}://{m['address']}" for m in view["members"]
            if m.get("address") and m["state"] != "left"}
     return out or {view["node"]: fallback}
 
@@ -157,7 +221,8 @@ def _node(args: argparse.Namespace, url: str) -> Any:
     """A client of one node (status and admin ask each member in turn)."""
     from spine.client import Client
 
-    return Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0)
+    return Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0,
+                  verify=_verify(args))
 
 
 def _records(args: argparse.Namespace, url: str) -> float | None:
@@ -233,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--api-key")
         sp.add_argument("--consistency", choices=["eventual", "session", "strong"])
         sp.add_argument("--session-file")
+        sp.add_argument("--cacert", default=os.environ.get("SPINE_CACERT") or None,
+                        help="CA bundle (PEM) to check an https node against"
+                             " (or SPINE_CACERT; default: the system CAs)")
 
     c = sub.add_parser("put", help="create or replace a memory")
     c.add_argument("ns")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -40,12 +41,24 @@ def _headers(api_key: str | None, session: str | None, level: str | None) -> dic
     return headers
 
 
+def tls_context(verify: bool | str = True) -> ssl.SSLContext:
+    """The context for https URLs: `verify` True checks the server against the system CAs, a
+    path against that CA bundle (PEM), False checks nothing (testing only)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def _path(ns: str, *parts: str) -> str:
     return "/v1/ns/" + quote(ns, safe="") + "".join("/" + quote(p, safe="") for p in parts)
 
 
 class Client:
-    """A synchronous client (standard library only)."""
+    """A synchronous client (standard library only); `verify` as in tls_context."""
 
     def __init__(
         self,
@@ -55,8 +68,10 @@ class Client:
         session: str | None = None,
         consistency: str | None = None,
         timeout: float = 10.0,
+        verify: bool | str = True,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self._ssl = tls_context(verify)
         self._next = itertools.cycle(self.urls)
         self.api_key = api_key
         self.session = session
@@ -74,7 +89,7 @@ class Client:
             next(self._next) + path, data=data, method=method, headers=headers
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
                 self._absorb(resp.headers)
                 raw = resp.read()
                 return json.loads(raw) if raw else None
@@ -92,7 +107,7 @@ class Client:
         req = urllib.request.Request(next(self._next) + path, method="GET",
                                      headers=_headers(self.api_key, None, None))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
                 body: str = resp.read().decode()
                 return body
         except urllib.error.HTTPError as e:
@@ -141,7 +156,7 @@ class Client:
 
 
 class AsyncClient:
-    """An asyncio client on aiohttp, with the same session-token handling."""
+    """An asyncio client on aiohttp, with the same session-token handling and `verify`."""
 
     def __init__(
         self,
@@ -151,6 +166,7 @@ class AsyncClient:
         session: str | None = None,
         consistency: str | None = None,
         timeout: float = 10.0,
+        verify: bool | str = True,
     ) -> None:
         import aiohttp
 
@@ -159,7 +175,10 @@ class AsyncClient:
         self.api_key = api_key
         self.session = session
         self.consistency = consistency
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(ssl=tls_context(verify)),
+        )
 
     async def close(self) -> None:
         """Close the HTTP session."""
