@@ -35,7 +35,7 @@ class IndexSet:
         m: int = 16,
         ef_construction: int = 200,
         ef_search: int = 64,
-        initial_capacity: int = 1024,
+        initial_capacity: int = 8,
         exact_max: int = 2048,
         fingerprint: str = "",
     ) -> None:

@@ -5,9 +5,15 @@ Hierarchical Navigable Small World graphs" (2016). The index is derived data: LM
 and the index is persisted with the LMDB watermark it reflects so that start-up only replays what
 came after (`IndexSet.save_all` / `load_all`).
 
+A namespace costs little until it outgrows exact search: it holds its vectors in a numpy array
+(brute force, recall 1.0) and gets an hnswlib graph only once it has more than `exact_max` live
+records, so a node can hold many small namespaces (an empty hnswlib graph preallocates its whole
+capacity: ~2.6 MiB per namespace at 1,024 slots and 384 dimensions).
+
 Invariants kept by `VectorIndex` (all under its lock):
-- every label in `[0, len(_keys))` exists in hnswlib; `_keys[label]` is its memory id, or None when
-  the label is marked deleted in hnswlib and waits in `_free` for reuse;
+- `_index` is None (no graph yet) or holds every label in `[0, len(_keys))` with the capacity of
+  `_vecs`; `_keys[label]` is its memory id, or None when the label is free (marked deleted in
+  hnswlib, if there is a graph) and waits in `_free` for reuse;
 - `_labels` is the exact inverse of the non-None part of `_keys`;
 - `_vecs[label]` is the (L2-normalised) vector hnswlib holds for a live label. The copy costs
   `4 * dim` bytes per slot and buys exact brute force for selective filters without
@@ -16,10 +22,8 @@ Invariants kept by `VectorIndex` (all under its lock):
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ import numpy.typing as npt
 
 from spine.core.errors import InvalidInput, SpineError
 from spine.storage.files import fsync_file, write_atomic
+from spine.storage.rwlock import RWLock
 
 __all__ = ["IndexCorrupt", "VectorIndex"]
 
@@ -46,51 +51,6 @@ class IndexCorrupt(SpineError):
     code = "index_corrupt"
 
 
-class _RWLock:
-    """Many readers or one writer; a waiting writer holds back new readers (no starvation).
-
-    Not reentrant: code holding it (a search predicate included) must not call back into the
-    index, or it deadlocks as soon as a writer is waiting.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 class VectorIndex:
     """One hnswlib graph (inner product on L2-normalised vectors) for one namespace.
 
@@ -103,7 +63,9 @@ class VectorIndex:
     inside `upsert` take it exclusively, because hnswlib's resize and updates are not safe beside
     queries. `search` predicates run under the shared lock and must not call back into the index.
 
-    Search is exact brute force (numpy) while the namespace has at most `exact_max` live records,
+    The hnswlib graph is built only when the namespace first holds more than `exact_max` live
+    records (and kept after). Search is exact brute force (numpy) while the namespace has at
+    most `exact_max` live records,
     and for a predicate estimated to match at most `max(exact_max, 2k)` of them; otherwise HNSW
     with hnswlib's in-graph filter, falling back to exact whenever HNSW finds fewer than k. So a
     filtered search returns k results whenever k live records match.
@@ -116,7 +78,7 @@ class VectorIndex:
         m: int = 16,
         ef_construction: int = 200,
         ef_search: int = 64,
-        initial_capacity: int = 1024,
+        initial_capacity: int = 8,
         exact_max: int = 2048,
         seed: int = 100,
     ) -> None:
@@ -128,14 +90,8 @@ class VectorIndex:
         self.ef_search = ef_search
         self.exact_max = exact_max
         self._seed = seed
-        self._lock = _RWLock()
-        self._index: Any = hnswlib.Index(space="ip", dim=dim)
-        self._index.init_index(
-            max_elements=initial_capacity, M=m, ef_construction=ef_construction, random_seed=seed
-        )
-        # hnswlib searches with max(ef, k), so one global ef serves every k without set_ef races.
-        self._index.set_ef(ef_search)
-        self._index.set_num_threads(1)
+        self._lock = RWLock()
+        self._index: Any = None  # built by _build_graph once the namespace outgrows exact_max
         self._vecs: FloatArray = np.zeros((initial_capacity, dim), dtype=np.float32)
         self._keys: list[str | None] = []
         self._labels: dict[str, int] = {}
@@ -165,9 +121,15 @@ class VectorIndex:
 
     @property
     def capacity(self) -> int:
-        """Slots allocated in hnswlib (grows by doubling)."""
+        """Vector slots allocated (grows by doubling); hnswlib's graph, once built, matches."""
         with self._lock.read():
             return int(self._vecs.shape[0])
+
+    @property
+    def has_graph(self) -> bool:
+        """Whether the hnswlib graph exists (the namespace outgrew exact search once)."""
+        with self._lock.read():
+            return self._index is not None
 
     def vector(self, key: str) -> FloatArray | None:
         """A copy of the normalised vector indexed for `key`, or None."""
@@ -229,7 +191,12 @@ class VectorIndex:
             capacity = self._vecs.shape[0]
             if len(self._keys) + fresh > capacity:
                 self._grow(max(2 * capacity, len(self._keys) + fresh))
-            self._index.add_items(mat[rows], labels.astype(np.uint64), num_threads=num_threads)
+            new_keys = sum(1 for key in last if key not in self._labels)
+            if self._index is None and len(self._labels) + new_keys > self.exact_max:
+                self._build_graph(num_threads)
+            if self._index is not None:
+                self._index.add_items(mat[rows], labels.astype(np.uint64),
+                                      num_threads=num_threads)
             del self._free[n_free - reused :]
             self._keys.extend([None] * fresh)
             for j, key in enumerate(last):
@@ -249,7 +216,8 @@ class VectorIndex:
             label = self._labels.get(key)
             if label is None:
                 return False
-            self._index.mark_deleted(label)
+            if self._index is not None:
+                self._index.mark_deleted(label)
             del self._labels[key]
             self._keys[label] = None
             self._free.append(label)
@@ -262,12 +230,31 @@ class VectorIndex:
         if ef_search < 1:
             raise ValueError(f"ef_search must be ≥ 1, got {ef_search}")
         with self._lock.write():
-            self._index.set_ef(ef_search)
+            if self._index is not None:
+                self._index.set_ef(ef_search)
             self.ef_search = ef_search
 
+    def _build_graph(self, num_threads: int) -> None:
+        """Under the write lock: build the hnswlib graph over every label held so far."""
+        capacity = int(self._vecs.shape[0])
+        index: Any = hnswlib.Index(space="ip", dim=self.dim)
+        index.init_index(max_elements=capacity, M=self.m, ef_construction=self.ef_construction,
+                         random_seed=self._seed)
+        # hnswlib searches with max(ef, k), so one global ef serves every k without set_ef races.
+        index.set_ef(self.ef_search)
+        index.set_num_threads(1)
+        n = len(self._keys)
+        if n:
+            index.add_items(self._vecs[:n], np.arange(n, dtype=np.uint64),
+                            num_threads=num_threads)
+            for label in self._free:
+                index.mark_deleted(label)
+        self._index = index
+
     def _grow(self, capacity: int) -> None:
-        """Under the write lock: resize hnswlib and the vector copy to `capacity` slots."""
-        self._index.resize_index(capacity)
+        """Under the write lock: resize hnswlib (if built) and the vector copy to `capacity`."""
+        if self._index is not None:
+            self._index.resize_index(capacity)
         vecs = np.zeros((capacity, self.dim), dtype=np.float32)
         vecs[: self._vecs.shape[0]] = self._vecs
         self._vecs = vecs
@@ -307,11 +294,12 @@ class VectorIndex:
             if live == 0:
                 return []
             if predicate is None:
-                if live <= self.exact_max:
+                if live <= self.exact_max or self._index is None:
                     return self._exact(q, k, self._live_labels())
                 found = self._hnsw(q, min(k, live), None)
                 return found if found is not None else self._exact(q, k, self._live_labels())
-            if live <= self.exact_max or self._estimate(predicate) <= max(self.exact_max, 2 * k):
+            if (live <= self.exact_max or self._index is None
+                    or self._estimate(predicate) <= max(self.exact_max, 2 * k)):
                 return self._exact(q, k, self._matching_labels(predicate))
             found = self._hnsw(q, k, predicate)
             if found is not None:
@@ -389,7 +377,7 @@ class VectorIndex:
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        """Persist into `directory`: the hnswlib graph, the vectors and a `meta.json` sidecar.
+        """Persist into `directory`: the hnswlib graph (if built), the vectors and `meta.json`.
 
         Data files carry a fresh generation number and `meta.json` (replaced atomically, last)
         names them, so a crash mid-save leaves the previous save readable. Writers wait while
@@ -400,6 +388,7 @@ class VectorIndex:
         graph_name, vecs_name = f"graph-{gen:08d}.hnsw", f"vectors-{gen:08d}.npy"
         with self._lock.read():
             n = len(self._keys)
+            graph = self._index
             meta = {
                 "format": INDEX_FORMAT,
                 "generation": gen,
@@ -407,7 +396,7 @@ class VectorIndex:
                 "m": self.m,
                 "ef_construction": self.ef_construction,
                 "capacity": int(self._vecs.shape[0]),
-                "graph": graph_name,
+                "graph": graph_name if graph is not None else None,
                 "vectors": vecs_name,
                 "keys": list(self._keys),
                 "attrs": dict(self._attrs),
@@ -416,10 +405,12 @@ class VectorIndex:
                 body = json.dumps(meta, separators=(",", ":")).encode()
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"index attrs are not JSON-serialisable: {exc}") from exc
-            self._index.save_index(str(directory / graph_name))
+            if graph is not None:
+                graph.save_index(str(directory / graph_name))
             with open(directory / vecs_name, "wb") as f:
                 np.save(f, self._vecs[:n], allow_pickle=False)
-        fsync_file(directory / graph_name)
+        if graph is not None:
+            fsync_file(directory / graph_name)
         fsync_file(directory / vecs_name)
         write_atomic(directory / _META, body)
         for stale in directory.iterdir():
@@ -452,14 +443,16 @@ class VectorIndex:
                 initial_capacity=1,
                 exact_max=exact_max,
             )
-            index = hnswlib.Index(space="ip", dim=out.dim)
-            index.load_index(str(directory / meta["graph"]), max_elements=capacity)
-            index.set_ef(ef_search)
-            index.set_num_threads(1)
-            if index.get_current_count() != n:
-                raise IndexCorrupt(
-                    f"{directory}: graph holds {index.get_current_count()} labels, sidecar {n}"
-                )
+            index: Any = None
+            if meta["graph"] is not None:
+                index = hnswlib.Index(space="ip", dim=out.dim)
+                index.load_index(str(directory / meta["graph"]), max_elements=capacity)
+                index.set_ef(ef_search)
+                index.set_num_threads(1)
+                if index.get_current_count() != n:
+                    raise IndexCorrupt(
+                        f"{directory}: graph holds {index.get_current_count()} labels, sidecar {n}"
+                    )
             vecs = np.load(directory / meta["vectors"], allow_pickle=False)
             if vecs.shape != (n, out.dim) or vecs.dtype != np.float32:
                 raise IndexCorrupt(f"{directory}: vectors have shape {vecs.shape}, {vecs.dtype}")
@@ -476,6 +469,8 @@ class VectorIndex:
         out._attrs = {k: v for k, v in attrs.items() if k in out._labels}
         if len(out._labels) + len(out._free) != n:
             raise IndexCorrupt(f"{directory}: a memory id appears under two labels")
+        if out._index is None and len(out._labels) > exact_max:  # saved under a larger exact_max
+            out._build_graph(num_threads=1)
         return out
 
 

@@ -486,6 +486,8 @@ async def test_damaged_snapshot_is_rebuilt_from_lmdb(tmp_path: Path, how: str) -
     model = Model()
     async with opened(tmp_path) as o:
         store, indexer = o.store, o.indexer
+        if how.startswith("graph"):  # small namespaces have no graph file unless exact_max=0
+            indexer.indexes._params["exact_max"] = 0
         await apply(store, indexer, random_ops(model, rng, nrng, 120))
         await indexer.persist()
         await apply(store, indexer, random_ops(model, rng, nrng, 40))

@@ -314,7 +314,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_load_rejects_corrupt_or_missing_files(tmp_path: Path) -> None:
-    index, _, _ = filled(100, 8, seed=14)
+    index, _, _ = filled(100, 8, seed=14, exact_max=0)  # exact_max=0: it has a graph to corrupt
     with pytest.raises(IndexCorrupt):
         VectorIndex.load(tmp_path / "missing")
     index.save(tmp_path / "a")
@@ -485,3 +485,36 @@ def test_recall_at_10_against_brute_force() -> None:
         hits += len({int(key) for key, _ in got} & set(want.tolist()))
     recall = hits / (10 * len(queries))
     assert recall >= 0.95, recall
+
+
+def test_small_namespace_has_no_graph_until_it_outgrows_exact_search() -> None:
+    # ~3,200 namespaces of one record OOM-killed a node: each held a 1,024-slot hnswlib graph.
+    index = VectorIndex(384, exact_max=4)
+    index.upsert("a", np.ones(384))
+    assert not index.has_graph
+    assert index.capacity <= 8  # 8 x 384 floats, not 1,024
+    rng = np.random.default_rng(5)
+    data = unit_rows(rng, 6, 384)
+    index.upsert_many([f"m{i}" for i in range(3)], data[:3], num_threads=1)
+    assert not index.has_graph  # 4 live records: still exact
+    index.delete("m0")
+    index.upsert_many([f"m{i}" for i in range(3, 6)], data[3:], num_threads=1)
+    assert index.has_graph  # 6 live > exact_max: the graph now holds every label
+    assert [key for key, _ in index.search(data[4], 1)] == ["m4"]
+    index.upsert("m0", data[0])  # reuses the freed label through hnswlib
+    assert [key for key, _ in index.search(data[0], 1)] == ["m0"]
+    assert len(index) == 7
+
+
+def test_graphless_index_saves_and_loads_without_a_graph_file(tmp_path: Path) -> None:
+    index, data, keys = filled(10, 8, seed=21, exact_max=100)
+    index.save(tmp_path / "ns")
+    names = sorted(p.name for p in (tmp_path / "ns").iterdir())
+    assert names == ["meta.json", "vectors-00000001.npy"]
+    loaded = VectorIndex.load(tmp_path / "ns", exact_max=100)
+    assert not loaded.has_graph and sorted(loaded.keys()) == sorted(keys)
+    assert loaded.search(data[3], 1)[0][0] == keys[3]
+    # Loaded under a smaller threshold it builds the graph it now needs.
+    small = VectorIndex.load(tmp_path / "ns", exact_max=5)
+    assert small.has_graph
+    assert small.search(data[7], 1)[0][0] == keys[7]
