@@ -116,6 +116,8 @@ class Node:
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
             ssl=self.tls.rpc_client,
+            token_bytes=self.rt.token_bytes, max_frame=cfg.rpc.max_frame_bytes,
+            registry=self.metrics.registry,
         )
         # Liveness for routing, hints and fan-out: SWIM gossip, or RPC probes without it.
         self.gossip: Gossip | None = None
@@ -197,6 +199,11 @@ class Node:
         handlers.update(self.rebalancer.handlers())
         self.rpc_server = RpcServer(
             node_id, cfg.cluster.keyring(), self.hlc, handlers, self.rt.token_bytes,
+            max_frame=cfg.rpc.max_frame_bytes,
+            handshake_timeout=cfg.rpc.handshake_timeout_ms / 1000,
+            max_pending_handshakes=cfg.rpc.max_pending_handshakes,
+            max_inflight=cfg.rpc.max_inflight_per_connection,
+            registry=self.metrics.registry,
         )
         self.auth = Authenticator(cfg.auth.keys)
         self._runner: web.AppRunner | None = None

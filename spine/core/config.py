@@ -124,6 +124,16 @@ class TimeoutsSection:
 
 
 @dataclass(frozen=True)
+class RpcSection:
+    """Internal RPC limits: bounded work before the handshake, and the frame cap."""
+
+    handshake_timeout_ms: int = 5000
+    max_pending_handshakes: int = 64
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_inflight_per_connection: int = 1024
+
+
+@dataclass(frozen=True)
 class HandoffSection:
     window_s: int = 3 * 3600
     replay_interval_ms: int = 500
@@ -248,6 +258,7 @@ class Config:
     storage: StorageSection = field(default_factory=StorageSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     timeouts: TimeoutsSection = field(default_factory=TimeoutsSection)
+    rpc: RpcSection = field(default_factory=RpcSection)
     handoff: HandoffSection = field(default_factory=HandoffSection)
     tombstone: TombstoneSection = field(default_factory=TombstoneSection)
     antientropy: AntiEntropySection = field(default_factory=AntiEntropySection)
@@ -312,6 +323,8 @@ _POSITIVE = {
     "gossip.ping_timeout_ms", "gossip.ping_req_k", "gossip.suspicion_mult",
     "gossip.retransmit_mult", "gossip.push_pull_interval_ms", "ring.sync_interval_ms",
     "ring.transfer_max_keys_per_s",
+    "rpc.handshake_timeout_ms", "rpc.max_pending_handshakes", "rpc.max_frame_bytes",
+    "rpc.max_inflight_per_connection",
 }
 
 
@@ -408,6 +421,9 @@ def validate(cfg: Config) -> Config:
     if not 2 * cfg.gossip.ping_timeout_ms < cfg.gossip.protocol_period_ms:
         raise ConfigError("gossip.ping_timeout_ms: must be less than half of"
                           " gossip.protocol_period_ms", field="gossip.ping_timeout_ms")
+    if not 64 * 1024 <= cfg.rpc.max_frame_bytes < 2**32:
+        raise ConfigError("rpc.max_frame_bytes: must be between 65536 and 4294967295",
+                          field="rpc.max_frame_bytes")
     if cfg.embedder.name not in ("hash", "minilm"):
         raise ConfigError("embedder.name: must be hash or minilm", field="embedder.name")
     if cfg.log.level not in ("debug", "info", "warning", "error"):

@@ -100,6 +100,28 @@ class PeerUnavailable(SpineError):
     retriable = True
 
 
+class FrameTooLarge(TooLarge, PeerUnavailable):
+    """An internal message (request or reply) is past the RPC frame limit (`rpc.max_frame_bytes`).
+
+    Only the call that carried it fails. It is a PeerUnavailable that carries a `code` detail, so
+    callers treat it as an answer from a live peer: they neither mark the peer down nor drop
+    the connection; the API answers it as TooLarge (413)."""
+
+    code = "frame_too_large"
+    retriable = False
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message, field=field, **{**details, "code": self.code})
+
+
+class ProtocolError(SpineError):
+    """A peer broke the internal wire protocol: a bad MAC, a frame past a cap or of the wrong shape.
+
+    The connection it came on is closed; callers waiting on it see PeerUnavailable."""
+
+    code = "protocol_error"
+
+
 class ConfigError(SpineError):
     """cluster.yaml holds an unknown key or a bad value (the message names the key path)."""
 
@@ -111,5 +133,6 @@ ERRORS_BY_CODE: dict[str, type[SpineError]] = {
     for cls in (
         InvalidInput, TooLarge, Unauthorized, Forbidden, NotFound, Conflict, Overloaded,
         QuorumUnavailable, SessionUnavailable, Timeout, ClockSkew, PeerUnavailable,
+        FrameTooLarge,
     )
 }

@@ -7,9 +7,11 @@ The frame around a body (kind, request id, tag, sender HLC) is `spine.cluster.rp
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from spine.core.errors import InvalidInput, SpineError
 from spine.core.model import Record
 
 PROTOCOL_VERSION = 1
@@ -238,19 +240,40 @@ Message = (
     | RingSync | Transfer
 )
 
-DECODERS: dict[int, Any] = {
-    Tag.PING: Ping.from_wire,
-    Tag.APPLY: Apply.from_wire,
-    Tag.READ: Read.from_wire,
-    Tag.FORWARD: Forward.from_wire,
-    Tag.LIST: ListPage.from_wire,
-    Tag.HISTORY: History.from_wire,
-    Tag.SEARCH: Search.from_wire,
-    Tag.SHARD_TREE: ShardTreeQuery.from_wire,
-    Tag.SHARD_FETCH: ShardFetch.from_wire,
-    Tag.RING: RingSync.from_wire,
-    Tag.TRANSFER: Transfer.from_wire,
-}
+_MESSAGES: tuple[Any, ...] = (
+    Ping, Apply, Read, Forward, ListPage, History, Search, ShardTreeQuery, ShardFetch, RingSync,
+    Transfer,
+)
+
+
+def _guarded(cls: Any) -> Callable[[Any], Message]:
+    """`cls.from_wire`, raising only InvalidInput on a body of the wrong shape or types."""
+
+    def from_wire(body: Any) -> Message:
+        if not isinstance(body, list):
+            raise InvalidInput(f"a {cls.__name__} body must be a list", field="body")
+        try:
+            msg: Message = cls.from_wire(body)
+        except SpineError:
+            raise
+        except Exception as e:  # IndexError, TypeError, ValueError, OverflowError, ...
+            raise InvalidInput(f"bad {cls.__name__} body: {type(e).__name__}: {e}"[:300],
+                               field="body") from None
+        return msg
+
+    return from_wire
+
+
+# Every decoder raises only SpineError (InvalidInput) whatever a peer sends.
+DECODERS: dict[int, Callable[[Any], Message]] = {int(c.TAG): _guarded(c) for c in _MESSAGES}
+
+
+def decode(tag: int, body: Any) -> Message:
+    """Decode a request body by its tag; InvalidInput for an unknown tag or a malformed body."""
+    decoder = DECODERS.get(tag)
+    if decoder is None:
+        raise InvalidInput(f"unknown message tag {tag}", field="tag")
+    return decoder(body)
 
 
 def records_to_wire(records: list[Record | None]) -> list[Any]:
