@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from spine.cli import _member_urls
+from spine.client import Client, tls_context
 from spine.core.config import TlsSection, from_dict
 from spine.core.errors import ConfigError
 from spine.tls import build_contexts, rpc_client_context
@@ -113,3 +115,24 @@ def test_a_key_that_does_not_match_its_certificate_is_refused(
     with pytest.raises(ConfigError) as info:
         build_contexts(tls, "n1")
     assert info.value.field == "tls.ca_file"
+
+
+def test_client_verify_option(pki: tuple[Ca, Path]) -> None:
+    ca, _ = pki
+    strict = tls_context(True)
+    assert strict.verify_mode == ssl.CERT_REQUIRED and strict.check_hostname
+    bundle = tls_context(str(ca.cert))
+    assert bundle.verify_mode == ssl.CERT_REQUIRED and bundle.check_hostname
+    assert any(c["subject"] == ((("commonName", "spine-test-ca"),),)
+               for c in bundle.get_ca_certs())
+    lax = tls_context(False)
+    assert lax.verify_mode == ssl.CERT_NONE and not lax.check_hostname
+    assert Client("https://127.0.0.1:1", verify=str(ca.cert))._ssl.get_ca_certs() == \
+        bundle.get_ca_certs()
+
+
+def test_cli_member_urls_keep_the_scheme_of_the_url_given() -> None:
+    view = {"node": "n1", "members": [{"id": "n1", "address": "10.0.0.1:8788", "state": "active"},
+                                      {"id": "n2", "address": "10.0.0.2:8788", "state": "left"}]}
+    assert _member_urls(view, "https://10.0.0.1:8788") == {"n1": "https://10.0.0.1:8788"}
+    assert _member_urls(view, "http://10.0.0.1:8788") == {"n1": "http://10.0.0.1:8788"}
