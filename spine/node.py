@@ -42,7 +42,7 @@ from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import make_embedder
 from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Applied, Store
-from spine.tls import build_contexts
+from spine.tls import HttpsSite, build_contexts
 
 log = structlog.get_logger("spine.node")
 
@@ -400,8 +400,13 @@ class Node:
             build_app(self._services), access_log=None, handle_signals=False
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True,
-                           ssl_context=self.tls.http)
+        site: web.TCPSite
+        if self.tls.http is None:
+            site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True)
+        else:
+            site = HttpsSite(self._runner, self.me.host, self.me.port, reuse_address=True,
+                             ssl_context=self.tls.http,
+                             handshake_timeout=self.cfg.tls.handshake_timeout_ms / 1000)
         await site.start()
         if self.auth.enabled:
             auth = "on"

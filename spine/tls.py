@@ -14,9 +14,13 @@ that does not match its certificate, is a ConfigError naming the key.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from spine.core.config import TlsSection
 from spine.core.errors import ConfigError
@@ -103,3 +107,29 @@ def build_contexts(tls: TlsSection, node_id: str) -> TlsContexts:
         rpc_server=rpc_server_context(tls, node_id) if tls.rpc else None,
         rpc_client=rpc_client_context(tls, node_id) if tls.rpc else None,
     )
+
+
+class HttpsSite(web.TCPSite):
+    """aiohttp's TCPSite with a deadline on the TLS handshake.
+
+    asyncio allows a TLS handshake 60 s, and the HTTP layer's header deadline starts only once
+    the handshake is done, so without this a client that opens connections and never finishes
+    the handshake holds each for a minute (`tls.handshake_timeout_ms`).
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 handshake_timeout: float, **kw: Any) -> None:
+        super().__init__(runner, host, port, **kw)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        """Listen, as TCPSite.start does, with the handshake deadline."""
+        self._runner._reg_site(self)
+        server = self._runner.server
+        assert server is not None and self._ssl_context is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self._handshake_timeout,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]

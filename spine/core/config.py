@@ -247,6 +247,7 @@ class LogSection:
 
 @dataclass(frozen=True)
 class Config:
+    handshake_timeout_ms: int = 10_000
     """The whole of cluster.yaml."""
 
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -343,6 +344,7 @@ def _build(cls: type[T], data: object, path: str) -> T:
         kwargs[key] = _coerce(hints[key], value, where)
     for name, f in known.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+    "tls.handshake_timeout_ms",
             where = f"{path}.{name}" if path else name
             raise ConfigError(f"{where}: required", field=where)
     return cls(**kwargs)

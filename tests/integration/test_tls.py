@@ -16,6 +16,7 @@ import json
 import secrets
 import socket
 import ssl
+import time
 import urllib.error
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -71,7 +72,7 @@ class TlsCluster(LocalCluster):
     def __init__(self, root: Path, pki: Pki, **kw: Any) -> None:
         self.pki = pki
         self.https = ssl.create_default_context(cafile=str(pki.ca.cert))
-        super().__init__(root, 3, tls=pki.tls(http=True, rpc=True),
+        super().__init__(root, 3, tls=pki.tls(http=True, rpc=True, handshake_timeout_ms=1000),
                          cluster={"secret": secrets.token_hex(32)}, **kw)
 
     def url(self, name: str) -> str:
@@ -161,6 +162,14 @@ def test_plain_http_and_an_untrusting_client_are_refused(tls_cluster: TlsCluster
     assert isinstance(info.value.reason, ssl.SSLCertVerificationError)
     # verify=False (testing only) skips the check.
     assert Client([c.url("n1")], verify=False).request("GET", "/healthz")["node"] == "n1"
+
+
+def test_a_tls_handshake_never_finished_is_cut_off(tls_cluster: TlsCluster) -> None:
+    # tls.handshake_timeout_ms is 1 s here; asyncio's own default would hold it for 60 s.
+    with socket.create_connection((HOST, tls_cluster.port("n1")), timeout=20) as sock:
+        start = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - start < 10
 
 
 def test_rpc_refuses_connections_without_a_cert_of_the_cluster_ca(
