@@ -9,16 +9,16 @@ import hashlib
 import json
 import os
 import secrets
-import signal
-import subprocess
+import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from spine.core.config import load, local_cluster
+from spine.core.config import from_dict, load, local_cluster
+from spine.core.config_env import merge_settings
+from spine.core.errors import ConfigError
 from spine.core.secret_policy import KNOWN_SECRETS, MIN_SECRET_CHARS
 
 
@@ -113,54 +113,63 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_local_config(
-    data: Path, nodes: int, base_port: int, *, sync: bool = True
+    data: Path, nodes: int, base_port: int, *, sync: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Write the cluster.yaml `spine up` runs (mode 0600, random secret kept across runs)."""
+    """Write the cluster.yaml `spine up` runs (mode 0600, random secret kept across runs), with
+    `extra` (the user's `--config`) laid over the generated settings; ConfigError if the result
+    is not a valid config."""
     data.mkdir(parents=True, exist_ok=True)
     cfg_path = data / "cluster.yaml"
     cfg = local_cluster(nodes, base_port, str(data), sync=sync,
                         secret=_local_secret(cfg_path, data))
+    if extra:
+        cfg = merge_settings(cfg, extra)
+    from_dict(cfg)  # refuse a bad --config before any node starts
     _write_private(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
     return cfg_path, cfg
 
 
+def _user_settings(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of settings")
+    return data
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    from spine.supervisor import Supervisor, describe, first_clash, listeners
+
     data = Path(args.data).resolve()
-    cfg_path, cfg = write_local_config(data, args.nodes, args.base_port, sync=not args.no_sync)
-    procs: list[subprocess.Popen[bytes]] = []
-    for node in cfg["nodes"]:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "spine", "serve", "--config", str(cfg_path),
-             "--node", node["id"]],
-            start_new_session=True,
-        ))
-    urls = ", ".join(f"http://127.0.0.1:{n['port']}" for n in cfg["nodes"])
-    print(f"spine: {args.nodes} nodes on {urls}; data in {data}; Ctrl-C stops them",
-          file=sys.stderr, flush=True)
-    stopping = False
+    try:
+        extra = _user_settings(args.config) if args.config else None
+        cfg_path, cfg = write_local_config(data, args.nodes, args.base_port,
+                                           sync=not args.no_sync, extra=extra)
+    except ConfigError as e:
+        print(f"spine up: {e}", file=sys.stderr)
+        return 2
+    clash = first_clash(listeners(cfg))
+    if clash is not None:
+        proto = "udp" if clash.kind == socket.SOCK_DGRAM else "tcp"
+        print(f"spine up: {clash.host}:{clash.port}/{proto} ({clash.node} {clash.what}) is in"
+              " use; choose another --base-port or stop what holds it", file=sys.stderr)
+        return 2
+    sup = Supervisor(cfg_path, [n["id"] for n in cfg["nodes"]], on_exit=args.on_exit)
+    for line in describe(cfg, data, cfg_path):
+        sup.say(line)
+    sup.say(f"a node that exits is {_ON_EXIT_SAYS[args.on_exit]} (--on-exit); Ctrl-C stops all")
+    return sup.run()
 
-    def stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping:
-        if any(p.poll() is not None for p in procs):
-            print("spine: a node exited; stopping the others", file=sys.stderr)
-            break
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return 0 if stopping else 1
+_ON_EXIT_SAYS = {"restart": "restarted", "leave": "reported and left down",
+                 "stop": "the end of all of them"}
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -290,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--base-port", type=int, default=8788)
     u.add_argument("--data", default="./data/local")
     u.add_argument("--no-sync", action="store_true", help="do not fsync commits (faster, unsafe)")
+    u.add_argument("--config", help="a YAML file of settings laid over the generated ones"
+                                    " (API keys, consistency overrides and levels, limits, ...)")
+    u.add_argument("--on-exit", choices=["restart", "leave", "stop"], default="restart",
+                   help="what happens when a node exits: restart it (default, with backoff),"
+                        " leave it down and keep the others, or stop the whole cluster")
     u.set_defaults(fn=cmd_up)
 
     def client_args(sp: argparse.ArgumentParser) -> None:

@@ -82,3 +82,14 @@ def _set(tree: dict[str, Any], path: list[str], value: Any, name: str) -> None:
 
 def _copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def merge_settings(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: mappings merge key by key, anything else replaces."""
+    out = _copy(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
