@@ -233,8 +233,10 @@ class Node:
         host, port = self.me.gossip_address
         meta = self._identity("standby")  # the ring state follows once the keeper is built
         peers = {n.id: "{}:{}".format(*n.gossip_address) for n in cfg.nodes}
+        window_ms = cfg.clock.max_offset_ms + cfg.gossip.freshness_margin_ms
         return Gossip(self.id, host, port, runtime=self.rt, config=swim_config(cfg.gossip),
-                      meta=meta, seeds=cfg.seeds, peers=peers, registry=self.metrics.registry)
+                      meta=meta, secrets=cfg.cluster.keyring(), window_ms=window_ms,
+                      seeds=cfg.seeds, peers=peers, registry=self.metrics.registry)
 
     def _identity(self, ring_state: str) -> dict[str, str]:
         cfg = self.cfg

@@ -18,14 +18,26 @@ runtime's rng.
   lapses by itself, leaving SWIM's verdict in charge;
 - a configured peer SWIM has not heard of yet counts as alive for a start-up grace period (the
   failure-detection bound): the nodes of a cluster start in any order;
-- a peer whose identity was refused, either way round, is not alive;
+- a peer whose identity was refused, either way round, is not alive: one we refused for as long
+  as the latest version of it we saw is refused; one that refused us for `refuse_ttl` (a few
+  rejoin rounds, each of which asks again), so that even a lying Refuse lapses;
 - `on_up` callbacks (the hand-off wake-up) run when SWIM sees a member become ALIVE, and when a
   call succeeds to a peer that a failure hint had set aside.
 
 Each member gossips its identity as meta: zone, ring state, cluster name, shard count and
 embedder fingerprint. The identity check refuses a member whose cluster, shard count or embedder
 fingerprint differs from ours; both sides log `member_refused` and keep running without the
-other. Gossip carries no secret: it tells who is up, never data.
+other.
+
+Every packet is authenticated with the cluster secret (`swim_auth`: a truncated HMAC over the
+whole packet, checked before anything is unpacked, any key of `cluster.keyring()` accepted,
+stale and replayed packets refused) and decoded within bounds; whatever fails is dropped and
+counted in `spine_gossip_dropped_total{reason}`. A datagram may carry only Ping, PingReq, Ack or
+Nack; a TCP request only a push-pull; a `Refuse` is heeded only as the reply to our own
+push-pull, on its connection. At most MAX_INBOUND push-pull connections are served at once, each
+frame at most `frame_limit(max_members)` bytes and read within `io_timeout`. Gossip is not
+encrypted: it tells who is up and where, never data; a node that holds the secret can still lie
+in it, within the bounds `Swim` keeps.
 """
 
 from __future__ import annotations
@@ -34,23 +46,22 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from spine.cluster.gossip_transport import (
-    TRANSPORT_ERRORS,
-    DatagramEndpoint,
-    frame,
-    read_frame,
-    request,
-    resolve,
+    Codec,
+    Drops,
+    GossipSockets,
+    answers_on_connection,
+    frame_limit,
 )
 from spine.core.config import GossipSection
 from spine.core.metrics import Registry
 from spine.core.swim import (
     AcceptHook,
+    Dropped,
     Member,
     MemberState,
     Outbound,
@@ -60,7 +71,8 @@ from spine.core.swim import (
     Transition,
     failure_detection_bound,
 )
-from spine.core.swim_messages import DecodeError, Message, PushPull, Refuse, decode, encode
+from spine.core.swim_auth import GossipAuth
+from spine.core.swim_messages import Message, PushPull
 from spine.runtime import Runtime
 
 log = structlog.get_logger("spine.gossip")
@@ -73,6 +85,8 @@ IDENTITY_KEYS = ("cluster", "shards", "embedder")
 """Meta keys that must match for two nodes to be one cluster."""
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+MAX_INBOUND = 32  # push-pull connections served at once; more are closed unread
+DEFAULT_WINDOW_MS = 10_500  # clock.max_offset_ms + gossip.freshness_margin_ms, by default
 
 
 def swim_config(section: GossipSection) -> SwimConfig:
@@ -84,6 +98,7 @@ def swim_config(section: GossipSection) -> SwimConfig:
         suspicion_mult=section.suspicion_mult,
         retransmit_mult=section.retransmit_mult,
         push_pull_interval=section.push_pull_interval_ms / 1000,
+        max_members=section.max_members,
     )
 
 
@@ -120,6 +135,8 @@ class Gossip:
         runtime: Runtime,
         config: SwimConfig,
         meta: Mapping[str, str],
+        secrets: Sequence[str],
+        window_ms: int = DEFAULT_WINDOW_MS,
         seeds: Sequence[str] = (),
         peers: Mapping[str, str] | None = None,
         registry: Registry | None = None,
@@ -127,14 +144,18 @@ class Gossip:
         leave_grace: float | None = None,
     ) -> None:
         """`peers`: the configured members' ids and gossip addresses (the static ring), each
-        tried until heard of; `seeds`: further gossip addresses asked for the cluster's state."""
+        tried until heard of; `seeds`: further gossip addresses asked for the cluster's state;
+        `secrets`: the keyring, the signing secret first; `window_ms`: how far a packet's clock
+        may be from ours (clock.max_offset plus a margin)."""
         self.self_id = self_id
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self.config = config
         self._rt = runtime
         self.swim = Swim(self_id, self.address, rng=runtime.rng, meta=meta, config=config,
-                         accept=identity_check(meta))
+                         accept=identity_check(meta),
+                         first_seq=int.from_bytes(runtime.token_bytes(4), "big"))
+        self.drops = Drops(registry, runtime.monotonic)
         self._peers = {k: v for k, v in (peers or {}).items() if k != self_id}
         self._seeds = list(dict.fromkeys([*seeds, *self._peers.values()]))
         t = config.protocol_period
@@ -143,19 +164,19 @@ class Gossip:
         self.io_timeout = max(1.0, 4 * t)
         self.rejoin_interval = min(config.push_pull_interval, 4 * t)
         self.grace = failure_detection_bound(config, max(1, len(self._peers) + 1))
+        self.refuse_ttl = 3 * self.rejoin_interval + self.io_timeout
+        self.net = GossipSockets(
+            host, port, Codec(GossipAuth(secrets, window_ms), runtime.wall_ms, config.max_members),
+            self.drops, io_timeout=self.io_timeout, frame_limit=frame_limit(config.max_members),
+            on_message=self._handle, on_request=self._answer, max_inbound=MAX_INBOUND)
         self.on_up: list[Callable[[str], None]] = []
         self.refusals: deque[Refusal] = deque(maxlen=64)  # the latest, for tests and operators
         self._hinted: dict[str, float] = {}  # report_failure hints: peer -> skip until
-        self._refused: set[str] = set()
+        self._refused_by: dict[str, float] = {}  # peers that refused us -> until
         self._logged: set[tuple[str, str, bool]] = set()
         self._grace_until = math.inf
         self._next_rejoin = math.inf
-        self._resolved: dict[str, tuple[str, int]] = {}
-        self._transport: asyncio.DatagramTransport | None = None
-        self._server: asyncio.Server | None = None
         self._timer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._pulling: set[str] = set()  # addresses with a push-pull in flight
         self._wake = asyncio.Event()
         self._stopping = False
         self.events_total = None if registry is None else registry.counter(
@@ -171,9 +192,9 @@ class Gossip:
         """SWIM says ALIVE or SUSPECT, and no recent failure hint (self: always)."""
         if node == self.self_id:
             return True
-        if node in self._refused:
-            return False
         now = self._rt.monotonic()
+        if self._is_refused(node, now):
+            return False
         until = self._hinted.get(node)
         if until is not None:
             if now < until:
@@ -183,6 +204,15 @@ class Gossip:
         if m is None:
             return node in self._peers and now < self._grace_until
         return m.state in _LIVE
+
+    def _is_refused(self, node: str, now: float) -> bool:
+        if self.swim.refused(node) is not None:
+            return True
+        until = self._refused_by.get(node)
+        if until is not None and now >= until:
+            del self._refused_by[node]
+            return False
+        return until is not None
 
     def report_failure(self, node: str) -> None:
         """A call to `node` failed: skip it for `hint_ttl` unless SWIM sees it ALIVE again."""
@@ -223,17 +253,7 @@ class Gossip:
 
     async def start(self) -> None:
         """Bind UDP and TCP on the gossip port, join through the seeds, start the timer."""
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: DatagramEndpoint(self._on_datagram), local_addr=(self.host, self.port))
-        self._transport = transport
-        try:
-            self._server = await asyncio.start_server(
-                self._serve, self.host, self.port, reuse_address=True)
-        except BaseException:
-            transport.close()
-            self._transport = None
-            raise
+        await self.net.start()
         now = self._rt.monotonic()
         self._grace_until = now + self.grace
         self._next_rejoin = now + self.rejoin_interval
@@ -253,18 +273,7 @@ class Gossip:
         self._timer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._timer
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        await self.net.close()
         log.info("gossip_stopped")
 
     # ----------------------------------------------------------------------------- timer
@@ -294,20 +303,11 @@ class Gossip:
         if self._stopping:
             return
         for node, address in self._peers.items():
-            if node not in self._refused and self.swim.member(node) is None:
+            if not self._is_refused(node, now) and self.swim.member(node) is None:
                 msg = PushPull(self.self_id, self.swim.push_pull_state(), False)
                 self._send([Outbound(address, msg)])
 
     # ------------------------------------------------------------------------- receiving
-
-    def _on_datagram(self, data: bytes, addr: Any) -> None:
-        src = f"{addr[0]}:{addr[1]}"
-        try:
-            msg = decode(data)
-        except DecodeError as e:
-            log.warning("gossip_bad_datagram", src=src, error=str(e))
-            return
-        self._handle(src, msg)
 
     def _handle(self, src: str, msg: Message) -> None:
         """Feed one message to SWIM and send whatever it answers."""
@@ -315,89 +315,28 @@ class Gossip:
         self._drain()
         self._wake.set()  # the next deadline may have moved closer
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        peer = writer.get_extra_info("peername")
-        try:
-            msg = decode(await asyncio.wait_for(read_frame(reader), self.io_timeout))
-            src = self._tcp_source(msg, peer)
-            outs = self.swim.receive(src, msg, self._rt.monotonic())
-            reply = next((o for o in outs if o.address == src and _answers_on_connection(o.msg)),
-                         None)
-            if reply is not None:
-                outs.remove(reply)
-                writer.write(frame(encode(reply.msg)))
-                await asyncio.wait_for(writer.drain(), self.io_timeout)
-            self._send(outs)
-            self._drain()
-            self._wake.set()
-        except TRANSPORT_ERRORS as e:
-            log.info("gossip_tcp_failed", peer=str(peer), error=repr(e))
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            if task is not None:
-                self._tasks.discard(task)
-
-    @staticmethod
-    def _tcp_source(msg: Message, peer: Any) -> str:
-        """The sender's gossip address: its own record in a push-pull, else the socket peer."""
-        if isinstance(msg, PushPull):
-            for m in msg.members:
-                if m.node_id == msg.sender:
-                    return m.address
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+    def _answer(self, src: str, msg: PushPull) -> Message | None:
+        """Feed a push-pull request to SWIM; its answer (a push-pull or a Refuse) goes back on
+        the request's connection, anything else it causes as usual."""
+        outs = self.swim.receive(src, msg, self._rt.monotonic())
+        reply = next((o for o in outs if o.address == src and answers_on_connection(o.msg)),
+                     None)
+        if reply is not None:
+            outs.remove(reply)
+        self._send(outs)
+        self._drain()
+        self._wake.set()
+        return None if reply is None else reply.msg
 
     # --------------------------------------------------------------------------- sending
 
     def _send(self, outs: Sequence[Outbound]) -> None:
         for address, msg in outs:
             if isinstance(msg, PushPull):
-                if address not in self._pulling:
-                    self._spawn(self._push_pull(address, msg))
+                self.net.push_pull(address, msg, self.host)
             else:
-                self._sendto(address, msg)
+                self.net.send(address, msg)
 
-    def _sendto(self, address: str, msg: Message) -> None:
-        if self._transport is None:
-            return
-        try:
-            target = self._udp_target(address)
-        except (OSError, ValueError) as e:
-            log.warning("gossip_bad_address", address=address, error=repr(e))
-            return
-        self._transport.sendto(encode(msg), target)
-
-    def _udp_target(self, address: str) -> tuple[str, int]:
-        hit = self._resolved.get(address)
-        if hit is None:  # a host name is looked up once (blocking; names are rare here)
-            hit = self._resolved[address] = resolve(address)
-        return hit
-
-    async def _push_pull(self, address: str, msg: PushPull) -> None:
-        self._pulling.add(address)
-        try:
-            data = await asyncio.wait_for(
-                request(address, encode(msg), not msg.is_reply, self.host), self.io_timeout)
-            reply = None if data is None else decode(data)
-        except TRANSPORT_ERRORS as e:
-            log.debug("push_pull_failed", peer=address, error=repr(e))
-            return
-        except Exception:
-            log.exception("push_pull_failed", peer=address)
-            return
-        finally:
-            self._pulling.discard(address)
-        if reply is not None:
-            self._handle(address, reply)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------------------- events
 
@@ -405,6 +344,8 @@ class Gossip:
         for ev in self.swim.drain_events():
             if isinstance(ev, Transition):
                 self._on_transition(ev)
+            elif isinstance(ev, Dropped):
+                self.drops(ev.reason, ev.node_id)
             else:
                 self._on_refusal(ev)
 
@@ -434,16 +375,21 @@ class Gossip:
                      incarnation=t.incarnation)
         if t.new is MemberState.ALIVE:
             self._hinted.pop(node, None)
-            self._refused.discard(node)
+            self._refused_by.pop(node, None)
             self._fire_up(node)
 
     def _on_refusal(self, r: Refusal) -> None:
         if self.events_total is not None:
             self.events_total.inc("refused")
-        self._refused.add(r.node_id)
+        if r.by_peer:
+            if len(self._refused_by) >= self.config.max_members:
+                self._refused_by.clear()  # only ever full of lies: forget them all
+            self._refused_by[r.node_id] = self._rt.monotonic() + self.refuse_ttl
         self.refusals.append(r)
         key = (r.node_id, r.reason, r.by_peer)
         first = key not in self._logged
+        if len(self._logged) >= 1024:
+            self._logged.clear()  # (a flood of reasons is logged again, not remembered)
         self._logged.add(key)
         what = (f"peer {r.node_id} refused this node: {r.reason}; running without it"
                 if r.by_peer else
@@ -458,8 +404,3 @@ class Gossip:
                 cb(node)
             except Exception:
                 log.exception("on_up_failed", peer=node)
-
-
-def _answers_on_connection(msg: Message) -> bool:
-    """Whether `msg` is the answer a push-pull request waits for on its own connection."""
-    return isinstance(msg, Refuse) or (isinstance(msg, PushPull) and msg.is_reply)

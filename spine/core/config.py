@@ -199,6 +199,9 @@ class GossipSection:
     suspicion_mult: int = 4
     retransmit_mult: int = 4
     push_pull_interval_ms: int = 10000
+    # Authenticated and bounded gossip (issue 14); see cluster.yaml.example.
+    max_members: int = 1024
+    freshness_margin_ms: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,9 @@ def validate(cfg: Config) -> Config:
     if not 2 * cfg.gossip.ping_timeout_ms < cfg.gossip.protocol_period_ms:
         raise ConfigError("gossip.ping_timeout_ms: must be less than half of"
                           " gossip.protocol_period_ms", field="gossip.ping_timeout_ms")
+    if not 2 <= cfg.gossip.max_members <= 65_536:
+        raise ConfigError("gossip.max_members: must be an integer from 2 to 65536",
+                          field="gossip.max_members")
     if not 64 * 1024 <= cfg.rpc.max_frame_bytes < 2**32:
         raise ConfigError("rpc.max_frame_bytes: must be between 65536 and 4294967295",
                           field="rpc.max_frame_bytes")

@@ -20,7 +20,14 @@ every message also carries its sender's own record, so any direct contact settle
 suspicion. A full-state push-pull runs every `push_pull_interval` (memberlist), also toward one
 DEAD member so that a healed partition finds its way back (Serf's reconnect). The `accept` hook
 vets each new member's identity (cluster, shard count, embedder): a refused one is never added,
-shows up in the events, and is sent a `Refuse` saying why.
+shows up in the events, and is told why by a `Refuse` in answer to its push-pull (only there: the
+shell accepts a Refuse only as the answer to its own push-pull).
+
+Everything is bounded against a member that holds the secret and lies (issue 14): at most
+`max_members` members, at most MAX_RELAYS relays in flight, only members' pings relayed (to the
+address we know, so a PingReq cannot aim us at a stranger), and a claim about us at
+MAX_INCARNATION is not believed (outbidding it would overflow the wire's incarnation). What is
+refused for a cap shows up in the events as `Dropped`.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ from spine.core.swim_config import (
     suspicion_timeout,
 )
 from spine.core.swim_messages import (
+    MAX_INCARNATION,
     Ack,
+    Dropped,
     Event,
     Member,
     MemberState,
@@ -57,22 +66,21 @@ from spine.core.swim_messages import (
     Transition,
     Update,
     meta_of,
-    update_size,
 )
-from spine.core.swim_probe import Probe, ProbeOrder, Relay
+from spine.core.swim_probe import Probe, ProbeOrder, Relay, Relays
 from spine.core.swim_suspicion import Suspicion
 
 __all__ = [
-    "AcceptHook", "Event", "Member", "MemberState", "Meta", "Outbound", "Refusal", "Swim",
-    "SwimConfig", "Transition", "Update", "failure_detection_bound", "retransmit_limit",
-    "supersedes", "suspicion_duration", "suspicion_timeout",
+    "MAX_INCARNATION", "AcceptHook", "Dropped", "Event", "Member", "MemberState", "Meta",
+    "Outbound", "Refusal", "Swim", "SwimConfig", "Transition", "Update",
+    "failure_detection_bound", "retransmit_limit", "supersedes", "suspicion_duration",
+    "suspicion_timeout",
 ]
 
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
 DEAD, LEFT = MemberState.DEAD, MemberState.LEFT
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
-_ENVELOPE = 160  # a PingReq's own fields, with room for long ids and addresses
 ANONYMOUS = ""  # the accuser of a suspicion learnt from full state: unknown, never a confirmation
 
 
@@ -91,13 +99,16 @@ class Swim:
         meta: Mapping[str, str] | Meta = (),
         config: SwimConfig | None = None,
         accept: AcceptHook | None = None,
+        first_seq: int = 0,
     ) -> None:
+        """`first_seq`: where this node's sequence numbers start (the shell draws it at random,
+        so that another node's Acks replayed here do not match ours)."""
         self.self_id = self_id
         self.address = address
         self.config = config or SwimConfig()
         self._rng = rng
         self._meta = meta_of(meta)
-        self._admission = Admission(accept)
+        self._admission = Admission(accept, 2 * self.config.max_members)
         self._inc = 0
         self._left = False
         self._started = False
@@ -106,12 +117,12 @@ class Swim:
         self._gone_at: dict[str, float] = {}  # when a member became DEAD/LEFT, for reaping
         self._suspicions: dict[str, Suspicion] = {}
         self._queue = BroadcastQueue()  # newest update per member, to piggyback
-        self._seq = 0
+        self._seq = first_seq
         self._probe: Probe | None = None
         self._next_probe_at = math.inf
         self._next_push_pull = math.inf
         self._probe_order = ProbeOrder(rng)
-        self._relays: dict[int, Relay] = {}
+        self._relays = Relays()
         self._awareness = 0
         self._events: list[Event] = []
 
@@ -168,7 +179,7 @@ class Swim:
                 if not p.acked and not p.indirect:
                     due.append(p.ping_deadline)
         due.extend(s.deadline for s in self._suspicions.values())
-        due.extend(r.nack_at for r in self._relays.values())
+        due.extend(self._relays.deadlines())
         return min(due)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -184,7 +195,7 @@ class Swim:
             self._started = True
             self._next_probe_at = now + self._rng.uniform(0, self.config.protocol_period)
             self._next_push_pull = now + self._rng.uniform(0, self.config.push_pull_interval)
-            self._enqueue(Update(self.me(), self.self_id))
+            self._queue.enqueue(Update(self.me(), self.self_id))
         return [self._push_pull_to(s) for s in self._seeds]
 
     def leave(self, now: float) -> list[Outbound]:
@@ -196,7 +207,7 @@ class Swim:
         self._probe = None
         self._events.append(Transition(now, self.self_id, ALIVE, LEFT, self._inc))
         up = Update(self.me(), self.self_id)
-        self._enqueue(up)
+        self._queue.enqueue(up)
         return [Outbound(m.address, Ping(self._next_seq(), self.self_id, m.node_id, (up,)))
                 for m in self._live_others()]
 
@@ -204,8 +215,8 @@ class Swim:
         """Change this node's meta (e.g. ring state joining → active) and gossip it under a new
         incarnation, so it overrides the old one everywhere."""
         self._meta = meta_of(meta)
-        self._inc += 1
-        self._enqueue(Update(self.me(), self.self_id))
+        self._inc = min(self._inc + 1, MAX_INCARNATION)
+        self._queue.enqueue(Update(self.me(), self.self_id))
 
     # ------------------------------------------------------------------------------- driving
 
@@ -214,10 +225,8 @@ class Swim:
         out: list[Outbound] = []
         if not self._started:
             return out
-        for seq, relay in list(self._relays.items()):
-            if now >= relay.nack_at:
-                del self._relays[seq]
-                out.append(Outbound(relay.requester, Nack(relay.seq, self.self_id)))
+        for relay in self._relays.due(now):
+            out.append(Outbound(relay.requester, Nack(relay.seq, self.self_id)))
         if not self._left:
             self._advance_probe(now, out)
         for node_id, s in list(self._suspicions.items()):  # after the probe: it may confirm one
@@ -231,7 +240,8 @@ class Swim:
         return out
 
     def receive(self, src_address: str, msg: Message, now: float) -> list[Outbound]:
-        """Handle one message from `src_address`; returns the replies and forwards it causes."""
+        """Handle one message from `src_address`; returns the replies and forwards it causes.
+        (A `Refuse` must be the answer to our own push-pull: the shell sees to that.)"""
         out: list[Outbound] = []
         match msg:
             case Ping():
@@ -241,9 +251,8 @@ class Swim:
             case Ack():
                 self._on_ack(msg, now, out)
             case Nack():
-                p = self._probe
-                if p is not None and p.seq == msg.seq:
-                    p.nacks += 1
+                if self._probe is not None:
+                    self._probe.nack(msg.seq, msg.sender)
             case PushPull():
                 self._on_push_pull(src_address, msg, now, out)
             case Refuse():
@@ -275,27 +284,32 @@ class Swim:
         if msg.target != self.self_id:
             return  # meant for whoever held this address before us
         self._apply_all(msg.updates, now, out)
-        reason = self._cached_refusal(msg.sender)
-        if reason is not None:
-            out.append(Outbound(src, Refuse(self.self_id, reason)))
-            return
+        if self._cached_refusal(msg.sender) is not None:
+            return  # it learns why from the Refuse that answers its push-pull
         out.append(Outbound(src, Ack(msg.seq, self.self_id, self._piggyback(msg.sender))))
 
     def _on_ping_req(self, src: str, msg: PingReq, now: float, out: list[Outbound]) -> None:
         self._apply_all(msg.updates, now, out)
+        target = self._members.get(msg.target)
+        if target is None or target.state not in _LIVE:  # no reflection towards strangers
+            self._events.append(Dropped(now, "unknown_target", msg.sender))
+            return
         seq = self._next_seq()
-        self._relays[seq] = Relay(src, msg.seq, now + self.config.ping_timeout)
-        ping = Ping(seq, self.self_id, msg.target, self._piggyback(msg.target))
-        out.append(Outbound(msg.target_address, ping))
+        if not self._relays.add(seq, Relay(src, msg.seq, now + self.config.ping_timeout,
+                                           target.node_id)):
+            self._events.append(Dropped(now, "relays_full", msg.sender))
+            return
+        ping = Ping(seq, self.self_id, target.node_id, self._piggyback(target.node_id))
+        out.append(Outbound(target.address, ping))
 
     def _on_ack(self, msg: Ack, now: float, out: list[Outbound]) -> None:
         self._apply_all(msg.updates, now, out)
-        relay = self._relays.pop(msg.seq, None)
+        relay = self._relays.answered(msg.seq, msg.sender)
         if relay is not None:
             ack = Ack(relay.seq, self.self_id, self._piggyback(None))
             out.append(Outbound(relay.requester, ack))
-        elif self._probe is not None and self._probe.seq == msg.seq:
-            self._probe.acked = True
+        elif self._probe is not None:
+            self._probe.ack(msg.seq, msg.sender)
 
     def _on_push_pull(self, src: str, msg: PushPull, now: float, out: list[Outbound]) -> None:
         own = next((m for m in msg.members if m.node_id == msg.sender), None)
@@ -346,6 +360,7 @@ class Swim:
             req = PingReq(p.seq, self.self_id, p.target, target.address, self._piggyback(h))
             out.append(Outbound(self._members[h].address, req))
         p.expected_nacks = len(chosen)
+        p.helpers = tuple(chosen)
         # A late tick (the process was paused) must still give the helpers their time.
         p.period_end = max(p.period_end, now + self.config.ping_timeout * p.scale)
 
@@ -372,7 +387,7 @@ class Swim:
     def _apply(self, up: Update, now: float, out: list[Outbound]) -> None:
         new = up.member
         if new.node_id == self.self_id:
-            self._maybe_refute(new)
+            self._maybe_refute(new, now)
             return
         old = self._members.get(new.node_id)
         if (old is not None and old.state is SUSPECT and new.state is SUSPECT
@@ -381,26 +396,30 @@ class Swim:
             return
         if not supersedes(new, old) or (old is None and new.state in _GONE):
             return  # stale, or an obituary of a stranger
+        if old is None and len(self._members) + 1 >= self.config.max_members:
+            self._events.append(Dropped(now, "members_full", new.node_id))
+            return
         if old is None or old.meta != new.meta or old.address != new.address:
-            reason, first = self._verdict(new, now)
+            reason, _ = self._verdict(new, now)
             if reason is not None:
-                if first:
-                    out.append(Outbound(new.address, Refuse(self.self_id, reason)))
                 return
         self._set(new, up.by, now)
 
-    def _maybe_refute(self, claim: Member) -> None:
+    def _maybe_refute(self, claim: Member, now: float) -> None:
         """Someone asserts something about us that our record does not beat: outbid it."""
         if self._left or claim == self.me():
             return
+        if claim.incarnation >= MAX_INCARNATION:  # cannot be outbid, so cannot be true
+            self._events.append(Dropped(now, "absurd_incarnation", self.self_id))
+            return
         if claim.incarnation < self._inc:
             if claim.state is not ALIVE:  # they missed our refutation: send it round again
-                self._enqueue(Update(self.me(), self.self_id))
+                self._queue.enqueue(Update(self.me(), self.self_id))
             return
         if claim.state is not ALIVE:
             self._nudge(1)  # Lifeguard: being suspected hints that we are the slow one
         self._inc = claim.incarnation + 1
-        self._enqueue(Update(self.me(), self.self_id))
+        self._queue.enqueue(Update(self.me(), self.self_id))
 
     def _set(self, new: Member, by: str, now: float) -> None:
         node_id = new.node_id
@@ -420,13 +439,13 @@ class Swim:
                                                         now)
         else:
             self._suspicions.pop(node_id, None)
-        self._enqueue(Update(new, by))
+        self._queue.enqueue(Update(new, by))
 
     def _confirm(self, m: Member, by: str) -> None:
         s = self._suspicions.get(m.node_id)
         if s is None or by in (ANONYMOUS, m.node_id) or not s.confirm(by):
             return
-        self._enqueue(Update(m, by))  # pass the confirmation on, as memberlist does
+        self._queue.enqueue(Update(m, by))  # pass the confirmation on, as memberlist does
 
     def _verdict(self, m: Member, now: float) -> tuple[str | None, bool]:
         """The identity check's answer for this version of `m` (see `Admission`); a new
@@ -436,13 +455,14 @@ class Swim:
             self._events.append(Refusal(now, m.node_id, m.address, reason, False))
         return reason, first
 
+    def refused(self, node_id: str) -> str | None:
+        """Why the identity check refused the latest version of `node_id` seen, or None."""
+        return self._admission.refusal(node_id)
+
     def _cached_refusal(self, node_id: str) -> str | None:
         return None if node_id in self._members else self._admission.refusal(node_id)
 
     # ----------------------------------------------------------------------------- gossip
-
-    def _enqueue(self, up: Update) -> None:
-        self._queue.enqueue(up)
 
     def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
         """Updates for one outgoing message. First our own record, so that any direct contact
@@ -454,11 +474,7 @@ class Swim:
         m = self._members.get(dest) if dest is not None else None
         if m is not None and m.state in (SUSPECT, DEAD):
             picked.append(Update(m, self.self_id))
-        room = self.config.max_datagram - _ENVELOPE - sum(update_size(u) for u in picked)
-        limit = retransmit_limit(self.config.retransmit_mult, self._cluster_size())
-        # (our own record is in `picked` already: its queued copy counts as sent)
-        self._queue.take(picked, room, self.config.max_piggyback, limit)
-        return tuple(picked)
+        return self._queue.fill(picked, self.config, self._cluster_size())
 
     def _push_pull_round(self, out: list[Outbound]) -> None:
         alive = sorted(k for k, m in self._members.items() if m.state is ALIVE)

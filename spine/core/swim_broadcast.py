@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from spine.core.swim_config import SwimConfig, retransmit_limit
 from spine.core.swim_messages import Update, update_size
 
-__all__ = ["Broadcast", "BroadcastQueue"]
+__all__ = ["ENVELOPE", "Broadcast", "BroadcastQueue"]
+
+ENVELOPE = 160  # a PingReq's own fields, with room for long ids and addresses
 
 
 @dataclass(slots=True)
@@ -76,3 +79,12 @@ class BroadcastQueue:
             b.transmits += 1
             if b.transmits >= limit:
                 del self._items[b.update.member.node_id]
+
+    def fill(self, picked: list[Update], config: SwimConfig, n_members: int) -> tuple[Update, ...]:
+        """`picked` (sent whatever the budget) and then what `take` adds within the datagram
+        budget of `config`, for a cluster of `n_members`: one message's piggyback."""
+        room = config.max_datagram - ENVELOPE - sum(update_size(u) for u in picked)
+        # (an update already in `picked`, our own record, counts as sent once more)
+        self.take(picked, room, config.max_piggyback,
+                  retransmit_limit(config.retransmit_mult, n_members))
+        return tuple(picked)

@@ -75,6 +75,7 @@ class SwimConfig:
     max_datagram: int = 1400  # piggyback stops short of this many bytes (fits a 1500 MTU)
     awareness_max: int = 8  # Lifeguard: T and ping_timeout scale by up to this factor
     dead_reap_after: float = 86_400.0  # a DEAD/LEFT record is forgotten after this long
+    max_members: int = 1024  # members in the view, self included; newcomers past it refused
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -88,6 +89,8 @@ class SwimConfig:
                      "awareness_max"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
+        if self.max_members < 2:
+            raise bad("max_members", "must be >= 2")
         if self.max_datagram < 576:
             raise bad("max_datagram", "must be >= 576 (the smallest datagram IPv4 must carry)")
         if self.suspicion_max_mult < 1:

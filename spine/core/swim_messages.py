@@ -4,6 +4,13 @@ A datagram is one tag byte followed by a msgpack list of the message's fields, i
 holds for the push-pull body sent over TCP. Tags and state codes are append-only: never reuse or
 renumber one. Decoders read the fields they know and ignore any a newer peer appends, so a field
 may be added at the end of a message without a new tag.
+
+Everything decoded is bounded (issue 14): every integer is range-checked (an incarnation fits
+memberlist's uint32, so a refutation at incarnation + 1 always encodes), every string and list has
+a maximum length, addresses must be "host:port" with a port in 1..65535, and msgpack itself is
+told the limits, so a body can neither allocate past its own size nor smuggle an integer the
+state machine would overflow on. The decoder sees only bodies whose MAC has been checked
+(`swim_auth`); the bounds are what holds against a peer that has the secret and lies.
 """
 
 from __future__ import annotations
@@ -26,6 +33,19 @@ def meta_of(items: Mapping[str, str] | Iterable[tuple[str, str]]) -> Meta:
     """The canonical (key-sorted, immutable) form of a meta mapping."""
     pairs = items.items() if isinstance(items, Mapping) else items
     return tuple(sorted((str(k), str(v)) for k, v in pairs))
+
+
+MAX_INCARNATION = 2**32 - 1
+"""Incarnations fit an unsigned 32-bit integer (memberlist's width); a claim above is rejected."""
+MAX_SEQ = 2**63 - 1
+MAX_ID = 256  # characters in a node id
+MAX_ADDRESS = 300  # a DNS name (253) in brackets, a colon and a port
+MAX_META_PAIRS = 16
+MAX_META_KEY = 64
+MAX_META_VALUE = 512
+MAX_REASON = 1024  # a Refuse's explanation
+MAX_UPDATES = 64  # piggybacked updates in one datagram (it holds far fewer in 1,400 bytes)
+DEFAULT_MAX_MEMBERS = 1024  # members in one push-pull, unless the caller says otherwise
 
 
 class MemberState(enum.Enum):
@@ -153,7 +173,18 @@ class Refusal:
     by_peer: bool
 
 
-Event = Transition | Refusal
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Something from `node_id` this node would not act on: a cap reached (`members_full`,
+    `relays_full`), a relay asked for a stranger (`unknown_target`), a claim about us past
+    MAX_INCARNATION (`absurd_incarnation`); counted and logged by the shell."""
+
+    at: float
+    reason: str
+    node_id: str
+
+
+Event = Transition | Refusal | Dropped
 """What `Swim.drain_events` hands the shell: for metrics, logs and liveness callbacks."""
 
 
@@ -215,15 +246,19 @@ def encode(msg: Message) -> bytes:
 # ---------------------------------------------------------------------------------------- decode
 
 
-def _str(x: Any) -> str:
+def _str(x: Any, limit: int = MAX_ID, *, empty: bool = False) -> str:
     if not isinstance(x, str):
         raise DecodeError(f"expected a string, got {type(x).__name__}")
+    if len(x) > limit or (not x and not empty):
+        raise DecodeError(f"string of {len(x)} characters outside 1..{limit}")
     return x
 
 
-def _int(x: Any) -> int:
+def _int(x: Any, hi: int = MAX_SEQ) -> int:
     if not isinstance(x, int) or isinstance(x, bool):
         raise DecodeError(f"expected an integer, got {type(x).__name__}")
+    if not 0 <= x <= hi:
+        raise DecodeError(f"integer {x} outside 0..{hi}")
     return x
 
 
@@ -233,59 +268,73 @@ def _bool(x: Any) -> bool:
     return x
 
 
-def _list(x: Any, n: int) -> list[Any]:
-    if not isinstance(x, list) or len(x) < n:
-        raise DecodeError(f"expected a list of at least {n} fields")
+def _list(x: Any, n: int, limit: int = MAX_UPDATES) -> list[Any]:
+    if not isinstance(x, list) or not n <= len(x) <= max(n, limit):
+        raise DecodeError(f"expected a list of {n} to {max(n, limit)} fields")
     return x
 
 
+def check_address(address: str) -> str:
+    """`address` if it is "host:port" (IPv6 as "[addr]:port") with a port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise DecodeError(f"not a host:port address: {address[:64]!r}")
+    return address
+
+
+def _address(x: Any) -> str:
+    return check_address(_str(x, MAX_ADDRESS))
+
+
 def _member(x: Any) -> Member:
-    w = _list(x, 5)
+    w = _list(x, 5, 16)
     try:
-        state = MemberState(_int(w[3]))
+        state = MemberState(_int(w[3], 255))
     except ValueError:
         raise DecodeError(f"unknown member state {w[3]!r}") from None
-    if not isinstance(w[4], dict):
-        raise DecodeError("expected a meta map")
-    meta = meta_of((_str(k), _str(v)) for k, v in w[4].items())
-    return Member(_str(w[0]), _str(w[1]), _int(w[2]), state, meta)
+    if not isinstance(w[4], dict) or len(w[4]) > MAX_META_PAIRS:
+        raise DecodeError(f"expected a meta map of at most {MAX_META_PAIRS} pairs")
+    meta = meta_of((_str(k, MAX_META_KEY), _str(v, MAX_META_VALUE, empty=True))
+                   for k, v in w[4].items())
+    return Member(_str(w[0]), _address(w[1]), _int(w[2], MAX_INCARNATION), state, meta)
 
 
 def _updates(x: Any) -> tuple[Update, ...]:
-    return tuple(Update(_member(u), _str(_list(u, 6)[5])) for u in _list(x, 0))
+    return tuple(Update(_member(u), _str(_list(u, 6, 16)[5], empty=True)) for u in _list(x, 0))
 
 
-def _ping(w: list[Any]) -> Message:
+def _ping(w: list[Any], _: int) -> Message:
     w = _list(w, 4)
     return Ping(_int(w[0]), _str(w[1]), _str(w[2]), _updates(w[3]))
 
 
-def _ping_req(w: list[Any]) -> Message:
+def _ping_req(w: list[Any], _: int) -> Message:
     w = _list(w, 5)
-    return PingReq(_int(w[0]), _str(w[1]), _str(w[2]), _str(w[3]), _updates(w[4]))
+    return PingReq(_int(w[0]), _str(w[1]), _str(w[2]), _address(w[3]), _updates(w[4]))
 
 
-def _ack(w: list[Any]) -> Message:
+def _ack(w: list[Any], _: int) -> Message:
     w = _list(w, 3)
     return Ack(_int(w[0]), _str(w[1]), _updates(w[2]))
 
 
-def _nack(w: list[Any]) -> Message:
+def _nack(w: list[Any], _: int) -> Message:
     w = _list(w, 2)
     return Nack(_int(w[0]), _str(w[1]))
 
 
-def _push_pull(w: list[Any]) -> Message:
+def _push_pull(w: list[Any], max_members: int) -> Message:
     w = _list(w, 3)
-    return PushPull(_str(w[0]), tuple(_member(m) for m in _list(w[1], 0)), _bool(w[2]))
+    members = tuple(_member(m) for m in _list(w[1], 0, max_members))
+    return PushPull(_str(w[0]), members, _bool(w[2]))
 
 
-def _refuse(w: list[Any]) -> Message:
+def _refuse(w: list[Any], _: int) -> Message:
     w = _list(w, 2)
-    return Refuse(_str(w[0]), _str(w[1]))
+    return Refuse(_str(w[0]), _str(w[1], MAX_REASON, empty=True))
 
 
-_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
+_DECODERS: dict[int, Callable[[list[Any], int], Message]] = {
     Tag.PING: _ping,
     Tag.PING_REQ: _ping_req,
     Tag.ACK: _ack,
@@ -295,15 +344,21 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
 }
 
 
-def decode(data: bytes) -> Message:
-    """The message in `data`; DecodeError if it is not one (unknown tag, bad body)."""
+def decode(data: bytes, max_members: int = DEFAULT_MAX_MEMBERS) -> Message:
+    """The message in `data`; DecodeError if it is not one (unknown tag, bad body, a value out
+    of range, or a push-pull of more than `max_members` members)."""
     if not data:
         raise DecodeError("empty SWIM message")
     decoder = _DECODERS.get(data[0])
     if decoder is None:
         raise DecodeError(f"unknown SWIM message tag {data[0]}")
     try:
-        body = msgpack.unpackb(data[1:], raw=False, strict_map_key=True)
+        body = msgpack.unpackb(
+            data[1:], raw=False, strict_map_key=True, max_str_len=MAX_REASON,
+            max_bin_len=0, max_ext_len=0, max_map_len=MAX_META_PAIRS,
+            max_array_len=max(max_members, MAX_UPDATES))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"bad msgpack body: {exc}") from None
-    return decoder(_list(body, 0))
+        raise DecodeError(f"bad msgpack body: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise DecodeError("msgpack body nested too deeply") from None
+    return decoder(_list(body, 0, 16), max_members)

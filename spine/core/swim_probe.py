@@ -4,18 +4,26 @@
 live member is probed within 2(n-1) periods of its previous probe — a bound that uniform random
 choice cannot give. A member that (re)appears is inserted at a random place in the rest of the
 current round, so it is probed soon without waiting for the next shuffle. `Probe` is the state of
-the one probe in flight.
+the one probe in flight; `Relays` the pings this node sends on others' behalf.
+
+An Ack or a Nack counts only from whom it can honestly come (the target, or a helper this probe
+asked, once each): with sequence numbers alone, a datagram meant for another node and replayed
+here could pass for an answer (see `swim_auth`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spine.core.swim_messages import Member
 
-__all__ = ["Probe", "ProbeOrder", "Relay"]
+__all__ = ["MAX_RELAYS", "Probe", "ProbeOrder", "Relay", "Relays"]
+
+MAX_RELAYS = 256
+"""Pings in flight for others' PingReqs; each lasts one ping timeout, so a healthy cluster holds
+a handful, and a flood of PingReqs is refused past this."""
 
 
 @dataclass(slots=True)
@@ -32,6 +40,20 @@ class Probe:
     indirect: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    helpers: tuple[str, ...] = ()  # the helpers asked to probe the target indirectly
+    nacked: set[str] = field(default_factory=set)
+
+    def ack(self, seq: int, sender: str) -> bool:
+        """Count an Ack: True if it answers this probe, from the target or a helper asked."""
+        if seq == self.seq and (sender == self.target or sender in self.helpers):
+            self.acked = True
+        return self.acked
+
+    def nack(self, seq: int, sender: str) -> None:
+        """Count a helper's Nack for this probe, once per helper asked."""
+        if seq == self.seq and sender in self.helpers and sender not in self.nacked:
+            self.nacked.add(sender)
+            self.nacks += 1
 
 
 @dataclass(slots=True)
@@ -42,6 +64,42 @@ class Relay:
     requester: str
     seq: int
     nack_at: float
+    target: str = ""  # the member pinged: only its Ack is relayed
+
+
+class Relays:
+    """The relays in flight, by the sequence number of the ping this node sent; at most
+    `cap` of them."""
+
+    def __init__(self, cap: int = MAX_RELAYS) -> None:
+        self.cap = cap
+        self._by_seq: dict[int, Relay] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    def add(self, seq: int, relay: Relay) -> bool:
+        """Remember `relay` under our ping's `seq`; False (and nothing kept) when full."""
+        if len(self._by_seq) >= self.cap:
+            return False
+        self._by_seq[seq] = relay
+        return True
+
+    def answered(self, seq: int, sender: str) -> Relay | None:
+        """The relay an Ack from `sender` for our ping `seq` completes (taken out), if any."""
+        relay = self._by_seq.get(seq)
+        if relay is None or relay.target != sender:
+            return None
+        return self._by_seq.pop(seq)
+
+    def due(self, now: float) -> list[Relay]:
+        """Relays unanswered by their nack time (taken out): each owes its requester a Nack."""
+        late = [seq for seq, r in self._by_seq.items() if now >= r.nack_at]
+        return [self._by_seq.pop(seq) for seq in late]
+
+    def deadlines(self) -> list[float]:
+        """When each relay in flight comes due."""
+        return [r.nack_at for r in self._by_seq.values()]
 
 
 class ProbeOrder:

@@ -5,6 +5,12 @@ that began them): concurrent `apply` calls queue up, the writer drains the queue
 transaction, commits (fsync when `sync`), and only then resolves the callers' futures. Nothing is
 acknowledged before it is durable. Reads run on the caller's thread in their own read transaction;
 LMDB's MVCC lets them proceed beside the writer.
+
+Disk faults (spine.core.disk_health says what LMDB does under each): a commit that fails to
+write or sync turns the store FAILED — every later write answers StorageFailed (503) until the
+process restarts, and no write transaction is begun again (a failed fsync is never retried); a
+full filesystem or map answers InsufficientStorage (507) and the next write tries again, so the
+store recovers by itself once space is freed. Reads go on from the last commit while LMDB allows.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import lmdb
 import msgpack
 import structlog
 
+from spine.core.errors import SpineError
 from spine.core.model import Record, is_concurrent, merge
+from spine.storage.disk_guard import DiskGuard
 
 log = structlog.get_logger("spine.store")
 
@@ -107,6 +115,7 @@ class Store:
         max_batch: int = 512,
         history_keep: int = 10,
         on_commit: Callable[[list[Applied]], None] | None = None,
+        reserve_mb: int = 0,
     ) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
@@ -138,6 +147,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self.commits = 0
         self.committed_ops = 0
+        self.disk = DiskGuard(self.path, reserve_mb * 1024 * 1024)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -157,6 +167,17 @@ class Store:
 
     # ---------------------------------------------------------------- reads
 
+    def check_writable(self) -> None:
+        """Raise StorageFailed (503) or InsufficientStorage (507) when a write cannot be tried."""
+        self.disk.check_writable()
+
+    def _begin_read(self, db: Any = None) -> Any:
+        """A read transaction; StorageFailed once LMDB has declared the environment unusable."""
+        try:
+            return self.env.begin(db=db)
+        except lmdb.PanicError as e:
+            raise self.disk.panicked(e) from None
+
     @property
     def seq(self) -> int:
         """The change-log position of the last committed apply (the index watermark source)."""
@@ -168,14 +189,14 @@ class Store:
 
     def get(self, namespace: str, mid: str) -> Record | None:
         """The stored version of a key (tombstones included), or None."""
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             raw = txn.get(self.key_of(namespace, mid))
         return None if raw is None else decode_record(raw)
 
     def get_many(self, keys: Sequence[tuple[str, str]]) -> list[Record | None]:
         """Several keys in one read transaction."""
         out: list[Record | None] = []
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             for ns, mid in keys:
                 raw = txn.get(self.key_of(ns, mid))
                 out.append(None if raw is None else decode_record(raw))
@@ -185,7 +206,7 @@ class Store:
         """Superseded and concurrent-losing versions of a key, newest first."""
         prefix = self.key_of(namespace, mid) + b"\0"
         out: list[HistoryEntry] = []
-        with self.env.begin(db=self.history_db) as txn:
+        with self._begin_read(db=self.history_db) as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
@@ -210,7 +231,7 @@ class Store:
         prefix = namespace.encode() + b"\0"
         start = prefix + (after.encode() + b"\0" if after is not None else b"")
         out: list[Record] = []
-        with self.env.begin() as txn:
+        with self._begin_read() as txn:
             cur = txn.cursor(db=self.by_ns)
             if not cur.set_range(start):
                 return out
@@ -236,7 +257,7 @@ class Store:
         """Up to `limit` (records key, record) pairs of one shard with key > `after`."""
         prefix = shard_prefix(shard)
         out: list[tuple[bytes, Record]] = []
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             cur = txn.cursor()
             if not cur.set_range(after + b"\0" if after is not None else prefix):
                 return out
@@ -248,14 +269,14 @@ class Store:
 
     def iter_all(self) -> Iterable[Record]:
         """Every stored record (tombstones included), one read transaction at a time."""
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             for _, v in txn.cursor():
                 yield decode_record(v)
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, bytes]]:
         """(seq, records key) of the change log after `seq` (index catch-up after a crash)."""
         out: list[tuple[int, bytes]] = []
-        with self.env.begin(db=self.changes) as txn:
+        with self._begin_read(db=self.changes) as txn:
             cur = txn.cursor()
             if cur.set_range(_U64.pack(seq + 1)):
                 for k, v in cur:
@@ -266,20 +287,20 @@ class Store:
 
     def get_by_record_key(self, rk: bytes) -> Record | None:
         """A record by its raw records key."""
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             raw = txn.get(rk)
         return None if raw is None else decode_record(raw)
 
     def count(self) -> int:
         """Records stored (tombstones included)."""
-        with self.env.begin(db=self.records) as txn:
+        with self._begin_read(db=self.records) as txn:
             n: int = txn.stat(self.records)["entries"]
         return n
 
     def hint_counts(self) -> dict[str, int]:
         """Pending hints per target node."""
         counts: dict[str, int] = {}
-        with self.env.begin(db=self.hints_db) as txn:
+        with self._begin_read(db=self.hints_db) as txn:
             for k in txn.cursor().iternext(keys=True, values=False):
                 target = bytes(k).split(b"\0", 1)[0].decode()
                 counts[target] = counts.get(target, 0) + 1
@@ -289,7 +310,7 @@ class Store:
         """The oldest `limit` hints kept for `target`."""
         prefix = target.encode() + b"\0"
         out: list[Hint] = []
-        with self.env.begin(db=self.hints_db) as txn:
+        with self._begin_read(db=self.hints_db) as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
@@ -301,12 +322,12 @@ class Store:
 
     def meta_get(self, name: str) -> bytes | None:
         """A raw meta value."""
-        with self.env.begin(db=self.meta) as txn:
+        with self._begin_read(db=self.meta) as txn:
             v = txn.get(name.encode())
         return None if v is None else bytes(v)
 
     def _meta_int(self, name: bytes) -> int:
-        with self.env.begin(db=self.meta) as txn:
+        with self._begin_read(db=self.meta) as txn:
             v = txn.get(name)
         return 0 if v is None else int(_U64.unpack(v)[0])
 
@@ -371,6 +392,12 @@ class Store:
         max_hlc = self.max_hlc
         try:
             with self.env.begin(write=True) as txn:
+        try:  # FAILED: never begin another write transaction (no fsync retried); or below reserve
+            self.disk.check_writable()
+        except SpineError as err:
+            for op in batch:
+                op.loop.call_soon_threadsafe(_set_exception, op.future, err)
+            return
                 for op in batch:
                     if op.kind == "apply":
                         out = []
@@ -411,13 +438,16 @@ class Store:
                 txn.put(b"hlc", _U64.pack(max_hlc), db=self.meta)
         except Exception as e:  # the whole transaction failed: fail every caller in it
             for op in batch:
-                op.loop.call_soon_threadsafe(_set_exception, op.future, e)
+                op.loop.call_soon_threadsafe(_set_exception, op.future, failed)
             return
         self._seq, self._hint_seq, self.max_hlc = seq, hint_seq, max_hlc
         if self.on_commit is not None:
+            failed = self.disk.commit_failed(e, _batch_bytes(batch)) if isinstance(
+                e, lmdb.Error) else e
             committed = [a for op, res in zip(batch, results, strict=True)
                          if op.kind in ("apply", "purge") for a in res]
             if committed:
+        self.disk.committed()
                 try:
                     self.on_commit(committed)
                 except Exception:  # a derived structure failing must not fail the commit
@@ -483,6 +513,15 @@ class _Op:
     kind: str
     payload: Any
     future: asyncio.Future[Any]
+def _batch_bytes(batch: list[_Op]) -> int:
+    """Roughly how many bytes a batch writes (content and vectors of its records)."""
+    total = 0
+    for op in batch:
+        if op.kind == "apply":
+            total += sum(len(r.content) + len(r.vector or b"") for r in op.payload)
+    return total
+
+
     loop: asyncio.AbstractEventLoop
 
 

@@ -125,10 +125,12 @@ def test_hints_for_a_restarted_node_are_replayed_when_gossip_sees_it_back(
 
 
 class Stranger(LocalCluster):
-    """One node, id `x1`, whose own config joins another cluster's gossip seeds."""
+    """One node, id `x1`, whose own config joins another cluster's gossip seeds, with that
+    cluster's secret (gossip is authenticated: without it x1 would not be heard at all)."""
 
-    def __init__(self, tmp_path: Path, seeds: list[str], **overrides: Any) -> None:
+    def __init__(self, tmp_path: Path, seeds: list[str], secret: str, **overrides: Any) -> None:
         self.join_seeds = seeds
+        self.secret = secret
         super().__init__(tmp_path, nodes=1, start=False, **overrides)
         self.names = ["x1"]
 
@@ -136,6 +138,7 @@ class Stranger(LocalCluster):
         super()._write_config()
         self.config["nodes"][0]["id"] = "x1"
         self.config["seeds"] = self.join_seeds
+        self.config["cluster"]["secret"] = self.secret
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
 
@@ -151,7 +154,7 @@ def test_a_node_with_another_identity_is_refused_on_both_sides(
     c = make_cluster()
     wait_all_alive(c, NODES, 15)
     seeds = [f"{HOST}:{c.base + GOSSIP_OFFSET + i}" for i in range(len(NODES))]
-    x = Stranger(tmp_path / "stranger", seeds, **overrides)
+    x = Stranger(tmp_path / "stranger", seeds, c.config["cluster"]["secret"], **overrides)
     make_cluster.clusters.append(x)  # closed with the others
     x.start_all()
 

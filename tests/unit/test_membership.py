@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 A, S, D, L = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 FAST = SwimConfig.local()  # T = 0.2 s
 RESERVED = (range(18788, 20791), range(38788, 40791))  # the benchmarks' ports
+SECRETS = ("test-gossip-secret",)
 
 
 def meta(cluster: str = "c", shards: int = 64, embedder: str = "hash:8:v1",
@@ -81,7 +82,7 @@ class FakeRuntime(Runtime):
 
 
 def _offline(rt: FakeRuntime, peers: Mapping[str, str] | None = None) -> Gossip:
-    g = Gossip("a", "127.0.0.1", 1, runtime=rt, config=FAST, meta=meta(),
+    g = Gossip("a", "127.0.0.1", 1, runtime=rt, config=FAST, meta=meta(), secrets=SECRETS,
                peers=peers if peers is not None else {"a": "127.0.0.1:1", "b": "127.0.0.1:2"})
     g.swim.join([], rt.now)
     return g
@@ -212,7 +213,7 @@ def make(
         configured = (peers or {}).get(i, ids)
         out.append(Gossip(
             i, "127.0.0.1", split_address(addr[i])[1], runtime=Runtime(rng=random.Random(n)),
-            config=FAST, meta=(metas or {}).get(i, meta()),
+            config=FAST, meta=(metas or {}).get(i, meta()), secrets=SECRETS,
             seeds=[addr[s] for s in (seeds or {}).get(i, "")],
             peers={p: addr[p] for p in configured}, registry=reg, leave_grace=0.2))
     return out
