@@ -17,6 +17,7 @@ from aiohttp import web
 
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app, mint_id
+from spine.api.limits import HttpLimits, LimitedRunner
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
@@ -35,6 +36,7 @@ from spine.core.config import Config
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
+from spine.core.quota import NamespaceQuota
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
 from spine.core.secret_policy import check_secret_policy
@@ -205,7 +207,7 @@ class Node:
             max_inflight=cfg.rpc.max_inflight_per_connection,
             registry=self.metrics.registry,
         )
-        self.auth = Authenticator(cfg.auth.keys)
+        self.auth = Authenticator(cfg.auth.keys, agents_see_cluster=cfg.auth.agents_see_cluster)
         self._runner: web.AppRunner | None = None
         self._clock_task: asyncio.Task[None] | None = None
         self._register_gauges()
@@ -375,6 +377,10 @@ class Node:
             cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
             search=self.search.handle,
+            http=HttpLimits.from_section(lim), clock=self.rt.monotonic,
+            quota=NamespaceQuota(lim.max_namespaces, self.indexer.indexes.holds,
+                                 self.indexer.indexes.count),
+            list_page_bytes=lim.list_page_bytes,
             admin={a: functools.partial(self.rebalancer.admin, a)
                    for a in ("join", "decommission", "remove")},
         )
@@ -398,8 +404,8 @@ class Node:
         if clock_file:
             self._clock_task = asyncio.create_task(follow_clock_file(self.rt, clock_file))
             log.warning("test_clock_control", file=clock_file)
-        self._runner = web.AppRunner(
-            build_app(self._services), access_log=None, handle_signals=False
+        self._runner = LimitedRunner(
+            build_app(self._services), self._services.http, access_log=None, handle_signals=False
         )
         await self._runner.setup()
         site: web.TCPSite

@@ -17,6 +17,8 @@ STATUS: dict[type[e.SpineError], int] = {
     e.Conflict: 409,
     e.TooLarge: 413,
     e.Overloaded: 429,
+    e.TooManyNamespaces: 507,
+    e.RequestTimeout: 408,
     e.QuorumUnavailable: 503,
     e.SessionUnavailable: 503,
     e.PeerUnavailable: 503,

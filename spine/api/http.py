@@ -6,6 +6,8 @@ only in `spine.api.errors`; bad input never reaches the coordinator.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.errors import error_body, error_response, status_of
+from spine.api.limits import CLOSE_AFTER, HttpLimits
 from spine.api.openapi import OPENAPI
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
@@ -27,11 +30,14 @@ from spine.core.errors import (
     NotFound,
     Overloaded,
     QuorumUnavailable,
+    RequestTimeout,
     SpineError,
     TooLarge,
 )
 from spine.core.ids import uuid7
 from spine.core.metrics import SpineMetrics
+from spine.core.quota import NamespaceQuota
+from spine.core.ratelimit import ClientLimiter
 from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
@@ -39,6 +45,7 @@ from spine.core.session import SessionToken
 log = structlog.get_logger("spine.api")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+UNCOUNTED = ("/healthz", "/readyz", "/metrics")  # probes: no slot, no per-client limit
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SearchFn = Callable[[str, dict[str, Any], SessionToken | None, Level | None], Awaitable[Any]]
@@ -65,12 +72,31 @@ class Services:
     search: SearchFn | None = None
     admin: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = field(default_factory=dict)
     inflight: int = 0
+    http: HttpLimits = field(default_factory=HttpLimits)
+    clock: Callable[[], float] | None = None  # monotonic seconds (the Runtime's) for rate limits
+    quota: NamespaceQuota | None = None
+    list_page_bytes: int = 4 * 1024 * 1024
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
     )
+
+
+async def read_body(request: web.Request, timeout: float) -> None:
+    """Read the whole body (aiohttp keeps it for `request.read()`) within `timeout` seconds, or
+    RequestTimeout and the connection closes after the reply: a slow sender cannot hold a slot."""
+    if not request.body_exists:
+        return
+    try:
+        await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        request[CLOSE_AFTER] = True
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s"
+                             " (limits.body_timeout_ms)", field="body") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("request body is past limits.body_bytes", field="body") from None
 
 
 async def _read_json(request: web.Request) -> Any:
@@ -106,38 +132,66 @@ def _flag(request: web.Request, name: str) -> bool:
 def build_app(svc: Services) -> web.Application:
     """The aiohttp application serving the public API."""
 
+    http = svc.http
+    limiter = ClientLimiter(http.client_rate, http.client_burst, http.client_inflight,
+                            http.max_clients)
+    clock = svc.clock or time.monotonic
+
+    async def admit_and_run(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate, admit per client, read the body, take a slot, run the handler.
+
+        The body is read before the request takes one of the `max_inflight` slots, so clients
+        that send slowly hold a connection (bounded per address) but never a slot."""
+        if request.path in PUBLIC_PATHS:  # load balancers probe these without credentials
+            request["principal"] = ANONYMOUS
+        else:
+            request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
+        if request.path.startswith(UNCOUNTED):
+            return await handler(request)
+        principal: Principal = request["principal"]
+        client = f"key:{principal.name}" if svc.auth.enabled else f"addr:{request.remote}"
+        admission = limiter.admit(client, clock())
+        if not admission.ok:
+            svc.metrics.overloaded.inc()
+            raise Overloaded(f"this client has {admission.reason}; retry shortly",
+                             retry_after=max(1, math.ceil(admission.retry_after)))
+        try:
+            await read_body(request, http.body_timeout)
+            if svc.inflight >= svc.max_inflight:
+                svc.metrics.overloaded.inc()
+                raise Overloaded("too many requests in flight; retry shortly")
+            svc.inflight += 1
+            try:
+                return await handler(request)
+            finally:
+                svc.inflight -= 1
+        finally:
+            limiter.release(client)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
         started = time.perf_counter()
-        counted = not request.path.startswith(("/healthz", "/readyz", "/metrics"))
-        if counted and svc.inflight >= svc.max_inflight:
-            svc.metrics.overloaded.inc()
-            resp: web.StreamResponse = error_response(
-                Overloaded("too many requests in flight; retry shortly")
-            )
-            _observe(svc, route_name, request, resp, started)
-            return resp
-        svc.inflight += counted
+        resp: web.StreamResponse
         try:
-            if request.path in PUBLIC_PATHS:  # load balancers probe these without credentials
-                request["principal"] = ANONYMOUS
-            else:
-                request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
-            resp = await handler(request)
+            resp = await admit_and_run(request, handler)
         except SpineError as e:
-            resp = error_response(e)
+            retry = e.details.get("retry_after")
+            resp = error_response(e, {"Retry-After": str(retry)} if retry else None)
         except web.HTTPRequestEntityTooLarge:
             resp = error_response(TooLarge("request body is past limits.body_bytes", field="body"))
         except web.HTTPException as e:
             code = "not_found" if e.status == 404 else "invalid"
             resp = _json({"error": {"code": code, "message": e.reason}}, status=e.status)
+        except ConnectionError as e:  # the client went away: nothing to answer, nothing wrong
+            log.debug("client_disconnected", path=request.path, method=request.method,
+                      error=repr(e))
+            request[CLOSE_AFTER] = True
+            resp = _json({"error": {"code": "invalid", "message": "connection lost"}}, 400)
         except Exception:
             log.exception("request_failed", path=request.path, method=request.method)
             resp = _json({"error": {"code": "internal", "message": "internal error"}}, 500)
-        finally:
-            svc.inflight -= counted
         resp.headers["Spine-Coordinator"] = request.get("coordinator", svc.node_id)
         _observe(svc, route_name, request, resp, started)
         return resp
@@ -184,6 +238,13 @@ class _Handlers:
         Authenticator.require_namespace(principal, ns)
         return ns
 
+    def _admit_namespace(self, request: web.Request, ns: str) -> None:
+        """TooManyNamespaces when writing to `ns` would create a namespace past a limit."""
+        if self.svc.quota is not None:
+            p: Principal = request["principal"]
+            key = p.name if self.svc.auth.enabled else None
+            self.svc.quota.admit(ns, key, p.max_namespaces)
+
     def _agent(self, request: web.Request) -> str | None:
         principal: Principal = request["principal"]
         return principal.name if self.svc.auth.enabled and principal.role == "agent" else None
@@ -219,6 +280,7 @@ class _Handlers:
         mid = v.memory_id(request.match_info["id"])
         include_vector = _flag(request, "include_vector")
         body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        self._admit_namespace(request, ns)
         item, token = await self._write_one(request, ns, WriteOp(mid, body))
         assert item.result is not None
         status = 201 if item.result.created else 200
@@ -227,6 +289,7 @@ class _Handlers:
     async def create(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
         body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        self._admit_namespace(request, ns)
         item, token = await self._write_one(request, ns, WriteOp(self.svc.mint_id(), body))
         assert item.result is not None
         return self._reply(request, item.result.record.public(), token, 201)
@@ -282,7 +345,8 @@ class _Handlers:
         tag = v.tag(q["tag"], "tag") if "tag" in q else None
         agent = v.agent_id(q["agent_id"]) if "agent_id" in q else None
         cursor = v.memory_id(q["cursor"], "cursor") if "cursor" in q else None
-        page = await self.svc.fanout.list_page(ns, cursor, limit, tag, agent)
+        page = await self.svc.fanout.list_page(ns, cursor, limit, tag, agent,
+                                               self.svc.list_page_bytes)
         return _json({
             "items": [r.public() for r in page.items],
             "next_cursor": page.next_cursor,
@@ -319,6 +383,8 @@ class _Handlers:
                     raise InvalidInput("delete must be true when present", field=f"{where}.delete")
                 ops.append(WriteOp(mid, v.write_body(fields, self.svc.limits, self.svc.dim,
                                                      f"{where}.")))
+        if any(op.body is not None for op in ops):
+            self._admit_namespace(request, ns)
         token = _token(request, self.svc.session_max_keys)
         items = await self.c.write(ns, ops, _level(request), token, self._agent(request))
         out = self._session(token)
@@ -349,9 +415,11 @@ class _Handlers:
     # -------------------------------------------------------------- cluster
 
     async def cluster(self, request: web.Request) -> web.Response:
+        self.svc.auth.require_cluster_view(request["principal"])
         return _json(self.svc.cluster_view())
 
     async def shards(self, request: web.Request) -> web.Response:
+        self.svc.auth.require_cluster_view(request["principal"])
         return _json(self.svc.shards_view())
 
     async def admin(self, request: web.Request) -> web.Response:
@@ -371,6 +439,7 @@ class _Handlers:
         return _json({"status": "ready", "node": self.svc.node_id})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.svc.auth.require_cluster_view(request["principal"])
         return web.Response(
             text=self.svc.metrics.registry.render(), content_type="text/plain", charset="utf-8"
         )

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from spine.cluster.liveness import Liveness
 from spine.cluster.rpc import RpcClient
 from spine.core.errors import PeerUnavailable
@@ -118,30 +120,58 @@ class FanOut:
         limit: int,
         tag: str | None,
         agent_id: str | None,
+        max_bytes: int = 0,
     ) -> Page:
-        """Live records of a namespace in id order after `after`, at most `limit`."""
-        msg = ListPage(namespace, after, limit, tag, agent_id)
+        """Live records of a namespace in id order after `after`, at most `limit` and, past the
+        first, at most `max_bytes` of stored records (0: no bound); `next_cursor` resumes."""
+        msg = ListPage(namespace, after, limit, tag, agent_id, max_bytes)
+
         async def local() -> list[Any]:
-            return local_list(self.store, msg)
+            # A filtered scan may read many records: off the event loop (LMDB reads are
+            # thread-safe), so gossip and writes go on meanwhile.
+            return await asyncio.to_thread(local_list, self.store, msg)
 
         replies = await self.ask_all(msg, local)
         newest: dict[str, Record] = {}
+        sizes: dict[str, int] = {}
         bound: str | None = None
         for wires in replies.values():
             recs = [Record.from_wire(w) for w in wires]
-            if len(recs) >= limit and recs:
-                # This node may hold more after its last id: the page can only be sure up to it.
+            size = 0
+            for w, r in zip(wires, recs, strict=True):
+                sizes[r.id] = max(sizes.get(r.id, 0), n := _wire_size(w))
+                size += n
+            # A node that filled its count or (half) its byte budget may hold more after its
+            # last id: the page can only be sure up to it. Half, because a peer's own measure
+            # may differ a little; a bound set too eagerly only costs one more page.
+            if recs and (len(recs) >= limit or (max_bytes and 2 * size >= max_bytes)):
                 bound = recs[-1].id if bound is None else min(bound, recs[-1].id)
             for r in recs:
                 prev = newest.get(r.id)
                 newest[r.id] = r if prev is None else merge(prev, r)
         ids = sorted(i for i in newest if bound is None or i <= bound)
-        items = [newest[i] for i in ids if not newest[i].deleted][:limit]
-        if len(items) == limit:
+        items: list[Record] = []
+        total = 0
+        cut = False
+        for i in ids:
+            r = newest[i]
+            if r.deleted:
+                continue
+            if len(items) >= limit or (max_bytes and items and total + sizes[i] > max_bytes):
+                cut = True
+                break
+            items.append(r)
+            total += sizes[i]
+        if cut or len(items) == limit:
             next_cursor: str | None = items[-1].id
         else:
             next_cursor = bound
         return Page(items, next_cursor, missing_shards(self.ring(), replies))
+
+
+def _wire_size(wire: Any) -> int:
+    """A record's size as stored and sent (its msgpack encoding)."""
+    return len(msgpack.packb(wire, use_bin_type=True))
 
 
 def local_list(store: Store, msg: ListPage) -> list[Any]:
@@ -154,5 +184,6 @@ def local_list(store: Store, msg: ListPage) -> list[Any]:
             return False
         return msg.agent_id is None or r.agent_id == msg.agent_id
 
-    recs = store.list_namespace(msg.namespace, msg.after, msg.limit, match, include_deleted=True)
+    recs = store.list_namespace(msg.namespace, msg.after, msg.limit, match, include_deleted=True,
+                                max_bytes=msg.max_bytes if isinstance(msg.max_bytes, int) else 0)
     return [r.to_wire() for r in recs]

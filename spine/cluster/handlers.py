@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,7 +53,8 @@ def build_handlers(
         return local_history(store, msg.namespace, msg.id)
 
     async def list_page(_peer: str, msg: ListPage) -> list[Any]:
-        return local_list(store, msg)
+        # A filtered scan may read many records: off the event loop (LMDB reads are thread-safe).
+        return await asyncio.to_thread(local_list, store, msg)
 
     async def forward(_peer: str, msg: Forward) -> dict[str, Any]:
         token = (

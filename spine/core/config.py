@@ -19,8 +19,8 @@ import yaml
 
 from spine.core.config_env import overlay_env
 from spine.core.consistency import Level, Policy, Quorum
-from spine.core.errors import ConfigError
-from spine.core.validation import Limits
+from spine.core.errors import ConfigError, InvalidInput
+from spine.core.validation import Limits, namespace
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,16 @@ class LimitsSection:
     max_k: int = 1000
     list_limit: int = 1000
     max_inflight: int = 2048
+    # Quotas and slow-client limits (issue 14); see cluster.yaml.example for each.
+    max_namespaces: int = 100_000
+    list_page_bytes: int = 4 * 1024 * 1024
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    keepalive_timeout_s: int = 75
+    client_inflight: int = 512
+    client_rate: int = 0
+    client_burst: int = 0
+    client_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -210,12 +220,14 @@ class ApiKey:
     sha256: str
     role: str = "agent"
     namespaces: list[str] = field(default_factory=list)
+    max_namespaces: int = 0  # namespaces this key may create on a node; 0: only the node's limit
 
 
 @dataclass(frozen=True)
 class AuthSection:
     keys: list[ApiKey] = field(default_factory=list)
     insecure: bool = False
+    agents_see_cluster: bool = False  # agent keys may read /metrics and /v1/cluster*
 
 
 @dataclass(frozen=True)
@@ -233,6 +245,7 @@ class TlsSection:
     ca_file: str = ""
     check_hostname: bool = True
     min_version: str = "1.2"
+    handshake_timeout_ms: int = 10_000
 
     def cert_path(self, node_id: str) -> str:
         """This node's certificate chain file."""
@@ -250,7 +263,6 @@ class LogSection:
 
 @dataclass(frozen=True)
 class Config:
-    handshake_timeout_ms: int = 10_000
     """The whole of cluster.yaml."""
 
     cluster: ClusterSection = field(default_factory=ClusterSection)
@@ -326,9 +338,11 @@ _POSITIVE = {
     "index.persist_interval_s", "liveness.probe_interval_ms", "gossip.protocol_period_ms",
     "gossip.ping_timeout_ms", "gossip.ping_req_k", "gossip.suspicion_mult",
     "gossip.retransmit_mult", "gossip.push_pull_interval_ms", "ring.sync_interval_ms",
-    "ring.transfer_max_keys_per_s",
+    "ring.transfer_max_keys_per_s", "limits.list_page_bytes", "limits.header_timeout_ms",
+    "limits.body_timeout_ms", "limits.keepalive_timeout_s",
     "rpc.handshake_timeout_ms", "rpc.max_pending_handshakes", "rpc.max_frame_bytes",
     "rpc.max_inflight_per_connection",
+    "tls.handshake_timeout_ms",
 }
 
 
@@ -347,7 +361,6 @@ def _build(cls: type[T], data: object, path: str) -> T:
         kwargs[key] = _coerce(hints[key], value, where)
     for name, f in known.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-    "tls.handshake_timeout_ms",
             where = f"{path}.{name}" if path else name
             raise ConfigError(f"{where}: required", field=where)
     return cls(**kwargs)
@@ -443,6 +456,16 @@ def validate(cfg: Config) -> Config:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", key.sha256):
             where = f"auth.keys[{i}].sha256"
             raise ConfigError(f"{where}: must be a hex SHA-256 of the key", field=where)
+        for j, ns in enumerate(key.namespaces):
+            if ns != "*" and not _valid_namespace(ns):
+                where = f"auth.keys[{i}].namespaces[{j}]"
+                raise ConfigError(f"{where}: {ns!r} is not a valid namespace name", field=where)
+    digests: dict[str, int] = {}
+    for i, key in enumerate(cfg.auth.keys):
+        first = digests.setdefault(key.sha256.lower(), i)
+        if first != i:
+            where = f"auth.keys[{i}].sha256"
+            raise ConfigError(f"{where}: the same key digest as auth.keys[{first}]", field=where)
     _validate_tls(cfg.tls)
     return cfg
 
@@ -464,6 +487,14 @@ def _validate_tls(tls: TlsSection) -> None:
     if tls.rpc and not tls.ca_file:
         raise ConfigError("tls.ca_file: required when tls.rpc is on (peers are checked"
                           " against it)", field="tls.ca_file")
+
+
+def _valid_namespace(ns: str) -> bool:
+    try:
+        namespace(ns)
+    except InvalidInput:
+        return False
+    return True
 
 
 def from_dict(data: object) -> Config:

@@ -65,6 +65,18 @@ class Overloaded(SpineError):
     retriable = True
 
 
+class TooManyNamespaces(SpineError):
+    """A write would create a namespace past `limits.max_namespaces` or its key's limit."""
+
+    code = "too_many_namespaces"
+
+
+class RequestTimeout(SpineError):
+    """The client did not send its request body within `limits.body_timeout_ms`."""
+
+    code = "request_timeout"
+
+
 class QuorumUnavailable(SpineError):
     """Fewer replicas answered than the level needs; the write may still have landed."""
 

@@ -111,13 +111,14 @@ class ListPage:
     limit: int = 100
     tag: str | None = None
     agent_id: str | None = None
+    max_bytes: int = 0  # stop once the records reach this many stored bytes (0: no bound)
 
     def to_wire(self) -> list[Any]:
-        return [self.namespace, self.after, self.limit, self.tag, self.agent_id]
+        return [self.namespace, self.after, self.limit, self.tag, self.agent_id, self.max_bytes]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> ListPage:
-        return cls(*w[:5])
+        return cls(*w[:6])
 
 
 @dataclass(frozen=True, slots=True)

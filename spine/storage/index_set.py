@@ -35,7 +35,7 @@ class IndexSet:
         m: int = 16,
         ef_construction: int = 200,
         ef_search: int = 64,
-        initial_capacity: int = 8,
+        initial_capacity: int = 1,
         exact_max: int = 2048,
         fingerprint: str = "",
     ) -> None:
@@ -66,6 +66,14 @@ class IndexSet:
     def peek(self, namespace: str) -> VectorIndex | None:
         """The namespace's index, or None when it has none (searching it finds nothing)."""
         return self._indexes.get(namespace)
+
+    def holds(self, namespace: str) -> bool:
+        """Whether the namespace has an index (the namespace quota counts these)."""
+        return namespace in self._indexes
+
+    def count(self) -> int:
+        """Namespaces with an index."""
+        return len(self._indexes)
 
     def namespaces(self) -> list[str]:
         """Namespaces with an index."""

@@ -226,8 +226,10 @@ class Store:
         *,
         include_deleted: bool = False,
         max_scan: int = 100_000,
+        max_bytes: int = 0,
     ) -> list[Record]:
-        """Records of a namespace with id > `after`, in id order, up to `limit` that match."""
+        """Records of a namespace with id > `after`, in id order, up to `limit` that match and
+        until their stored size reaches `max_bytes` (0: no bound; at least one record)."""
         prefix = namespace.encode() + b"\0"
         start = prefix + (after.encode() + b"\0" if after is not None else b"")
         out: list[Record] = []
@@ -235,9 +237,11 @@ class Store:
             cur = txn.cursor(db=self.by_ns)
             if not cur.set_range(start):
                 return out
-            scanned = 0
+            scanned = size = 0
             for k, shard_raw in cur:
                 if not k.startswith(prefix) or len(out) >= limit or scanned >= max_scan:
+                    break
+                if max_bytes and size >= max_bytes:
                     break
                 scanned += 1
                 rk = shard_raw + k
@@ -249,6 +253,7 @@ class Store:
                     continue
                 if predicate is None or predicate(rec):
                     out.append(rec)
+                    size += len(raw)
         return out
 
     def scan_shard(

@@ -78,7 +78,7 @@ class VectorIndex:
         m: int = 16,
         ef_construction: int = 200,
         ef_search: int = 64,
-        initial_capacity: int = 8,
+        initial_capacity: int = 1,
         exact_max: int = 2048,
         seed: int = 100,
     ) -> None:

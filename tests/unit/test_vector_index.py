@@ -492,7 +492,7 @@ def test_small_namespace_has_no_graph_until_it_outgrows_exact_search() -> None:
     index = VectorIndex(384, exact_max=4)
     index.upsert("a", np.ones(384))
     assert not index.has_graph
-    assert index.capacity <= 8  # 8 x 384 floats, not 1,024
+    assert index.capacity == 1  # 384 floats, not 1,024 x 384
     rng = np.random.default_rng(5)
     data = unit_rows(rng, 6, 384)
     index.upsert_many([f"m{i}" for i in range(3)], data[:3], num_threads=1)
