@@ -33,6 +33,7 @@ from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
 from spine.core.clock import HLC
 from spine.core.config import Config
+from spine.core.disk_health import DiskState
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
@@ -100,6 +101,7 @@ class Node:
             map_size_mb=cfg.storage.map_size_mb,
             max_batch=cfg.storage.max_batch,
             history_keep=cfg.history.keep,
+            reserve_mb=cfg.storage.reserve_mb,
         )
         ix = cfg.index
         self.indexer = Indexer(
@@ -290,6 +292,12 @@ class Node:
                 lambda: {(): float(len(self.liveness.down()))})
         m.gauge("spine_store_commits", "LMDB group commits since start", (),
                 lambda: {(): float(self.store.commits)})
+        m.gauge("spine_storage_state", "disk verdict: 0 ok, 1 full (507 until space is freed),"
+                " 2 failed (503 until restart)", (),
+                lambda: {(): float(list(DiskState).index(self.store.disk.state))})
+        m.gauge("spine_storage_write_failures", "write transactions the disk failed since start,"
+                " by kind", ("kind",),
+                lambda: {(k,): float(v) for k, v in self.store.disk.failures.items()})
         m.gauge("spine_inflight_requests", "HTTP requests in flight", (),
                 lambda: {(): float(self.services.inflight)})
 
@@ -375,6 +383,7 @@ class Node:
             dim=self.cfg.embedder.dim, session_max_keys=self.cfg.session.max_keys,
             body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
             cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
+            storage_problem=self.store.disk.failure,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
             search=self.search.handle,
             http=HttpLimits.from_section(lim), clock=self.rt.monotonic,

@@ -23,6 +23,8 @@ STATUS: dict[type[e.SpineError], int] = {
     e.SessionUnavailable: 503,
     e.PeerUnavailable: 503,
     e.ClockSkew: 503,
+    e.InsufficientStorage: 507,
+    e.StorageFailed: 503,
     e.Timeout: 504,
     e.ConfigError: 500,
 }

@@ -76,6 +76,8 @@ class Services:
     clock: Callable[[], float] | None = None  # monotonic seconds (the Runtime's) for rate limits
     quota: NamespaceQuota | None = None
     list_page_bytes: int = 4 * 1024 * 1024
+    # Why this node's disk takes no write until restart (StorageFailed), for /readyz.
+    storage_problem: Callable[[], SpineError | None] | None = None
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -434,6 +436,9 @@ class _Handlers:
         return _json({"status": "ok", "node": self.svc.node_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        problem = self.svc.storage_problem() if self.svc.storage_problem is not None else None
+        if problem is not None:  # 503 storage_failed, with the reason
+            raise problem
         if not self.svc.ready():
             raise QuorumUnavailable("not ready: too few peers reachable")
         return _json({"status": "ready", "node": self.svc.node_id})

@@ -19,7 +19,7 @@ import structlog
 from spine.cluster.liveness import Liveness
 from spine.cluster.rpc import RpcClient
 from spine.core.clock import Version
-from spine.core.errors import PeerUnavailable, SpineError
+from spine.core.errors import InsufficientStorage, PeerUnavailable, SpineError, StorageFailed
 from spine.core.messages import Apply, Read, records_from_wire
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
@@ -115,6 +115,10 @@ class Replicator:
         for i, pl in enumerate(prefs):
             for node in pl:
                 by_node.setdefault(node, []).append(i)
+        local = self.node_id in by_node
+        if local:  # a failed or full disk here: refuse (503/507) before any replica is sent to
+            self.store.check_writable()
+        local_error: list[SpineError] = []
         done = asyncio.Event()
         outstanding = len(by_node)
 
@@ -137,6 +141,8 @@ class Replicator:
                     self.metrics.hints_written.inc(by=len(recs))
                     if hints_count:
                         ack(idxs)
+            except (InsufficientStorage, StorageFailed) as e:  # our own disk refused the commit
+                local_error.append(e)
             except Exception:
                 log.exception("replicate_failed", peer=node)
             finally:
@@ -150,6 +156,8 @@ class Replicator:
             self.spawn(one(node, idxs))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), timeout)
+        if local_error and any(a < n for a, n in zip(acks, need, strict=True)):
+            raise local_error[0]  # say why (507 / 503) rather than "too few acks"
         return acks
 
     async def read(

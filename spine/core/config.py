@@ -100,6 +100,8 @@ class StorageSection:
     sync: bool = True
     map_size_mb: int = 8192
     max_batch: int = 512
+    # Writes answer 507 while the store's filesystem has less than this free (0: only ENOSPC).
+    reserve_mb: int = 64
 
 
 @dataclass(frozen=True)

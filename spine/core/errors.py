@@ -134,6 +134,22 @@ class ProtocolError(SpineError):
     code = "protocol_error"
 
 
+# The two disk errors stay out of ERRORS_BY_CODE: a peer's disk fault reaches a coordinator as
+# PeerUnavailable (that replica gets a hint), only this node's own disk answers 507 / 503.
+class InsufficientStorage(SpineError):
+    """The disk (or LMDB's map) is full: writes are refused until space is freed; reads go on."""
+
+    code = "insufficient_storage"
+    retriable = True
+
+
+class StorageFailed(SpineError):
+    """The disk failed a write or an fsync: this node acknowledges no write until it restarts."""
+
+    code = "storage_failed"
+    retriable = True
+
+
 class ConfigError(SpineError):
     """cluster.yaml holds an unknown key or a bad value (the message names the key path)."""
 

@@ -3,6 +3,10 @@
 `save_all` writes a snapshot directory (every index plus a manifest holding the LMDB watermark),
 then switches the one-line `CURRENT` file to it atomically; `load_all` follows `CURRENT`. A crash
 at any point leaves the previous snapshot, or none, never a mixture.
+
+The manifest lists the size and xxh3-128 digest of every file of the snapshot and carries a
+digest of itself, so a truncated, torn or bit-flipped snapshot (or a manifest whose watermark
+changed) is refused at load and the indexes are rebuilt from LMDB, the truth.
 """
 
 from __future__ import annotations
@@ -12,12 +16,18 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
-from spine.storage.files import fsync_dir, write_atomic
+import structlog
+
+from spine.storage.files import bytes_digest, file_digest, fsync_dir, write_atomic
 from spine.storage.vector_index import INDEX_FORMAT, IndexCorrupt, VectorIndex
+
+log = structlog.get_logger("spine.indexer")
 
 _MANIFEST = "manifest.json"
 _CURRENT = "CURRENT"
+_MANIFEST_VERSION = 2  # 2: file digests and a self-digest
 
 
 class IndexSet:
@@ -102,13 +112,16 @@ class IndexSet:
                 indexes = dict(self._indexes)
             for namespace, index in sorted(indexes.items()):
                 index.save(tmp / namespace)
-            manifest = {
+            manifest: dict[str, Any] = {
                 "format": INDEX_FORMAT,
+                "manifest": _MANIFEST_VERSION,
                 "watermark": watermark,
                 "dim": self.dim,
                 "fingerprint": self.fingerprint,
                 "namespaces": sorted(indexes),
+                "files": _digests(tmp),
             }
+            manifest["digest"] = bytes_digest(_canonical(manifest))
             write_atomic(tmp / _MANIFEST, json.dumps(manifest).encode())
             os.replace(tmp, directory / name)
             fsync_dir(directory)
@@ -120,13 +133,14 @@ class IndexSet:
     def load_all(self, directory: Path) -> int | None:
         """Replace the indexes with the current snapshot; its watermark, or None to rebuild.
 
-        None (indexes left empty) when there is no snapshot, it is corrupt, or it was made for
-        another dimension or embedder fingerprint.
+        None (indexes left empty) when there is no snapshot, it is corrupt (a digest in the
+        manifest disagrees), or it was made for another dimension or embedder fingerprint.
         """
         try:
             name = (directory / _CURRENT).read_text().strip()
             snap = directory / name
             manifest = json.loads((snap / _MANIFEST).read_bytes())
+            _verify(snap, manifest)
             if (
                 manifest["format"] != INDEX_FORMAT
                 or manifest["dim"] != self.dim
@@ -144,13 +158,50 @@ class IndexSet:
             }
             if any(index.dim != self.dim for index in loaded.values()):
                 raise IndexCorrupt(f"{snap}: an index has the wrong dimension")
-        except (IndexCorrupt, OSError, ValueError, KeyError, TypeError):
+        except (IndexCorrupt, OSError, ValueError, KeyError, TypeError) as e:
+            if (directory / _CURRENT).exists():
+                log.warning("index_snapshot_rejected", reason=str(e), directory=str(directory))
             with self._lock:
                 self._indexes = {}
             return None
         with self._lock:
             self._indexes = loaded
         return watermark
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digests(snap: Path) -> dict[str, list[Any]]:
+    """Relative path -> [size, digest] of every file under `snap` (but the manifest)."""
+    out: dict[str, list[Any]] = {}
+    for p in sorted(snap.rglob("*")):
+        if p.is_file() and p.name != _MANIFEST:
+            size, digest = file_digest(p)
+            out[p.relative_to(snap).as_posix()] = [size, digest]
+    return out
+
+
+def _verify(snap: Path, manifest: Any) -> None:
+    """IndexCorrupt unless the manifest and every file it lists are as they were written."""
+    if not isinstance(manifest, dict) or manifest.get("manifest") != _MANIFEST_VERSION:
+        raise IndexCorrupt(f"{snap}: manifest without digests (an older snapshot)")
+    if manifest.get("digest") != bytes_digest(_canonical(manifest)):
+        raise IndexCorrupt(f"{snap}: the manifest's digest does not match its contents")
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise IndexCorrupt(f"{snap}: malformed file list")
+    for rel, (size, digest) in files.items():
+        path = snap / rel
+        if not path.resolve().is_relative_to(snap.resolve()):
+            raise IndexCorrupt(f"{snap}: {rel} lies outside the snapshot")
+        got_size, got_digest = file_digest(path)  # OSError (missing) means corrupt too
+        if got_size != size:
+            raise IndexCorrupt(f"{snap}: {rel} holds {got_size} bytes, {size} were written")
+        if got_digest != digest:
+            raise IndexCorrupt(f"{snap}: {rel} does not match its digest")
 
 
 def _current_snapshot_gen(directory: Path) -> int:

@@ -6,6 +6,10 @@ writer, and are applied in exactly the order LMDB committed them. The index ther
 prefix of the change log: `indexed_seq`. A snapshot is saved with that watermark; at start the
 indexer loads the snapshot and replays the change log after it (or rebuilds from a full scan when
 there is no usable snapshot), so after a crash the index holds exactly LMDB's live records.
+
+An index update that fails does not move `indexed_seq`: later batches wait, the change log is
+not pruned past it, and the persist loop replays the change log from the watermark (`catch_up`)
+until the index holds every commit again. A snapshot never claims a change it does not hold.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class Indexer:
         self.attrs: dict[str, dict[str, Attrs]] = {}
         self.indexed_seq = 0
         self.persisted_seq = 0
+        self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
+        self.update_failures = 0
         self.persist_interval = persist_interval
         self.sleep = sleep
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-writer")
@@ -76,11 +82,18 @@ class Indexer:
             self.indexed_seq = self.persisted_seq = self.store.seq
             return "rebuilt"
         self.indexed_seq = self.persisted_seq = watermark
+        replayed = self._replay()
+        return f"loaded snapshot at {watermark}, replayed {replayed} changes"
+
+    def _replay(self) -> int:
+        """Apply the change log after `indexed_seq` (on the index thread once started)."""
         replayed = 0
         while True:
+            upto = self.store.seq  # read first: every change up to it is in the log
             changes = self.store.changes_since(self.indexed_seq)
             if not changes:
-                break
+                self.indexed_seq = max(self.indexed_seq, upto)
+                return replayed
             recs: list[Record] = []
             for _, rk in changes:
                 found = self.store.get_by_record_key(rk)
@@ -93,8 +106,6 @@ class Indexer:
             self._apply_records(recs)
             self.indexed_seq = changes[-1][0]
             replayed += len(changes)
-        self.indexed_seq = max(self.indexed_seq, self.store.seq)
-        return f"loaded snapshot at {watermark}, replayed {replayed} changes"
 
     def _rebuild(self, scan: Sequence[Record]) -> None:
         by_ns: dict[str, list[Record]] = {}
@@ -113,11 +124,31 @@ class Indexer:
         self._writer.submit(self._apply_committed, applied)
 
     def _apply_committed(self, applied: list[Applied]) -> None:
+        if self.behind:  # an earlier batch failed: catch_up replays this one from the log
+            return
         try:
             self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
         except Exception:
-            log.exception("index_update_failed")
+            self.behind = True
+            self.update_failures += 1
+            log.exception("index_update_failed", first_seq=applied[0].seq,
+                          indexed_seq=self.indexed_seq)
+            return
         self.indexed_seq = max(self.indexed_seq, applied[-1].seq)
+
+    async def catch_up(self) -> int:
+        """After a failed update: replay the change log on the index thread; changes applied."""
+        loop = asyncio.get_running_loop()
+        replayed: int = await loop.run_in_executor(self._writer, self._catch_up)
+        return replayed
+
+    def _catch_up(self) -> int:
+        if not self.behind:
+            return 0
+        replayed = self._replay()  # raises (and stays behind) if the index still fails
+        self.behind = False
+        log.info("index_caught_up", replayed=replayed, indexed_seq=self.indexed_seq)
+        return replayed
 
     def _apply_records(self, records: Sequence[Record]) -> None:
         upserts: dict[str, dict[str, Record]] = {}
@@ -201,6 +232,11 @@ class Indexer:
     async def _persist_loop(self) -> None:
         while True:
             await self.sleep(self.persist_interval)
+            if self.behind:
+                try:
+                    await self.catch_up()
+                except Exception:
+                    log.exception("index_catch_up_failed")
             if self.indexed_seq != self.persisted_seq:
                 try:
                     await self.persist()

@@ -392,17 +392,17 @@ class Store:
                 return
 
     def _commit(self, batch: list[_Op]) -> None:
-        results: list[Any] = []
-        seq, hint_seq = self._seq, self._hint_seq
-        max_hlc = self.max_hlc
-        try:
-            with self.env.begin(write=True) as txn:
         try:  # FAILED: never begin another write transaction (no fsync retried); or below reserve
             self.disk.check_writable()
         except SpineError as err:
             for op in batch:
                 op.loop.call_soon_threadsafe(_set_exception, op.future, err)
             return
+        results: list[Any] = []
+        seq, hint_seq = self._seq, self._hint_seq
+        max_hlc = self.max_hlc
+        try:
+            with self.env.begin(write=True) as txn:
                 for op in batch:
                     if op.kind == "apply":
                         out = []
@@ -442,17 +442,17 @@ class Store:
                 txn.put(b"hint_seq", _U64.pack(hint_seq), db=self.meta)
                 txn.put(b"hlc", _U64.pack(max_hlc), db=self.meta)
         except Exception as e:  # the whole transaction failed: fail every caller in it
+            failed = self.disk.commit_failed(e, _batch_bytes(batch)) if isinstance(
+                e, lmdb.Error) else e
             for op in batch:
                 op.loop.call_soon_threadsafe(_set_exception, op.future, failed)
             return
+        self.disk.committed()
         self._seq, self._hint_seq, self.max_hlc = seq, hint_seq, max_hlc
         if self.on_commit is not None:
-            failed = self.disk.commit_failed(e, _batch_bytes(batch)) if isinstance(
-                e, lmdb.Error) else e
             committed = [a for op, res in zip(batch, results, strict=True)
                          if op.kind in ("apply", "purge") for a in res]
             if committed:
-        self.disk.committed()
                 try:
                     self.on_commit(committed)
                 except Exception:  # a derived structure failing must not fail the commit
@@ -513,11 +513,6 @@ class Store:
         return Applied(Outcome.APPLIED, rec, gone, False, seq)
 
 
-@dataclass(slots=True)
-class _Op:
-    kind: str
-    payload: Any
-    future: asyncio.Future[Any]
 def _batch_bytes(batch: list[_Op]) -> int:
     """Roughly how many bytes a batch writes (content and vectors of its records)."""
     total = 0
@@ -527,6 +522,11 @@ def _batch_bytes(batch: list[_Op]) -> int:
     return total
 
 
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    payload: Any
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
 
