@@ -240,7 +240,8 @@ class Node:
         window_ms = cfg.clock.max_offset_ms + cfg.gossip.freshness_margin_ms
         return Gossip(self.id, host, port, runtime=self.rt, config=swim_config(cfg.gossip),
                       meta=meta, secrets=cfg.cluster.keyring(), window_ms=window_ms,
-                      seeds=cfg.seeds, peers=peers, registry=self.metrics.registry)
+                      seeds=cfg.seeds, peers=peers, registry=self.metrics.registry,
+                      ssl_server=self.tls.gossip_server, ssl_client=self.tls.gossip_client)
 
     def _identity(self, ring_state: str) -> dict[str, str]:
         cfg = self.cfg
@@ -434,7 +435,8 @@ class Node:
         log.info(
             "node_started", http=f"{self.me.host}:{self.me.port}",
             rpc=f"{host}:{rpc_port}", auth=auth,
-            tls={"http": self.tls.http is not None, "rpc": self.tls.rpc_server is not None},
+            tls={"http": self.tls.http is not None, "rpc": self.tls.rpc_server is not None,
+                 "gossip": self.tls.gossip_server is not None},
             members=len(self.keeper.placement.current.members),
             ring_state=self.keeper.state(), ring_from=self.keeper.origin,
             replication=self.cfg.replication.n,

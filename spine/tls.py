@@ -1,12 +1,14 @@
-"""SSL contexts from the `tls` section: TLS for the HTTP API, mutual TLS for internal RPC.
+"""SSL contexts from the `tls` section: TLS for the HTTP API, mutual TLS for internal RPC and
+gossip's TCP push-pull (gossip datagrams stay plaintext, authenticated by the cluster secret).
 
 - HTTP: the node presents its certificate; clients are not asked for one (API keys
   authenticate them).
-- RPC: both ends present their certificate and check the other's against `tls.ca_file`; a
-  connection without a client certificate, or with one from another CA, fails the TLS handshake
-  before a byte of RPC is read. The dialling side also checks that the peer's certificate names
-  the address it dialled (an IP or DNS subjectAltName) unless `tls.check_hostname` is off. The
-  cluster-secret handshake still runs inside the channel: a certificate alone admits no one.
+- RPC, and gossip's TCP push-pull with `tls.gossip`: both ends present their certificate and
+  check the other's against `tls.ca_file`; a connection without a client certificate, or with
+  one from another CA, fails the TLS handshake before a byte of RPC is read. The dialling side
+  also checks that the peer's certificate names the address it dialled (an IP or DNS
+  subjectAltName) unless `tls.check_hostname` is off. The cluster-secret handshake (and the
+  gossip MAC) still runs inside the channel: a certificate alone admits no one.
 
 Every file is read here, once, when the node is built: a missing or unreadable file, or a key
 that does not match its certificate, is a ConfigError naming the key.
@@ -35,6 +37,8 @@ class TlsContexts:
     http: ssl.SSLContext | None = None
     rpc_server: ssl.SSLContext | None = None
     rpc_client: ssl.SSLContext | None = None
+    gossip_server: ssl.SSLContext | None = None
+    gossip_client: ssl.SSLContext | None = None
 
 
 def _file(key: str, path: str) -> str:
@@ -102,10 +106,13 @@ def rpc_client_context(tls: TlsSection, node_id: str) -> ssl.SSLContext:
 
 def build_contexts(tls: TlsSection, node_id: str) -> TlsContexts:
     """Every context the `tls` section turns on for `node_id`."""
+    # Gossip's TCP push-pull is mutual TLS exactly as RPC is (its own context objects).
     return TlsContexts(
         http=http_server_context(tls, node_id) if tls.http else None,
         rpc_server=rpc_server_context(tls, node_id) if tls.rpc else None,
         rpc_client=rpc_client_context(tls, node_id) if tls.rpc else None,
+        gossip_server=rpc_server_context(tls, node_id) if tls.gossip else None,
+        gossip_client=rpc_client_context(tls, node_id) if tls.gossip else None,
     )
 
 

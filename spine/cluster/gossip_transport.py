@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import math
 import socket
+import ssl as _ssl
 import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -104,14 +105,14 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> by
 
 async def request(
     address: str, payload: bytes, want_reply: bool, local_host: str | None = None,
-    limit: int = MAX_FRAME,
+    limit: int = MAX_FRAME, ssl: _ssl.SSLContext | None = None,
 ) -> bytes | None:
     """Send one frame to `address` over a fresh connection (from `local_host`, the node's own
-    address, so that address-based firewall rules see the node) and, if asked, read the one
-    reply frame. The caller bounds the time (TRANSPORT_ERRORS on failure)."""
+    address, so that address-based firewall rules see the node; over TLS with `ssl`) and, if
+    asked, read the one reply frame. The caller bounds the time (TRANSPORT_ERRORS on failure)."""
     host, port = split_address(address)
     local = (local_host, 0) if local_host and local_host != "0.0.0.0" else None
-    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local, ssl=ssl)
     try:
         writer.write(frame(payload))
         await writer.drain()
@@ -215,8 +216,12 @@ class GossipSockets:
         on_message: Callable[[str, Message], None],
         on_request: Callable[[str, PushPull], Message | None],
         max_inbound: int = 32,
+        ssl_server: _ssl.SSLContext | None = None,
+        ssl_client: _ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_server` / `ssl_client`: mutual TLS for the TCP push-pull (`tls.gossip`)."""
         self.host, self.port = host, port
+        self._ssl_server, self._ssl_client = ssl_server, ssl_client
         self.codec, self.drops = codec, drops
         self.io_timeout, self.frame_limit, self.max_inbound = io_timeout, frame_limit, max_inbound
         self._on_message, self._on_request = on_message, on_request
@@ -236,7 +241,8 @@ class GossipSockets:
         self._transport = transport
         try:
             self._server = await asyncio.start_server(
-                self._serve, self.host, self.port, reuse_address=True)
+                self._serve, self.host, self.port, reuse_address=True, ssl=self._ssl_server,
+                ssl_handshake_timeout=self.io_timeout if self._ssl_server else None)
         except BaseException:
             transport.close()
             self._transport = None
@@ -353,7 +359,8 @@ class GossipSockets:
         try:
             data, mac = self.codec.seal_with_mac(Channel.REQUEST, msg)
             raw = await asyncio.wait_for(
-                request(address, data, not msg.is_reply, local_host, self.frame_limit),
+                request(address, data, not msg.is_reply, local_host, self.frame_limit,
+                        self._ssl_client),
                 self.io_timeout)
             reply = None if raw is None else self.codec.open(Channel.REPLY, raw, mac)[0]
         except AuthError as e:

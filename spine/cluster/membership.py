@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
@@ -142,11 +143,14 @@ class Gossip:
         registry: Registry | None = None,
         hint_ttl: float | None = None,
         leave_grace: float | None = None,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
     ) -> None:
         """`peers`: the configured members' ids and gossip addresses (the static ring), each
         tried until heard of; `seeds`: further gossip addresses asked for the cluster's state;
         `secrets`: the keyring, the signing secret first; `window_ms`: how far a packet's clock
-        may be from ours (clock.max_offset plus a margin)."""
+        may be from ours (clock.max_offset plus a margin); `ssl_server` / `ssl_client`: mutual
+        TLS on the TCP push-pull (`tls.gossip`; datagrams stay MAC'd plaintext)."""
         self.self_id = self_id
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
@@ -168,7 +172,8 @@ class Gossip:
         self.net = GossipSockets(
             host, port, Codec(GossipAuth(secrets, window_ms), runtime.wall_ms, config.max_members),
             self.drops, io_timeout=self.io_timeout, frame_limit=frame_limit(config.max_members),
-            on_message=self._handle, on_request=self._answer, max_inbound=MAX_INBOUND)
+            on_message=self._handle, on_request=self._answer, max_inbound=MAX_INBOUND,
+            ssl_server=ssl_server, ssl_client=ssl_client)
         self.on_up: list[Callable[[str], None]] = []
         self.refusals: deque[Refusal] = deque(maxlen=64)  # the latest, for tests and operators
         self._hinted: dict[str, float] = {}  # report_failure hints: peer -> skip until

@@ -242,6 +242,7 @@ class TlsSection:
 
     http: bool = False
     rpc: bool = False
+    gossip: bool = False
     cert_file: str = ""
     key_file: str = ""
     ca_file: str = ""
@@ -480,15 +481,15 @@ def _validate_tls(tls: TlsSection) -> None:
     """
     if tls.min_version not in ("1.2", "1.3"):
         raise ConfigError("tls.min_version: must be 1.2 or 1.3", field="tls.min_version")
-    if not (tls.http or tls.rpc):
+    if not (tls.http or tls.rpc or tls.gossip):
         return
     for name in ("cert_file", "key_file"):
         if not getattr(tls, name):
-            raise ConfigError(f"tls.{name}: required when tls.http or tls.rpc is on",
+            raise ConfigError(f"tls.{name}: required when tls.http, tls.rpc or tls.gossip is on",
                               field=f"tls.{name}")
-    if tls.rpc and not tls.ca_file:
-        raise ConfigError("tls.ca_file: required when tls.rpc is on (peers are checked"
-                          " against it)", field="tls.ca_file")
+    if (tls.rpc or tls.gossip) and not tls.ca_file:
+        raise ConfigError("tls.ca_file: required when tls.rpc or tls.gossip is on (peers are"
+                          " checked against it)", field="tls.ca_file")
 
 
 def _valid_namespace(ns: str) -> bool:

@@ -26,13 +26,29 @@ from typing import Any
 import pytest
 
 from spine.client import Client, SpineHTTPError
+from spine.cluster.gossip_transport import (
+    TRANSPORT_ERRORS,
+    Codec,
+    Drops,
+    GossipSockets,
+    request,
+)
 from spine.cluster.rpc import RpcClient, RpcServer
 from spine.core.clock import HLC
 from spine.core.config import TlsSection
 from spine.core.errors import PeerUnavailable
 from spine.core.messages import Ping, Tag
+from spine.core.swim_auth import Channel, GossipAuth
+from spine.core.swim_messages import Message, PushPull
 from spine.tls import rpc_client_context, rpc_server_context
-from tests.integration.cluster import HOST, RPC_OFFSET, LocalCluster, Reply
+from tests.integration.cluster import (
+    GOSSIP_OFFSET,
+    HOST,
+    RPC_OFFSET,
+    LocalCluster,
+    Reply,
+    free_base_port,
+)
 from tests.tlscerts import Ca, make_ca, make_cert
 
 pytestmark = pytest.mark.integration
@@ -72,7 +88,8 @@ class TlsCluster(LocalCluster):
     def __init__(self, root: Path, pki: Pki, **kw: Any) -> None:
         self.pki = pki
         self.https = ssl.create_default_context(cafile=str(pki.ca.cert))
-        super().__init__(root, 3, tls=pki.tls(http=True, rpc=True, handshake_timeout_ms=1000),
+        super().__init__(root, 3, tls=pki.tls(http=True, rpc=True, gossip=True,
+                                              handshake_timeout_ms=1000),
                          cluster={"secret": secrets.token_hex(32)}, **kw)
 
     def url(self, name: str) -> str:
@@ -253,3 +270,43 @@ def test_errors_answer_json_over_https(
     with pytest.raises(SpineHTTPError) as info:
         tls_cluster.client(["n1"], verify=str(pki.ca.cert)).get("tls", "absent")
     assert info.value.status == 404 and info.value.code == "not_found"
+
+
+@pytest.mark.timeout(60)
+def test_gossip_push_pull_over_mutual_tls(pki: Pki) -> None:
+    async def run() -> None:
+        tls = TlsSection(gossip=True, **pki.tls())
+        codec = Codec(GossipAuth([secrets.token_hex(16)], 10_000), lambda: int(time.time() * 1000))
+        requests: list[PushPull] = []
+
+        def answer(_src: str, msg: PushPull) -> Message:
+            requests.append(msg)
+            return PushPull("n2", (), is_reply=True)
+
+        port = free_base_port(1) + GOSSIP_OFFSET
+        server = GossipSockets(
+            HOST, port, codec, Drops(None, time.monotonic), io_timeout=2.0, frame_limit=1 << 20,
+            on_message=lambda _src, _msg: None, on_request=answer,
+            ssl_server=rpc_server_context(tls, "n2"))
+        await server.start()
+        try:
+            address = f"{HOST}:{port}"
+
+            async def push_pull(ctx: ssl.SSLContext | None) -> Message:
+                data, mac = codec.seal_with_mac(Channel.REQUEST, PushPull("n1", ()))
+                raw = await asyncio.wait_for(request(address, data, True, None, 1 << 20, ctx), 5)
+                assert raw is not None
+                return codec.open(Channel.REPLY, raw, mac)[0]
+
+            reply = await push_pull(rpc_client_context(tls, "n1"))
+            assert reply == PushPull("n2", (), is_reply=True)
+            assert len(requests) == 1
+            rogue = pki.client_context(pki.rogue)
+            for ctx in (None, pki.client_context(None), rogue):
+                with pytest.raises(TRANSPORT_ERRORS):
+                    await push_pull(ctx)
+            assert len(requests) == 1  # none of them reached the gossip layer
+        finally:
+            await server.close()
+
+    asyncio.run(run())

@@ -43,6 +43,9 @@ def test_tls_is_off_by_default() -> None:
         ({"http": True}, "tls.cert_file"),
         ({"rpc": True, "cert_file": "c.pem"}, "tls.key_file"),
         ({"rpc": True, "cert_file": "c.pem", "key_file": "k.pem"}, "tls.ca_file"),
+        ({"gossip": True, "cert_file": "c.pem", "key_file": "k.pem"}, "tls.ca_file"),
+        ({"gossip": True}, "tls.cert_file"),
+        ({"handshake_timeout_ms": 0}, "tls.handshake_timeout_ms"),
         ({"min_version": "1.1"}, "tls.min_version"),
         ({"http": "yes"}, "tls.http"),
         ({"enabled": True}, "tls.enabled"),
@@ -73,6 +76,12 @@ def test_contexts_from_real_certificates(pki: tuple[Ca, Path]) -> None:
     assert ctx.rpc_server.verify_mode == ssl.CERT_REQUIRED  # mutual TLS
     assert ctx.rpc_client.verify_mode == ssl.CERT_REQUIRED
     assert ctx.rpc_client.check_hostname
+    assert ctx.gossip_server is None and ctx.gossip_client is None  # tls.gossip is off
+    gossip = build_contexts(TlsSection(gossip=True, cert_file=tls.cert_file,
+                                       key_file=tls.key_file, ca_file=tls.ca_file), "n1")
+    assert gossip.gossip_server is not None and gossip.gossip_client is not None
+    assert gossip.gossip_server.verify_mode == ssl.CERT_REQUIRED
+    assert gossip.http is None and gossip.rpc_server is None
     for c in (ctx.http, ctx.rpc_server, ctx.rpc_client):
         assert c.minimum_version == ssl.TLSVersion.TLSv1_2
     tls13 = TlsSection(rpc=True, cert_file=str(d / "n1.pem"), key_file=str(d / "n1.key"),
