@@ -20,7 +20,7 @@ from aiohttp import web
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.limits import CLOSE_AFTER, HttpLimits
-from spine.api.openapi import OPENAPI
+from spine.api.openapi import openapi_document
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
 from spine.core import validation as v
@@ -185,7 +185,8 @@ def build_app(svc: Services) -> web.Application:
             resp = error_response(TooLarge("request body is past limits.body_bytes", field="body"))
         except web.HTTPException as e:
             code = "not_found" if e.status == 404 else "invalid"
-            resp = _json({"error": {"code": code, "message": e.reason}}, status=e.status)
+            allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None  # RFC 9110
+            resp = _json({"error": {"code": code, "message": e.reason}}, e.status, allow)
         except ConnectionError as e:  # the client went away: nothing to answer, nothing wrong
             log.debug("client_disconnected", path=request.path, method=request.method,
                       error=repr(e))
@@ -201,8 +202,9 @@ def build_app(svc: Services) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=svc.body_bytes)
     h = _Handlers(svc)
     r = app.router
-    r.add_put("/v1/ns/{ns}/memories/{id}", h.put)
     r.add_post("/v1/ns/{ns}/memories/_batch", h.batch)
+    r.add_route("*", "/v1/ns/{ns}/memories/_batch", _post_only)  # not a memory id: 405
+    r.add_put("/v1/ns/{ns}/memories/{id}", h.put)
     r.add_post("/v1/ns/{ns}/memories", h.create)
     r.add_get("/v1/ns/{ns}/memories/{id}/history", h.history)
     r.add_get("/v1/ns/{ns}/memories/{id}", h.get)
@@ -217,6 +219,10 @@ def build_app(svc: Services) -> web.Application:
     r.add_get("/metrics", h.metrics)
     r.add_get("/openapi.json", h.openapi)
     return app
+
+
+async def _post_only(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
 
 def _observe(
@@ -450,7 +456,7 @@ class _Handlers:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(OPENAPI)
+        return _json(openapi_document(self.svc.dim, self.svc.limits))
 
 
 def mint_id(wall_ms: Callable[[], int], rand: Callable[[int], bytes]) -> Callable[[], str]:

@@ -1,99 +1,233 @@
-"""The OpenAPI 3.1 document served at /openapi.json (DESIGN §11)."""
+"""The OpenAPI 3.1 document served at /openapi.json (DESIGN §11).
+
+The document is built from the node's limits and vector dimension, so every schema is exactly as
+strict as the server's validation (`spine.core.validation`): a request the schema allows is one
+the server accepts, and one it forbids the server refuses with a 4xx. schemathesis checks both
+directions in `make test` (tests/integration/test_schemathesis.py); a change to validation that
+is not mirrored here fails that test.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from spine.core import validation as v
+
+SESSION_FORMAT = "spine-session"
+"""The `format` of the Spine-Session header: an opaque token this API handed out earlier."""
+
+FLOAT32_MAX = 3.4e38
+_TINY = 1e-30  # a component this large survives float32 and normalisation (validation.vector)
+
 _ERR = {"$ref": "#/components/schemas/Error"}
+_REC = {"$ref": "#/components/schemas/Record"}
+_WRITE = {"$ref": "#/components/schemas/WriteBody"}
+
+
+def _pattern(regex: str) -> str:
+    return f"^{regex}$"
+
+
 _NS = {"name": "ns", "in": "path", "required": True,
-       "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
+       "schema": {"type": "string", "pattern": _pattern(v.NAMESPACE_RE.pattern)}}
 _ID = {"name": "id", "in": "path", "required": True,
-       "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}}
-_HEADERS = [
-    {"name": "Spine-Consistency", "in": "header", "required": False,
-     "schema": {"type": "string", "enum": ["eventual", "session", "strong"]}},
-    {"name": "Spine-Session", "in": "header", "required": False, "schema": {"type": "string"}},
-]
+       "schema": {"type": "string", "pattern": _pattern(v.ID_RE.pattern)}}
+_CONSISTENCY = {"name": "Spine-Consistency", "in": "header", "required": False,
+                "schema": {"type": "string", "enum": ["eventual", "session", "strong"]}}
+_SESSION = {"name": "Spine-Session", "in": "header", "required": False,
+            "description": "a token from an earlier reply's Spine-Session header",
+            "schema": {"type": "string", "format": SESSION_FORMAT}}
+_HEADERS = [_CONSISTENCY, _SESSION]
+_INCLUDE_VECTOR = {"name": "include_vector", "in": "query", "required": False,
+                   "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}
+_TAG = {"type": "string", "pattern": _pattern(v.TAG_RE.pattern)}
+_AGENT = {"type": "string", "pattern": _pattern(v.AGENT_RE.pattern)}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def _resp(desc: str, schema: dict[str, Any] | None = None,
+          media: str = "application/json") -> dict[str, Any]:
     out: dict[str, Any] = {"description": desc}
     if schema is not None:
-        out["content"] = {"application/json": {"schema": schema}}
+        out["content"] = {media: {"schema": schema}}
     return out
 
 
-_ERRORS = {
-    "400": _resp("invalid input (the field is named)", _ERR),
+_AUTH = {
     "401": _resp("missing or unknown API key", _ERR),
-    "403": _resp("the key may not use this namespace", _ERR),
-    "413": _resp("a field or the body is past its limit", _ERR),
-    "429": _resp("overloaded; retry after Retry-After seconds", _ERR),
-    "503": _resp("quorum_unavailable or session_unavailable", _ERR),
+    "403": _resp("the key may not use this namespace or route", _ERR),
+    "429": _resp("overloaded or rate-limited; retry after Retry-After seconds", _ERR),
+}
+_READ_ERRORS = {
+    "400": _resp("invalid input (the field is named)", _ERR),
+    **_AUTH,
+    "503": _resp("quorum_unavailable, session_unavailable or storage_failed", _ERR),
     "504": _resp("timeout", _ERR),
 }
-_REC = {"$ref": "#/components/schemas/Record"}
-_WRITE = {"$ref": "#/components/schemas/WriteBody"}
+_WRITE_ERRORS = {
+    **_READ_ERRORS,
+    "408": _resp("the request body did not arrive in time", _ERR),
+    "413": _resp("a field or the body is past its limit", _ERR),
+    "507": _resp("insufficient_storage, or too_many_namespaces", _ERR),
+}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "Spine", "version": "1",
-             "description": "A clustered memory store for fleets of AI agents."},
-    "paths": {
+def _obj(props: dict[str, Any], required: list[str] | None = None,
+         closed: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def _vector(dim: int) -> dict[str, Any]:
+    """`dim` finite float32 numbers, not all (float32) zero: what validation.vector accepts."""
+    return {"type": "array", "minItems": dim, "maxItems": dim,
+            "items": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+            "contains": {"anyOf": [{"type": "number", "minimum": _TINY},
+                                   {"type": "number", "maximum": -_TINY}]}}
+
+
+def _schemas(dim: int, limits: v.Limits) -> dict[str, Any]:
+    # Content is bounded in UTF-8 bytes and JSON Schema counts characters: the two agree on
+    # ASCII, and non-ASCII text reaches the byte limit (413) sooner.
+    content = {"type": "string", "maxLength": limits.content_bytes,
+               "description": f"<= {limits.content_bytes} bytes of UTF-8"}
+    tags = {"type": "array", "maxItems": limits.max_tags, "items": _TAG}
+    metadata = {"type": "object",
+                "description": f"<= {limits.metadata_bytes} bytes encoded, "
+                               f"<= {v.MAX_METADATA_DEPTH} levels deep"}
+    write_props = {"content": content, "tags": tags, "metadata": metadata,
+                   "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
+                   "agent_id": {"anyOf": [_AGENT, {"type": "null"}]}}
+    record_props = {
+        "namespace": {"type": "string"}, "id": {"type": "string"}, "content": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
+        "agent_id": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "version": {"type": "string"}, "deleted": {"type": "boolean"},
+        "vector": {"type": ["array", "null"], "items": {"type": "number"}},
+    }
+    missing = {"type": "array", "items": {"type": "integer"}}
+    return {
+        "Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
+                                      "field": {"type": "string"}},
+                                     ["code", "message"], closed=False)},
+                      ["error"], closed=False),
+        "WriteBody": _obj(write_props, ["content"]),
+        "BatchItem": {"oneOf": [
+            _obj({"id": _ID["schema"], **write_props}, ["id", "content"]),
+            _obj({"id": _ID["schema"], "delete": {"const": True}}, ["id", "delete"]),
+        ]},
+        "Record": _obj(record_props, list(record_props)[:-1], closed=False),
+        "Deleted": _obj({"id": {"type": "string"}, "version": {"type": "string"},
+                         "deleted": {"const": True}}, ["id", "version", "deleted"]),
+        "History": _obj({"versions": {"type": "array", "items": {"allOf": [_REC, _obj(
+            {"concurrent": {"type": "boolean"}}, ["concurrent"], closed=False)]}}},
+            ["versions"]),
+        "Page": _obj({"items": {"type": "array", "items": _REC},
+                      "next_cursor": {"type": ["string", "null"]},
+                      "partial": {"type": "boolean"}, "missing_shards": missing},
+                     ["items", "next_cursor"], closed=False),
+        "BatchResults": _obj({"results": {"type": "array", "items": _obj(
+            {"id": {"type": "string"}, "status": {"type": "integer"},
+             "version": {"type": "string"}, "error": {"type": "object"}},
+            ["id", "status"], closed=False)}}, ["results"]),
+        "SearchBody": {**_obj({
+            # a letter or digit: the hash embedder finds no word in punctuation alone
+            "query": {"anyOf": [{"type": "string", "pattern": r"[^\W_]",
+                                 "maxLength": limits.content_bytes}, {"type": "null"}]},
+            "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
+            "k": {"type": "integer", "minimum": 1, "maximum": limits.max_k},
+            "tags_all": tags, "tags_any": tags,
+            "agent_id": {"anyOf": [_AGENT, {"type": "null"}]},
+            "metadata": {"anyOf": [metadata, {"type": "null"}]},
+            "min_score": {"type": ["number", "null"]}}),
+            # exactly one of query and vector, a null counting as absent
+            "oneOf": [{"required": ["query"], "properties": {"query": {"type": "string"}}},
+                      {"required": ["vector"], "properties": {"vector": {"type": "array"}}}]},
+        "SearchResults": _obj({"results": {"type": "array", "items": _obj(
+            {"id": {"type": "string"}, "score": {"type": "number"}, "record": _REC},
+            ["id", "score", "record"], closed=False)},
+            "partial": {"type": "boolean"}, "missing_shards": missing},
+            ["results"], closed=False),
+        "Status": _obj({"status": {"type": "string"}, "node": {"type": "string"}},
+                       ["status"], closed=False),
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _paths(limits: v.Limits) -> dict[str, Any]:
+    query = [
+        {"name": "tag", "in": "query", "schema": _TAG},
+        {"name": "agent_id", "in": "query", "schema": _AGENT},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": limits.list_limit}},
+        {"name": "cursor", "in": "query", "schema": _ID["schema"]},
+    ]
+    found = _resp("not found (or deleted)", _ERR)
+    return {
         "/v1/ns/{ns}/memories/{id}": {
-            "parameters": [_NS, _ID, *_HEADERS],
+            "parameters": [_NS, _ID],
             "put": {"summary": "Create or replace a memory", "requestBody": _body(_WRITE),
+                    "parameters": [*_HEADERS, _INCLUDE_VECTOR],
                     "responses": {"200": _resp("replaced", _REC), "201": _resp("created", _REC),
-                                  **_ERRORS}},
-            "get": {"summary": "Read a memory",
-                    "responses": {"200": _resp("the record", _REC),
-                                  "404": _resp("not found (or deleted)", _ERR), **_ERRORS}},
-            "delete": {"summary": "Delete a memory (tombstone)",
-                       "responses": {"200": _resp("deleted", {"type": "object"}), **_ERRORS}},
+                                  **_WRITE_ERRORS}},
+            "get": {"summary": "Read a memory", "parameters": [*_HEADERS, _INCLUDE_VECTOR],
+                    "responses": {"200": _resp("the record", _REC), "404": found,
+                                  **_READ_ERRORS}},
+            "delete": {"summary": "Delete a memory (tombstone)", "parameters": _HEADERS,
+                       "responses": {"200": _resp("deleted", _ref("Deleted")),
+                                     **_WRITE_ERRORS}},
         },
         "/v1/ns/{ns}/memories/{id}/history": {
             "parameters": [_NS, _ID],
             "get": {"summary": "Versions kept, newest first, concurrent losers included",
-                    "responses": {"200": _resp("versions", {"type": "object"}), **_ERRORS}},
+                    "responses": {"200": _resp("versions", _ref("History")),
+                                  "404": _resp("no version of this key", _ERR),
+                                  **_READ_ERRORS}},
         },
         "/v1/ns/{ns}/memories": {
-            "parameters": [_NS, *_HEADERS],
+            "parameters": [_NS],
             "post": {"summary": "Create a memory with a minted id", "requestBody": _body(_WRITE),
-                     "responses": {"201": _resp("created", _REC), **_ERRORS}},
-            "get": {"summary": "List live records, paged",
-                    "parameters": [
-                        {"name": "tag", "in": "query", "schema": {"type": "string"}},
-                        {"name": "agent_id", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {"200": _resp("a page", {"type": "object"}), **_ERRORS}},
+                     "parameters": _HEADERS,
+                     "responses": {"201": _resp("created", _REC), **_WRITE_ERRORS}},
+            "get": {"summary": "List live records, paged", "parameters": query,
+                    "responses": {"200": _resp("a page", _ref("Page")), **_READ_ERRORS}},
         },
         "/v1/ns/{ns}/memories/_batch": {
             "parameters": [_NS, *_HEADERS],
-            "post": {"summary": "Up to 1,000 upserts/deletes in one call",
-                     "requestBody": _body({"type": "object", "required": ["items"],
-                                           "properties": {"items": {"type": "array",
-                                                                    "maxItems": 1000}}}),
-                     "responses": {"200": _resp("one result per item", {"type": "object"}),
-                                   **_ERRORS}},
+            "post": {"summary": "Up to limits.batch_items upserts/deletes in one call",
+                     "requestBody": _body(_obj({"items": {
+                         "type": "array", "minItems": 1, "maxItems": limits.batch_items,
+                         "items": _ref("BatchItem")}}, ["items"])),
+                     "responses": {"200": _resp("one result per item", _ref("BatchResults")),
+                                   **_WRITE_ERRORS}},
         },
         "/v1/ns/{ns}/search": {
             "parameters": [_NS, *_HEADERS],
             "post": {"summary": "Semantic search with filters",
-                     "requestBody": _body({"$ref": "#/components/schemas/SearchBody"}),
-                     "responses": {"200": _resp("results", {"type": "object"}), **_ERRORS}},
+                     "requestBody": _body(_ref("SearchBody")),
+                     "responses": {"200": _resp("results", _ref("SearchResults")),
+                                   "408": _WRITE_ERRORS["408"], "413": _WRITE_ERRORS["413"],
+                                   **_READ_ERRORS}},
         },
         "/v1/cluster": {"get": {"summary": "This node's view of the cluster",
-                                "responses": {"200": _resp("view", {"type": "object"})}}},
+                                "responses": {"200": _resp("view", {"type": "object"}),
+                                              **_AUTH}}},
         "/v1/cluster/shards": {"get": {"summary": "Every shard's owners and transfers",
-                                       "responses": {"200": _resp("shards", {"type": "object"})}}},
+                                       "responses": {"200": _resp("shards", {"type": "object"}),
+                                                     **_AUTH}}},
         "/v1/cluster/nodes/{node}/{action}": {
             "post": {"summary": "decommission or remove a node (admin)",
                      "parameters": [
@@ -102,45 +236,42 @@ OPENAPI: dict[str, Any] = {
                          {"name": "action", "in": "path", "required": True,
                           "schema": {"type": "string", "enum": ["decommission", "remove"]}},
                      ],
-                     "responses": {"202": _resp("accepted", {"type": "object"}), **_ERRORS}},
+                     "responses": {"202": _resp("accepted", {"type": "object"}),
+                                   "400": _READ_ERRORS["400"], "404": found,
+                                   "409": _resp("the ring cannot change that way now", _ERR),
+                                   **_AUTH, "503": _READ_ERRORS["503"]}},
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _resp("ok")}}},
-        "/readyz": {"get": {"summary": "Readiness",
-                            "responses": {"200": _resp("ready"), "503": _resp("not ready")}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _resp("text")}}},
-    },
-    "components": {
-        "schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                               "field": {"type": "string"}}}}},
-            "WriteBody": {"type": "object", "additionalProperties": False, "required": ["content"],
-                          "properties": {
-                              "content": {"type": "string", "description": "<= 64 KiB UTF-8"},
-                              "tags": {"type": "array", "maxItems": 32,
-                                       "items": {"type": "string",
-                                                 "pattern": "^[a-z0-9][a-z0-9:_.-]{0,63}$"}},
-                              "metadata": {"type": "object", "description": "<= 16 KiB encoded"},
-                              "vector": {"type": "array", "items": {"type": "number"}},
-                              "agent_id": {"type": "string"}}},
-            "Record": {"type": "object", "properties": {
-                "namespace": {"type": "string"}, "id": {"type": "string"},
-                "content": {"type": "string"}, "tags": {"type": "array",
-                                                        "items": {"type": "string"}},
-                "metadata": {"type": "object"}, "agent_id": {"type": ["string", "null"]},
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"},
-                "version": {"type": "string"}, "deleted": {"type": "boolean"}}},
-            "SearchBody": {"type": "object", "additionalProperties": False, "properties": {
-                "query": {"type": "string"}, "vector": {"type": "array",
-                                                        "items": {"type": "number"}},
-                "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "tags_all": {"type": "array", "items": {"type": "string"}},
-                "tags_any": {"type": "array", "items": {"type": "string"}},
-                "agent_id": {"type": "string"}, "metadata": {"type": "object"},
-                "min_score": {"type": "number"}}},
+        "/healthz": {"get": {"summary": "Liveness", "security": [],
+                             "responses": {"200": _resp("ok", _ref("Status")),
+                                           "429": _AUTH["429"]}}},
+        "/readyz": {"get": {"summary": "Readiness", "security": [],
+                            "responses": {"200": _resp("ready", _ref("Status")),
+                                          "429": _AUTH["429"],
+                                          "503": _resp("not ready", _ERR)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": _resp("text exposition format",
+                                                        {"type": "string"}, "text/plain"),
+                                           **_AUTH}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": _resp("OpenAPI 3.1", {"type": "object"}),
+                                                **_AUTH}}},
+    }
+
+
+def openapi_document(dim: int, limits: v.Limits) -> dict[str, Any]:
+    """The API document for a node with vectors of `dim` and these validation limits."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Spine", "version": "1",
+                 "description": "A clustered memory store for fleets of AI agents."},
+        "security": _SECURED,
+        "paths": _paths(limits),
+        "components": {
+            "schemas": _schemas(dim, limits),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-}
+    }
+
+
+OPENAPI: dict[str, Any] = openapi_document(384, v.Limits())
+"""The document with the default settings (embedder.dim 384, default limits)."""

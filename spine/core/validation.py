@@ -219,6 +219,8 @@ def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
     if isinstance(query, str) and len(query.encode()) > limits.content_bytes:
         raise TooLarge(f"query is past {limits.content_bytes} bytes", field="query")
     k = body.get("k", 10)
+    if isinstance(k, float) and k.is_integer():  # JSON has one number type: 10.0 is 10
+        k = int(k)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
         raise InvalidInput(f"k must be an integer in 1..{limits.max_k}", field="k")
     min_score = body.get("min_score")

@@ -1,0 +1,33 @@
+"""schemathesis hooks for tests/integration/test_schemathesis.py (loaded via SCHEMATHESIS_HOOKS).
+
+The Spine-Session header is an opaque token the API hands out; a random string is not one, and
+the server rightly answers 400 for it. This registers a strategy for the document's
+`spine-session` format that makes well-formed tokens, so positive cases carry valid ones.
+Their keys live under `_fuzz/`, a namespace no request can name (namespaces start with [a-z0-9]),
+so a token never pins a read to a version no replica holds.
+"""
+
+from __future__ import annotations
+
+import schemathesis
+from hypothesis import strategies as st
+
+from spine.core.clock import Version
+from spine.core.session import SessionToken
+
+SESSION_FORMAT = "spine-session"  # spine.api.openapi.SESSION_FORMAT
+
+
+def _token(entries: list[tuple[int, int, str]], overflowed: bool) -> str:
+    tok = SessionToken(overflowed=overflowed)
+    for key, hlc, node in entries:
+        tok.observe(f"_fuzz/k{key}", Version(hlc, node))
+    return tok.encode()
+
+
+schemathesis.openapi.format(SESSION_FORMAT, st.builds(
+    _token,
+    st.lists(st.tuples(st.integers(0, 50), st.integers(0, 2**63 - 1),
+                       st.sampled_from(["n1", "n2"])), max_size=4),
+    st.booleans(),
+))
