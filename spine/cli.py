@@ -10,7 +10,9 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import sys
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args.fn(args)
     except SpineHTTPError as e:
         print(json.dumps(e.body, indent=2), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as e:  # unreachable, refused, or a certificate not trusted
+        hint = " (pass the node's CA bundle with --cacert or SPINE_CACERT)" if isinstance(
+            e.reason, ssl.SSLCertVerificationError) else ""
+        print(f"spine: cannot reach {getattr(args, 'url', 'the node')}: {e.reason}{hint}",
+              file=sys.stderr)
         return 1
     return rc
 

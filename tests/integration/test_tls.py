@@ -310,3 +310,23 @@ def test_gossip_push_pull_over_mutual_tls(pki: Pki) -> None:
             await server.close()
 
     asyncio.run(run())
+
+
+def test_cli_talks_https_with_cacert(tls_cluster: TlsCluster, pki: Pki, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from spine.cli import main
+
+    url = tls_cluster.url("n2")
+    session = ["--session-file", str(tmp_path / "session")]
+    assert main(["put", "tls-cli", "c1", "--content", "via cli", "--url", url,
+                 "--cacert", str(pki.ca.cert), *session]) == 0
+    assert json.loads(capsys.readouterr().out)["content"] == "via cli"
+    monkeypatch.setenv("SPINE_CACERT", str(pki.ca.cert))
+    assert main(["get", "tls-cli", "c1", "--url", url, *session]) == 0
+    assert json.loads(capsys.readouterr().out)["content"] == "via cli"
+    monkeypatch.delenv("SPINE_CACERT")
+    # The system CAs do not know the test CA: a clear error, no traceback.
+    assert main(["get", "tls-cli", "c1", "--url", url, *session]) == 1
+    err = capsys.readouterr().err
+    assert "certificate verify failed" in err and "--cacert" in err, err
