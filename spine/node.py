@@ -417,6 +417,18 @@ class Node:
         self._runner = LimitedRunner(
             build_app(self._services), self._services.http, access_log=None, handle_signals=False
         )
+        guard = self._runner.guard
+        self.metrics.registry.gauge(
+            "spine_http_connections_refused", "HTTP connections closed at once: past"
+            " limits.client_connections from one address, since start", (),
+            lambda: {(): float(guard.refused)})
+        self.metrics.registry.gauge(
+            "spine_http_head_timeouts", "HTTP connections closed for not sending a request head"
+            " within limits.header_timeout_ms, since start", (),
+            lambda: {(): float(guard.head_timeouts)})
+        self.metrics.registry.gauge(
+            "spine_http_connections", "open HTTP connections", (),
+            lambda: {(): float(sum(guard.open.values()))})
         await self._runner.setup()
         site: web.TCPSite
         if self.tls.http is None:
