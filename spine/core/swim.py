@@ -19,15 +19,14 @@ Every change is piggybacked on the next pings and acks a bounded number of times
 every message also carries its sender's own record, so any direct contact settles a stale
 suspicion. A full-state push-pull runs every `push_pull_interval` (memberlist), also toward one
 DEAD member so that a healed partition finds its way back (Serf's reconnect). The `accept` hook
-vets each new member's identity (cluster, shard count, embedder): a refused one is never added,
-shows up in the events, and is told why by a `Refuse` in answer to its push-pull (only there: the
-shell accepts a Refuse only as the answer to its own push-pull).
+vets each new member's identity (cluster, shard count, embedder): a refused one is never added
+(a known one is forgotten), shows up in the events, and is told why by a `Refuse` answering its
+push-pull (heeded nowhere else).
 
-Everything is bounded against a member that holds the secret and lies (issue 14): at most
-`max_members` members, at most MAX_RELAYS relays in flight, only members' pings relayed (to the
-address we know, so a PingReq cannot aim us at a stranger), and a claim about us at
-MAX_INCARNATION is not believed (outbidding it would overflow the wire's incarnation). What is
-refused for a cap shows up in the events as `Dropped`.
+Bounded against a member that holds the secret and lies (issue 14): at most `max_members`
+members and MAX_RELAYS relays; a PingReq relayed only to a live member, at the address we know;
+a claim about us at MAX_INCARNATION not believed (outbidding it would overflow the wire). What a
+bound refuses shows up in the events as `Dropped`.
 """
 
 from __future__ import annotations
@@ -225,8 +224,7 @@ class Swim:
         out: list[Outbound] = []
         if not self._started:
             return out
-        for relay in self._relays.due(now):
-            out.append(Outbound(relay.requester, Nack(relay.seq, self.self_id)))
+        out.extend(Outbound(r.requester, Nack(r.seq, self.self_id)) for r in self._relays.due(now))
         if not self._left:
             self._advance_probe(now, out)
         for node_id, s in list(self._suspicions.items()):  # after the probe: it may confirm one
@@ -284,7 +282,7 @@ class Swim:
         if msg.target != self.self_id:
             return  # meant for whoever held this address before us
         self._apply_all(msg.updates, now, out)
-        if self._cached_refusal(msg.sender) is not None:
+        if msg.sender not in self._members and self.refused(msg.sender) is not None:
             return  # it learns why from the Refuse that answers its push-pull
         out.append(Outbound(src, Ack(msg.seq, self.self_id, self._piggyback(msg.sender))))
 
@@ -316,6 +314,8 @@ class Swim:
         if own is not None and own.node_id != self.self_id:
             reason, _ = self._verdict(own, now)
             if reason is not None:  # tell it, and show it nothing of the cluster
+                if own.node_id in self._members:
+                    self._forget(own.node_id, now)
                 out.append(Outbound(src, Refuse(self.self_id, reason)))
                 return
         out.extend(self.merge_state(msg.members, now))
@@ -399,10 +399,11 @@ class Swim:
         if old is None and len(self._members) + 1 >= self.config.max_members:
             self._events.append(Dropped(now, "members_full", new.node_id))
             return
-        if old is None or old.meta != new.meta or old.address != new.address:
-            reason, _ = self._verdict(new, now)
-            if reason is not None:
-                return
+        changed = old is None or old.meta != new.meta or old.address != new.address
+        if changed and self._verdict(new, now)[0] is not None:
+            if old is not None:  # no longer the member we knew: a stranger until it passes
+                self._forget(new.node_id, now)
+            return
         self._set(new, up.by, now)
 
     def _maybe_refute(self, claim: Member, now: float) -> None:
@@ -459,9 +460,6 @@ class Swim:
         """Why the identity check refused the latest version of `node_id` seen, or None."""
         return self._admission.refusal(node_id)
 
-    def _cached_refusal(self, node_id: str) -> str | None:
-        return None if node_id in self._members else self._admission.refusal(node_id)
-
     # ----------------------------------------------------------------------------- gossip
 
     def _piggyback(self, dest: str | None) -> tuple[Update, ...]:
@@ -492,10 +490,14 @@ class Swim:
     def _reap(self, now: float) -> None:
         for node_id, since in list(self._gone_at.items()):
             if now - since >= self.config.dead_reap_after:
-                old = self._members.pop(node_id)
-                del self._gone_at[node_id]
-                self._queue.discard(node_id)
-                self._events.append(Transition(now, node_id, old.state, None, old.incarnation))
+                self._forget(node_id, now)
+
+    def _forget(self, node_id: str, now: float) -> None:
+        old = self._members.pop(node_id)
+        self._gone_at.pop(node_id, None)
+        self._suspicions.pop(node_id, None)
+        self._queue.discard(node_id)
+        self._events.append(Transition(now, node_id, old.state, None, old.incarnation))
 
     # ------------------------------------------------------------------------------- helpers
 

@@ -104,7 +104,8 @@ def claim(c: LocalCluster, victim: str, incarnation: int) -> Ping:
 
 
 def test_a_forged_udp_refuse_changes_nothing(c: LocalCluster) -> None:
-    forged = [encode(Refuse(peer, "identity mismatch: forged")) for peer in ("n2", "n3")]
+    forged = [encode(Refuse(peer, "identity forged")) for peer in ("n2", "n3")]
+    assert {len(f) for f in forged} == {21}  # the 21-byte datagram
     udp(c, "n1", *forged * 5)
     holds_for(c, 2.0, lambda: healthy(c))
     r = c.http("n1", "PUT", "/v1/ns/hostile/memories/refuse", {"content": "still writes"},

@@ -380,3 +380,21 @@ async def test_unauthenticated_and_oversized_tcp_frames_are_dropped_and_counted(
         assert g.member("x") is None
     finally:
         await g.stop()
+
+
+def test_a_member_whose_new_version_is_refused_is_forgotten_until_one_passes() -> None:
+    def check(m: Member) -> str | None:
+        return None if m.meta_dict().get("cluster") == "c" else "another cluster"
+
+    s = Swim("a", rec("a").address, rng=random.Random(1), accept=check)
+    s.join([], 0.0)
+    good = Member("b", rec("b").address, 0, A, (("cluster", "c"),))
+    s.merge_state([good], 0.0)
+    # A lie (or a real change of identity) at a higher incarnation: b is no longer trusted.
+    s.receive("127.0.0.1:9", Ping(1, "x", "a", (Update(Member("b", good.address, 5, A,
+                                                               (("cluster", "z"),)), "b"),)), 1.0)
+    assert s.member("b") is None and s.refused("b") == "another cluster"
+    assert s.receive(good.address, Ping(2, "b", "a"), 1.5) == []  # no ack for a refused node
+    # b's own word, at its own incarnation, brings it back.
+    s.receive(good.address, Ping(3, "b", "a", (Update(good, "b"),)), 2.0)
+    assert s.member("b") == good and s.refused("b") is None
