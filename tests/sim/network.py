@@ -4,7 +4,9 @@ memberlist's MockNetwork with faults added: one priority queue of timed events (
 ticks, scheduled actions), a seeded `random.Random` for every draw, per-datagram loss, a delay
 distribution, directional partitions, and nodes that can be killed (stop receiving and sending)
 or paused (SIGSTOP: inbound buffered, timers frozen, all replayed on resume). Every message goes
-through the real codec. Nothing reads a clock: `Network.now` is the only time there is.
+through the real codec, sealed and opened by the real gossip authentication (`swim_auth`, each
+node with its own replay cache, on virtual time): with no attacker on the network, any packet it
+refuses is a bug, and raises. Nothing reads a clock: `Network.now` is the only time there is.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from spine.core.swim import Event, Outbound, Swim
+from spine.core.swim_auth import Channel, GossipAuth
 from spine.core.swim_messages import Message, PushPull, decode, encode
 
 Delay = Callable[[random.Random], float]
@@ -31,6 +34,7 @@ class SimNode:
     """One SWIM instance on the network, with its fault flags and the events it emitted."""
 
     swim: Swim
+    auth: GossipAuth = field(default_factory=lambda: GossipAuth(["sim-secret"], 10_500))
     killed: bool = False
     paused: bool = False
     inbox: list[tuple[str, bytes]] = field(default_factory=list)  # buffered while paused
@@ -170,6 +174,9 @@ class Network:
 
     # ---------------------------------------------------------------------------- internals
 
+    def _ms(self) -> int:
+        return int(self.now * 1000)
+
     def _push(self, when: float, action: Callable[[], None]) -> None:
         self._count += 1
         heapq.heappush(self._heap, (when, self._count, action))
@@ -181,7 +188,7 @@ class Network:
             if not isinstance(msg, PushPull) and self.rng.random() < self.loss:
                 self.stats.lost += 1
                 continue
-            data = encode(msg)
+            data = node.auth.seal(Channel.DATAGRAM, encode(msg), self._ms())
             when = self.now + self.delay(self.rng)
             self._push(when, self._deliver_later(node.address, address, data))
 
@@ -200,7 +207,7 @@ class Network:
 
     def _receive(self, node: SimNode, src: str, data: bytes) -> None:
         self.stats.delivered += 1
-        msg: Message = decode(data)
+        msg: Message = decode(node.auth.open(Channel.DATAGRAM, data, self._ms())[0])
         self._send(node, node.swim.receive(src, msg, self.now))
         self._after(node)
 

@@ -398,3 +398,18 @@ def test_a_member_whose_new_version_is_refused_is_forgotten_until_one_passes() -
     # b's own word, at its own incarnation, brings it back.
     s.receive(good.address, Ping(3, "b", "a", (Update(good, "b"),)), 2.0)
     assert s.member("b") == good and s.refused("b") is None
+
+
+def test_the_gossip_settings_are_checked_and_reach_swim() -> None:
+    from spine.cluster.membership import swim_config
+    from spine.core.config import from_dict
+    from spine.core.errors import ConfigError
+
+    cfg = from_dict({"gossip": {"max_members": 64, "freshness_margin_ms": 2_000}})
+    assert swim_config(cfg.gossip).max_members == 64
+    assert from_dict({}).gossip.max_members == 1024 == SwimConfig().max_members
+    for bad in ({"max_members": 1}, {"max_members": 70_000}, {"max_members": "many"},
+                {"freshness_margin_ms": -1}):
+        key = next(iter(bad))
+        with pytest.raises(ConfigError, match=f"gossip.{key}"):
+            from_dict({"gossip": bad})
