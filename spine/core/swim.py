@@ -171,12 +171,7 @@ class Swim:
         due = [self._next_push_pull]
         if not self._left:
             p = self._probe
-            if p is None:
-                due.append(self._next_probe_at)
-            else:
-                due.append(p.period_end)
-                if not p.acked and not p.indirect:
-                    due.append(p.ping_deadline)
+            due.append(self._next_probe_at if p is None else p.next_due())
         due.extend(s.deadline for s in self._suspicions.values())
         due.extend(self._relays.deadlines())
         return min(due)
@@ -350,19 +345,16 @@ class Swim:
         out.append(Outbound(target.address, ping))
 
     def _ask_helpers(self, p: Probe, now: float, out: list[Outbound]) -> None:
-        p.indirect = True
         target = self._members.get(p.target)
         if target is None:
+            p.indirect = True
             return
         helpers = sorted(k for k, m in self._members.items() if m.state is ALIVE and k != p.target)
         chosen = self._rng.sample(helpers, min(self.config.ping_req_k, len(helpers)))
         for h in chosen:
             req = PingReq(p.seq, self.self_id, p.target, target.address, self._piggyback(h))
             out.append(Outbound(self._members[h].address, req))
-        p.expected_nacks = len(chosen)
-        p.helpers = tuple(chosen)
-        # A late tick (the process was paused) must still give the helpers their time.
-        p.period_end = max(p.period_end, now + self.config.ping_timeout * p.scale)
+        p.go_indirect(chosen, now + self.config.ping_timeout * p.scale)
 
     def _conclude(self, p: Probe, now: float) -> None:
         if p.acked:

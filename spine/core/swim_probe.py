@@ -38,10 +38,28 @@ class Probe:
     period_end: float  # no ack at all by then: suspect the target
     acked: bool = False
     indirect: bool = False
-    expected_nacks: int = 0
     nacks: int = 0
     helpers: tuple[str, ...] = ()  # the helpers asked to probe the target indirectly
     nacked: set[str] = field(default_factory=set)
+
+    @property
+    def expected_nacks(self) -> int:
+        """Nacks due if the target is down and every helper is well: one per helper asked."""
+        return len(self.helpers)
+
+    def next_due(self) -> float:
+        """When this probe next needs a tick: its ping deadline (until it is acked or gone
+        indirect), else the end of its period."""
+        if self.acked or self.indirect:
+            return self.period_end
+        return min(self.period_end, self.ping_deadline)
+
+    def go_indirect(self, helpers: list[str], deadline: float) -> None:
+        """Record the helpers asked; the period lasts at least until `deadline` (a late tick,
+        after a pause, must still give them their time)."""
+        self.indirect = True
+        self.helpers = tuple(helpers)
+        self.period_end = max(self.period_end, deadline)
 
     def ack(self, seq: int, sender: str) -> bool:
         """Count an Ack: True if it answers this probe, from the target or a helper asked."""
