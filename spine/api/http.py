@@ -19,7 +19,7 @@ from aiohttp import web
 
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.errors import error_body, error_response, status_of
-from spine.api.limits import CLOSE_AFTER, HttpLimits
+from spine.api.limits import CLOSE_AFTER, HttpLimits, LimitedRequestHandler
 from spine.api.openapi import openapi_document
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
@@ -144,6 +144,8 @@ def build_app(svc: Services) -> web.Application:
 
         The body is read before the request takes one of the `max_inflight` slots, so clients
         that send slowly hold a connection (bounded per address) but never a slot."""
+        if isinstance(request.protocol, LimitedRequestHandler):
+            request.protocol.request_started()
         if request.path in PUBLIC_PATHS:  # load balancers probe these without credentials
             request["principal"] = ANONYMOUS
         else:

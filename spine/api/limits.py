@@ -130,6 +130,10 @@ class LimitedRequestHandler(RequestHandler):
             self.force_close()  # the written reply is flushed before the socket closes
         return out
 
+    def request_started(self) -> None:
+        """A handler runs: whatever armed the head timer belonged to this request's body."""
+        self._disarm()
+
     def _arm(self) -> None:
         if self._limits.header_timeout > 0:
             self._head_timer = self._loop.call_later(self._limits.header_timeout, self._expired)

@@ -20,7 +20,7 @@ from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
-BODY_TIMEOUT_MS = 2000
+BODY_TIMEOUT_MS = 4000  # room for the normal client on a loaded machine
 HEADER_TIMEOUT_MS = 2000
 MAX_INFLIGHT = 8
 PER_ADDRESS = 48
@@ -142,6 +142,42 @@ def test_slow_request_heads_are_closed(node: LocalCluster) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def _read_reply(s: socket.socket, deadline: float) -> bytes:
+    """One whole reply with a Content-Length (blocking socket), or what came before the deadline."""
+    buf = b""
+    while time.monotonic() < deadline:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(rest) >= length:
+                return buf
+        select.select([s], [], [], 0.1)
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def test_an_idle_keep_alive_connection_outlives_the_head_deadline(node: LocalCluster) -> None:
+    """The head deadline is for heads: a body sent after its head, then a pause longer than the
+    deadline, does not get a kept-alive connection closed."""
+    s = socket.create_connection(("127.0.0.1", node.port("n1")), timeout=10)
+    try:
+        body = b'{"content": "kept"}'
+        s.sendall(b"PUT /v1/ns/keep/memories/a HTTP/1.1\r\nHost: spine\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.2)  # the body in its own packet, after the head
+        s.sendall(body)
+        assert _read_reply(s, time.monotonic() + 5).startswith(b"HTTP/1.1 20")
+        time.sleep(HEADER_TIMEOUT_MS / 1000 + 1)  # idle past the head deadline
+        s.sendall(b"GET /v1/ns/keep/memories/a HTTP/1.1\r\nHost: spine\r\n\r\n")
+        assert _read_reply(s, time.monotonic() + 5).startswith(b"HTTP/1.1 200")
+    finally:
+        s.close()
 
 
 def test_connections_per_address_are_capped(node: LocalCluster) -> None:
