@@ -1,5 +1,5 @@
-"""Faults: kernel network partitions, SIGKILL/restart, SIGSTOP/SIGCONT and clock skew, and the
-seeded schedule that injects and heals them.
+"""Faults: kernel network partitions, SIGKILL/restart, SIGSTOP/SIGCONT, clock skew and forged
+packets, and the seeded schedule that injects and heals them.
 
 **Partitions** are drop rules in an nftables table of the harness's own (``inet spine_jepsen``,
 or ``spine_jepsen_K`` for a second harness's address block): one chain on the ``input`` hook,
@@ -13,6 +13,10 @@ from 127.0.0.1 and no ``(saddr, daddr)`` rule sees them; while a partition is up
 127.0.0.1 to a partitioned node's gossip port is dropped too (``gossip_leak_rules``). The
 harness's clients never connect to gossip ports, so they are not affected. SWIM's UDP, which
 does carry the node's address, is cut exactly.
+
+**Forgery** (``forge``, :mod:`jepsen_style.forge`): forged and replayed gossip and RPC packets
+from an address that is no member's, while one node is paused to time failure detection; it is
+also a checker (``report()``), valid when every detection came within SWIM's bound.
 
 **The schedule** (:class:`Nemesis`) alternates heal and fault windows (10 s each by default),
 cycling through the enabled faults in a seeded random order, records each start and stop in the
@@ -464,7 +468,7 @@ class SkewFault:
         return bool(self.skewed)
 
 
-FAULTS = ("partition", "kill", "pause", "skew")
+FAULTS = ("partition", "kill", "pause", "skew", "forge")
 
 
 def parse_faults(spec: str) -> list[str]:
@@ -491,6 +495,10 @@ def make_fault(name: str, cluster: JepsenCluster) -> Fault:
         return PauseFault(cluster)
     if name == "skew":
         return SkewFault(cluster)
+    if name == "forge":
+        from jepsen_style.forge import ForgeFault
+
+        return ForgeFault(cluster)
     raise ValueError(f"unknown fault {name!r}")
 
 

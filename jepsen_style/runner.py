@@ -294,6 +294,13 @@ class _Run:
             except Exception as e:
                 self.error("nemesis failed", e)
             self.injected = nemesis.injected
+            for f in nemesis.faults:  # a fault that measures something (forge) is a checker too
+                report = getattr(f, "report", None)
+                if callable(report):
+                    try:
+                        self.checkers[f.name] = report()
+                    except Exception as e:
+                        self.checkers[f.name] = {"valid": "unknown", "error": repr(e)}
         for t in clients:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 msg = f"client {t.get_name()} crashed"

@@ -452,3 +452,90 @@ def test_missing_nft_is_installed_with_apt_get(monkeypatch: pytest.MonkeyPatch) 
     # Present: nothing is run, nothing said.
     assert Nftables.ensure_installed(said.append) == "/usr/sbin/nft"
     assert len(calls) == 1 and len(said) == 1
+
+
+# ----------------------------------------------------------------------------- forge
+
+
+class ForgeCluster:
+    """What the forge fault reads of a cluster, without processes."""
+
+    names: ClassVar[list[str]] = ["n1", "n2", "n3"]
+    hosts: ClassVar[dict[str, str]] = {"n1": "127.0.3.11", "n2": "127.0.3.12",
+                                       "n3": "127.0.3.13"}
+    config: ClassVar[dict[str, Any]] = {"cluster": {"secret": "forge-test-secret-0123456789"},
+                                        "gossip": {"protocol_period_ms": 500}}
+
+    def host(self, node: str) -> str:
+        return self.hosts[node]
+
+    def gossip_port(self, node: str) -> int:
+        return 30000 + self.names.index(node)
+
+    def rpc_port(self, node: str) -> int:
+        return 29000 + self.names.index(node)
+
+
+def test_forge_is_a_fault_of_the_all_schedule() -> None:
+    assert "forge" in FAULTS and parse_faults("forge") == ["forge"]
+    assert parse_faults("all")[-1] == "forge"
+
+
+def test_forge_comes_from_a_non_member_address_in_the_clusters_block() -> None:
+    from jepsen_style.forge import detection_bound, forge_host
+
+    c = ForgeCluster()
+    assert forge_host(c) == "127.0.3.99"  # type: ignore[arg-type]
+    assert forge_host(c) not in c.hosts.values()  # type: ignore[arg-type]
+    # SWIM's bound for 3 members at T = 0.5 s, plus the polling slack.
+    assert 10 < detection_bound(c) < 30  # type: ignore[arg-type]
+
+
+def test_forger_mixes_every_kind_and_replays_only_what_it_captured() -> None:
+    from jepsen_style.forge import Forger, Sealer
+    from spine.core import swim_messages as sm
+    from spine.core.swim_auth import Channel, GossipAuth
+
+    c = ForgeCluster()
+    secret = c.config["cluster"]["secret"]
+    forger = Forger(c, Sealer(secret), "127.0.3.99")  # type: ignore[arg-type]
+    rng = random.Random(5)
+    forger.capture(rng)
+    assert len(forger.captured) == 4
+    member = GossipAuth([secret], window_ms=60_000)
+    now = time.time_ns() // 1_000_000
+    for node, packet in forger.captured:  # a real member would accept each capture once
+        assert node in c.names
+        payload, _ = member.open(Channel.DATAGRAM, packet, now)
+        assert isinstance(sm.decode(payload), sm.Ping)
+    seen = set()
+    for _ in range(300):
+        node, data = forger.datagram(rng)
+        assert node in c.names and data
+        if (node, data) in forger.captured:
+            seen.add("replay")
+    assert {k.removeprefix("udp-") for k in forger.sent} == {
+        "random", "refuse", "claim", "claim-wrong-key", "replay"}
+    assert "replay" in seen
+    # A claim at 2^64-1 is structurally a Ping; the bounded decoder refuses it.
+    wrong = forger.sealer.datagram(forger.claim(random.Random(1)), wrong_key=True)
+    with pytest.raises(sm.DecodeError):
+        member.open(Channel.DATAGRAM, wrong, now)
+    frames = {forger.push_pull(rng)[:4] for _ in range(40)}
+    assert b"\xff\xff\xff\xf0" in frames  # the huge length prefix is among them
+
+
+def test_forge_report_is_valid_only_when_every_failure_was_detected_in_time() -> None:
+    from jepsen_style.forge import ForgeFault
+
+    f = ForgeFault(ForgeCluster())  # type: ignore[arg-type]
+    assert f.report()["valid"] == "unknown"
+    f.detections.append({"victim": "n1", "detected": True, "seconds": 4.0, "undetected_by": []})
+    assert f.report()["valid"] is True
+    f.detections.append({"victim": "n2", "detected": True, "seconds": f.bound_s + 1,
+                         "undetected_by": []})
+    r = f.report()
+    assert r["valid"] is False and "late" in r["summary"]
+    f.detections.pop()
+    f.view_errors.append("n2: /v1/cluster answered 500")
+    assert f.report()["valid"] is False

@@ -122,7 +122,8 @@ def test_parse_args() -> None:
     assert o.workload_options == {"keys": 3, "name": "x"}
     assert parse_args(["run", "--nemesis", "none"]).nemesis == []
     assert parse_args(["run", "--nemesis", "all"]).nemesis == ["partition", "kill", "pause",
-                                                                 "skew"]
+                                                                 "skew", "forge"]
+    assert parse_args(["run", "--nemesis", "forge"]).nemesis == ["forge"]
     with pytest.raises(SystemExit):
         parse_args(["run", "--nemesis", "meteor"])
 
@@ -190,3 +191,23 @@ def test_ci_short_schedule(tmp_path: Path) -> None:
     results = _outputs_ok(out)
     assert set(results["checkers"]) == {"register", "set", "session", "convergence"}, tail
     assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_forge_schedule_stays_valid_and_detects_in_time(tmp_path: Path) -> None:
+    """The acceptance's `forge` nemesis, short: forged and replayed gossip and RPC packets from
+    127.0.K.99 while one node is paused; the stand-in register stays linearizable and every
+    peer sees the paused node down within SWIM's bound."""
+    out = tmp_path / "forge"
+    opts = RunOptions(time=6.0, workloads=["all"], nemesis=["forge"], nodes=3, out=out, seed=5,
+                      concurrency=2, fault_s=3.0, heal_s=2.0, quiet_s=1.0, plot=False)
+    code = run(opts, registry={"standin": StandInRegister})
+    results = json.loads((out / "results.json").read_text())
+    forge = results["checkers"]["forge"]
+    assert code == EXIT_VALID, (results["verdict"], forge, results["errors"])
+    assert forge["valid"] is True and forge["detections"], forge
+    assert all(d["detected"] and d["seconds"] <= forge["bound_s"] for d in forge["detections"])
+    kinds = {k.split("-")[0] for k in forge["sent"]}
+    assert {"udp", "tcp", "rpc"} <= kinds, forge["sent"]
+    assert forge["sent"].get("udp-replay", 0) > 0, forge["sent"]
