@@ -157,7 +157,12 @@ class RpcServer:
                 return
             session = await self._handshake(reader, writer)
             if session is not None:
-                await self._serve_frames(session, reader, writer)
+                try:
+                    await self._serve_frames(session, reader, writer)
+                finally:
+                    # Replies still queued are for calls that fail anyway; close() would keep
+                    # the socket until a peer that stopped reading took them.
+                    writer.transport.abort()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -231,6 +236,12 @@ class RpcServer:
     ) -> None:
         reply = await self._answer(peer, frame)
         try:
+            # Room first, then seal and write with no await between (sequence numbers follow
+            # write order): a peer that stops reading holds replies here, not in our buffer.
+            await writer.drain()
+        except (OSError, RuntimeError):
+            return  # the connection is going away; its reader sees it
+        try:
             data = chan.seal(reply)
         except FrameTooLarge as e:  # the caller gets this error instead of a reply it can't take
             data = chan.seal(_error_reply(frame, self._hlc.now(), e))
@@ -238,9 +249,7 @@ class RpcServer:
             log.exception("rpc_reply_unpackable", peer=peer, tag=frame.tag)
             data = chan.seal(_error_reply(frame, self._hlc.now(),
                                           SpineError(f"unpackable reply: {e!r}")))
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            writer.write(data)
-            await writer.drain()
+        writer.write(data)
 
     async def _answer(self, peer: str, frame: Frame) -> list[Any]:
         try:
@@ -326,16 +335,20 @@ class RpcClient:
 
     async def _call(self, node: str, msg: Message) -> Any:
         conn = await self._connection(node)
+        # Backpressure: wait for room in the send buffer before writing, so a peer that stops
+        # reading holds callers back, and a caller that gives up leaves nothing queued.
+        await conn.writer.drain()
+        if conn.closed:
+            raise PeerUnavailable(f"connection to {node} closed", node=node)
         conn.next_id += 1
         req_id = conn.next_id
         # Sealed (and size-checked) before anything is registered or written: a request past
-        # the limit fails here, for this caller only.
+        # the limit fails here, for this caller only. No await from here to the write.
         data = conn.chan.seal([REQUEST, req_id, int(msg.TAG), self._hlc.now(), msg.to_wire()])
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.waiting[req_id] = fut
         try:
             conn.writer.write(data)
-            await conn.writer.drain()
             return await fut
         finally:
             conn.waiting.pop(req_id, None)
@@ -407,7 +420,7 @@ class RpcClient:
             raise
         finally:
             conn.closed = True
-            conn.writer.close()
+            conn.writer.transport.abort()  # queued requests belong to calls failed above
             if self._conns.get(node) is conn:
                 del self._conns[node]
 
