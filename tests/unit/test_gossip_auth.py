@@ -1,7 +1,8 @@
 """Authenticated, bounded gossip (issue 14): the envelope, the decoder's bounds, SWIM's caps, and
-the shell's handling of forged packets. Each attack of the issue has a test here that fails on
-the code before it (0d917e7); the same attacks from another process are in
-tests/integration/test_gossip_hostile.py.
+the shell's handling of forged packets. The attack tests (incarnation 2^64-1, 1,106 members, a
+PingReq aimed at a stranger, an Ack from the wrong node, a bare Refuse) assert what 0d917e7 got
+wrong: the same assertions written against its API fail there. The same attacks from another
+process, against real nodes, are in tests/integration/test_gossip_hostile.py.
 """
 
 from __future__ import annotations
