@@ -171,6 +171,30 @@ def test_gossip_decoder_raises_only_decode_errors(data: bytes) -> None:
     _encodable(msg)
 
 
+@FUZZ
+@given(st.one_of(st.binary(max_size=120), gossip_datagrams()), st.booleans(),
+       st.sampled_from([1, 2, 3, 0, 255]))
+def test_gossip_envelope_then_decoder_raise_only_decode_errors(
+    payload: bytes, sealed: bool, channel: int
+) -> None:
+    """What a node does with a datagram: open the envelope (MAC, channel, freshness, replay),
+    then decode. Forged envelopes and an insider's sealed junk both end in a DecodeError."""
+    auth_mod = pytest.importorskip("spine.core.swim_auth")
+    secret, now = "fuzz-secret-0123456789abcdef", 1_000_000
+    auth = auth_mod.GossipAuth([secret], window_ms=10_000)
+    data = payload
+    if sealed:
+        with contextlib.suppress(ValueError):
+            data = auth_mod.GossipAuth([secret], 10_000).seal(
+                auth_mod.Channel(channel), payload, now)
+    try:
+        inner, _ = auth.open(auth_mod.Channel.DATAGRAM, data, now)
+        msg = _gossip_decode()(inner)
+    except SpineError:
+        return
+    _encodable(msg)
+
+
 def _read_gossip_frame(data: bytes) -> bytes:
     from spine.cluster import gossip_transport as gt
 
