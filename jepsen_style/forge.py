@@ -260,6 +260,7 @@ class ForgeFault:
     _threads: list[threading.Thread] = field(default_factory=list)
     _victim: str | None = None
     _active: bool = False
+    windows: int = 0
 
     def __post_init__(self) -> None:
         self.bound_s = detection_bound(self.cluster) if self.cluster.config else 0.0
@@ -278,6 +279,7 @@ class ForgeFault:
             self._forger.capture(random.Random(rng.random()))
         self._stop.clear()
         self._active = True
+        self.windows += 1
         self._threads = [
             threading.Thread(target=self._send_udp, args=(rng.random(),), daemon=True,
                              name="forge-udp"),
@@ -376,8 +378,11 @@ class ForgeFault:
     def active(self) -> bool:
         return self._active
 
-    def report(self) -> dict[str, Any]:
-        """The run's ``forge`` checker result."""
+    def report(self) -> dict[str, Any] | None:
+        """The run's ``forge`` checker result; None if no forge window began (a short ``all``
+        schedule may end before forge's turn: nothing was measured, nothing to judge)."""
+        if not self.windows:
+            return None
         late = [d for d in self.detections if not d["detected"] or d["seconds"] > self.bound_s]
         valid = bool(self.detections) and not late and not self.view_errors
         worst = max((d["seconds"] for d in self.detections), default=None)

@@ -298,9 +298,11 @@ class _Run:
                 report = getattr(f, "report", None)
                 if callable(report):
                     try:
-                        self.checkers[f.name] = report()
+                        result = report()
                     except Exception as e:
-                        self.checkers[f.name] = {"valid": "unknown", "error": repr(e)}
+                        result = {"valid": "unknown", "error": repr(e)}
+                    if result is not None:  # None: the fault never came up in this run
+                        self.checkers[f.name] = result
         for t in clients:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 msg = f"client {t.get_name()} crashed"

@@ -529,6 +529,8 @@ def test_forge_report_is_valid_only_when_every_failure_was_detected_in_time() ->
     from jepsen_style.forge import ForgeFault
 
     f = ForgeFault(ForgeCluster())  # type: ignore[arg-type]
+    assert f.report() is None, "never injected: no checker"
+    f.windows = 1
     assert f.report()["valid"] == "unknown"
     f.detections.append({"victim": "n1", "detected": True, "seconds": 4.0, "undetected_by": []})
     assert f.report()["valid"] is True
