@@ -277,7 +277,8 @@ def _list(x: Any, n: int, limit: int = MAX_UPDATES) -> list[Any]:
 def check_address(address: str) -> str:
     """`address` if it is "host:port" (IPv6 as "[addr]:port") with a port in 1..65535."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (not sep or not host.strip("[]") or not (port.isascii() and port.isdigit())
+            or not 1 <= int(port) <= 65535):
         raise DecodeError(f"not a host:port address: {address[:64]!r}")
     return address
 

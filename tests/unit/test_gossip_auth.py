@@ -155,6 +155,8 @@ def member_wire(inc: object = 0, address: object = "127.0.0.1:7000", node: objec
     body(2, [1, "x", "a", "127.0.0.1:0", []]),                        # port 0
     body(2, [1, "x", "a", "127.0.0.1:65536", []]),                    # port past 65535
     body(2, [1, "x", "a", "no-port", []]),
+    body(2, [1, "x", "a", "h:\u00b2", []]),                         # a digit int() refuses
+    body(2, [1, "x", "a", "[]:80", []]),
     body(1, [1, "x", "a", [[*member_wire(address="h:1:x"), "x"]]]),
     body(1, [1, "x", "a", [[*member_wire(meta={f"k{i}": "v" for i in range(17)}), "x"]]]),
     body(1, [1, "x", "a", [[*member_wire(), "x"]] * 65]),             # too many updates
