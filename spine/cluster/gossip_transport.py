@@ -278,7 +278,10 @@ class GossipSockets:
         if isinstance(msg, PushPull | Refuse):  # TCP only: a Refuse must answer our push-pull
             self.drops("unexpected", src, type(msg).__name__)
             return
-        self._on_message(src, msg)
+        try:
+            self._on_message(src, msg)
+        except Exception:  # never let one message take the endpoint down
+            log.exception("gossip_message_failed", src=src, kind=type(msg).__name__)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
