@@ -115,7 +115,7 @@ class LimitsSection:
     list_limit: int = 1000
     max_inflight: int = 2048
     # Quotas and slow-client limits (issue 14); see cluster.yaml.example for each.
-    max_namespaces: int = 100_000
+    max_namespaces: int = 10_000
     list_page_bytes: int = 4 * 1024 * 1024
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000
