@@ -96,7 +96,8 @@ class DiskGuard:
         if self._verdict.state is DiskState.FAILED:
             return  # sticky until restart
         if verdict.state is not self._verdict.state:
-            log.warning("storage_state", state=verdict.state.value, reason=verdict.reason)
+            emit = log.info if verdict.state is DiskState.OK else log.warning
+            emit("storage_state", state=verdict.state.value, reason=verdict.reason)
         self._verdict = verdict
 
 

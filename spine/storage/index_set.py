@@ -11,6 +11,7 @@ changed) is refused at load and the indexes are rebuilt from LMDB, the truth.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,25 +111,37 @@ class IndexSet:
             tmp.mkdir()
             with self._lock:
                 indexes = dict(self._indexes)
-            for namespace, index in sorted(indexes.items()):
-                index.save(tmp / namespace)
-            manifest: dict[str, Any] = {
-                "format": INDEX_FORMAT,
-                "manifest": _MANIFEST_VERSION,
-                "watermark": watermark,
-                "dim": self.dim,
-                "fingerprint": self.fingerprint,
-                "namespaces": sorted(indexes),
-                "files": _digests(tmp),
-            }
-            manifest["digest"] = bytes_digest(_canonical(manifest))
-            write_atomic(tmp / _MANIFEST, json.dumps(manifest).encode())
+            try:
+                self._write_snapshot(tmp, indexes, watermark)
+            except BaseException:
+                # e.g. ENOSPC: give the space back now; the empty directory keeps its generation
+                # used (names are never reused) until the next save sweeps it.
+                with contextlib.suppress(OSError):
+                    _rmtree(tmp)
+                    tmp.mkdir()
+                raise  # CURRENT still names the last whole snapshot
             os.replace(tmp, directory / name)
             fsync_dir(directory)
             write_atomic(directory / _CURRENT, f"{name}\n".encode())
             for old in directory.iterdir():
                 if old.name.startswith("snap-") and old.name != name:
                     _rmtree(old)
+
+    def _write_snapshot(self, tmp: Path, indexes: dict[str, VectorIndex], watermark: int) -> None:
+        """Every index and the manifest (with the digests of every file) into `tmp`."""
+        for namespace, index in sorted(indexes.items()):
+            index.save(tmp / namespace)
+        manifest: dict[str, Any] = {
+            "format": INDEX_FORMAT,
+            "manifest": _MANIFEST_VERSION,
+            "watermark": watermark,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "namespaces": sorted(indexes),
+            "files": _digests(tmp),
+        }
+        manifest["digest"] = bytes_digest(_canonical(manifest))
+        write_atomic(tmp / _MANIFEST, json.dumps(manifest).encode())
 
     def load_all(self, directory: Path) -> int | None:
         """Replace the indexes with the current snapshot; its watermark, or None to rebuild.
