@@ -176,6 +176,7 @@ class Replicator:
         When every answer is in, replicas that answered with an older version are repaired.
         """
         answers: dict[str, Record | None] = {}
+        local_error: list[StorageFailed] = []
         done = asyncio.Event()
         outstanding = len(nodes)
 
@@ -192,6 +193,8 @@ class Replicator:
                     done.set()
             except PeerUnavailable:
                 pass
+            except StorageFailed as e:  # our own LMDB refuses reads (MDB_PANIC)
+                local_error.append(e)
             finally:
                 outstanding -= 1
                 if outstanding == 0:
@@ -201,6 +204,8 @@ class Replicator:
         if tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), timeout)
+        if local_error and len(answers) < r:
+            raise local_error[0]  # say why (503 storage_failed) rather than "too few answers"
         snapshot = dict(answers)
         if repair and tasks:
             self.spawn(self._repair_after(tasks, answers, timeout))

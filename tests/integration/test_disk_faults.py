@@ -5,6 +5,8 @@
   `storage_failed`, `/readyz` answers 503 with the reason, every later write answers 503 even once
   the disk works again (a failed fsync is never retried), reads go on from the last commit, and
   after a restart the node takes writes again with nothing acknowledged missing.
+- a failed page write (`posix/io/rw/pwrite`): LMDB declares the environment fatal (MDB_PANIC),
+  so reads answer 503 `storage_failed` too, until the restart.
 - ENOSPC on a small tmpfs holding the node's data: writes answer 507 `insufficient_storage`
   while reads keep working, and once the filler file is deleted writes succeed again with no
   restart; with `storage.reserve_mb` the node refuses before the disk is full at all.
@@ -147,6 +149,34 @@ def test_failed_fsync_stops_acknowledging_until_restart(
     assert_readable(c, acked)
     assert acked_status(put(c, "later", "after the restart").status)
     assert get(c, "later").status == 200
+
+
+def test_failed_page_write_fails_reads_too_until_restart(
+    make_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    """A failed pwrite (LMDB's page and meta writes): LMDB declares the environment fatal
+    (MDB_PANIC) and refuses read transactions too, so reads answer 503 storage_failed as well."""
+    libs = _fiu_libs()
+    prefix = tmp_path / "fiu"
+    with preloaded(prefix, libs):
+        c = single_node(make_cluster)
+    fiu = Fiu(prefix, c.procs["n1"].pid)
+    wait_until(lambda: Path(f"{prefix}-{fiu.pid}.in").exists(), 10, 0.05, "fiu's control pipe")
+    assert acked_status(put(c, "kept", "before the fault").status)
+    fiu.run(f"enable name=posix/io/rw/pwrite,failinfo={EIO}")
+    r = put(c, "lost", "written while pwrite fails")
+    assert r.status == 503 and r.error()["code"] == "storage_failed", (r.status, r.body)
+    fiu.run("disable name=posix/io/rw/pwrite")
+    r = get(c, "kept")
+    assert r.status == 503 and r.error()["code"] == "storage_failed", (r.status, r.body)
+    assert c.http("n1", "GET", "/readyz").status == 503
+    r = put(c, "after", "once the disk works again")
+    assert r.status == 503 and r.error()["code"] == "storage_failed", (r.status, r.body)
+    c.kill("n1")
+    c.start("n1", wait_peers=False)
+    assert_readable(c, {"kept": "before the fault"})
+    assert get(c, "lost").status == 404
+    assert acked_status(put(c, "after", "after the restart").status)
 
 
 # -- the disk fills up ----------------------------------------------------------------------------
