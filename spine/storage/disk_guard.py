@@ -80,7 +80,7 @@ class DiskGuard:
         self._set(verdict)
         if self.state is DiskState.FAILED:
             return StorageFailed(f"storage failed, nothing was written: {self.reason}")
-        return InsufficientStorage(f"not enough disk space, nothing was written: {verdict.reason}")
+        return InsufficientStorage(f"no room for the write, nothing was written: {verdict.reason}")
 
     def panicked(self, exc: lmdb.Error) -> StorageFailed:
         """LMDB refused a read transaction with MDB_PANIC: FAILED; the error for the reader."""

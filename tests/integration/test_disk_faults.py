@@ -268,3 +268,24 @@ def test_reserve_refuses_writes_before_the_disk_is_full(
     assert get(c, "a").status == 200
     filler.unlink()
     assert acked_status(put(c, "c", "room again").status)
+
+
+def test_full_map_answers_507_and_reads_go_on(make_cluster: ClusterFactory) -> None:
+    """MDB_MAP_FULL (storage.map_size_mb used up) answers 507 too; the node stays ready. Room
+    comes back only as records are purged, or with a larger map after a restart."""
+    c = single_node(make_cluster, map_size_mb=2)
+    acked: dict[str, str] = {}
+    refused = None
+    for i in range(400):
+        content = f"map {i} " + "m" * 20_000
+        r = put(c, f"m{i}", content)
+        if not acked_status(r.status):
+            refused = r
+            break
+        acked[f"m{i}"] = content
+    assert refused is not None, "2 MiB of map never filled"
+    assert refused.status == 507 and refused.error()["code"] == "insufficient_storage", (
+        refused.status, refused.body)
+    assert acked and "map" in refused.error()["message"]
+    assert_readable(c, acked)
+    assert c.http("n1", "GET", "/readyz").status == 200
