@@ -72,7 +72,8 @@ def _frame(payload: bytes) -> bytes:
 
 class Sealer:
     """Seals a gossip message as a member would (``swim_auth``), or returns it bare where the
-    code under test has no envelope. ``secret=None``: a key the cluster does not hold."""
+    code under test has no envelope. ``wrong_key=True``: sealed with a secret the cluster does
+    not hold."""
 
     def __init__(self, secret: str) -> None:
         try:
@@ -112,9 +113,11 @@ class Forger:
     host: str
     captured: list[tuple[str, bytes]] = field(default_factory=list)  # (node, sealed datagram)
     sent: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # two sender threads count
 
     def _count(self, kind: str) -> None:
-        self.sent[kind] = self.sent.get(kind, 0) + 1
+        with self._lock:
+            self.sent[kind] = self.sent.get(kind, 0) + 1
 
     def gossip_addr(self, node: str) -> tuple[str, int]:
         return self.cluster.host(node), self.cluster.gossip_port(node)
