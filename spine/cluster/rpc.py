@@ -238,7 +238,8 @@ class RpcServer:
         try:
             # Room first, then seal and write with no await between (sequence numbers follow
             # write order): a peer that stops reading holds replies here, not in our buffer.
-            await writer.drain()
+            if writer.transport.get_write_buffer_size():
+                await writer.drain()
         except (OSError, RuntimeError):
             return  # the connection is going away; its reader sees it
         try:
@@ -337,7 +338,8 @@ class RpcClient:
         conn = await self._connection(node)
         # Backpressure: wait for room in the send buffer before writing, so a peer that stops
         # reading holds callers back, and a caller that gives up leaves nothing queued.
-        await conn.writer.drain()
+        if conn.writer.transport.get_write_buffer_size():
+            await conn.writer.drain()
         if conn.closed:
             raise PeerUnavailable(f"connection to {node} closed", node=node)
         conn.next_id += 1

@@ -2,11 +2,12 @@
 
 Every frame starts with a 4-byte big-endian body length, checked against a cap before a single
 body byte is read. Handshake frames are plain msgpack capped at `HANDSHAKE_MAX` bytes. After the
-handshake each frame is ``length | body | tag``: `tag` is a keyed BLAKE2b-128 over this
-direction's frame sequence number, the length and the body (`spine.cluster.rpc_handshake` derives
-one key per direction), checked before the body is unpacked. The implicit sequence number makes a
-replayed, reordered or dropped frame fail its MAC too. Bodies are unpacked with explicit msgpack
-limits and then checked for the shape ``[kind, request id, tag, hlc, body]``.
+handshake each frame is ``length | body | tag``: `tag` is HMAC-SHA256, truncated to 128 bits,
+over this direction's frame sequence number, the length and the body (one key per direction,
+derived by `spine.cluster.rpc_handshake`), checked before the body is unpacked. The implicit
+sequence number makes a replayed, reordered or dropped frame fail its MAC too. Bodies are
+unpacked with explicit msgpack limits and then checked for the shape
+``[kind, request id, tag, hlc, body]``.
 """
 
 from __future__ import annotations
@@ -75,15 +76,15 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int = HANDSHAKE_MAX
 
 def parse_frame(obj: Any) -> Frame:
     """Check the decoded shape ``[kind, request id, tag, hlc, body]``; ProtocolError if not."""
-    if not isinstance(obj, list) or len(obj) != 5:
+    if type(obj) is not list or len(obj) != 5:
         raise ProtocolError("a frame is a list of 5 items")
     kind, req_id, tag, hlc, body = obj
-    for name, v, hi in (("kind", kind, 256), ("request id", req_id, _U64),
-                        ("tag", tag, 65536), ("hlc", hlc, _U64)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < hi:
-            raise ProtocolError(f"frame {name} must be an integer in [0, {hi})")
-    if kind not in _KINDS:
-        raise ProtocolError(f"unknown frame kind {kind}")
+    # `type(...) is int` on purpose: a bool is not a kind, an id, a tag or a clock.
+    if not (type(kind) is int and type(req_id) is int and type(tag) is int
+            and type(hlc) is int):
+        raise ProtocolError("frame kind, request id, tag and hlc must be integers")
+    if kind not in _KINDS or not (0 <= req_id < _U64 and 0 <= tag < 65536 and 0 <= hlc < _U64):
+        raise ProtocolError(f"frame header out of range: {kind}, {req_id}, {tag}, {hlc}")
     return Frame(kind, req_id, tag, hlc, body)
 
 
@@ -91,8 +92,10 @@ class SealedChannel:
     """Per-connection frame sealing: one MAC key and sequence counter per direction."""
 
     def __init__(self, send_key: bytes, recv_key: bytes, max_frame: int) -> None:
-        self._send = hashlib.blake2b(key=send_key, digest_size=MAC_LEN)
-        self._recv = hashlib.blake2b(key=recv_key, digest_size=MAC_LEN)
+        # HMAC-SHA256 rather than keyed BLAKE2b: SHA-256 runs in hardware on current x86 and
+        # ARM, about twice BLAKE2b's speed on the large frames (shard syncs) that dominate bytes.
+        self._send = hmac.new(send_key, digestmod=hashlib.sha256)
+        self._recv = hmac.new(recv_key, digestmod=hashlib.sha256)
         self._send_seq = 0
         self._recv_seq = 0
         self.max_frame = max_frame
@@ -110,7 +113,7 @@ class SealedChannel:
         h.update(head)
         h.update(body)
         self._send_seq += 1
-        return b"".join((head, body, h.digest()))
+        return b"".join((head, body, h.digest()[:MAC_LEN]))
 
     def open(self, head: bytes, rest: bytes) -> Frame:
         """Check one received frame's MAC, then unpack it and check its shape."""
@@ -120,7 +123,7 @@ class SealedChannel:
         h.update(_SEQ.pack(self._recv_seq))
         h.update(head)
         h.update(body)
-        if not hmac.compare_digest(h.digest(), rest[n:]):
+        if not hmac.compare_digest(h.digest()[:MAC_LEN], rest[n:]):
             raise ProtocolError("frame failed its MAC (forged, replayed or corrupted)",
                                 reason="mac")
         self._recv_seq += 1
