@@ -32,6 +32,7 @@ import structlog
 from spine.core.errors import SpineError
 from spine.core.model import Record, is_concurrent, merge
 from spine.storage.disk_guard import DiskGuard
+from spine.storage.files import fsync_dir
 
 log = structlog.get_logger("spine.store")
 
@@ -134,6 +135,9 @@ class Store:
             readahead=False,
             max_readers=512,
         )
+        if sync:  # LMDB fsyncs its files, never their directory entries: a fresh data.mdb
+            for d in (self.path, *list(self.path.parents)[:2]):  # could vanish with power
+                fsync_dir(d)  # loss despite every commit's fsync (so could the new directories)
         self.records = self.env.open_db(b"records")
         self.by_ns = self.env.open_db(b"by_ns")
         self.history_db = self.env.open_db(b"history")
