@@ -38,6 +38,7 @@ from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.quota import NamespaceQuota
+from spine.core.readiness import Facts, NotReady, not_ready, serves_clients
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
 from spine.core.secret_policy import check_secret_policy
@@ -212,6 +213,7 @@ class Node:
         self.auth = Authenticator(cfg.auth.keys, agents_see_cluster=cfg.auth.agents_see_cluster)
         self._runner: web.AppRunner | None = None
         self._clock_task: asyncio.Task[None] | None = None
+        self._draining = False  # /readyz answers 503 from the first moment of a shutdown
         self._register_gauges()
 
     # ------------------------------------------------------------ wiring helpers
@@ -361,12 +363,23 @@ class Node:
                                           "moves": len(p.moves())},
                 "transfers": self.rebalancer.status(), "shards": shards}
 
-    def ready(self) -> bool:
-        """Ready when a quorum of the current ring (this node included) is reachable."""
+    def readiness(self) -> NotReady | None:
+        """Why this node should take no client traffic now (see spine.core.readiness)."""
         members = self.keeper.placement.current.members
-        alive = sum(1 for n in members if self.liveness.is_alive(n))
-        need = self.cfg.policy().quorum(self.cfg.policy().default).w
-        return bool(members) and alive >= min(need, len(members))
+        entry = self.keeper.map.get(self.id)
+        failure = self.store.disk.failure()
+        return not_ready(Facts(
+            ring_state=self.keeper.state(), removed=entry is not None and entry.removed,
+            peers_reachable=sum(1 for n in members if self.liveness.is_alive(n)),
+            quorum=min(self.cfg.policy().quorum(self.cfg.policy().default).w, len(members)),
+            draining=self._draining,
+            storage_problem=failure.message if failure is not None else None,
+        ))
+
+    def serves_clients(self) -> bool:
+        """False once this node has left the ring or was removed."""
+        entry = self.keeper.map.get(self.id)
+        return serves_clients(self.keeper.state(), entry is not None and entry.removed)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -383,7 +396,8 @@ class Node:
             metrics=self.metrics, auth=self.auth, limits=self.cfg.limits_value(),
             dim=self.cfg.embedder.dim, session_max_keys=self.cfg.session.max_keys,
             body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
-            cluster_view=self.cluster_view, shards_view=self.shards_view, ready=self.ready,
+            cluster_view=self.cluster_view, shards_view=self.shards_view,
+            readiness=self.readiness, serves_clients=self.serves_clients,
             storage_problem=self.store.disk.failure,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
             search=self.search.handle,
@@ -455,7 +469,13 @@ class Node:
         )
 
     async def stop(self) -> None:
-        """Stop listeners and loops, let the writer drain, close storage."""
+        """Drain (answer /readyz 503 while still serving, for `shutdown.drain_ms`, so a balancer
+        moves traffic away first), then stop listeners and loops, let the writer finish, close
+        storage."""
+        self._draining = True
+        if self._runner is not None and self.cfg.shutdown.drain_ms > 0:
+            log.info("node_draining", drain_ms=self.cfg.shutdown.drain_ms)
+            await self.rt.sleep(self.cfg.shutdown.drain_ms / 1000)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

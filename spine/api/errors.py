@@ -25,6 +25,7 @@ STATUS: dict[type[e.SpineError], int] = {
     e.ClockSkew: 503,
     e.InsufficientStorage: 507,
     e.StorageFailed: 503,
+    e.NotServing: 503,
     e.Timeout: 504,
     e.ConfigError: 500,
 }

@@ -28,6 +28,7 @@ from spine.core.consistency import Level
 from spine.core.errors import (
     InvalidInput,
     NotFound,
+    NotServing,
     Overloaded,
     QuorumUnavailable,
     RequestTimeout,
@@ -38,6 +39,7 @@ from spine.core.ids import uuid7
 from spine.core.metrics import SpineMetrics
 from spine.core.quota import NamespaceQuota
 from spine.core.ratelimit import ClientLimiter
+from spine.core.readiness import NotReady
 from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
@@ -67,7 +69,8 @@ class Services:
     max_inflight: int
     cluster_view: Callable[[], dict[str, Any]]
     shards_view: Callable[[], dict[str, Any]]
-    ready: Callable[[], bool]
+    # Why this node should take no client traffic now (/readyz answers 503), or None.
+    readiness: Callable[[], NotReady | None]
     mint_id: Callable[[], str]
     search: SearchFn | None = None
     admin: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = field(default_factory=dict)
@@ -78,6 +81,8 @@ class Services:
     list_page_bytes: int = 4 * 1024 * 1024
     # Why this node's disk takes no write until restart (StorageFailed), for /readyz.
     storage_problem: Callable[[], SpineError | None] | None = None
+    # False once this node has left the ring or was removed: it refuses client requests.
+    serves_clients: Callable[[], bool] = lambda: True
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -152,6 +157,8 @@ def build_app(svc: Services) -> web.Application:
             request["principal"] = svc.auth.authenticate(request.headers.get("Authorization"))
         if request.path.startswith(UNCOUNTED):
             return await handler(request)
+        if request.path.startswith("/v1/ns/") and not svc.serves_clients():
+            raise NotServing("this node has left the ring: send requests to a member")
         principal: Principal = request["principal"]
         client = f"key:{principal.name}" if svc.auth.enabled else f"addr:{request.remote}"
         admission = limiter.admit(client, clock())
@@ -444,12 +451,16 @@ class _Handlers:
         return _json({"status": "ok", "node": self.svc.node_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        problem = self.svc.storage_problem() if self.svc.storage_problem is not None else None
-        if problem is not None:  # 503 storage_failed, with the reason
-            raise problem
-        if not self.svc.ready():
-            raise QuorumUnavailable("not ready: too few peers reachable")
-        return _json({"status": "ready", "node": self.svc.node_id})
+        verdict = self.svc.readiness()
+        if verdict is None:
+            return _json({"status": "ready", "node": self.svc.node_id})
+        if verdict.kind == "storage" and self.svc.storage_problem is not None:
+            problem = self.svc.storage_problem()
+            if problem is not None:  # 503 storage_failed, with the reason
+                raise problem
+        if verdict.kind == "quorum":
+            raise QuorumUnavailable(f"not ready: {verdict.reason}")
+        raise NotServing(f"not ready: {verdict.reason}")
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.svc.auth.require_cluster_view(request["principal"])

@@ -260,6 +260,11 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class ShutdownSection:
+    drain_ms: int = 2000
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
 
@@ -290,6 +295,7 @@ class Config:
     gossip: GossipSection = field(default_factory=GossipSection)
     auth: AuthSection = field(default_factory=AuthSection)
     log: LogSection = field(default_factory=LogSection)
+    shutdown: ShutdownSection = field(default_factory=ShutdownSection)
     tls: TlsSection = field(default_factory=TlsSection)
 
     def node(self, node_id: str) -> NodeConfig:

@@ -150,6 +150,14 @@ class StorageFailed(SpineError):
     retriable = True
 
 
+class NotServing(SpineError):
+    """This node takes no client traffic now: it is shutting down, joining, has left the ring or
+    was removed. Another node will serve the request."""
+
+    code = "not_serving"
+    retriable = True
+
+
 class ConfigError(SpineError):
     """cluster.yaml holds an unknown key or a bad value (the message names the key path)."""
 

@@ -29,24 +29,35 @@ class Facts:
     storage_problem: str | None = None  # why its disk takes no write, if it does not
 
 
-def not_ready(f: Facts) -> str | None:
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """Why a node should take no client traffic now. `kind` says which error answers it:
+    `draining` and `membership` (not serving), `storage` (its disk failed), `quorum` (too few
+    peers)."""
+
+    kind: str
+    reason: str
+
+
+def not_ready(f: Facts) -> NotReady | None:
     """Why the node should not take client traffic now, or None when it should."""
     if f.draining:
-        return "shutting down"
+        return NotReady("draining", "shutting down")
     if f.storage_problem:
-        return f"storage failed: {f.storage_problem}"
+        return NotReady("storage", f"storage failed: {f.storage_problem}")
     if f.removed:
-        return "removed from the ring"
+        return NotReady("membership", "removed from the ring")
     if f.ring_state is None:
-        return "not in the ring map"
+        return NotReady("membership", "not in the ring map")
     if f.ring_state == LEFT:
-        return "left the ring"
+        return NotReady("membership", "left the ring")
     if f.ring_state == JOINING:
-        return "joining: copying its shards until the ring settles"
+        return NotReady("membership", "joining: copying its shards until the ring settles")
     if f.ring_state not in (ACTIVE, LEAVING):
-        return f"ring state {f.ring_state}"
+        return NotReady("membership", f"ring state {f.ring_state}")
     if f.peers_reachable < f.quorum:
-        return f"too few peers reachable ({f.peers_reachable} of the {f.quorum} needed)"
+        return NotReady("quorum", f"too few peers reachable ({f.peers_reachable} of the"
+                                  f" {f.quorum} needed)")
     return None
 
 

@@ -184,6 +184,12 @@ def test_join_then_decommission_under_session_writes(tmp_path: Path) -> None:
             c.wait_until(lambda: len(w2.acked) >= 300, 60, 0.1, "writes after decommission")
         acked.update(w2.acked)
         c.wait_until(lambda: stored(c, n4) == 0, 30, 0.25, "n4 to drop everything")
+        # A node that left takes no client traffic: /readyz drains it from a balancer, and a
+        # client that still reaches it is told to go to a member (not served from the past).
+        ready = c.http(n4, "GET", "/readyz")
+        assert ready.status == 503 and "left the ring" in ready.error()["message"], ready.body
+        put = c.http(n4, "PUT", f"/v1/ns/{NS}/memories/after-leaving", {"content": "x"})
+        assert put.status == 503 and put.error()["code"] == "not_serving", put.body
         pulled = sum(c.metric(n, "spine_transfer_records_total") for n in c.names[:3])
         assert 0.8 <= moved_ratio(pulled, before) <= 1.3, (pulled, before)
         for n in c.names[:3]:
