@@ -41,19 +41,22 @@ def format_status(
     cluster: Mapping[str, Any], shards: Mapping[str, Any], records: Mapping[str, float | None]
 ) -> str:
     """The cluster like `nodetool status`: a two-letter code (Up/Down, then
-    Normal/Joining/Leaving/left(X)/Standby), id, address, records stored, effective ownership
-    (shard replicas held / shards, so N×100% is spread over the nodes), pending shards, zone."""
+    Normal/Joining/Leaving/left(X)/Removed/Standby), id, address, records stored, effective
+    ownership (shard replicas held / shards, so N×100% is spread over the nodes), pending shards,
+    zone. A node the operator removed keeps its row, marked R, so it is never taken for a
+    member that is merely down."""
     total = len(shards["shards"]) or 1
     owns = ownership(shards)
     ring = shards.get("ring", {})
     lines = [
         f"Cluster: {cluster.get('cluster')}  (seen from {cluster['node']};"
         f" ring {ring.get('digest')}{', changing' if ring.get('changing') else ''})",
-        "Status=Up/Down  State=Normal/Joining/Leaving/X(left)/Standby",
+        "Status=Up/Down  State=Normal/Joining/Leaving/X(left)/R(removed)/Standby",
         f"{'--':<4}{'id':<8}{'address':<24}{'records':>10}{'owns':>9}{'pending':>9}  zone",
     ]
     for m in cluster["members"]:
-        code = ("U" if m.get("alive", True) else "D") + _CODES.get(m["state"], "?")
+        state = "R" if m.get("removed") else _CODES.get(m["state"], "?")
+        code = ("U" if m.get("alive", True) else "D") + state
         own, pend = owns.get(m["id"], (0, 0))
         rec = records.get(m["id"])
         lines.append(

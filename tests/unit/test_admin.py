@@ -36,6 +36,18 @@ def test_status_codes_ownership_and_records() -> None:
     assert "changing" in text.splitlines()[0]
 
 
+def test_a_removed_node_is_marked_removed_not_merely_left() -> None:
+    cluster, shards = _views()
+    cluster["members"].append({"id": "n4", "address": "127.0.0.1:4", "zone": "",
+                               "state": "left", "alive": False, "removed": True})
+    cluster["members"].append({"id": "n5", "address": "127.0.0.1:5", "zone": "",
+                               "state": "left", "alive": False, "removed": False})
+    text = format_status(cluster, shards, {})
+    rows = {ln.split()[1]: ln.split() for ln in text.splitlines()[3:]}
+    assert rows["n4"][0] == "DR" and rows["n5"][0] == "DX"
+    assert "R(removed)" in text.splitlines()[1]
+
+
 def test_progress_line_sums_every_pending_owner() -> None:
     line = progress_line([{"shards": 4, "copied": 1, "records": 10, "bytes": 2048},
                           {"shards": 4, "copied": 3, "records": 5, "bytes": 0}], 7.2, width=8)
