@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from spine.core import swim_messages as sm
 from spine.core.swim_config import SwimConfig, failure_detection_bound
 
@@ -111,7 +113,10 @@ class Forger:
     cluster: JepsenCluster
     sealer: Sealer
     host: str
+    secret: str = ""
     captured: list[tuple[str, bytes]] = field(default_factory=list)  # (node, sealed datagram)
+    captured_push_pull: bytes = b""  # a member's sealed push-pull request, framed
+    captured_auth: bytes = b""  # a member's handshake answer to an earlier challenge, framed
     sent: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # two sender threads count
 
@@ -132,6 +137,27 @@ class Forger:
             up = sm.Update(_member(about, addr, 1, sm.MemberState.ALIVE), about)
             msg = sm.Ping(rng.randrange(1, 2**31), src, dst, (up,))
             self.captured.append((dst, self.sealer.datagram(sm.encode(msg))))
+        members = tuple(_member(n, "{}:{}".format(*self.gossip_addr(n)), 1, sm.MemberState.ALIVE)
+                        for n in names)
+        pp = sm.PushPull(rng.choice(names), members, False)
+        self.captured_push_pull = _frame(self.sealer.request(sm.encode(pp)))
+        self.captured_auth = self._capture_auth(rng)
+
+    def _capture_auth(self, rng: random.Random) -> bytes:
+        """A member's valid answer to one node's handshake challenge, as a wiretap would have
+        seen it: replayed on a new connection it answers a challenge the server no longer
+        asks. Empty if the node did not answer."""
+        names = self.cluster.names
+        node = rng.choice(names)
+        client = rng.choice([n for n in names if n != node] or names)
+        s = _connect(self.host, (self.cluster.host(node), self.cluster.rpc_port(node)))
+        if s is None:
+            return b""
+        with s:
+            hello = _read_plain(s)
+        if not isinstance(hello, list):
+            return b""
+        return _frame(_msgpack(_auth_answer(hello, self.secret, client, rng.randbytes(32))))
 
     def claim(self, rng: random.Random) -> bytes:
         """A forged piggybacked claim: a member (or an invented one) alive, suspect or dead at
@@ -169,8 +195,11 @@ class Forger:
             sock.sendto(data, self.gossip_addr(node))
 
     def push_pull(self, rng: random.Random) -> bytes:
-        kind = rng.choice(["huge-length", "garbage", "fake-members", "fake-members-wrong-key"])
+        kind = rng.choice(["huge-length", "garbage", "fake-members", "fake-members-wrong-key",
+                           "replay"])
         self._count(f"tcp-gossip-{kind}")
+        if kind == "replay":
+            return self.captured_push_pull or _frame(b"")
         if kind == "huge-length":
             return struct.pack(">I", 0xFFFFFFF0) + rng.randbytes(64)
         if kind == "garbage":
@@ -183,7 +212,7 @@ class Forger:
 
     def rpc(self, rng: random.Random, held: list[socket.socket]) -> None:
         """One hostile RPC connection to a random node."""
-        kind = rng.choice(["huge-length", "bad-proof", "garbage", "hold"])
+        kind = rng.choice(["huge-length", "bad-proof", "garbage", "hold", "replayed-auth"])
         self._count(f"rpc-{kind}")
         node = rng.choice(self.cluster.names)
         s = _connect(self.host, (self.cluster.host(node), self.cluster.rpc_port(node)))
@@ -196,16 +225,17 @@ class Forger:
                     held.append(s)
                     s = None
                 return
-            if kind == "huge-length":
+            if kind == "replayed-auth":
+                _read_plain(s)  # a fresh challenge, answered with the captured response
+                s.sendall(self.captured_auth or _frame(b""))
+            elif kind == "huge-length":
                 s.sendall(struct.pack(">I", 64 * 1024 * 1024) + rng.randbytes(1024))
             elif kind == "garbage":
                 s.sendall(rng.randbytes(rng.randrange(1, 2048)))
             else:
-                import msgpack
-
                 auth = [2, 1, rng.choice(self.cluster.names), rng.randbytes(32),
                         rng.randbytes(32)]
-                s.sendall(_frame(msgpack.packb(auth, use_bin_type=True)))
+                s.sendall(_frame(_msgpack(auth)))
             with contextlib.suppress(OSError):
                 s.recv(4096)
         except OSError:
@@ -225,15 +255,48 @@ class Forger:
             s.recv(4096)
 
 
+def _msgpack(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def _read_plain(s: socket.socket, limit: int = 4096) -> Any:
+    """One length-prefixed msgpack frame (an RPC handshake frame); None if there is none."""
+    try:
+        head = s.recv(4, socket.MSG_WAITALL)
+        if len(head) < 4 or struct.unpack(">I", head)[0] > limit:
+            return None
+        return msgpack.unpackb(s.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL))
+    except (OSError, ValueError):
+        return None
+
+
+def _auth_answer(hello: list[Any], secret: str, client: str, client_nonce: bytes) -> list[Any]:
+    """What member `client` answers to `hello` (the server's challenge), in the handshake of
+    the code under test: the mutual one (`rpc_handshake`), or the earlier HMAC over the nonce."""
+    try:
+        from spine.cluster import rpc_handshake as hs
+    except ImportError:  # 0d917e7: [version, nonce, server id] -> [version, id, HMAC(nonce+id)]
+        import hashlib
+        import hmac
+
+        nonce = hello[1] if len(hello) > 1 and isinstance(hello[1], bytes) else b""
+        mac = hmac.new(secret.encode(), nonce + client.encode(), hashlib.sha256).digest()
+        return [hello[0], client, mac]
+    _, _, server_nonce, server_id = (hello + [None] * 4)[:4]
+    if not isinstance(server_nonce, bytes) or not isinstance(server_id, str):
+        return []
+    tr = hs.transcript(server_id, client, server_nonce, client_nonce)
+    return [hs.HANDSHAKE_VERSION, hs.PROTOCOL_VERSION, client, client_nonce,
+            hs.proof(hs.root_key(secret), "client", tr)]
+
+
 def _encode_unchecked(msg: sm.Message) -> bytes:
     """`encode`, for values the encoder may have learnt to refuse (a forger does not ask)."""
-    import msgpack
-
     ups = [[u.member.node_id, u.member.address, u.member.incarnation, u.member.state.value,
             dict(u.member.meta), u.by] for u in getattr(msg, "updates", ())]
     assert isinstance(msg, sm.Ping)
-    body: bytes = msgpack.packb([msg.seq, msg.sender, msg.target, ups], use_bin_type=True)
-    return bytes((sm.Tag.PING,)) + body
+    return bytes((sm.Tag.PING,)) + _msgpack([msg.seq, msg.sender, msg.target, ups])
 
 
 def _connect(host: str, addr: tuple[str, int], timeout: float = 1.0) -> socket.socket | None:
@@ -278,7 +341,7 @@ class ForgeFault:
         rng = random.Random(int(plan["seed"]))
         if self._forger is None:
             secret = str(self.cluster.config["cluster"]["secret"])
-            self._forger = Forger(self.cluster, Sealer(secret), str(plan["from"]))
+            self._forger = Forger(self.cluster, Sealer(secret), str(plan["from"]), secret)
             self._forger.capture(random.Random(rng.random()))
         self._stop.clear()
         self._active = True

@@ -541,3 +541,35 @@ def test_forge_report_is_valid_only_when_every_failure_was_detected_in_time() ->
     f.detections.pop()
     f.view_errors.append("n2: /v1/cluster answered 500")
     assert f.report()["valid"] is False
+
+
+class _Sink:
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
+def test_forged_rpc_replay_is_a_members_answer_to_an_old_challenge() -> None:
+    """The forge's captured handshake answer is genuine (the server accepts it for the
+    challenge it answered), so replaying it tests replay, not merely a bad proof."""
+    from jepsen_style.forge import _auth_answer
+    from spine.cluster import rpc_handshake as hs
+    from spine.cluster.rpc_frames import pack_plain
+
+    secret = "forge-test-secret-0123456789"
+    old_nonce = b"\x01" * 32
+    hello = [hs.HANDSHAKE_VERSION, hs.PROTOCOL_VERSION, old_nonce, "n1"]
+    answer = _auth_answer(hello, secret, "n2", b"\x02" * 32)
+
+    async def accept(server_nonce: bytes) -> hs.Session:
+        reader = asyncio.StreamReader()
+        reader.feed_data(pack_plain(answer))
+        reader.feed_eof()
+        return await hs.accept(reader, _Sink(), "n1", [hs.root_key(secret)],  # type: ignore[arg-type]
+                               server_nonce)
+
+    assert asyncio.run(accept(old_nonce)).peer == "n2"
+    with pytest.raises(hs.HandshakeRefused):
+        asyncio.run(accept(b"\x03" * 32))  # a fresh challenge: the replay is refused
