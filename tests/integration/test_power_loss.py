@@ -2,12 +2,14 @@
 
 The node's data directory lives on LazyFS (tests/powerloss/lazyfs.py), a FUSE layer that keeps
 every write in memory until the file is fsynced. Each crash point: restart the layer with a
-numbered sync point at which it freezes, restart the node, check the history so far, drive
-writes (puts, overwrites, deletes; session and strong) from several clients until the layer
-freezes, then pull the plug: SIGKILL the node and the layer, so whatever was not synced is gone.
+numbered sync point at which it freezes (counted once the node is up), restart the node, check
+the history so far, drive writes (puts, overwrites, deletes; session and strong) from several
+clients until the layer freezes, then pull the plug: SIGKILL the node and the layer, so whatever
+was not synced is gone.
 Crash points fall in LMDB's commits (the data file's fdatasync and the meta page's O_DSYNC
 write), in the index snapshots (index files, manifests, CURRENT, directory fsyncs) or anywhere,
-each frozen before or after the sync reaches the "disk".
+each frozen before or after the sync reaches the "disk". Directory entries (new files, renames,
+unlinks) not made durable by an fsync of their directory are reverted too.
 
 After every restart: every acknowledged write is there (for each key, the state is the result of
 its last acknowledged operation or of one attempted after it), the node started (LMDB opened and
@@ -223,6 +225,7 @@ def run_points(make_cluster: ClusterFactory, lazy: LazyMount, points: list[Point
     namespaces: list[str] = []
     hits: dict[str, int] = {}
     durations: list[float] = []
+    undone = 0  # directory entry operations power losses reverted
     c: LocalCluster | None = None
     for i, point in enumerate(points):
         began = time.monotonic()
@@ -234,6 +237,7 @@ def run_points(make_cluster: ClusterFactory, lazy: LazyMount, points: list[Point
             c.start("n1", wait_peers=False)
         check_history(c, history)
         check_index(c, namespaces)
+        lazy.arm()  # the crash point counts from here: the node is up and checked
         ns = f"pl{i}"
         namespaces.append(ns)
         stop = threading.Event()
@@ -252,6 +256,7 @@ def run_points(make_cluster: ClusterFactory, lazy: LazyMount, points: list[Point
             time.sleep(0.01)
         stop.set()
         pull_the_plug(c, lazy)
+        undone += len(lazy.undone)
         for t in threads:
             t.join(timeout=30)
             assert not t.is_alive(), "a client hung after the node died"
@@ -269,7 +274,8 @@ def run_points(make_cluster: ClusterFactory, lazy: LazyMount, points: list[Point
     lazy.stop()
     assert walk_lmdb(lazy.backing / "n1" / "lmdb") == live
     return {"points": len(points), "acked": history.acked_count(), "live": live,
-            "seconds_per_point": round(sum(durations) / len(durations), 2), "hits": hits}
+            "seconds_per_point": round(sum(durations) / len(durations), 2), "hits": hits,
+            "entry_ops_reverted": undone}
 
 
 @pytest.mark.timeout(300)

@@ -11,25 +11,33 @@ daemon and the kernel's page cache of MOUNT goes with the unmount, so the next m
 what was synced.
 
 Crash points: sync points are numbered in the order they arrive (only those whose path contains
-`--crash-on`, when given). At sync point number `--crash-at` the daemon prints
+`--crash-on`, when given, and only once the file `--arm` names exists, so that the application
+can start first). At sync point number `--crash-at` the daemon prints
 `CRASH <n> <kind> <path>` and then blocks every operation forever, `before` making that sync
 durable (the sync was issued, the disk never finished it) or `after` (durable, but the caller
 never saw it return). The test then pulls the plug. Every sync point is printed as
 `SYNC <n> <kind> <path>`.
 
+Directory entries are held back too, as POSIX allows (fsync(2): an fsync of a file does not make
+its entry in the directory durable): create, mkdir, unlink, rmdir and rename are applied to
+BACKING at once, but each is written with what undoes it to `--journal` (a file outside BACKING;
+a replaced or unlinked file is kept aside in `<journal>.grave/`) until its directory (the target's,
+for a rename) is fsynced. After the power loss `undo(backing, journal)` reverts, newest first,
+every entry operation whose directory was not fsynced since.
+
 Soundness: LMDB reads its data file through a read-only shared mmap. Without `direct_io` the
 kernel serves those pages from its page cache, filled by our `read` and updated by our `write`
 (FUSE's write-through mode updates the cached page and sends the write), so the mapping sees
-every write at once, as on a disk filesystem. Metadata (create, rename, unlink, mkdir) is applied
-to BACKING at once: the layer models lost file data, not lost directory entries (as LazyFS does
-by default), which is the harder case for LMDB and for the index snapshots' fsync-then-rename.
+every write at once, as on a disk filesystem.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
+import shutil
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -55,11 +63,16 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     use_ns = True
 
-    def __init__(self, backing: str, crash_at: int | None, crash_on: str, crash_mode: str) -> None:
+    def __init__(self, backing: str, crash_at: int | None, crash_on: str, crash_mode: str,
+                 journal: str | None = None, arm: str | None = None) -> None:
         self.backing = os.path.realpath(backing)
+        self.journal = open(journal, "a") if journal else None  # noqa: SIM115 (daemon-long)
+        self.grave = f"{journal}.grave"
+        self.graves = 0
         self.crash_at = crash_at
         self.crash_on = crash_on
         self.crash_mode = crash_mode
+        self.arm = arm
         self.overlays: dict[str, Overlay] = {}
         self.flags: dict[int, int] = {}
         self.next_fh = 1
@@ -98,9 +111,26 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
             page[: len(data)] = data
         return page
 
+    def _log(self, **entry: Any) -> None:
+        """Journal an entry operation (or a directory's fsync) before it is answered."""
+        if self.journal is not None:
+            self.journal.write(json.dumps(entry) + "\n")
+            self.journal.flush()  # the daemon dies by SIGKILL: no buffering
+
+    def _bury(self, path: str) -> str | None:
+        """Move a file or tree that is about to be replaced or unlinked aside; its new name."""
+        if self.journal is None or not os.path.lexists(self._real(path)):
+            return None
+        os.makedirs(self.grave, exist_ok=True)
+        self.graves += 1
+        kept = os.path.join(self.grave, f"{os.getpid()}-{self.graves}")
+        os.rename(self._real(path), kept)
+        return kept
+
     def _sync(self, path: str, kind: str) -> None:
         """A sync point: the file's overlay becomes durable (unless the power goes first)."""
-        counted = not self.crash_on or self.crash_on in path
+        counted = (not self.crash_on or self.crash_on in path) and (
+            self.arm is None or os.path.exists(self.arm))
         if counted:
             self.syncs += 1
             print(f"SYNC {self.syncs} {kind} {path}", flush=True)
@@ -108,6 +138,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         if crash and self.crash_mode == "before":
             self._freeze(kind, path)
         self._persist(path)
+        if kind == "fsyncdir":
+            self._log(op="durable", dir=path)
         if crash:
             self._freeze(kind, path)
 
@@ -152,19 +184,28 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     def mkdir(self, path: str, mode: int) -> int:
         os.mkdir(self._real(path), mode)
+        self._log(op="mkdir", path=path, dir=_parent(path))
         return 0
 
     def rmdir(self, path: str) -> int:
         os.rmdir(self._real(path))
+        self._log(op="rmdir", path=path, dir=_parent(path))
         return 0
 
     def unlink(self, path: str) -> int:
-        os.unlink(self._real(path))
+        kept = self._bury(path)
+        if kept is None:
+            os.unlink(self._real(path))
+        self._log(op="unlink", path=path, kept=kept, dir=_parent(path))
         self.overlays.pop(path, None)
         return 0
 
     def rename(self, old: str, new: str) -> int:
+        if not os.path.lexists(self._real(old)):
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        kept = self._bury(new)
         os.rename(self._real(old), self._real(new))
+        self._log(op="rename", old=old, path=new, kept=kept, dir=_parent(new))
         self.overlays.pop(new, None)
         for p in [p for p in self.overlays if p == old or p.startswith(old + "/")]:
             self.overlays[new + p[len(old):]] = self.overlays.pop(p)
@@ -192,8 +233,11 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
         real = self._real(path)
+        existed = os.path.lexists(real)
         fd = os.open(real, os.O_WRONLY | os.O_CREAT, mode)
         os.close(fd)
+        if not existed:
+            self._log(op="create", path=path, dir=_parent(path))
         if flags & os.O_TRUNC:
             self.truncate(path, 0)
         return self._fh(flags)
@@ -266,6 +310,53 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
 
+def _parent(path: str) -> str:
+    return os.path.dirname(path.rstrip("/")) or "/"
+
+
+def undo(backing: str, journal: str) -> list[str]:
+    """After the power loss: revert every entry operation whose directory was not fsynced after
+    it, newest first. What it reverted, for the test's log."""
+    pending: list[dict[str, Any]] = []
+    try:
+        with open(journal) as f:
+            lines = [json.loads(line) for line in f if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
+    for entry in lines:
+        if entry["op"] == "durable":
+            pending = [e for e in pending if e["dir"] != entry["dir"]]
+        else:
+            pending.append(entry)
+
+    def real(p: str) -> str:
+        return os.path.join(backing, p.lstrip("/"))
+
+    def remove(p: str) -> None:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+
+    done: list[str] = []
+    for e in reversed(pending):
+        path = real(e["path"])
+        if e["op"] in ("create", "mkdir"):
+            remove(path)
+        elif e["op"] == "rmdir" and os.path.isdir(os.path.dirname(path)):
+            os.makedirs(path, exist_ok=True)
+        elif e["op"] == "unlink" and e["kept"] and os.path.isdir(os.path.dirname(path)):
+            os.rename(e["kept"], path)
+        elif e["op"] == "rename":
+            if os.path.lexists(path) and os.path.isdir(os.path.dirname(real(e["old"]))):
+                os.rename(path, real(e["old"]))
+            if e["kept"]:
+                os.rename(e["kept"], path)
+        done.append(f"{e['op']} {e['path']}")
+    os.unlink(journal)
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     """Mount and serve until unmounted or killed."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -274,8 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crash-at", type=int, default=None)
     p.add_argument("--crash-on", default="")
     p.add_argument("--crash-mode", choices=("before", "after"), default="before")
+    p.add_argument("--journal", default=None, help="hold directory entries back (see undo)")
+    p.add_argument("--arm", default=None, help="count sync points only once this file exists")
     a = p.parse_args(argv)
-    ops = LazyFS(a.backing, a.crash_at, a.crash_on, a.crash_mode)
+    ops = LazyFS(a.backing, a.crash_at, a.crash_on, a.crash_mode, a.journal, a.arm)
     print(f"MOUNTING {a.mount}", flush=True)
     mfusepy.FUSE(ops, a.mount, foreground=True, nothreads=True, fsname="lazyfs")
     sys.exit(0)

@@ -2,8 +2,9 @@
 
 `LazyMount(backing, mount, log_dir)`; `start(crash_at=…, crash_on=…, mode=…)` mounts and waits
 until the mount answers; `crash_line()` is the daemon's `CRASH …` line once it froze; `cut()`
-SIGKILLs the daemon and detaches the mount (whatever it held in memory is gone); `stop()`
-unmounts cleanly. `ensure_fuse()` installs Debian fuse3 when missing, or skips the test.
+SIGKILLs the daemon, detaches the mount (whatever it held in memory is gone) and reverts the
+directory entries no directory fsync made durable; `stop()` unmounts cleanly (a clean shutdown
+keeps everything). `ensure_fuse()` installs Debian fuse3 when missing, or skips the test.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.debian import ensure
+from tests.powerloss.lazyfs import undo
 
 
 def ensure_fuse() -> str:
@@ -47,7 +49,10 @@ class LazyMount:
         mount.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: Path | None = None
+        self.journal: Path | None = None
         self.runs = 0
+        self.undone: list[str] = []  # entry operations the last power loss reverted
+        self.armed = log_dir / "lazyfs.armed"
 
     def start(self, crash_at: int | None = None, crash_on: str = "",
               mode: str = "before") -> None:
@@ -55,8 +60,12 @@ class LazyMount:
         assert self.proc is None, "already mounted"
         self.runs += 1
         self.log = self.log_dir / f"lazyfs-{self.runs:03d}.log"
+        self.journal = self.log_dir / f"lazyfs-{self.runs:03d}.journal"
+        self.armed = self.log_dir / f"lazyfs-{self.runs:03d}.armed"
         args = [sys.executable, "-m", "tests.powerloss.lazyfs", str(self.backing),
-                str(self.mount), "--crash-mode", mode]
+                str(self.mount), "--crash-mode", mode, "--journal", str(self.journal),
+                "--arm", str(self.armed)]
+        self.armed.unlink(missing_ok=True)
         if crash_at is not None:
             args += ["--crash-at", str(crash_at)]
         if crash_on:
@@ -75,6 +84,10 @@ class LazyMount:
                 raise AssertionError(f"lazyfs did not mount {self.mount}:\n{text[-2000:]}")
             time.sleep(0.02)
 
+    def arm(self) -> None:
+        """From now on sync points count towards the crash point."""
+        self.armed.touch()
+
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log is not None else ""
 
@@ -90,13 +103,17 @@ class LazyMount:
         return [ln for ln in self.text().splitlines() if ln.startswith("SYNC ")]
 
     def cut(self) -> None:
-        """Power loss: SIGKILL the daemon (its overlays die with it) and detach the mount."""
+        """Power loss: SIGKILL the daemon (its overlays die with it), detach the mount, revert
+        the directory entries that were not made durable."""
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
             self.proc = None
         self._detach()
+        if self.journal is not None:
+            self.undone = undo(str(self.backing), str(self.journal))
+            self.journal = None
 
     def stop(self) -> None:
         """A clean unmount (the daemon exits)."""
@@ -110,6 +127,9 @@ class LazyMount:
                 self.proc.wait(timeout=20)
             self.proc = None
         self._detach()
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)  # a clean unmount keeps every entry
+            self.journal = None
 
     def _detach(self) -> None:
         deadline = time.monotonic() + 15
