@@ -46,7 +46,9 @@ class Frame:
     body: Any
 
 
-def unpack_bounded(data: bytes, *, max_str: int, max_bin: int, max_items: int) -> Any:
+def unpack_bounded(
+    data: bytes | memoryview, *, max_str: int, max_bin: int, max_items: int
+) -> Any:
     """msgpack-decode `data` with explicit limits; ProtocolError for anything malformed."""
     try:
         return msgpack.unpackb(
@@ -127,8 +129,7 @@ class SealedChannel:
             raise ProtocolError("frame failed its MAC (forged, replayed or corrupted)",
                                 reason="mac")
         self._recv_seq += 1
-        return parse_frame(unpack_bounded(
-            bytes(body), max_str=n, max_bin=n, max_items=n))
+        return parse_frame(unpack_bounded(body, max_str=n, max_bin=n, max_items=n))
 
     async def read(self, reader: asyncio.StreamReader) -> Frame:
         """Read, authenticate and decode the next frame from `reader`."""

@@ -182,11 +182,13 @@ async def test_a_server_that_cannot_prove_the_secret_gets_no_request() -> None:
     after_ok: list[bytes] = []
 
     async def impostor(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(_framed(impostor_hello(os.urandom(32))))
-        await read_frame(r)  # the client's proof, useless to it
-        w.write(_framed(impostor_ok()))
-        after_ok.append(await _to_eof(r))
-        w.close()
+        try:
+            w.write(_framed(impostor_hello(os.urandom(32))))
+            await read_frame(r)  # the client's proof, useless to it
+            w.write(_framed(impostor_ok()))
+            after_ok.append(await _to_eof(r))
+        finally:
+            w.close()
 
     server = await asyncio.start_server(impostor, HOST, 0)
     port = server.sockets[0].getsockname()[1]
@@ -428,22 +430,28 @@ async def test_replies_match_by_id_and_unknown_ids_are_ignored() -> None:
     root = rpc_handshake.root_key(SECRET)
 
     async def peer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        s = await rpc_handshake.accept(r, w, "s", [root], os.urandom(32))
-        chan = SealedChannel(s.send_key, s.recv_key, 1 << 20)
-        first, second = await chan.read(r), await chan.read(r)
-        assert first.kind == second.kind == REQUEST
-        for frame in (second, first):
-            w.write(chan.seal([REPLY, 999_999, frame.tag, 1, "stray"]))
-            w.write(chan.seal([REPLY, frame.req_id, frame.tag, 1, frame.body[0]]))
-        await w.drain()
-        await _to_eof(r)
-        w.close()
+        try:
+            s = await rpc_handshake.accept(r, w, "s", [root], os.urandom(32))
+            chan = SealedChannel(s.send_key, s.recv_key, 1 << 20)
+            first, second = await chan.read(r), await chan.read(r)
+            assert first.kind == second.kind == REQUEST
+            for frame in (second, first):
+                w.write(chan.seal([REPLY, 999_999, frame.tag, 1, "stray"]))
+                w.write(chan.seal([REPLY, frame.req_id, frame.tag, 1, frame.body[0]]))
+            await w.drain()
+            await _to_eof(r)
+        finally:
+            w.close()
+            done.set()
+
+    done = asyncio.Event()
 
     server = await asyncio.start_server(peer, HOST, 0)
     client = make_client(server.sockets[0].getsockname()[1])
     a, b = await asyncio.gather(client.call("s", Ping("a"), 2.0), client.call("s", Ping("b"), 2.0))
     assert (a, b) == ("a", "b")
     await client.close()
+    await asyncio.wait_for(done.wait(), 5.0)
     server.close()
     await server.wait_closed()
 
