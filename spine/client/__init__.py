@@ -16,17 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from spine.client.errors import BY_CODE, SpineHTTPError, Unreachable, error_for
 
-class SpineHTTPError(Exception):
-    """A non-2xx reply, with its status and the error body."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        super().__init__(f"{status} {err.get('code', '')}: {err.get('message', body)}")
-        self.status = status
-        self.body = body
-        self.code = err.get("code")
-        self.field = err.get("field")
+__all__ = ["BY_CODE", "AsyncClient", "Client", "SpineHTTPError", "Unreachable", "error_for",
+           "tls_context"]
 
 
 def _headers(api_key: str | None, session: str | None, level: str | None) -> dict[str, str]:
@@ -100,7 +93,7 @@ class Client:
                 parsed = json.loads(raw)
             except ValueError:
                 parsed = raw.decode(errors="replace")
-            raise SpineHTTPError(e.code, parsed) from None
+            raise error_for(e.code, parsed) from None
 
     def text(self, path: str) -> str:
         """GET a plain-text resource (e.g. /metrics); SpineHTTPError on non-2xx."""
@@ -205,7 +198,7 @@ class AsyncClient:
             raw = await resp.read()
             parsed = json.loads(raw) if raw else None
             if resp.status >= 300:
-                raise SpineHTTPError(resp.status, parsed)
+                raise error_for(resp.status, parsed)
             return parsed
 
     async def put(self, ns: str, mid: str, content: str, **fields: Any) -> Any:
