@@ -1,5 +1,5 @@
 """RPC framing and handshake arithmetic without sockets: sealing, MAC checks, decode limits,
-frame shapes, and the keys both sides of a handshake derive."""
+frame shapes, the keys both sides of a handshake derive, and the rpc settings."""
 
 from __future__ import annotations
 
@@ -180,3 +180,23 @@ def test_sealed_frame_overhead() -> None:
     a, _ = _pair()
     body = msgpack.packb([REQUEST, 1, 1, 5, None], use_bin_type=True)
     assert len(a.seal([REQUEST, 1, 1, 5, None])) == 4 + len(body) + MAC_LEN
+
+
+# ------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("max_frame_bytes", 1000, "rpc.max_frame_bytes: must be between"),
+    ("max_frame_bytes", 2**32, "rpc.max_frame_bytes: must be between"),
+    ("max_pending_handshakes", 0, "rpc.max_pending_handshakes: must be an integer >= 1"),
+    ("handshake_timeout_ms", 0, "rpc.handshake_timeout_ms: must be an integer >= 1"),
+    ("max_inflight_per_connection", "many", "rpc.max_inflight_per_connection: must be an integer"),
+    ("frame_bytes", 1, "rpc.frame_bytes: unknown key"),
+])
+def test_rpc_settings_are_checked_by_the_loader(key: str, value: Any, message: str) -> None:
+    from spine.core.config import from_dict
+    from spine.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"rpc": {key: value}})
+    assert from_dict({"rpc": {"max_frame_bytes": 1 << 20}}).rpc.max_frame_bytes == 1 << 20
