@@ -151,3 +151,27 @@ class Unreachable(core.SpineError, urllib.error.URLError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BatchFailed(core.SpineError):
+    """Some items of a checked batch failed: `failures` holds (index, item result) for each,
+    `results` every item's result in order (the others were applied)."""
+
+    code = "batch_failed"
+
+    def __init__(self, failures: list[tuple[int, Any]], results: list[Any]) -> None:
+        first = failures[0][1] if failures else {}
+        err = first.get("error", {}) if isinstance(first, dict) else {}
+        super().__init__(
+            f"{len(failures)} of {len(results)} batch items failed; first: item"
+            f" {failures[0][0] if failures else '-'} {err.get('code', '')}"
+            f" {err.get('message', '')}".rstrip(),
+            field=err.get("field") if isinstance(err, dict) else None,
+        )
+        self.failures = failures
+        self.results = results
+        # Worth retrying (the failed items only) when every failure says so.
+        self.retriable = bool(failures) and all(
+            isinstance(r, dict) and isinstance(r.get("error"), dict)
+            and BY_CODE.get(r["error"].get("code"), SpineHTTPError).retriable
+            for _, r in failures)

@@ -1,0 +1,181 @@
+"""The asyncio client: the same calls as Client, awaited; its httpx2 pool is made lazily on the
+first call, so it can be built outside a running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, cast
+
+import httpx2 as httpx
+
+from spine.client import calls
+from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
+from spine.client.errors import SpineHTTPError
+from spine.client.session import TokenStore, merge_tokens
+from spine.client.types import BatchResult, Deleted, History, Page, Record, SearchResult
+
+
+class AsyncClient(Base):
+    """An asyncio client with Client's arguments, failover, retries and merged tokens."""
+
+    _http: httpx.AsyncClient | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._loop is not loop:
+            # A pool belongs to one loop: a client reused under a new loop gets a new pool.
+            self._http = httpx.AsyncClient(verify=self._ssl, transport=self._transport,
+                                           timeout=self._timeout(None))
+            self._loop = loop
+        return self._http
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, call: Call, *, consistency: str | None = None,
+                   timeout: float | None = None,
+                   headers: Mapping[str, str] | None = None) -> Any:
+        http = await self._client()
+        content, params, t = self._content(call), self._params(call), self._timeout(timeout)
+        attempt = 0
+        while True:
+            tried: builtins.list[str] = []
+            last: BaseException | None = None
+            for url in self._order():
+                try:
+                    resp = await http.request(call.method, url + call.path, content=content,
+                                              params=params, timeout=t,
+                                              headers=self._headers(consistency, headers))
+                except httpx.TransportError as e:
+                    tried.append(url)
+                    last = e
+                    if sent_nothing(e) or call.safe_to_retry():
+                        continue
+                    raise self._unreachable(tried, e) from None
+                value, wait = self._outcome(resp, call, attempt)
+                if wait is None:
+                    return value
+                break
+            else:
+                raise self._unreachable(tried, last) from None
+            await self._rt.sleep(wait)
+            attempt += 1
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      consistency: str | None = None, timeout: float | None = None,
+                      params: Mapping[str, Any] | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      idempotent: bool | None = None) -> Any:
+        """Send one request (as Client.request)."""
+        call = Call(method.upper(), path, body, params or {}, idempotent)
+        return await self._run(call, consistency=consistency, timeout=timeout, headers=headers)
+
+    async def put(self, ns: str, mid: str, content: str, *, consistency: str | None = None,
+                  timeout: float | None = None, **fields: Any) -> Record:
+        """Create or replace a memory."""
+        return cast(Record, await self._run(calls.put(ns, mid, content, fields),
+                                            consistency=consistency, timeout=timeout))
+
+    async def create(self, ns: str, content: str, *, id: str | None = None,
+                     server_mint: bool = False, consistency: str | None = None,
+                     timeout: float | None = None, **fields: Any) -> Record:
+        """Create a memory under a client-minted UUIDv7 (as Client.create)."""
+        if server_mint:
+            call = calls.post_create(ns, content, fields)
+        else:
+            call = calls.put(ns, id or mint_id(self._rt), content, fields)
+        return cast(Record, await self._run(call, consistency=consistency, timeout=timeout))
+
+    async def get(self, ns: str, mid: str, *, include_vector: bool = False,
+                  consistency: str | None = None, timeout: float | None = None) -> Record:
+        """Read a memory (NotFound when absent)."""
+        return cast(Record, await self._run(calls.get(ns, mid, include_vector),
+                                            consistency=consistency, timeout=timeout))
+
+    async def delete(self, ns: str, mid: str, *, consistency: str | None = None,
+                     timeout: float | None = None) -> Deleted:
+        """Delete a memory."""
+        return cast(Deleted, await self._run(calls.delete(ns, mid), consistency=consistency,
+                                             timeout=timeout))
+
+    async def history(self, ns: str, mid: str, *, consistency: str | None = None,
+                      timeout: float | None = None) -> History:
+        """Versions kept for a memory."""
+        return cast(History, await self._run(calls.history(ns, mid), consistency=consistency,
+                                             timeout=timeout))
+
+    async def list(self, ns: str, *, consistency: str | None = None,
+                   timeout: float | None = None, **params: Any) -> Page:
+        """One page of live memories."""
+        return cast(Page, await self._run(calls.list_page(ns, params), consistency=consistency,
+                                          timeout=timeout))
+
+    async def iter_list(self, ns: str, *, consistency: str | None = None,
+                        timeout: float | None = None, **params: Any) -> AsyncIterator[Record]:
+        """Every live memory, page after page."""
+        cursor = params.pop("cursor", None)
+        while True:
+            page = await self.list(ns, consistency=consistency, timeout=timeout, cursor=cursor,
+                                   **params)
+            for item in page["items"]:
+                yield item
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def batch(self, ns: str, items: Sequence[Mapping[str, Any]], *,
+                    raise_errors: bool = False, consistency: str | None = None,
+                    timeout: float | None = None) -> BatchResult:
+        """Upserts and deletes in calls of up to 1,000 items (as Client.batch)."""
+        results: builtins.list[Any] = []
+        for chunk in calls.chunks(items):
+            reply = await self._run(calls.batch(ns, chunk), consistency=consistency,
+                                    timeout=timeout)
+            results.extend(reply["results"])
+        return cast(BatchResult, calls.check(results, raise_errors))
+
+    async def search(self, ns: str, query: str | None = None, *,
+                     consistency: str | None = None, timeout: float | None = None,
+                     **body: Any) -> SearchResult:
+        """Search."""
+        return cast(SearchResult, await self._run(calls.search(ns, query, body),
+                                                  consistency=consistency, timeout=timeout))
+
+    async def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """GET /v1/cluster."""
+        return cast(dict[str, Any], await self._run(Call("GET", "/v1/cluster"),
+                                                    timeout=timeout))
+
+    async def cluster_key(self) -> str:
+        """The name tokens are kept under (as Client.cluster_key)."""
+        if self._cluster is None:
+            try:
+                view: Any = await self.cluster()
+            except SpineHTTPError as e:
+                if not cluster_error_ok(e):
+                    raise
+                view = None
+            self._cluster = self._cluster_key(view)
+        return self._cluster
+
+    async def load_session(self, store: TokenStore) -> None:
+        """Merge the token `store` keeps for this cluster into the client's."""
+        saved = store.load(await self.cluster_key())
+        with self._lock:
+            self.session = merge_tokens(self.session, saved)
+
+    async def save_session(self, store: TokenStore) -> None:
+        """Keep the client's token in `store` under this cluster."""
+        store.save(await self.cluster_key(), self.session)

@@ -1,0 +1,200 @@
+"""The synchronous client: pooled connections (httpx2), failover, retries, merged tokens."""
+
+from __future__ import annotations
+
+import builtins
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import httpx2 as httpx
+
+from spine.client import calls
+from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
+from spine.client.errors import SpineHTTPError
+from spine.client.session import TokenStore, merge_tokens
+from spine.client.types import BatchResult, Deleted, History, Page, Record, SearchResult
+
+
+class Client(Base):
+    """A thread-safe client of any number of nodes.
+
+    `urls`: one URL, a comma-separated string or a list (default $SPINE_URL, else
+    http://127.0.0.1:8788); calls start one node further each time and move on to the next
+    node when one cannot be reached. `api_key` defaults to $SPINE_API_KEY; `session` is a token
+    to start from; `consistency` the default level (sent as the Spine-Consistency header);
+    `timeout` seconds per request; `verify` as in tls_context; idempotent calls that answer
+    429/503 with a retriable code are retried up to `retries` times, after the reply's
+    Retry-After (at most `max_retry_wait` s). `transport` and `sleep` are for tests.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] | None = None,
+        *,
+        sleep: Callable[[float], None] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(urls, **kw)
+        self._sleep = sleep or time.sleep
+        self._http = httpx.Client(verify=self._ssl, transport=self._transport,
+                                  timeout=self._timeout(None))
+        # Close the pool when the client is dropped without close() (no unclosed sockets).
+        self._closer = weakref.finalize(self, self._http.close)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._closer()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, call: Call, *, consistency: str | None = None, timeout: float | None = None,
+             headers: Mapping[str, str] | None = None) -> Any:
+        content, params, t = self._content(call), self._params(call), self._timeout(timeout)
+        attempt = 0
+        while True:
+            tried: builtins.list[str] = []
+            last: BaseException | None = None
+            for url in self._order():
+                try:
+                    resp = self._http.request(call.method, url + call.path, content=content,
+                                              params=params, timeout=t,
+                                              headers=self._headers(consistency, headers))
+                except httpx.TransportError as e:
+                    tried.append(url)
+                    last = e
+                    if sent_nothing(e) or call.safe_to_retry():
+                        continue
+                    raise self._unreachable(tried, e) from None
+                value, wait = self._outcome(resp, call, attempt)
+                if wait is None:
+                    return value
+                break
+            else:
+                raise self._unreachable(tried, last) from None
+            self._sleep(wait)
+            attempt += 1
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                consistency: str | None = None, timeout: float | None = None,
+                params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                idempotent: bool | None = None) -> Any:
+        """Send one request; returns the decoded JSON, raises a SpineHTTPError subclass on
+        non-2xx and Unreachable when no node answers. POSTs are not retried unless
+        `idempotent`."""
+        call = Call(method.upper(), path, body, params or {}, idempotent)
+        return self._run(call, consistency=consistency, timeout=timeout, headers=headers)
+
+    def text(self, path: str, *, timeout: float | None = None) -> str:
+        """GET a plain-text resource (e.g. /metrics) from the next node."""
+        url = self._order()[0]
+        try:
+            resp = self._http.get(url + path, headers=self._headers(None, None),
+                                  timeout=self._timeout(timeout))
+        except httpx.TransportError as e:
+            raise self._unreachable([url], e) from None
+        if resp.status_code >= 300:
+            self._outcome(resp, Call("GET", path, idempotent=False), self.retries)
+        return resp.text
+
+    def put(self, ns: str, mid: str, content: str, *, consistency: str | None = None,
+            timeout: float | None = None, **fields: Any) -> Record:
+        """Create or replace a memory (fields: tags, metadata, vector, agent_id)."""
+        return cast(Record, self._run(calls.put(ns, mid, content, fields),
+                                      consistency=consistency, timeout=timeout))
+
+    def create(self, ns: str, content: str, *, id: str | None = None, server_mint: bool = False,
+               consistency: str | None = None, timeout: float | None = None,
+               **fields: Any) -> Record:
+        """Create a memory under a new UUIDv7 minted here (so a retry is the same PUT), or
+        under `id`; `server_mint` POSTs and lets the node mint it (then never retried)."""
+        if server_mint:
+            call = calls.post_create(ns, content, fields)
+        else:
+            call = calls.put(ns, id or mint_id(self._rt), content, fields)
+        return cast(Record, self._run(call, consistency=consistency, timeout=timeout))
+
+    def get(self, ns: str, mid: str, *, include_vector: bool = False,
+            consistency: str | None = None, timeout: float | None = None) -> Record:
+        """Read a memory (NotFound when absent)."""
+        return cast(Record, self._run(calls.get(ns, mid, include_vector),
+                                      consistency=consistency, timeout=timeout))
+
+    def delete(self, ns: str, mid: str, *, consistency: str | None = None,
+               timeout: float | None = None) -> Deleted:
+        """Delete a memory (a tombstone)."""
+        return cast(Deleted, self._run(calls.delete(ns, mid), consistency=consistency,
+                                       timeout=timeout))
+
+    def history(self, ns: str, mid: str, *, consistency: str | None = None,
+                timeout: float | None = None) -> History:
+        """Versions kept for a memory, newest first."""
+        return cast(History, self._run(calls.history(ns, mid), consistency=consistency,
+                                       timeout=timeout))
+
+    def list(self, ns: str, *, consistency: str | None = None, timeout: float | None = None,
+             **params: Any) -> Page:
+        """One page of live memories (params: tag, agent_id, limit, cursor)."""
+        return cast(Page, self._run(calls.list_page(ns, params), consistency=consistency,
+                                    timeout=timeout))
+
+    def iter_list(self, ns: str, *, consistency: str | None = None,
+                  timeout: float | None = None, **params: Any) -> Iterator[Record]:
+        """Every live memory, page after page (following next_cursor)."""
+        cursor = params.pop("cursor", None)
+        while True:
+            page = self.list(ns, consistency=consistency, timeout=timeout, cursor=cursor,
+                             **params)
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def batch(self, ns: str, items: Sequence[Mapping[str, Any]], *, raise_errors: bool = False,
+              consistency: str | None = None, timeout: float | None = None) -> BatchResult:
+        """Upserts (`{id, content, ...}`) and deletes (`{id, delete: true}`) in calls of up to
+        1,000 items; one result per item in order. With `raise_errors`, BatchFailed when any
+        item failed (the others are applied); without, failures are only in the results."""
+        results: builtins.list[Any] = []
+        for chunk in calls.chunks(items):
+            reply = self._run(calls.batch(ns, chunk), consistency=consistency, timeout=timeout)
+            results.extend(reply["results"])
+        return cast(BatchResult, calls.check(results, raise_errors))
+
+    def search(self, ns: str, query: str | None = None, *, consistency: str | None = None,
+               timeout: float | None = None, **body: Any) -> SearchResult:
+        """Search (body: k, vector, tags_all, tags_any, agent_id, metadata, min_score, mode)."""
+        return cast(SearchResult, self._run(calls.search(ns, query, body),
+                                            consistency=consistency, timeout=timeout))
+
+    def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """GET /v1/cluster: the answering node's view."""
+        return cast(dict[str, Any], self._run(Call("GET", "/v1/cluster"), timeout=timeout))
+
+    def cluster_key(self) -> str:
+        """The name tokens are kept under: the cluster's name from /v1/cluster (asked once), or
+        the node URLs when this key may not read it."""
+        if self._cluster is None:
+            try:
+                view: Any = self.cluster()
+            except SpineHTTPError as e:
+                if not cluster_error_ok(e):
+                    raise
+                view = None
+            self._cluster = self._cluster_key(view)
+        return self._cluster
+
+    def load_session(self, store: TokenStore) -> None:
+        """Merge the token `store` keeps for this client's cluster into the client's."""
+        saved = store.load(self.cluster_key())
+        with self._lock:
+            self.session = merge_tokens(self.session, saved)
+
+    def save_session(self, store: TokenStore) -> None:
+        """Keep the client's token in `store` under this client's cluster."""
+        store.save(self.cluster_key(), self.session)
