@@ -50,8 +50,8 @@ class ClusterSection:
     name: str = "spine-local"
     secret: str = "spine-local-secret"
     # Secrets still accepted (never used to sign) while a rotation rolls through the cluster,
-    # as memberlist's keyring does: add the new secret as `secret` and the old one here on every
-    # node, then drop the old one once every node runs with the new one.
+    # as memberlist's keyring does: add the new secret here on every node, then make it `secret`
+    # (the old one moves here), then drop the old one: one rolling restart each (README).
     previous_secrets: list[str] = field(default_factory=list)
 
     def keyring(self) -> list[str]:
