@@ -87,14 +87,17 @@ def watch(
     timeout: float,
     out: TextIO = sys.stderr,
     interval: float = 0.5,
+    bar: bool = True,
 ) -> bool:
     """Poll until `node` reaches the state `action` leads to and no change is under way,
-    printing a progress bar; whether it got there within `timeout`.
+    printing a progress bar (redrawn with \\r: only when `bar`, i.e. `out` is a terminal);
+    whether it got there within `timeout`.
 
     `get(url, path)` returns decoded JSON (raising on failure); `urls()` maps node → HTTP URL of
     the members that may hold transfers.
     """
     want = EXPECT[action]
+    end = "\n" if bar else ""  # ends the bar's line before the verdict
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         statuses: list[Mapping[str, Any]] = []
@@ -108,11 +111,12 @@ def watch(
             if settled is None:
                 members = {m["id"]: m["state"] for m in get(url, "/v1/cluster")["members"]}
                 settled = not view["ring"]["changing"] and members.get(node) == want
-        out.write("\r" + progress_line(statuses, time.monotonic() - start))
-        out.flush()
+        if bar:
+            out.write("\r" + progress_line(statuses, time.monotonic() - start))
+            out.flush()
         if settled:
-            out.write(f"\n{node} is {want}\n")
+            out.write(f"{end}{node} is {want}\n")
             return True
         time.sleep(interval)
-    out.write(f"\n{node} did not become {want} in {timeout:.0f}s\n")
+    out.write(f"{end}{node} did not become {want} in {timeout:.0f}s\n")
     return False

@@ -6,49 +6,20 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import socket
-import ssl
 import sys
-import urllib.error
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from spine.commands import member_urls as _member_urls  # noqa: F401  (tests import it here)
 from spine.core.config import from_dict, load, local_cluster
 from spine.core.config_env import merge_settings
 from spine.core.errors import ConfigError
 from spine.core.secret_policy import KNOWN_SECRETS, MIN_SECRET_CHARS
-
-
-def _session_file(args: argparse.Namespace) -> Path:
-    return Path(args.session_file or os.environ.get("SPINE_SESSION_FILE")
-                or Path.home() / ".spine" / "session")
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from spine.client import Client
-
-    path = _session_file(args)
-    token = path.read_text().strip() if path.exists() else None
-    return Client(args.url.split(","), api_key=args.api_key or os.environ.get("SPINE_API_KEY"),
-                  session=token or None, consistency=args.consistency, verify=_verify(args))
-
-
-def _verify(args: argparse.Namespace) -> bool | str:
-    """How https URLs are checked: against --cacert / SPINE_CACERT, else the system CAs."""
-    cacert: str | None = args.cacert
-    return cacert or True
-
-
-def _save_session(args: argparse.Namespace, client: Any) -> None:
-    if client.session:
-        path = _session_file(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(client.session)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -174,112 +145,182 @@ _ON_EXIT_SAYS = {"restart": "restarted", "leave": "reported and left down",
                  "stop": "the end of all of them"}
 
 
-def cmd_put(args: argparse.Namespace) -> int:
-    c = _client(args)
-    body: dict[str, Any] = {}
-    if args.tags:
-        body["tags"] = [t for t in args.tags.split(",") if t]
-    if args.metadata:
-        body["metadata"] = json.loads(args.metadata)
-    content = args.content if args.content is not None else sys.stdin.read()
-    out = c.put(args.ns, args.id, content, **body) if args.id else c.create(args.ns, content,
-                                                                             **body)
-    return _show(args, c, out)
+def _version() -> str:
+    """The installed distribution's version, else the package's."""
+    import spine
+
+    for dist in ("spine-memory", "spine"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            return version(dist)
+    return str(getattr(spine, "__version__", "unknown"))
 
 
-def _show(args: argparse.Namespace, c: Any, out: Any) -> int:
-    """Keep the session token the answer carried, print the answer as JSON."""
-    _save_session(args, c)
-    print(json.dumps(out, indent=2))
+_EPILOG = """formats:
+  --tags a,b                  comma-separated tags (lower case, digits, ':_.-')
+  --metadata '{"k": 1}'       a JSON object
+  --url URL                   repeat it or comma-separate URLs: the client fails over
+                              between them (default $SPINE_URL or http://127.0.0.1:8788)
+environment: SPINE_URL, SPINE_API_KEY, SPINE_CACERT, SPINE_SESSION_FILE"""
+
+
+def _client_args(sp: argparse.ArgumentParser) -> None:
+    """The flags every command that talks to a cluster takes."""
+    sp.add_argument("--url", action="append", metavar="URL",
+                    help="node URL; repeat or comma-separate several for failover"
+                         " (default $SPINE_URL or http://127.0.0.1:8788)")
+    sp.add_argument("--api-key", help="API key (default $SPINE_API_KEY)")
+    sp.add_argument("--consistency", choices=["eventual", "session", "strong"],
+                    help="the level for this command (default: the cluster's)")
+    sp.add_argument("--session-file", metavar="PATH",
+                    help="where the session token is kept between commands"
+                         " (default $SPINE_SESSION_FILE or ~/.spine/session)")
+    sp.add_argument("--cacert", default=os.environ.get("SPINE_CACERT") or None,
+                    help="CA bundle (PEM) to check an https node against"
+                         " (or SPINE_CACERT; default: the system CAs)")
+    sp.add_argument("--request-timeout", dest="timeout", type=float, default=10.0,
+                    metavar="SECONDS", help="seconds to wait for each answer (default 10)")
+
+
+def add_client_commands(sub: Any) -> None:
+    """put, get, rm, history, list, search, status, admin and keys."""
+    from spine import commands as cm
+
+    def parser(name: str, help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = sub.add_parser(
+            name, help=help, description=help, epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sp
+
+    c = parser("put", "create or replace a memory (content from --content or stdin)")
+    c.add_argument("ns", help="namespace")
+    c.add_argument("id", nargs="?", help="memory id (omit it to have one minted)")
+    c.add_argument("--content", help="the text (default: read stdin)")
+    c.add_argument("--tags", metavar="a,b", help="comma-separated tags")
+    c.add_argument("--metadata", metavar="JSON", help="""a JSON object, e.g. '{"k": 1}'""")
+    c.add_argument("--agent-id", help="the agent that wrote it (an agent key sets its own)")
+    _client_args(c)
+    c.set_defaults(fn=cm.cmd_put)
+    for name, fn, what in (("get", cm.cmd_get, "read a memory"),
+                           ("rm", cm.cmd_rm, "delete a memory"),
+                           ("history", cm.cmd_history,
+                            "the versions kept for a memory, newest first")):
+        g = parser(name, what)
+        g.add_argument("ns", help="namespace")
+        g.add_argument("id", help="memory id")
+        _client_args(g)
+        g.set_defaults(fn=fn)
+
+    ls = parser("list", "list live memories, a page at a time (in id order)")
+    ls.add_argument("ns", help="namespace")
+    ls.add_argument("--tag", help="only memories with this tag")
+    ls.add_argument("--agent-id", help="only memories written by this agent")
+    ls.add_argument("--limit", type=int, default=100, help="memories per page (default 100)")
+    ls.add_argument("--cursor", help="start after this id (a page's next_cursor)")
+    ls.add_argument("--all", action="store_true", help="follow next_cursor to the last page")
+    ls.add_argument("--json", action="store_true", help="print each page as JSON")
+    _client_args(ls)
+    ls.set_defaults(fn=cm.cmd_list)
+
+    q = parser("search", "search a namespace by meaning (or by words with the hash embedder)")
+    q.add_argument("ns", help="namespace")
+    q.add_argument("query", help="the text to search for")
+    q.add_argument("-k", type=int, default=10, help="results wanted (default 10)")
+    q.add_argument("--tags-all", metavar="a,b", help="only memories with all these tags")
+    q.add_argument("--tags-any", metavar="a,b", help="only memories with any of these tags")
+    q.add_argument("--agent-id", help="only memories written by this agent")
+    q.add_argument("--metadata", metavar="JSON",
+                   help="""only memories whose metadata holds these pairs, e.g. '{"k": 1}'""")
+    q.add_argument("--min-score", type=float, help="drop results scoring below this")
+    q.add_argument("--mode", help="search mode, passed to the server as given"
+                                  " (e.g. vector, text, hybrid where the server has them)")
+    q.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    _client_args(q)
+    q.set_defaults(fn=cm.cmd_search)
+
+    st = parser("status", "print the cluster as the first node that answers sees it")
+    _client_args(st)
+    st.set_defaults(fn=cm.cmd_status)
+    ad = parser("admin", "change the ring: join, decommission or remove a node, and follow the"
+                         " transfers to the end (a progress bar on a terminal)")
+    ad.add_argument("action", choices=["join", "decommission", "remove"])
+    ad.add_argument("node", help="the node id (for join: --url must be that node's own)")
+    ad.add_argument("--no-wait", action="store_true", help="return once the change is asked")
+    ad.add_argument("--timeout", dest="wait_timeout", type=float, default=3600.0,
+                    help="seconds to follow the change before giving up (default 3600)")
+    _client_args(ad)
+    ad.set_defaults(fn=cm.cmd_admin)
+
+    keys = sub.add_parser("keys", help="API key helpers")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    kh = ksub.add_parser("hash", help="print a key's SHA-256 (what cluster.yaml stores) and an"
+                                      " auth.keys entry to paste")
+    kh.add_argument("key", nargs="?", help="the secret key (default: one line of stdin, which"
+                                           " keeps it out of the shell history)")
+    kh.add_argument("--name", default="agent", help="the key's name (default agent)")
+    kh.add_argument("--role", choices=["agent", "admin"], default="agent")
+    kh.add_argument("--namespaces", metavar="a,b",
+                    help="namespaces an agent key may use ('*' for all)")
+    kh.set_defaults(fn=cm.cmd_keys_hash)
+
+    m = parser("mcp", "serve Spine's tools to an MCP client (Claude Code, Claude Desktop, ...)"
+                      " over stdio, or over streamable HTTP on 127.0.0.1 with --http")
+    m.add_argument("--namespace", default=os.environ.get("SPINE_NAMESPACE") or None,
+                   help="the namespace tools use when a call names none (or SPINE_NAMESPACE)")
+    m.add_argument("--http", type=int, metavar="PORT",
+                   help="serve streamable HTTP at http://127.0.0.1:PORT/mcp instead of stdio")
+    _client_args(m)
+    m.set_defaults(fn=_cmd_mcp)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    """`spine mcp`: the SDK is an optional extra, so say how to get it if it is missing."""
+    from spine import commands as cm
+
+    try:
+        from spine.mcp import McpSettings, serve
+    except ImportError as e:
+        raise cm.UsageError(f"the MCP SDK is not installed ({e}): pip install 'spine[mcp]'"
+                            ) from None
+    settings = McpSettings(urls=tuple(cm.urls_of(args)), api_key=cm.api_key(args),
+                           namespace=args.namespace, consistency=args.consistency,
+                           verify=cm.verify(args), timeout=args.timeout)
+    serve(settings, http_port=args.http)
     return 0
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    c = _client(args)
-    out = c.get(args.ns, args.id)
-    return _show(args, c, out)
+def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run a command; a user's mistake or an unreachable node is one line on stderr
+    and exit status 1 (2 for bad arguments), never a traceback."""
+    from spine.commands import UsageError, urls_of
+    from spine.explain import explain
 
-
-def cmd_rm(args: argparse.Namespace) -> int:
-    c = _client(args)
-    out = c.delete(args.ns, args.id)
-    return _show(args, c, out)
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    c = _client(args)
-    body: dict[str, Any] = {"k": args.k}
-    if args.tags_all:
-        body["tags_all"] = args.tags_all.split(",")
-    out = c.search(args.ns, args.query, **body)
-    _save_session(args, c)
-    for r in out["results"]:
-        print(f"{r['score']:.3f}  {r['id']}  {r['record']['content'][:80]!r}")
-    if out.get("partial"):
-        print(f"(partial: shards {out['missing_shards']} had no answering replica)")
-    return 0
-
-
-def _member_urls(view: dict[str, Any], fallback: str) -> dict[str, str]:
-    """node → HTTP URL of every member in a /v1/cluster view that has an address."""
-    scheme = fallback.split("://", 1)[0] if "://" in fallback else "http"
-    out = {m["id"]: f"{scheme}://{m['address']}" for m in view["members"]
-           if m.get("address") and m["state"] != "left"}
-    return out or {view["node"]: fallback}
-
-
-def _node(args: argparse.Namespace, url: str) -> Any:
-    """A client of one node (status and admin ask each member in turn)."""
-    from spine.client import Client
-
-    return Client([url], api_key=args.api_key or os.environ.get("SPINE_API_KEY"), timeout=3.0,
-                  verify=_verify(args))
-
-
-def _records(args: argparse.Namespace, url: str) -> float | None:
-    """The records a node stores, from its /metrics."""
-    for line in _node(args, url).text("/metrics").splitlines():
-        if line.startswith("spine_records_stored "):
-            return float(line.split()[1])
-    return None
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from spine.admin import format_status
-
-    c = _client(args)
-    view = c.request("GET", "/v1/cluster")
-    shards = c.request("GET", "/v1/cluster/shards")
-    records: dict[str, float | None] = {}
-    for node, url in _member_urls(view, args.url.split(",")[0]).items():
+    args = p.parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+    except UsageError as e:
+        print(f"spine {args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spine {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
         try:
-            records[node] = _records(args, url)
-        except Exception:
-            records[node] = None
-    print(format_status(view, shards, records))
-    return 0
-
-
-def cmd_admin(args: argparse.Namespace) -> int:
-    from spine.admin import watch
-
-    c = _client(args)
-    out = c.request("POST", f"/v1/cluster/nodes/{args.node}/{args.action}")
-    print(json.dumps(out), file=sys.stderr)
-    if args.no_wait:
-        return 0
-    base = args.url.split(",")[0]
-
-    def urls() -> dict[str, str]:
-        return _member_urls(c.request("GET", "/v1/cluster"), base)
-
-    ok = watch(lambda url, path: _node(args, url).request("GET", path), urls, args.node,
-               args.action, timeout=args.timeout)
-    return 0 if ok else 1
+            urls = urls_of(args) if hasattr(args, "url") else []
+        except UsageError:
+            urls = []
+        line = explain(e, urls)
+        if line is None:
+            raise
+        print(f"spine {args.cmd}: {line}", file=sys.stderr)
+        return 1
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="spine", description=__doc__)
+    p.add_argument("--version", action="version", version=f"spine {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run one node")
@@ -308,65 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                         " leave it down and keep the others, or stop the whole cluster")
     u.set_defaults(fn=cmd_up)
 
-    def client_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--url", default=os.environ.get("SPINE_URL", "http://127.0.0.1:8788"),
-                        help="node URL(s), comma-separated")
-        sp.add_argument("--api-key")
-        sp.add_argument("--consistency", choices=["eventual", "session", "strong"])
-        sp.add_argument("--session-file")
-        sp.add_argument("--cacert", default=os.environ.get("SPINE_CACERT") or None,
-                        help="CA bundle (PEM) to check an https node against"
-                             " (or SPINE_CACERT; default: the system CAs)")
+    add_client_commands(sub)
 
-    c = sub.add_parser("put", help="create or replace a memory")
-    c.add_argument("ns")
-    c.add_argument("id", nargs="?")
-    c.add_argument("--content")
-    c.add_argument("--tags")
-    c.add_argument("--metadata")
-    client_args(c)
-    c.set_defaults(fn=cmd_put)
-    for name, fn in (("get", cmd_get), ("rm", cmd_rm)):
-        g = sub.add_parser(name, help=f"{name} a memory")
-        g.add_argument("ns")
-        g.add_argument("id")
-        client_args(g)
-        g.set_defaults(fn=fn)
-    q = sub.add_parser("search", help="semantic search")
-    q.add_argument("ns")
-    q.add_argument("query")
-    q.add_argument("-k", type=int, default=10)
-    q.add_argument("--tags-all")
-    client_args(q)
-    q.set_defaults(fn=cmd_search)
-    st = sub.add_parser("status", help="print the cluster as this node sees it")
-    client_args(st)
-    st.set_defaults(fn=cmd_status)
-    ad = sub.add_parser("admin", help="change the ring: join, decommission or remove a node,"
-                                      " and follow the transfers to the end")
-    ad.add_argument("action", choices=["join", "decommission", "remove"])
-    ad.add_argument("node", help="the node id (for join: --url must be that node's own)")
-    ad.add_argument("--no-wait", action="store_true", help="return once the change is asked")
-    ad.add_argument("--timeout", type=float, default=3600.0,
-                    help="seconds to follow the change before giving up (default 3600)")
-    client_args(ad)
-    ad.set_defaults(fn=cmd_admin)
-
-    args = p.parse_args(argv)
-    from spine.client import SpineHTTPError
-
-    try:
-        rc: int = args.fn(args)
-    except SpineHTTPError as e:
-        print(json.dumps(e.body, indent=2), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as e:  # unreachable, refused, or a certificate not trusted
-        hint = " (pass the node's CA bundle with --cacert or SPINE_CACERT)" if isinstance(
-            e.reason, ssl.SSLCertVerificationError) else ""
-        print(f"spine: cannot reach {getattr(args, 'url', 'the node')}: {e.reason}{hint}",
-              file=sys.stderr)
-        return 1
-    return rc
+    return run(p, argv)
 
 
 if __name__ == "__main__":
