@@ -45,7 +45,9 @@ def api_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
         yield factory(
             api_key=ADMIN_SECRET,
             auth={"keys": [{"name": "root", "sha256": hash_key(ADMIN_SECRET), "role": "admin"}]},
-            embedder={"dim": 8},  # short vectors: the schema asks for exactly `dim` numbers
+            # short vectors (the schema asks for exactly `dim` numbers); the hash embedder,
+            # whose "no words in the query" the document's query pattern describes
+            embedder={"name": "hash", "dim": 8},
         )
     finally:
         factory.close()
