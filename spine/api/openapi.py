@@ -141,7 +141,8 @@ def _schemas(dim: int, limits: v.Limits) -> dict[str, Any]:
              "version": {"type": "string"}, "error": {"type": "object"}},
             ["id", "status"], closed=False)}}, ["results"]),
         "SearchBody": {**_obj({
-            # a letter or digit: the hash embedder finds no word in punctuation alone
+            # a letter or digit: the hash embedder finds no word in punctuation alone (minilm
+            # would take any non-blank query; the document keeps the stricter rule for both)
             "query": {"anyOf": [{"type": "string", "pattern": r"[^\W_]",
                                  "maxLength": limits.content_bytes}, {"type": "null"}]},
             "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
