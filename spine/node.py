@@ -43,7 +43,7 @@ from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
 from spine.core.secret_policy import check_secret_policy
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
-from spine.storage.embedders import make_embedder
+from spine.storage.embedders import auto_threads, make_embedder
 from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Applied, Store
 from spine.tls import HttpsSite, build_contexts
@@ -93,8 +93,14 @@ class Node:
         self.metrics = SpineMetrics()
         shards = cfg.ring.shards
         data_dir = Path(cfg.storage.path) / node_id
-        self.embedder = make_embedder(cfg.embedder.name, cfg.embedder.dim)
-        self.embed = EmbedBatcher(self.embedder)
+        emb = cfg.embedder
+        # 0 = auto: this host's cores shared by the nodes configured on it, so co-located nodes
+        # (spine up, the test harness) never oversubscribe the cores with model threads.
+        self.embed_threads = emb.threads or auto_threads(
+            len(os.sched_getaffinity(0)), sum(1 for n in cfg.nodes if n.host == self.me.host))
+        self.embedder = make_embedder(emb.name, emb.dim, self.embed_threads)
+        self.embed = EmbedBatcher(self.embedder, queue_texts=emb.queue_texts,
+                                  cache_queries=emb.cache_queries)
         self.store = Store(
             data_dir / "lmdb",
             shard_of=lambda ns, mid: shard_of(ns, mid, shards),
@@ -192,7 +198,7 @@ class Node:
             placement=self.placement,
         )
         self.search = SearchService(
-            self.indexer, self.fanout, self.coordinator, self.embed.embed,
+            self.indexer, self.fanout, self.coordinator, self.embed.embed_query,
             cfg.limits_value(), cfg.embedder.dim,
         )
         self.handoff.enabled = cfg.handoff.enabled
@@ -315,7 +321,8 @@ class Node:
             "ring": {"shards": self.cfg.ring.shards, "vnodes": self.cfg.ring.vnodes,
                      "n": self.cfg.replication.n},
             "embedder": {"name": emb.name, "dim": emb.dim,
-                         "fingerprint": self.embedder.fingerprint},
+                         "fingerprint": self.embedder.fingerprint,
+                         "threads": self.embed_threads},
         }
 
     def _members_view(self) -> list[dict[str, Any]]:

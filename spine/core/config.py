@@ -185,6 +185,9 @@ class ClockSection:
 class EmbedderSection:
     name: str = "hash"
     dim: int = 384
+    threads: int = 0  # 0: the host's cores divided among the nodes configured on that host
+    queue_texts: int = 4096  # texts waiting to be embedded before 429 overloaded
+    cache_queries: int = 4096  # query texts whose vectors are kept (LRU); 0 turns it off
 
 
 @dataclass(frozen=True)
@@ -454,8 +457,17 @@ def validate(cfg: Config) -> Config:
     if not 64 * 1024 <= cfg.rpc.max_frame_bytes < 2**32:
         raise ConfigError("rpc.max_frame_bytes: must be between 65536 and 4294967295",
                           field="rpc.max_frame_bytes")
-    if cfg.embedder.name not in ("hash", "minilm"):
-        raise ConfigError("embedder.name: must be hash or minilm", field="embedder.name")
+    if cfg.embedder.name not in ("hash", "minilm", "minilm-torch"):
+        raise ConfigError("embedder.name: must be hash, minilm or minilm-torch",
+                          field="embedder.name")
+    if cfg.embedder.name != "hash" and cfg.embedder.dim != 384:
+        raise ConfigError("embedder.dim: must be 384 for the minilm embedders",
+                          field="embedder.dim")
+    for setting, low, high in (("threads", 0, 256), ("queue_texts", 1, 1 << 20),
+                           ("cache_queries", 0, 1 << 20)):
+        if not low <= getattr(cfg.embedder, setting) <= high:
+            raise ConfigError(f"embedder.{setting}: must be an integer from {low} to {high}",
+                              field=f"embedder.{setting}")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error", field="log.level")
     for i, key in enumerate(cfg.auth.keys):

