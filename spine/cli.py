@@ -146,15 +146,10 @@ _ON_EXIT_SAYS = {"restart": "restarted", "leave": "reported and left down",
 
 
 def _version() -> str:
-    """The installed distribution's version, else the package's."""
-    import spine
+    """This package's version."""
+    from spine import __version__
 
-    for dist in ("spine-memory", "spine"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            return version(dist)
-    return str(getattr(spine, "__version__", "unknown"))
+    return __version__
 
 
 _EPILOG = """formats:
