@@ -91,16 +91,21 @@ class Client(Base):
         return self._run(call, consistency=consistency, timeout=timeout, headers=headers)
 
     def text(self, path: str, *, timeout: float | None = None) -> str:
-        """GET a plain-text resource (e.g. /metrics) from the next node."""
-        url = self._order()[0]
-        try:
-            resp = self._http.get(url + path, headers=self._headers(None, None),
-                                  timeout=self._timeout(timeout))
-        except httpx.TransportError as e:
-            raise self._unreachable([url], e) from None
-        if resp.status_code >= 300:
-            self._outcome(resp, Call("GET", path, idempotent=False), self.retries)
-        return resp.text
+        """GET a plain-text resource (e.g. /metrics) from the next node that answers."""
+        tried: builtins.list[str] = []
+        for url in self._order():
+            try:
+                resp = self._http.get(url + path, headers=self._headers(None, None),
+                                      timeout=self._timeout(timeout))
+            except httpx.TransportError as e:
+                tried.append(url)
+                if len(tried) == len(self.urls):
+                    raise self._unreachable(tried, e) from None
+                continue
+            if resp.status_code >= 300:
+                self._outcome(resp, Call("GET", path, idempotent=False), self.retries)
+            return resp.text
+        raise self._unreachable(tried, None)
 
     def put(self, ns: str, mid: str, content: str, *, consistency: str | None = None,
             timeout: float | None = None, **fields: Any) -> Record:

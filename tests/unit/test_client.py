@@ -353,3 +353,17 @@ def test_importing_the_client_never_loads_the_server_dependencies() -> None:
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", out.stdout)
+
+
+def test_text_fails_over_and_raises_errors_by_code() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "n1":
+            raise httpx.ConnectError("refused", request=req)
+        if req.url.path == "/metrics":
+            return httpx.Response(200, text="spine_up 1\n")
+        return _err(403, "forbidden")
+
+    c, _ = _client(handler, ["http://n1", "http://n2"])
+    assert c.text("/metrics") == "spine_up 1\n"
+    with pytest.raises(Forbidden):
+        c.text("/other")
