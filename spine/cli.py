@@ -300,6 +300,9 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"spine {args.cmd}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `spine list ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141
     except Exception as e:
         try:
             urls = urls_of(args) if hasattr(args, "url") else []

@@ -278,7 +278,9 @@ def node_client(args: argparse.Namespace, url: str) -> Any:
 
 def _records(args: argparse.Namespace, url: str) -> float | None:
     """The records a node stores, from its /metrics."""
-    for line in node_client(args, url).text("/metrics").splitlines():
+    with node_client(args, url) as c:
+        text: str = c.text("/metrics")
+    for line in text.splitlines():
         if line.startswith("spine_records_stored "):
             return float(line.split()[1])
     return None
@@ -315,6 +317,17 @@ def cmd_admin(args: argparse.Namespace) -> int:
     def urls() -> dict[str, str]:
         return member_urls(c.request("GET", "/v1/cluster"), base)
 
-    ok = watch(lambda url, path: node_client(args, url).request("GET", path), urls, args.node,
-               args.action, timeout=args.wait_timeout, bar=sys.stderr.isatty())
+    nodes: dict[str, Any] = {}  # one pooled client per member, reused by every poll
+
+    def get(url: str, path: str) -> Any:
+        if url not in nodes:
+            nodes[url] = node_client(args, url)
+        return nodes[url].request("GET", path)
+
+    try:
+        ok = watch(get, urls, args.node, args.action, timeout=args.wait_timeout,
+                   bar=sys.stderr.isatty())
+    finally:
+        for n in nodes.values():
+            n.close()
     return 0 if ok else 1
