@@ -81,7 +81,7 @@ def sent_nothing(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Call:
     """One API call: the route, its body and query, and whether a retry is safe."""
 
