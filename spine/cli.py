@@ -66,6 +66,22 @@ def _local_secret(cfg_path: Path, data: Path) -> str:
     return secrets.token_hex(32)
 
 
+def _local_embedder(cfg_path: Path) -> str:
+    """The embedder `spine up` runs: the one an earlier run's cluster.yaml names (its data was
+    embedded with it), else the semantic `minilm` when the default install carries it, else
+    `hash`. (The test harnesses build their configs from local_cluster and keep `hash`.)"""
+    from spine.storage.embedders import minilm_available
+
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        earlier = yaml.safe_load(cfg_path.read_text())
+        if isinstance(earlier, dict):
+            section = earlier.get("embedder")
+            name = section.get("name", "hash") if isinstance(section, dict) else "hash"
+            if isinstance(name, str):
+                return name  # a cluster.yaml without the section ran the old default, hash
+    return "minilm" if minilm_available() else "hash"
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write `path` readable by its owner only: a new file created 0600, renamed over the old
     one (so the secret is never in a file anyone else may read, not even for a moment)."""
@@ -96,6 +112,7 @@ def write_local_config(
     cfg_path = data / "cluster.yaml"
     cfg = local_cluster(nodes, base_port, str(data), sync=sync,
                         secret=_local_secret(cfg_path, data))
+    cfg["embedder"] = {"name": _local_embedder(cfg_path)}
     if extra:
         cfg = merge_settings(cfg, extra)
     from_dict(cfg)  # refuse a bad --config before any node starts
@@ -137,6 +154,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     sup = Supervisor(cfg_path, [n["id"] for n in cfg["nodes"]], on_exit=args.on_exit)
     for line in describe(cfg, data, cfg_path):
         sup.say(line)
+    sup.say(f"embedder {cfg['embedder']['name']}"
+            + (" (lexical: set embedder.name minilm for semantic search)"
+               if cfg["embedder"]["name"] == "hash" else ""))
     sup.say(f"a node that exits is {_ON_EXIT_SAYS[args.on_exit]} (--on-exit); Ctrl-C stops all")
     return sup.run()
 

@@ -418,6 +418,7 @@ class Node:
         loop = asyncio.get_running_loop()
         how = await loop.run_in_executor(None, self.indexer.recover)
         log.info("index_recovered", how=how, seq=self.store.seq)
+        await self.embed.ready()  # the model is loaded before the node takes its first write
         self.store.start()
         self.indexer.start()
         self.antientropy.start()  # builds its trees in the background, then runs rounds

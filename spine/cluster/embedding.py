@@ -49,6 +49,12 @@ class EmbedBatcher:
         # instead of paying for it, and the event loop never does.
         self._loading = self._pool.submit(load) if callable(load) else None
 
+    async def ready(self) -> None:
+        """Wait until the model has loaded (at once for a model-free embedder); raises if the
+        load failed."""
+        if self._loading is not None:
+            await asyncio.wrap_future(self._loading)
+
     async def embed(self, texts: Sequence[str]) -> list[bytes | None]:
         """Vectors for `texts`, in order; Overloaded if the queue is full."""
         if not texts:

