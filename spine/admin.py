@@ -74,7 +74,8 @@ def progress_line(statuses: Sequence[Mapping[str, Any]], elapsed: float, width: 
     size = sum(int(s.get("bytes", 0)) for s in statuses)
     frac = copied / total if total else 1.0
     filled = round(frac * width)
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {copied}/{total} shards"
+    bar = f"[{'#' * filled}{'.' * (width - filled)}] " if width > 0 else ""
+    return (f"{bar}{copied}/{total} shards"
             f"  {records} records  {_size(size)}  {elapsed:.0f}s")
 
 
@@ -90,14 +91,15 @@ def watch(
     bar: bool = True,
 ) -> bool:
     """Poll until `node` reaches the state `action` leads to and no change is under way,
-    printing a progress bar (redrawn with \\r: only when `bar`, i.e. `out` is a terminal);
-    whether it got there within `timeout`.
+    printing a progress bar redrawn with \\r when `bar` (`out` is a terminal), else a plain
+    line each time the counts change (a log keeps it); whether it got there within `timeout`.
 
     `get(url, path)` returns decoded JSON (raising on failure); `urls()` maps node → HTTP URL of
     the members that may hold transfers.
     """
     want = EXPECT[action]
     end = "\n" if bar else ""  # ends the bar's line before the verdict
+    last = ""  # without a bar: the counts last printed
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         statuses: list[Mapping[str, Any]] = []
@@ -114,6 +116,9 @@ def watch(
         if bar:
             out.write("\r" + progress_line(statuses, time.monotonic() - start))
             out.flush()
+        elif (counts := progress_line(statuses, 0.0, width=0)) != last:
+            out.write(progress_line(statuses, time.monotonic() - start, width=0) + "\n")
+            last = counts
         if settled:
             out.write(f"{end}{node} is {want}\n")
             return True
