@@ -33,8 +33,8 @@ MAX_SESSIONS = 256  # Spine clients kept for streamable-HTTP sessions (each hold
 
 INSTRUCTIONS = (
     "Spine is a shared memory store for agents. `write` stores a memory (text, tags, metadata)"
-    " under an id, `search` finds memories by meaning (or by words, with the default hash"
-    " embedder), `read`, `list`, `history` and `delete` do what they say. Memories live in"
+    " under an id, `search` finds memories by meaning (by shared words if the cluster runs the"
+    " hash embedder), `read`, `list`, `history` and `delete` do what they say. Memories live in"
     " namespaces; calls use the server's default namespace unless they name one. Within this"
     " session every read sees this session's earlier writes."
 )
