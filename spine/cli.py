@@ -16,13 +16,12 @@ from typing import Any
 import yaml
 
 from spine.commands import member_urls as _member_urls  # noqa: F401  (tests import it here)
-from spine.core.config import from_dict, load, local_cluster
 from spine.core.config_env import merge_settings
 from spine.core.errors import ConfigError
-from spine.core.secret_policy import KNOWN_SECRETS, MIN_SECRET_CHARS
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from spine.core.config import load
     from spine.logs import configure
     from spine.node import run_node
 
@@ -47,6 +46,8 @@ def _local_secret(cfg_path: Path, data: Path) -> str:
     An earlier secret is kept only if no one else could read its file and it is not guessable
     (the data dir's SHA-256 that older versions wrote, a default, a short one).
     """
+    from spine.core.secret_policy import KNOWN_SECRETS, MIN_SECRET_CHARS
+
     mode = 0o777
     try:
         mode = cfg_path.stat().st_mode
@@ -108,6 +109,8 @@ def write_local_config(
     """Write the cluster.yaml `spine up` runs (mode 0600, random secret kept across runs), with
     `extra` (the user's `--config`) laid over the generated settings; ConfigError if the result
     is not a valid config."""
+    from spine.core.config import from_dict, local_cluster  # server modules: not for `spine get`
+
     data.mkdir(parents=True, exist_ok=True)
     cfg_path = data / "cluster.yaml"
     cfg = local_cluster(nodes, base_port, str(data), sync=sync,

@@ -191,3 +191,25 @@ def test_list_prints_one_line_per_item_and_the_next_cursor(
     assert main(["list", "ns", "--all", "--json", *sess]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["items"][0]["id"] for line in lines] == ["a", "b"]
+
+
+def test_client_commands_need_none_of_the_server_modules(tmp_path: Any) -> None:
+    """A client-only install (`pip install spine-memory`) has no numpy, aiohttp or lmdb: the
+    CLI's client commands and `spine mcp` must not import them."""
+    import subprocess
+    import sys
+
+    blocker = (
+        "import sys\n"
+        "for m in ('numpy', 'aiohttp', 'lmdb', 'hnswlib', 'orjson', 'structlog', 'xxhash',"
+        " 'sortedcontainers', 'uvloop'):\n"
+        "    sys.modules[m] = None\n"
+        "from spine.cli import main\n"
+        "import spine.mcp\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    sess = ["--session-file", str(tmp_path / "s")]
+    for argv, rc in ((["get", "ns", "x", "--url", "http://127.0.0.1:1", *sess], 1),
+                     (["keys", "hash", "k", "--role", "admin"], 0)):
+        p = subprocess.run([sys.executable, "-c", blocker, *argv], capture_output=True,
+                           text=True, timeout=60, check=False)
+        assert p.returncode == rc and "Traceback" not in p.stderr, p.stderr
