@@ -299,7 +299,7 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     try:
         from spine.mcp import McpSettings, serve
     except ImportError as e:
-        raise cm.UsageError(f"the MCP SDK is not installed ({e}): pip install 'spine[mcp]'"
+        raise cm.UsageError(f"the MCP SDK is not installed ({e}): pip install 'spine-memory[mcp]'"
                             ) from None
     settings = McpSettings(urls=tuple(cm.urls_of(args)), api_key=cm.api_key(args),
                            namespace=args.namespace, consistency=args.consistency,
