@@ -2,7 +2,7 @@
 """Embedder benchmark (issue 16): the Artel-shaped load, and retrieval quality per embedder.
 
     .venv/bin/python bench/embed_bench.py [--embedder minilm] [--threads 0] [--duration 20]
-        [--clients 8] [--base-port 39788]
+        [--clients 8] [--base-port 27788]
     .venv/bin/python bench/embed_bench.py --quality      # recall@10 / nDCG@10, µs, RSS
 
 Load: starts `spine up --nodes 3 --no-sync --config F` (F sets embedder.name and, unless 0,
@@ -285,7 +285,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="embedder.threads (0: auto)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--base-port", type=int, default=39788)
+    ap.add_argument("--base-port", type=int, default=27788)  # below the ephemeral range
     args = ap.parse_args()
     if args.quality:
         quality()
