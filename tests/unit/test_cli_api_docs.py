@@ -63,3 +63,17 @@ def test_headers_search_fields_and_batch_shapes_are_documented() -> None:
 
 def test_the_readme_links_the_reference() -> None:
     assert "(docs/api.md)" in README
+
+
+def test_openapi_document_matches_the_router_and_is_valid_openapi() -> None:
+    from openapi_spec_validator import validate
+
+    from spine.api.openapi import openapi_document
+
+    doc = openapi_document(384, Limits())
+    validate(doc)  # the OpenAPI 3.1 meta-schema
+    declared = {(method.upper(), path) for path, ops in doc["paths"].items()
+                for method in ops if method in ("get", "put", "post", "delete")}
+    assert declared == _routes()
+    assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http",
+                                                             "scheme": "bearer"}
