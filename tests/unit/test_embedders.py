@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from spine.storage.embedders import (
     minilm_fingerprint,
 )
 from spine.storage.minilm_onnx import OnnxMiniLMEmbedder
+from spine.storage.minilm_static import StaticMiniLMEmbedder
 
 TORCH_INSTALLED = all(
     importlib.util.find_spec(m) is not None
@@ -267,3 +269,32 @@ def test_auto_threads_share_the_cores() -> None:
     assert auto_threads(8, 3) == 2
     assert auto_threads(16, 1) == 16
     assert auto_threads(1, 0) == 1
+
+
+@pytest.mark.skipif(not ONNX_INSTALLED, reason="needs the default install")
+def test_minilm_static_uses_its_cached_table(tmp_path: Path) -> None:
+    """A table already in the cache is used as it is (here a fake one: token i -> axis i % 384),
+    empty texts give the zero row, and the fingerprint differs from minilm's."""
+    e = make_embedder("minilm-static", 384, threads=1, cache_dir=tmp_path)
+    assert isinstance(e, StaticMiniLMEmbedder)
+    assert e.fingerprint != minilm_fingerprint()
+    vocab = 30522
+    table = np.zeros((vocab, 384), dtype=np.float32)
+    table[np.arange(vocab), np.arange(vocab) % 384] = 1.0
+    np.save(e.path, table)
+    v = e.embed(["cat", "", "cat cat"])
+    assert v.shape == (3, 384)
+    assert not v[1].any()
+    np.testing.assert_allclose(v[0], v[2], atol=1e-6)
+    assert v[0].max() == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ONNX_INSTALLED, reason="needs the default install")
+def test_minilm_static_builds_its_table_and_finds_the_paraphrase(tmp_path: Path) -> None:
+    """Builds the 30,522-token table from the ONNX model (~40 s of CPU)."""
+    e = make_embedder("minilm-static", 384, threads=2, cache_dir=tmp_path)
+    v = e.embed(["a kitten watching sparrows", "the cat sat on the windowsill watching birds",
+                 "Nightly backup job copies the database to cold storage at 2am"])
+    assert e.path.exists()
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])
