@@ -10,7 +10,6 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -18,6 +17,7 @@ from aiohttp import web
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app, mint_id
 from spine.api.limits import HttpLimits, LimitedRunner
+from spine.api.views import cluster_view, shards_view
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
@@ -311,66 +311,6 @@ class Node:
         m.gauge("spine_inflight_requests", "HTTP requests in flight", (),
                 lambda: {(): float(self.services.inflight)})
 
-    def cluster_view(self) -> dict[str, Any]:
-        """GET /v1/cluster."""
-        emb = self.cfg.embedder
-        return {
-            "node": self.id,
-            "cluster": self.cfg.cluster.name,
-            "liveness": "probe" if self.gossip is None else "gossip",
-            "members": self._members_view(),
-            "ring": {"shards": self.cfg.ring.shards, "vnodes": self.cfg.ring.vnodes,
-                     "n": self.cfg.replication.n},
-            "embedder": {"name": emb.name, "dim": emb.dim,
-                         "fingerprint": self.embedder.fingerprint,
-                         "threads": self.embed_threads},
-        }
-
-    def _members_view(self) -> list[dict[str, Any]]:
-        """Each node of the ring map (and any other node gossip knows of): its ring `state`
-        (joining | active | leaving | left, or standby outside the map), whether the operator
-        `removed` it (ring map members only), `alive` verdict, and
-        with gossip SWIM's `gossip` state (alive | suspect | dead | left | unknown) and
-        incarnation."""
-        out: list[dict[str, Any]] = []
-        for node, e in sorted(self.keeper.map.entries.items()):
-            out.append({"id": node, "address": f"{e.host}:{e.port}", "zone": e.zone,
-                        "state": e.state, "removed": e.removed,
-                        "alive": self.liveness.is_alive(node)})
-        if self.gossip is None:
-            return out
-        by_id = {m.node_id: m for m in self.gossip.members()}
-        for extra in sorted(set(by_id) - set(self.keeper.map.entries)):
-            meta = by_id[extra].meta_dict()
-            out.append({"id": extra, "address": "", "zone": meta.get("zone", ""),
-                        "state": meta.get("ring", "standby"),
-                        "alive": self.liveness.is_alive(extra)})
-        for entry in out:
-            m = by_id.get(entry["id"])
-            entry["gossip"] = "unknown" if m is None else m.state.name.lower()
-            entry["incarnation"] = None if m is None else m.incarnation
-            entry["gossip_address"] = None if m is None else m.address
-        return out
-
-    def shards_view(self) -> dict[str, Any]:
-        """GET /v1/cluster/shards: per shard its owners (`preference_list`), `pending` owners,
-        the owners once the change settles (`next`) and, where this node is a pending owner, its
-        `transfer` progress; where it holds the shard, its anti-entropy `root`."""
-        p = self.keeper.placement
-        shards: list[dict[str, Any]] = []
-        for s in range(p.shards):
-            entry: dict[str, Any] = {
-                "shard": s, "preference_list": list(p.owners(s)), "pending": list(p.pending(s)),
-                "next": list(p.future_owners(s)), "transfer": self.rebalancer.copy_view(s),
-            }
-            if p.holds(self.id, s):
-                entry["root"] = self.antientropy.root_hex(s)
-            shards.append(entry)
-        m = self.keeper.map
-        return {"node": self.id, "ring": {"digest": m.digest(), "changing": m.changing,
-                                          "moves": len(p.moves())},
-                "transfers": self.rebalancer.status(), "shards": shards}
-
     def readiness(self) -> NotReady | None:
         """Why this node should take no client traffic now (see spine.core.readiness)."""
         members = self.keeper.placement.current.members
@@ -404,7 +344,8 @@ class Node:
             metrics=self.metrics, auth=self.auth, limits=self.cfg.limits_value(),
             dim=self.cfg.embedder.dim, session_max_keys=self.cfg.session.max_keys,
             body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
-            cluster_view=self.cluster_view, shards_view=self.shards_view,
+            cluster_view=functools.partial(cluster_view, self),
+            shards_view=functools.partial(shards_view, self),
             readiness=self.readiness, serves_clients=self.serves_clients,
             storage_problem=self.store.disk.failure,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
