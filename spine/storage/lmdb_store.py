@@ -16,7 +16,6 @@ store recovers by itself once space is freed. Reads go on from the last commit w
 from __future__ import annotations
 
 import asyncio
-import enum
 import queue
 import struct
 import threading
@@ -33,74 +32,34 @@ from spine.core.errors import SpineError
 from spine.core.model import Record, is_concurrent, merge
 from spine.storage.disk_guard import DiskGuard
 from spine.storage.files import fsync_dir
+from spine.storage.layout import (
+    Applied,
+    Hint,
+    HistoryEntry,
+    Outcome,
+    decode_record,
+    encode_record,
+    record_key,
+    shard_prefix,
+    split_record_key,
+)
+
+__all__ = [
+    "Applied",
+    "Hint",
+    "HistoryEntry",
+    "Outcome",
+    "Store",
+    "decode_record",
+    "encode_record",
+    "record_key",
+    "shard_prefix",
+    "split_record_key",
+]
 
 log = structlog.get_logger("spine.store")
 
 _U64 = struct.Struct(">Q")
-_U16 = struct.Struct(">H")
-
-
-class Outcome(enum.Enum):
-    """What applying one incoming version did to the stored record."""
-
-    APPLIED = "applied"  # the incoming version is now the stored one
-    STALE = "stale"  # the store already held this version or a newer one
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The result of applying one record: outcome, previous and current stored versions."""
-
-    outcome: Outcome
-    old: Record | None
-    new: Record
-    conflict: bool
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One superseded or concurrent-losing version kept in a key's history."""
-
-    record: Record
-    concurrent: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Hint:
-    """A write kept for a replica that did not acknowledge it (Dynamo §4.6)."""
-
-    key: bytes
-    target: str
-    created_ms: int
-    record: Record
-
-
-def record_key(shard: int, namespace: str, mid: str) -> bytes:
-    """records key: shard (2 bytes), namespace, NUL, id — so one shard is one contiguous range."""
-    return _U16.pack(shard) + namespace.encode() + b"\0" + mid.encode()
-
-
-def split_record_key(rk: bytes) -> tuple[int, str, str]:
-    """Inverse of `record_key`: (shard, namespace, id)."""
-    ns, _, mid = rk[2:].partition(b"\0")
-    return _U16.unpack(rk[:2])[0], ns.decode(), mid.decode()
-
-
-def shard_prefix(shard: int) -> bytes:
-    """The key prefix of every record in `shard`."""
-    return _U16.pack(shard)
-
-
-def encode_record(r: Record) -> bytes:
-    """A record's stored form."""
-    out: bytes = msgpack.packb(r.to_wire(), use_bin_type=True)
-    return out
-
-
-def decode_record(raw: bytes) -> Record:
-    """Inverse of `encode_record`."""
-    return Record.from_wire(msgpack.unpackb(raw, raw=False))
 
 
 class Store:
