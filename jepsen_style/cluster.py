@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import yaml
 
 from spine.core.config import local_cluster
+from spine.core.config_env import merge_settings
 
 RPC_OFFSET = 1000
 GOSSIP_OFFSET = 2000
@@ -176,17 +177,6 @@ def free_base_port(hosts: list[str], rng: random.Random | None = None) -> int:
     raise ClusterError(f"no free range of ports for {len(hosts)} nodes")
 
 
-def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, recursing into nested mappings."""
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 # --------------------------------------------------------------------------- the cluster
 
 
@@ -289,7 +279,7 @@ class JepsenCluster:
         cfg["seeds"] = [f"{h}:{self.base + GOSSIP_OFFSET + i}" for i, h in enumerate(hosts)]
         # Workloads choose their level per request (e.g. eventual for an untagged register).
         cfg["consistency"]["allow_weaker"] = True
-        self.config = deep_merge(cfg, self.overrides)
+        self.config = merge_settings(cfg, self.overrides)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start_all(self, attempts: int = 3) -> None:

@@ -35,6 +35,7 @@ import yaml
 
 from spine.client import Client
 from spine.core.config import local_cluster
+from spine.core.config_env import merge_settings
 
 HOST = "127.0.0.1"
 RPC_OFFSET = 1000
@@ -239,16 +240,6 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 # ----------------------------------------------------------------------------- the cluster
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 class LocalCluster:
     """N Spine nodes as real processes on 127.0.0.1, sharing one cluster.yaml."""
 
@@ -271,7 +262,7 @@ class LocalCluster:
         self.node_args: dict[str, list[str]] = {}  # per node: config path and extra flags
         self.sync = sync
         self.api_key = api_key  # sent on the harness's own health and metrics requests
-        self.overrides = _deep_merge(
+        self.overrides = merge_settings(
             {"liveness": {"probe_interval_ms": 200}, "handoff": {"replay_interval_ms": 200}},
             overrides,
         )
@@ -293,7 +284,7 @@ class LocalCluster:
     def _write_config(self) -> None:
         self.base = free_base_port(self.count + self.spare)
         cfg = local_cluster(self.count, self.base, str(self.data_dir), sync=self.sync)
-        self.config = _deep_merge(cfg, self.overrides)
+        self.config = merge_settings(cfg, self.overrides)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def start_all(self, attempts: int = 3) -> None:
@@ -376,7 +367,7 @@ class LocalCluster:
         assert len(self.names) < self.count + self.spare, "no spare port left"
         i = len(self.names)
         name = f"n{i + 1}"
-        cfg = _deep_merge(self.config, {})
+        cfg = merge_settings(self.config, {})
         cfg["nodes"] = [*self.config["nodes"], {
             "id": name, "host": HOST, "port": self.base + i,
             "rpc_port": self.base + RPC_OFFSET + i, "gossip_port": self.base + GOSSIP_OFFSET + i,
