@@ -24,7 +24,7 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check spine tests bench jepsen_style
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q
