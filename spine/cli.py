@@ -116,6 +116,9 @@ def write_local_config(
     cfg = local_cluster(nodes, base_port, str(data), sync=sync,
                         secret=_local_secret(cfg_path, data))
     cfg["embedder"] = {"name": _local_embedder(cfg_path)}
+    # A name of its own per data dir: clients keep session tokens per cluster name, so two local
+    # clusters on one machine must not share one (a token from one is refused by the other).
+    cfg["cluster"]["name"] = "local-" + hashlib.sha256(str(data).encode()).hexdigest()[:8]
     if extra:
         cfg = merge_settings(cfg, extra)
     from_dict(cfg)  # refuse a bad --config before any node starts

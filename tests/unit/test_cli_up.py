@@ -52,3 +52,14 @@ def test_an_old_guessable_or_exposed_secret_is_replaced(tmp_path: Path) -> None:
     write_local_config(data, 3, 8788)
     assert secret_of(path) != strong
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_each_data_dir_gets_a_cluster_name_of_its_own(tmp_path: Path) -> None:
+    # Clients keep session tokens per cluster name: two local clusters must not share one.
+    a = write_local_config((tmp_path / "a").resolve(), 3, 8788)[1]["cluster"]["name"]
+    b = write_local_config((tmp_path / "b").resolve(), 3, 9788)[1]["cluster"]["name"]
+    again = write_local_config((tmp_path / "a").resolve(), 3, 8788)[1]["cluster"]["name"]
+    assert a != b and a == again and a.startswith("local-")
+    mine = write_local_config((tmp_path / "c").resolve(), 3, 8788,
+                              extra={"cluster": {"name": "team"}})[1]
+    assert mine["cluster"]["name"] == "team"  # --config wins
