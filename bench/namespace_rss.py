@@ -12,23 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-import yaml
-
-
-def rss_mib(pid: int) -> float:
-    """The process's resident set size in MiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from one_node import one_node, rss_mib  # bench/ is on sys.path when run as a script
 
 
 async def fill(base: str, start: int, stop: int, conc: int) -> None:
@@ -53,46 +40,16 @@ async def main() -> None:
     ap.add_argument("--every", type=int, default=1000)
     ap.add_argument("--port", type=int, default=18931)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "cluster": {"name": "rss", "secret": "rss-bench-secret-0123456789abcdef"},
-            "nodes": [{"id": "n1", "host": "127.0.0.1", "port": args.port}],
-            "replication": {"n": 1},
-            "storage": {"path": tmp + "/data", "sync": False},
-            "log": {"level": "warning"},
-        }
-        (Path(tmp) / "cluster.yaml").write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "PYTHONPATH": args.tree}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spine", "serve", "--config", f"{tmp}/cluster.yaml",
-             "--node", "n1"], cwd=args.tree, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{args.port}"
-        try:
-            deadline = time.monotonic() + 60
-            async with aiohttp.ClientSession() as s:
-                while True:
-                    try:
-                        async with s.get(base + "/readyz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("node did not become ready")
-                    await asyncio.sleep(0.2)
-            print(json.dumps({"namespaces": 0, "rss_mib": round(rss_mib(proc.pid), 1)}),
+    with one_node(args.tree, args.port, "rss") as (proc, base):
+        print(json.dumps({"namespaces": 0, "rss_mib": round(rss_mib(proc.pid), 1)}),
+              flush=True)
+        done = 0
+        while done < args.namespaces:
+            nxt = min(args.namespaces, done + args.every)
+            await fill(base, done, nxt, 16)
+            done = nxt
+            print(json.dumps({"namespaces": done, "rss_mib": round(rss_mib(proc.pid), 1)}),
                   flush=True)
-            done = 0
-            while done < args.namespaces:
-                nxt = min(args.namespaces, done + args.every)
-                await fill(base, done, nxt, 16)
-                done = nxt
-                print(json.dumps({"namespaces": done, "rss_mib": round(rss_mib(proc.pid), 1)}),
-                      flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
 
 
 if __name__ == "__main__":

@@ -15,26 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
+from one_node import one_node, rss_mib  # bench/ is on sys.path when run as a script
 
 HEAD = (b"PUT /v1/ns/slow/memories/x HTTP/1.1\r\nHost: spine\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n{\"content\": \"")
 
 
-def rss_mib(pid: int) -> float:
-    """The process's resident set size in MiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+_watchers: set[asyncio.Task[None]] = set()  # referenced until done (no task left to the GC)
 
 
 async def slow_connection(port: int, source: str, closed: list[int]) -> asyncio.StreamWriter:
@@ -51,7 +42,8 @@ async def slow_connection(port: int, source: str, closed: list[int]) -> asyncio.
             pass
         closed[0] += 1
 
-    asyncio.get_running_loop().create_task(watch())
+    _watchers.add(task := asyncio.get_running_loop().create_task(watch()))
+    task.add_done_callback(_watchers.discard)
     return writer
 
 
@@ -76,28 +68,9 @@ async def main() -> None:
     ap.add_argument("--every", type=float, default=5.0)
     ap.add_argument("--port", type=int, default=18941)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "cluster": {"name": "slow", "secret": "slow-bench-secret-0123456789abcdef"},
-            "nodes": [{"id": "n1", "host": "127.0.0.1", "port": args.port}],
-            "replication": {"n": 1},
-            "storage": {"path": tmp + "/data", "sync": False},
-            "log": {"level": "warning"},
-        }
-        (Path(tmp) / "cluster.yaml").write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "PYTHONPATH": args.tree}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "spine", "serve", "--config", f"{tmp}/cluster.yaml",
-             "--node", "n1"], cwd=args.tree, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{args.port}"
-        writers: list[asyncio.StreamWriter] = []
+    writers: list[asyncio.StreamWriter] = []
+    with one_node(args.tree, args.port, "slow") as (proc, base):
         try:
-            deadline = time.monotonic() + 60
-            while (await probe(base))[0] not in (200, 201):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("node did not come up")
-                await asyncio.sleep(0.2)
             print(json.dumps({"t": 0, "phase": "before", "rss_mib": round(rss_mib(proc.pid), 1)}),
                   flush=True)
             closed = [0]
@@ -116,8 +89,6 @@ async def main() -> None:
         finally:
             for w in writers:
                 w.close()
-            proc.terminate()
-            proc.wait(30)
 
 
 if __name__ == "__main__":
