@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -42,6 +43,7 @@ from spine.core.readiness import Facts, NotReady, not_ready, serves_clients
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
 from spine.core.secret_policy import check_secret_policy
+from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import auto_threads, make_embedder
 from spine.storage.indexer import Indexer
@@ -74,7 +76,13 @@ class Node:
         *,
         insecure: bool = False,
         join: bool = False,
+        transport: Transport | None = None,
+        gossip_net: GossipNetFactory | None = None,
+        store_writer: Literal["thread", "loop"] = "thread",
     ) -> None:
+        """`transport`, `gossip_net`, `store_writer`: the ports to the world, real sockets and a
+        writer thread by default; the deterministic simulator (tests/sim) passes in-memory ones
+        and runs the node without listeners (`start_services`)."""
         self.cfg = cfg
         self.me = cfg.node(node_id)
         self.id = node_id
@@ -110,6 +118,7 @@ class Node:
             max_batch=cfg.storage.max_batch,
             history_keep=cfg.history.keep,
             reserve_mb=cfg.storage.reserve_mb,
+            writer=store_writer,
         )
         ix = cfg.index
         self.indexer = Indexer(
@@ -123,7 +132,7 @@ class Node:
         self.store.on_commit = self._on_commit
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
-        self.rpc = RpcClient(
+        self.rpc: Transport = transport if transport is not None else RpcClient(
             node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
@@ -135,7 +144,7 @@ class Node:
         self.gossip: Gossip | None = None
         self.liveness: Gossip | ProbeLiveness
         if cfg.gossip.enabled:
-            self.liveness = self.gossip = self._make_gossip()
+            self.liveness = self.gossip = self._make_gossip(gossip_net)
         else:
             self.liveness = ProbeLiveness(
                 node_id, [n.id for n in cfg.nodes], self._probe,
@@ -209,6 +218,7 @@ class Node:
         handlers.update(self.antientropy.handlers())
         handlers.update(self.keeper.handlers())
         handlers.update(self.rebalancer.handlers())
+        self.handlers = handlers  # what this node serves its peers (the RPC server's table)
         self.rpc_server = RpcServer(
             node_id, cfg.cluster.keyring(), self.hlc, handlers, self.rt.token_bytes,
             max_frame=cfg.rpc.max_frame_bytes,
@@ -234,14 +244,15 @@ class Node:
         return self.keeper.placement
 
     def _placement_changed(self, placement: Placement) -> None:
-        for node, e in placement.map.entries.items():
-            if node != self.id and e.rpc_port:
-                self.rpc.addresses[node] = (e.host, e.rpc_port)
+        if isinstance(self.rpc, RpcClient):
+            for node, e in placement.map.entries.items():
+                if node != self.id and e.rpc_port:
+                    self.rpc.addresses[node] = (e.host, e.rpc_port)
         state = placement.map.state(self.id) or "standby"
         if self.gossip is not None and self.gossip.swim.me().meta_dict().get("ring") != state:
             self.gossip.swim.update_meta(self._identity(state))
 
-    def _make_gossip(self) -> Gossip:
+    def _make_gossip(self, net: GossipNetFactory | None) -> Gossip:
         cfg = self.cfg
         host, port = self.me.gossip_address
         meta = self._identity("standby")  # the ring state follows once the keeper is built
@@ -250,7 +261,8 @@ class Node:
         return Gossip(self.id, host, port, runtime=self.rt, config=swim_config(cfg.gossip),
                       meta=meta, secrets=cfg.cluster.keyring(), window_ms=window_ms,
                       seeds=cfg.seeds, peers=peers, registry=self.metrics.registry,
-                      ssl_server=self.tls.gossip_server, ssl_client=self.tls.gossip_client)
+                      ssl_server=self.tls.gossip_server, ssl_client=self.tls.gossip_client,
+                      net=net)
 
     def _identity(self, ring_state: str) -> dict[str, str]:
         cfg = self.cfg
@@ -357,23 +369,10 @@ class Node:
             admin={a: functools.partial(self.rebalancer.admin, a)
                    for a in ("join", "decommission", "remove")},
         )
-        loop = asyncio.get_running_loop()
-        how = await loop.run_in_executor(None, self.indexer.recover)
-        log.info("index_recovered", how=how, seq=self.store.seq)
-        await self.embed.ready()  # the model is loaded before the node takes its first write
-        self.store.start()
-        self.indexer.start()
-        self.antientropy.start()  # builds its trees in the background, then runs rounds
+        await self._open_storage()
         host, rpc_port = self.me.rpc_address
         await self.rpc_server.start(host, rpc_port, ssl=self.tls.rpc_server)
-        if isinstance(self.liveness, ProbeLiveness):
-            self.liveness.start()
-        else:
-            await self.liveness.start()  # gossip: bound and joined before we serve
-        peers = [n.id for n in self.cfg.nodes if n.id != self.id]
-        await self.keeper.start(peers)
-        self.rebalancer.start()
-        self.handoff.start()
+        await self._join_cluster()
         clock_file = os.environ.get(CLOCK_FILE_ENV)
         if clock_file:
             self._clock_task = asyncio.create_task(follow_clock_file(self.rt, clock_file))
@@ -417,6 +416,31 @@ class Node:
             ring_state=self.keeper.state(), ring_from=self.keeper.origin,
             replication=self.cfg.replication.n,
         )
+
+    async def start_services(self) -> None:
+        """Start storage and every background service, but no listener: the simulator's start,
+        where peers reach `self.handlers` through the in-memory transport."""
+        await self._open_storage()
+        await self._join_cluster()
+
+    async def _open_storage(self) -> None:
+        loop = asyncio.get_running_loop()
+        how = await loop.run_in_executor(None, self.indexer.recover)
+        log.info("index_recovered", how=how, seq=self.store.seq)
+        await self.embed.ready()  # the model is loaded before the node takes its first write
+        self.store.start()
+        self.indexer.start()
+        self.antientropy.start()  # builds its trees in the background, then runs rounds
+
+    async def _join_cluster(self) -> None:
+        if isinstance(self.liveness, ProbeLiveness):
+            self.liveness.start()
+        else:
+            await self.liveness.start()  # gossip: bound and joined before we serve
+        peers = [n.id for n in self.cfg.nodes if n.id != self.id]
+        await self.keeper.start(peers)
+        self.rebalancer.start()
+        self.handoff.start()
 
     async def stop(self) -> None:
         """Drain (answer /readyz 503 while still serving, for `shutdown.drain_ms`, so a balancer

@@ -34,7 +34,7 @@ import structlog
 from spine.cluster.hashtrees import HashTrees
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
-from spine.cluster.rpc import Handler, RpcClient
+from spine.cluster.rpc import Handler
 from spine.core.antientropy import (
     Held,
     PeerView,
@@ -52,6 +52,7 @@ from spine.core.messages import ShardFetch, ShardTreeQuery, Tag
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.ring import Ring
+from spine.ports import Transport
 from spine.storage.lmdb_store import Applied, Store, split_record_key
 
 log = structlog.get_logger("spine.antientropy")
@@ -77,7 +78,7 @@ class AntiEntropy:
         node_id: str,
         store: Store,
         replicator: Replicator,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         ring: Callable[[], Ring],
         metrics: SpineMetrics,

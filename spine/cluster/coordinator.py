@@ -16,7 +16,6 @@ from typing import Any
 
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
-from spine.cluster.rpc import RpcClient
 from spine.cluster.version_history import gather_history
 from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms, vv_merge
 from spine.core.consistency import Level, Policy
@@ -41,6 +40,7 @@ from spine.core.ringmap import Placement
 from spine.core.session import SessionToken
 from spine.core.validation import normalise
 from spine.core.versioning import mint, seen_hlc
+from spine.ports import Transport
 from spine.storage.lmdb_store import Store
 
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
@@ -56,7 +56,7 @@ class Coordinator:
         placement: Callable[[], Placement],
         store: Store,
         replicator: Replicator,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         hlc: HLC,
         policy: Policy,

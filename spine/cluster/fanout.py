@@ -14,11 +14,11 @@ from typing import Any
 import msgpack
 
 from spine.cluster.liveness import Liveness
-from spine.cluster.rpc import RpcClient
 from spine.core.errors import PeerUnavailable
 from spine.core.messages import ListPage, Message
 from spine.core.model import Record, merge
 from spine.core.ring import Ring, covering_set
+from spine.ports import Transport
 from spine.storage.lmdb_store import Store
 
 
@@ -45,7 +45,7 @@ class FanOut:
         node_id: str,
         ring: Callable[[], Ring],
         store: Store,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         members: Callable[[], list[str]],
         timeout: float,

@@ -74,6 +74,7 @@ from spine.core.swim import (
 )
 from spine.core.swim_auth import GossipAuth
 from spine.core.swim_messages import Message, PushPull
+from spine.ports import GossipNet, GossipNetFactory
 from spine.runtime import Runtime
 
 log = structlog.get_logger("spine.gossip")
@@ -145,12 +146,14 @@ class Gossip:
         leave_grace: float | None = None,
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
+        net: GossipNetFactory | None = None,
     ) -> None:
         """`peers`: the configured members' ids and gossip addresses (the static ring), each
         tried until heard of; `seeds`: further gossip addresses asked for the cluster's state;
         `secrets`: the keyring, the signing secret first; `window_ms`: how far a packet's clock
         may be from ours (clock.max_offset plus a margin); `ssl_server` / `ssl_client`: mutual
-        TLS on the TCP push-pull (`tls.gossip`; datagrams stay MAC'd plaintext)."""
+        TLS on the TCP push-pull (`tls.gossip`; datagrams stay MAC'd plaintext); `net`: builds
+        the gossip net instead of real sockets (the simulator's in-memory network)."""
         self.self_id = self_id
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
@@ -169,11 +172,16 @@ class Gossip:
         self.rejoin_interval = min(config.push_pull_interval, 4 * t)
         self.grace = failure_detection_bound(config, max(1, len(self._peers) + 1))
         self.refuse_ttl = 3 * self.rejoin_interval + self.io_timeout
-        self.net = GossipSockets(
-            host, port, Codec(GossipAuth(secrets, window_ms), runtime.wall_ms, config.max_members),
-            self.drops, io_timeout=self.io_timeout, frame_limit=frame_limit(config.max_members),
-            on_message=self._handle, on_request=self._answer, max_inbound=MAX_INBOUND,
-            ssl_server=ssl_server, ssl_client=ssl_client)
+        self.net: GossipNet
+        if net is not None:
+            self.net = net(self._handle, self._answer)
+        else:
+            self.net = GossipSockets(
+                host, port,
+                Codec(GossipAuth(secrets, window_ms), runtime.wall_ms, config.max_members),
+                self.drops, io_timeout=self.io_timeout, frame_limit=frame_limit(config.max_members),
+                on_message=self._handle, on_request=self._answer, max_inbound=MAX_INBOUND,
+                ssl_server=ssl_server, ssl_client=ssl_client)
         self.on_up: list[Callable[[str], None]] = []
         self.refusals: deque[Refusal] = deque(maxlen=64)  # the latest, for tests and operators
         self._hinted: dict[str, float] = {}  # report_failure hints: peer -> skip until

@@ -30,12 +30,13 @@ import structlog
 from spine.cluster.antientropy import AntiEntropy, Tally
 from spine.cluster.liveness import Liveness
 from spine.cluster.ringkeeper import RingKeeper
-from spine.cluster.rpc import Handler, RpcClient
+from spine.cluster.rpc import Handler
 from spine.core.antientropy import TokenBucket
 from spine.core.errors import Conflict, InvalidInput, NotFound, SpineError
 from spine.core.messages import Tag, Transfer
 from spine.core.metrics import SpineMetrics
 from spine.core.ringmap import ACTIVE, JOINING, LEAVING, LEFT, claimant
+from spine.ports import Transport
 from spine.storage.lmdb_store import Store
 
 log = structlog.get_logger("spine.rebalance")
@@ -68,7 +69,7 @@ class Rebalancer:
         keeper: RingKeeper,
         antientropy: AntiEntropy,
         store: Store,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         metrics: SpineMetrics,
         *,

@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 
 from spine.cluster.liveness import Liveness
-from spine.cluster.rpc import RpcClient
 from spine.core.clock import Version
 from spine.core.errors import InsufficientStorage, PeerUnavailable, SpineError, StorageFailed
 from spine.core.messages import Apply, Read, records_from_wire
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.quorum import meets_floor, resolve
+from spine.ports import Transport
 from spine.storage.lmdb_store import Applied, Store
 
 log = structlog.get_logger("spine.replication")
@@ -36,7 +36,7 @@ class Replicator:
         self,
         node_id: str,
         store: Store,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         metrics: SpineMetrics,
         *,

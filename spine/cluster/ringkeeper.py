@@ -23,11 +23,12 @@ import orjson
 import structlog
 
 from spine.cluster.liveness import Liveness
-from spine.cluster.rpc import Handler, RpcClient
+from spine.cluster.rpc import Handler
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.messages import RingSync, Tag
 from spine.core.ring import Ring
 from spine.core.ringmap import JOINING, LEFT, Entry, Placement, RingMap
+from spine.ports import Transport
 from spine.storage.lmdb_store import Store
 
 log = structlog.get_logger("spine.ring")
@@ -42,7 +43,7 @@ class RingKeeper:
         self,
         node_id: str,
         store: Store,
-        rpc: RpcClient,
+        rpc: Transport,
         liveness: Liveness,
         *,
         genesis: RingMap,

@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from spine.cluster.rpc import RpcClient
 from spine.core.clock import Version
 from spine.core.errors import QuorumUnavailable
 from spine.core.messages import History
 from spine.core.model import Record
+from spine.ports import Transport
 from spine.storage.lmdb_store import Store
 
 
@@ -28,7 +28,7 @@ async def gather_history(
     replicas: Sequence[str],
     node_id: str,
     store: Store,
-    rpc: RpcClient,
+    rpc: Transport,
     namespace: str,
     mid: str,
     timeout: float,

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lmdb
 import msgpack
@@ -76,7 +76,11 @@ class Store:
         history_keep: int = 10,
         on_commit: Callable[[list[Applied]], None] | None = None,
         reserve_mb: int = 0,
+        writer: Literal["thread", "loop"] = "thread",
     ) -> None:
+        """`writer`: "thread" commits on a writer thread (a node); "loop" commits on the event
+        loop, the ops submitted in one loop iteration as one group (the deterministic
+        simulator, where no thread may run)."""
         Path(path).mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
         self._shard_of = shard_of
@@ -108,6 +112,9 @@ class Store:
         self._hint_seq = self._meta_int(b"hint_seq")
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._on_loop = writer == "loop"
+        self._pending: list[_Op] = []  # loop writer: submitted, to commit at the next flush
+        self._open = False
         self.commits = 0
         self.committed_ops = 0
         self.disk = DiskGuard(self.path, reserve_mb * 1024 * 1024)
@@ -116,12 +123,15 @@ class Store:
 
     def start(self) -> None:
         """Start the writer thread."""
-        if self._thread is None:
+        self._open = True
+        if self._thread is None and not self._on_loop:
             self._thread = threading.Thread(target=self._writer, name="lmdb-writer", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
         """Stop the writer after it drains what is queued, then close the environment."""
+        self._flush()
+        self._open = False
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
@@ -329,10 +339,28 @@ class Store:
     def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if self._thread is None:
+        if not self._open:
             raise RuntimeError("store writer is not running")
+        if self._on_loop:
+            self._pending.append(_Op(kind, payload, fut, loop))
+            if len(self._pending) == 1:
+                loop.call_soon(self._flush)
+            return fut
         self._queue.put(_Op(kind, payload, fut, loop))
         return fut
+
+    def _flush(self) -> None:
+        """Loop writer: commit what was submitted since the last flush, in groups."""
+        batch, self._pending = self._pending, []
+        for i in range(0, len(batch), self._max_batch):
+            self._commit(batch[i:i + self._max_batch])
+
+    def abandon(self) -> None:
+        """Loop writer: drop what is submitted but not committed and refuse further writes, as a
+        process killed before its next commit would (the simulator's crash); then close."""
+        self._pending.clear()
+        self._open = False
+        self.env.close()
 
     def _writer(self) -> None:
         while True:
