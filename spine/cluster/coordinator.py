@@ -28,7 +28,7 @@ from spine.core.errors import (
 from spine.core.messages import Forward
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
-from spine.core.quorum import meets_floor, resolve
+from spine.core.quorum import meets_floor, one_is_enough, resolve, tally_read, write_shortfall
 from spine.core.requests import (
     ItemResult,
     WriteOp,
@@ -37,11 +37,11 @@ from spine.core.requests import (
     item_from_wire,
 )
 from spine.core.ringmap import Placement
+from spine.core.routing import Route, catch_up_peers, live, route, split_writes
 from spine.core.session import SessionToken
 from spine.core.validation import normalise
 from spine.core.versioning import mint, seen_hlc
-from spine.ports import Transport
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore, Transport
 
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
@@ -54,7 +54,7 @@ class Coordinator:
         self,
         node_id: str,
         placement: Callable[[], Placement],
-        store: Store,
+        store: RecordStore,
         replicator: Replicator,
         rpc: Transport,
         liveness: Liveness,
@@ -85,22 +85,9 @@ class Coordinator:
 
     # ------------------------------------------------------------ routing
 
-    def prefs(self, namespace: str, mid: str) -> tuple[str, ...]:
-        """The preference list of a key: its owners in the current ring."""
-        p = self.placement()
-        return p.owners(p.shard(namespace, mid))
-
-    def write_set(self, namespace: str, mid: str) -> tuple[tuple[str, ...], int]:
-        """Where a write of the key goes (owners, then pending owners while the ring changes),
-        and how many acknowledgements it needs beyond the level's W (one per pending owner)."""
-        p = self.placement()
-        return p.write_set(p.shard(namespace, mid))
-
-    def route(self, prefs: Sequence[str]) -> list[str]:
-        """Replicas that may coordinate, best first: this node if it is one, then live ones."""
-        if self.node_id in prefs:
-            return [self.node_id]
-        return [p for p in prefs if self.liveness.is_alive(p)]
+    def _route(self, namespace: str, mid: str) -> Route:
+        """The key's owners, write set and coordinators under the current placement."""
+        return route(self.placement(), namespace, mid, self.node_id, self.liveness.is_alive)
 
     async def _forward(
         self, targets: list[str], msg: Forward, token: SessionToken
@@ -136,25 +123,24 @@ class Coordinator:
         forwarded: bool = False,
     ) -> tuple[Record | None, Level, str]:
         """Read a key: (stored version or None, level used, coordinating node)."""
-        prefs = self.prefs(namespace, mid)
-        targets = self.route(prefs)
-        if not forwarded and targets and targets[0] != self.node_id:
+        rt = self._route(namespace, mid)
+        if not forwarded and rt.forwards(self.node_id):
             tok = token or SessionToken(self.session_max_keys)
             msg = Forward("get", namespace, mid, None, None if requested is None else
                           int(requested), token.encode() if token else None)
-            reply = await self._forward(targets, msg, tok)
+            reply = await self._forward(list(rt.coordinators), msg, tok)
             if reply is not None:
                 if token is not None:
                     token.entries, token.overflowed = tok.entries, tok.overflowed
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
                 return rec, Level(reply["level"]), reply["coordinator"]
         level = self.policy.read_level(requested)
-        rec = await self._read_at(namespace, mid, prefs, level, token)
+        rec = await self._read_at(namespace, mid, rt.owners, level, token)
         if rec is not None:
             stronger = self.policy.escalate(level, rec.tags)
             if stronger is not None:
                 level = stronger
-                rec = await self._read_at(namespace, mid, prefs, level, token)
+                rec = await self._read_at(namespace, mid, rt.owners, level, token)
         if token is not None and rec is not None:
             token.observe(f"{namespace}/{mid}", rec.version)
         return rec, level, self.node_id
@@ -173,31 +159,23 @@ class Coordinator:
         q = self.policy.quorum(level)
         if level is Level.STRONG:
             return await self._strong_read(namespace, mid, prefs, q.r, q.w, floor)
-        one_is_enough = level is Level.EVENTUAL or (
-            token is not None and not token.needs_quorum(key)
-        )
-        if one_is_enough and local:
+        enough = one_is_enough(level, token, key)
+        if enough and local:
             rec = self.store.get(namespace, mid)
             if meets_floor(rec, floor):
                 return rec
             self.metrics.session_waits.inc()
-        r = 1 if one_is_enough else q.r
-        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        r = 1 if enough else q.r
         answers = await self.rep.read(
-            namespace, mid, alive, r, timeout=self.read_timeout, floor=floor
+            namespace, mid, live(prefs, self.liveness.is_alive), r, timeout=self.read_timeout,
+            floor=floor,
         )
-        outcome = resolve(answers)
-        if len(answers) < r:
+        tally = tally_read(answers, r, floor)
+        if isinstance(tally.error, QuorumUnavailable):
             self.metrics.quorum_failures.inc("read", level.label)
-            raise QuorumUnavailable(
-                f"{len(answers)} of {r} replicas answered", reached=len(answers), needed=r
-            )
-        if not meets_floor(outcome.newest, floor):
-            raise SessionUnavailable(
-                "no reachable replica holds the version this session has seen",
-                reached=len(answers),
-            )
-        return outcome.newest
+        if tally.error is not None:
+            raise tally.error
+        return tally.outcome.newest
 
     async def _strong_read(
         self,
@@ -208,9 +186,9 @@ class Coordinator:
         w: int,
         floor: Version | None,
     ) -> Record | None:
-        alive = [p for p in prefs if self.liveness.is_alive(p)]
         answers = await self.rep.read(
-            namespace, mid, alive, r, timeout=self.read_timeout, repair=False
+            namespace, mid, live(prefs, self.liveness.is_alive), r, timeout=self.read_timeout,
+            repair=False,
         )
         if len(answers) < r:
             self.metrics.quorum_failures.inc("read", "strong")
@@ -219,8 +197,8 @@ class Coordinator:
             )
         outcome = resolve(answers)
         newest = outcome.newest
-        targets, extra = self.write_set(namespace, mid)
-        need = w + extra
+        rt = self._route(namespace, mid)
+        targets, need = rt.write_to, w + rt.extra
         if newest is not None and len(outcome.holders) < need:
             # ABD's second phase: make sure a quorum holds what we return before returning it
             # (while the ring changes, a quorum of the next ring as well: the pending owners).
@@ -257,17 +235,10 @@ class Coordinator:
         forwarded writes): no new version is minted after it — the forwarding node has given up
         by then and may have written the key itself."""
         results: dict[int, ItemResult] = {}
-        groups: dict[str, list[int]] = {}
-        local: list[int] = []
-        for i, op in enumerate(ops):
-            targets = self.route(self.prefs(namespace, op.id))
-            if forwarded or (targets and targets[0] == self.node_id):
-                local.append(i)
-            elif targets:
-                groups.setdefault(targets[0], []).append(i)
-            else:
-                local.append(i)  # no replica is reachable: sloppy quorum (eventual) or 503
-        for target, idxs in groups.items():
+        routes = [self._route(namespace, op.id) for op in ops]
+        plan = split_writes(routes, self.node_id, forwarded=forwarded)
+        local = list(plan.local)
+        for target, idxs in plan.forward.items():
             got = await self._forward_writes(target, namespace, [ops[i] for i in idxs],
                                              requested, token, agent)
             if got is None:
@@ -349,25 +320,23 @@ class Coordinator:
                 self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None)
                 for i in idxs
             ]
-            sets = [self.write_set(namespace, ops[i].id) for i in idxs]
+            sets = [self._route(namespace, ops[i].id) for i in idxs]
             w = self.policy.quorum(level).w
-            needs = [w + extra for _, extra in sets]
+            needs = [w + rt.extra for rt in sets]
             acks = await self.rep.write(
-                records, [t for t, _ in sets], needs, hints_count=level is Level.EVENTUAL,
-                timeout=self.write_timeout,
+                records, [rt.write_to for rt in sets], needs,
+                hints_count=level is Level.EVENTUAL, timeout=self.write_timeout,
             )
             for i, rec, a, need in zip(idxs, records, acks, needs, strict=True):
-                if a >= need:
+                short = write_shortfall(a, need)
+                if short is None:
                     result = WriteResult(rec, creates[i], level, self.node_id)
                     out[i] = ItemResult(ops[i].id, result)
                     if token is not None:
                         token.observe(f"{namespace}/{rec.id}", rec.version)
                 else:
                     self.metrics.quorum_failures.inc("write", level.label)
-                    out[i] = ItemResult(ops[i].id, error=QuorumUnavailable(
-                        f"{a} of {need} replicas acknowledged; the write may still land",
-                        reached=a, needed=need,
-                    ))
+                    out[i] = ItemResult(ops[i].id, error=short)
         return [out[i] for i in range(len(ops))]
 
     async def _catch_up(
@@ -387,8 +356,8 @@ class Coordinator:
             old = olds[i]
             if floor is None or (old is not None and old.version >= floor):
                 continue
-            prefs = self.prefs(namespace, op.id)
-            others = [p for p in prefs if p != self.node_id and self.liveness.is_alive(p)]
+            owners = self._route(namespace, op.id).owners
+            others = catch_up_peers(owners, self.node_id, self.liveness.is_alive)
             answers = await self.rep.read(
                 namespace, op.id, others, 1, timeout=self.read_timeout, floor=floor
             )
@@ -405,9 +374,8 @@ class Coordinator:
         agent: str | None,
         deadline: int | None = None,
     ) -> ItemResult:
-        prefs = self.prefs(namespace, op.id)
         q = self.policy.quorum(Level.STRONG)
-        alive = [p for p in prefs if self.liveness.is_alive(p)]
+        alive = live(self._route(namespace, op.id).owners, self.liveness.is_alive)
         answers = await self.rep.read(
             namespace, op.id, alive, q.r, timeout=self.read_timeout, repair=False
         )
@@ -425,17 +393,15 @@ class Coordinator:
             if rec is not None:
                 seen_clock = vv_merge(seen_clock, rec.clock)
         rec = self._new_record(namespace, op, newest, vector, token, agent, seen_clock)
-        targets, extra = self.write_set(namespace, op.id)
-        need = q.w + extra
+        rt = self._route(namespace, op.id)
+        targets, need = rt.write_to, q.w + rt.extra
         acks = await self.rep.write(
             [rec], [targets], need, hints_count=False, timeout=self.write_timeout
         )
-        if acks[0] < need:
+        short = write_shortfall(acks[0], need)
+        if short is not None:
             self.metrics.quorum_failures.inc("write", "strong")
-            return ItemResult(op.id, error=QuorumUnavailable(
-                f"{acks[0]} of {need} replicas acknowledged; the write may still land",
-                reached=acks[0], needed=need,
-            ))
+            return ItemResult(op.id, error=short)
         if token is not None:
             token.observe(f"{namespace}/{op.id}", rec.version)
         created = op.body is not None and (newest is None or newest.deleted)
@@ -483,6 +449,5 @@ class Coordinator:
 
     async def history(self, namespace: str, mid: str) -> list[tuple[Record, bool]]:
         """Versions kept for a key across its live replicas, newest first (concurrent flagged)."""
-        alive = [p for p in self.prefs(namespace, mid) if self.liveness.is_alive(p)]
-        return await gather_history(alive, self.node_id, self.store, self.rpc, namespace, mid,
-                                    self.read_timeout)
+        alive = live(self._route(namespace, mid).owners, self.liveness.is_alive)
+        return await gather_history(alive, self.rpc, namespace, mid, self.read_timeout)
