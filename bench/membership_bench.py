@@ -61,14 +61,9 @@ import yaml  # noqa: E402
 from spine.cluster.membership import swim_config  # noqa: E402
 from spine.core.config import from_dict  # noqa: E402
 from spine.core.swim import failure_detection_bound  # noqa: E402
-from tests.integration.cluster import (  # noqa: E402
-    GOSSIP_OFFSET,
-    HOST,
-    RPC_OFFSET,
-    LocalCluster,
-    WaitTimeout,
-    wait_until,
-)
+from tests.harness.ports import GOSSIP_OFFSET, HOST, RPC_OFFSET  # noqa: E402
+from tests.harness.wait import WaitTimeout, wait_until  # noqa: E402
+from tests.integration.cluster import LocalCluster  # noqa: E402
 
 NS = "membership-bench"
 POLL_S = 0.020  # detection: each survivor's /v1/cluster is read every 20 ms

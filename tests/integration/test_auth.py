@@ -8,7 +8,8 @@ import pytest
 
 from spine.client import SpineHTTPError
 from spine.core.config import hash_key
-from tests.integration.cluster import LocalCluster, Reply
+from tests.harness.http_client import Reply
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration

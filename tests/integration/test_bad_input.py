@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import LocalCluster, Reply
+from tests.harness.http_client import Reply
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import WEAK_OK, ClusterFactory
 
 pytestmark = pytest.mark.integration

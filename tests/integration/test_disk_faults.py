@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import LocalCluster, wait_until
+from tests.harness.wait import wait_until
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import ClusterFactory
 from tests.integration.debian import ensure
 

@@ -18,7 +18,8 @@ import yaml
 from spine.cluster.membership import swim_config
 from spine.core.config import GossipSection
 from spine.core.swim import failure_detection_bound
-from tests.integration.cluster import GOSSIP_OFFSET, HOST, LocalCluster
+from tests.harness.ports import GOSSIP_OFFSET, HOST
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import WEAK_OK, ClusterFactory
 
 pytestmark = pytest.mark.integration

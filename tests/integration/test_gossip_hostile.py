@@ -29,7 +29,8 @@ from spine.core.swim_messages import (
     encode,
     meta_of,
 )
-from tests.integration.cluster import GOSSIP_OFFSET, HOST, LocalCluster
+from tests.harness.ports import GOSSIP_OFFSET, HOST
+from tests.integration.cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

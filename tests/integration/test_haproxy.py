@@ -23,13 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import (
-    LocalCluster,
-    _bindable,
-    free_base_port,
-    http_request,
-    wait_until,
-)
+from tests.harness.http_client import http_request
+from tests.harness.ports import bindable, free_base_port
+from tests.harness.wait import wait_until
+from tests.integration.cluster import LocalCluster
 from tests.integration.debian import ensure
 
 pytestmark = pytest.mark.integration
@@ -78,7 +75,7 @@ class Haproxy:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        wait_until(lambda: _bindable(self.port, 1, reuse=True), 10.0, 0.05,
+        wait_until(lambda: bindable(self.port, 1, reuse=True), 10.0, 0.05,
                    f"haproxy's port {self.port} to be released")
 
 

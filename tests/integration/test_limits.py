@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from spine.core.config import hash_key
-from tests.integration.cluster import LocalCluster, wait_until
+from tests.harness.wait import wait_until
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration

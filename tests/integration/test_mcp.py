@@ -18,7 +18,8 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from spine.core.config import hash_key
-from tests.integration.cluster import LocalCluster, wait_until
+from tests.harness.wait import wait_until
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration

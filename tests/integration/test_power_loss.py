@@ -39,7 +39,8 @@ import lmdb
 import pytest
 
 from spine.storage.lmdb_store import decode_record
-from tests.integration.cluster import LocalCluster, http_request
+from tests.harness.http_client import http_request
+from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import ClusterFactory
 from tests.powerloss.mount import LazyMount, ensure_fuse
 

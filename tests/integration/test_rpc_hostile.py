@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cluster import HOST, LocalCluster, parse_metrics, wait_until
+from tests.harness.http_client import parse_metrics
+from tests.harness.ports import HOST
+from tests.harness.wait import wait_until
+from tests.integration.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

@@ -41,14 +41,9 @@ from spine.core.messages import Ping, Tag
 from spine.core.swim_auth import Channel, GossipAuth
 from spine.core.swim_messages import Message, PushPull
 from spine.tls import rpc_client_context, rpc_server_context
-from tests.integration.cluster import (
-    GOSSIP_OFFSET,
-    HOST,
-    RPC_OFFSET,
-    LocalCluster,
-    Reply,
-    free_base_port,
-)
+from tests.harness.http_client import Reply
+from tests.harness.ports import GOSSIP_OFFSET, HOST, RPC_OFFSET, free_base_port
+from tests.integration.cluster import LocalCluster
 from tests.tlscerts import Ca, make_ca, make_cert
 
 pytestmark = pytest.mark.integration

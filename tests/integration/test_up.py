@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from spine.core.config import hash_key
-from tests.integration.cluster import free_base_port, http_request, wait_until
+from tests.harness.http_client import http_request
+from tests.harness.ports import free_base_port
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

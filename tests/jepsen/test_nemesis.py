@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from jepsen_style.cluster import JepsenCluster, wait_until
+from jepsen_style.cluster import JepsenCluster
 from jepsen_style.history import Timeline, windows
 from jepsen_style.nemesis import (
     FAULTS,
@@ -38,6 +38,7 @@ from jepsen_style.nemesis import (
     schedule_order,
     skew_plan,
 )
+from tests.harness.wait import wait_until
 
 
 def names(n: int) -> list[str]:
@@ -362,7 +363,7 @@ def test_clock_skew_moves_a_nodes_wall_clock(tmp_path: Path) -> None:
                 got = mint(offset_ms)
                 return got if abs(got[0] - offset_ms) <= 5_000 else None
 
-            return wait_until(followed, 10.0, interval=0.05, what=f"n1 to follow {offset_ms} ms")
+            return wait_until(followed, 10.0, 0.05, f"n1 to follow {offset_ms} ms")
 
         ahead, rec = minted(90_000)
         assert 89_000 <= ahead <= 91_000, ahead
@@ -414,7 +415,7 @@ def test_regression_timed_out_forward_is_not_replayed_after_heal(tmp_path: Path,
             nft.delete_table()
         # TCP retransmits what the partition held back; the coordinator must refuse it.
         wait_until(lambda: _counter(c, coordinator, "spine_forwards_expired_total") >= 1, 30.0,
-                   interval=0.25, what="the late forward to arrive and be refused")
+                   interval=0.25, message="the late forward to arrive and be refused")
         status, body, _ = c.http(coordinator, "GET", path,
                                  headers={"Spine-Consistency": "strong"})
         assert (status, body["content"]) == (200, "v2"), "the acknowledged later write was lost"
