@@ -26,6 +26,7 @@ from spine.cluster.fanout import FanOut
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.liveness import ProbeLiveness
+from spine.cluster.loopback import Loopback
 from spine.cluster.membership import Gossip, identity_meta, swim_config
 from spine.cluster.rebalance import Rebalancer
 from spine.cluster.replication import Replicator
@@ -132,7 +133,7 @@ class Node:
         self.store.on_commit = self._on_commit
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
-        self.rpc: Transport = transport if transport is not None else RpcClient(
+        self.rpc_client: Transport = transport if transport is not None else RpcClient(
             node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
@@ -140,6 +141,8 @@ class Node:
             token_bytes=self.rt.token_bytes, max_frame=cfg.rpc.max_frame_bytes,
             registry=self.metrics.registry,
         )
+        # Calls to this node itself are answered from its own handler table (built last).
+        self.rpc: Transport = Loopback(node_id, self.rpc_client, lambda: self.handlers)
         # Liveness for routing, hints and fan-out: SWIM gossip, or RPC probes without it.
         self.gossip: Gossip | None = None
         self.liveness: Gossip | ProbeLiveness
@@ -197,15 +200,14 @@ class Node:
             embed=self.embed.embed,
         )
         self.fanout = FanOut(
-            node_id, self.ring, self.store, self.rpc, self.liveness,
+            node_id, self.ring, self.rpc, self.liveness,
             lambda: sorted(self.keeper.placement.current.members), t.search_ms / 1000,
         )
         self.handoff = Handoff(
             self.store, self.replicator, self.liveness, self.metrics,
             interval=cfg.handoff.replay_interval_ms / 1000,
             window_ms=cfg.handoff.window_s * 1000, batch=cfg.handoff.batch,
-            wall_ms=self.rt.wall_ms, sleep=self.rt.sleep, node_id=node_id,
-            placement=self.placement,
+            wall_ms=self.rt.wall_ms, sleep=self.rt.sleep, placement=self.placement,
         )
         self.search = SearchService(
             self.indexer, self.fanout, self.coordinator, self.embed.embed_query,
@@ -244,10 +246,10 @@ class Node:
         return self.keeper.placement
 
     def _placement_changed(self, placement: Placement) -> None:
-        if isinstance(self.rpc, RpcClient):
+        if isinstance(self.rpc_client, RpcClient):
             for node, e in placement.map.entries.items():
                 if node != self.id and e.rpc_port:
-                    self.rpc.addresses[node] = (e.host, e.rpc_port)
+                    self.rpc_client.addresses[node] = (e.host, e.rpc_port)
         state = placement.map.state(self.id) or "standby"
         if self.gossip is not None and self.gossip.swim.me().meta_dict().get("ring") != state:
             self.gossip.swim.update_meta(self._identity(state))

@@ -1,20 +1,27 @@
 """The ports between a node's logic and the world (hexagonal style, as memberlist's Transport).
 
-The cluster services reach peers only through a `Transport` and gossip only through a
-`GossipNet`; the real implementations are `spine.cluster.rpc.RpcClient` (TCP, authenticated
-frames) and `spine.cluster.gossip_transport.GossipSockets` (UDP + TCP push-pull). The
+The cluster services reach peers only through a `Transport`, gossip only through a `GossipNet`
+and their records only through a `RecordStore`; the real implementations are
+`spine.cluster.rpc.RpcClient` (TCP, authenticated frames; wrapped in
+`spine.cluster.loopback.Loopback` so that a call to this node is answered by its own handlers),
+`spine.cluster.gossip_transport.GossipSockets` (UDP + TCP push-pull) and
+`spine.storage.lmdb_store.Store`. The
 deterministic simulator (tests/sim) passes in-memory ones, so the same node code runs on virtual
 time over a network whose faults a seed decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from spine.core.messages import Message
+from spine.core.model import Record
 from spine.core.swim_messages import Message as GossipMessage
 from spine.core.swim_messages import PushPull
+
+if TYPE_CHECKING:  # the store's result values; the port itself pulls in no storage code
+    from spine.storage.lmdb_store import Applied, Hint, HistoryEntry
 
 
 class Transport(Protocol):
@@ -61,3 +68,88 @@ GossipNetFactory = Callable[
     [Callable[[str, GossipMessage], None], Callable[[str, PushPull], GossipMessage | None]],
     GossipNet,
 ]
+
+
+class RecordStore(Protocol):
+    """What the cluster services need from a node's storage: versioned records (merged on
+    apply), their kept history, hints for absent replicas, meta values, and scans by shard (the
+    hash trees, shard transfers and drops) and by namespace (listing). Reads are synchronous
+    and see every completed write; writes resolve once they are durable."""
+
+    @property
+    def seq(self) -> int:
+        """The change-log position of the last committed apply."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StorageFailed or InsufficientStorage when a write cannot be tried now."""
+        ...
+
+    def key_of(self, namespace: str, mid: str) -> bytes:
+        """The records key of (namespace, id): its shard (2 bytes, big-endian) first."""
+        ...
+
+    def get(self, namespace: str, mid: str) -> Record | None:
+        """The stored version of a key (tombstones included), or None."""
+        ...
+
+    def get_many(self, keys: Sequence[tuple[str, str]]) -> list[Record | None]:
+        """Several keys at once, in order."""
+        ...
+
+    def history(self, namespace: str, mid: str) -> list[HistoryEntry]:
+        """Superseded and concurrent-losing versions of a key, newest first."""
+        ...
+
+    def list_namespace(
+        self,
+        namespace: str,
+        after: str | None,
+        limit: int,
+        predicate: Callable[[Record], bool] | None = None,
+        *,
+        include_deleted: bool = False,
+        max_scan: int = 100_000,
+        max_bytes: int = 0,
+    ) -> list[Record]:
+        """Records of a namespace with id > `after`, in id order, up to `limit` that match and
+        until their stored size reaches `max_bytes` (0: no bound; at least one record)."""
+        ...
+
+    def scan_shard(
+        self, shard: int, after: bytes | None = None, limit: int = 1000
+    ) -> list[tuple[bytes, Record]]:
+        """Up to `limit` (records key, record) pairs of one shard with key > `after`."""
+        ...
+
+    def hint_counts(self) -> dict[str, int]:
+        """Pending hints per target node."""
+        ...
+
+    def hints_for(self, target: str, limit: int) -> list[Hint]:
+        """The oldest `limit` hints kept for `target`."""
+        ...
+
+    def meta_get(self, name: str) -> bytes | None:
+        """A raw meta value."""
+        ...
+
+    async def apply(self, records: Sequence[Record]) -> list[Applied]:
+        """Merge incoming versions in (LWW, history kept); one `Applied` per record."""
+        ...
+
+    async def add_hints(self, hints: Sequence[tuple[str, int, Record]]) -> None:
+        """Keep (target, created_ms, record) hints durably."""
+        ...
+
+    async def delete_hints(self, keys: Sequence[bytes]) -> None:
+        """Drop delivered or expired hints."""
+        ...
+
+    async def meta_put(self, name: str, value: bytes) -> None:
+        """Set a raw meta value."""
+        ...
+
+    async def purge(self, keys: Sequence[bytes]) -> None:
+        """Remove records by records key (expired tombstones, shards no longer owned)."""
+        ...

@@ -52,8 +52,8 @@ from spine.core.messages import ShardFetch, ShardTreeQuery, Tag
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.ring import Ring
-from spine.ports import Transport
-from spine.storage.lmdb_store import Applied, Store, split_record_key
+from spine.ports import RecordStore, Transport
+from spine.storage.lmdb_store import Applied, split_record_key
 
 log = structlog.get_logger("spine.antientropy")
 
@@ -76,7 +76,7 @@ class AntiEntropy:
     def __init__(
         self,
         node_id: str,
-        store: Store,
+        store: RecordStore,
         replicator: Replicator,
         rpc: Transport,
         liveness: Liveness,

@@ -7,19 +7,19 @@ drops tombstones, and reports the shards for which no replica answered (`partial
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from spine.cluster.liveness import Liveness
+from spine.cluster.rpc import Handler
 from spine.core.errors import PeerUnavailable
 from spine.core.messages import ListPage, Message
 from spine.core.model import Record, merge
 from spine.core.ring import Ring, covering_set
-from spine.ports import Transport
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore, Transport
 
 
 def missing_shards(ring: Ring, answered: Iterable[str]) -> list[int]:
@@ -44,7 +44,6 @@ class FanOut:
         self,
         node_id: str,
         ring: Callable[[], Ring],
-        store: Store,
         rpc: Transport,
         liveness: Liveness,
         members: Callable[[], list[str]],
@@ -52,23 +51,16 @@ class FanOut:
     ) -> None:
         self.node_id = node_id
         self.ring = ring
-        self.store = store
         self.rpc = rpc
         self.liveness = liveness
         self.members = members
         self.timeout = timeout
 
-    async def _ask(
-        self, nodes: list[str], msg: Message, local: Callable[[], Awaitable[Any]]
-    ) -> tuple[dict[str, Any], set[str]]:
-        """Ask `nodes` in parallel (this node through `local()`): answers, and who failed."""
-
-        async def one(node: str) -> Any:
-            if node == self.node_id:
-                return await local()
-            return await self.rpc.call(node, msg, self.timeout)
-
-        replies = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+    async def _ask(self, nodes: list[str], msg: Message) -> tuple[dict[str, Any], set[str]]:
+        """Ask `nodes` in parallel (this node answers from its own handler): answers, and who
+        failed."""
+        replies = await asyncio.gather(*(self.rpc.call(n, msg, self.timeout) for n in nodes),
+                                       return_exceptions=True)
         out: dict[str, Any] = {}
         failed: set[str] = set()
         for node, reply in zip(nodes, replies, strict=True):
@@ -86,16 +78,12 @@ class FanOut:
         return [m for m in self.members()
                 if m not in exclude and (m == self.node_id or self.liveness.is_alive(m))]
 
-    async def ask_all(
-        self, msg: Message, local: Callable[[], Awaitable[Any]]
-    ) -> dict[str, Any]:
-        """Every live node's answer to `msg` (this node's from `local()`), by node id."""
-        out, _ = await self._ask(self._live(), msg, local)
+    async def ask_all(self, msg: Message) -> dict[str, Any]:
+        """Every live node's answer to `msg` (this node's included), by node id."""
+        out, _ = await self._ask(self._live(), msg)
         return out
 
-    async def ask_cover(
-        self, msg: Message, local: Callable[[], Awaitable[Any]], rounds: int = 3
-    ) -> dict[str, Any]:
+    async def ask_cover(self, msg: Message, rounds: int = 3) -> dict[str, Any]:
         """Answers from a covering set of live nodes: every shard with a live replica is asked
         once; a node that fails is replaced by the next cover of what it would have answered."""
         ring = self.ring()
@@ -106,7 +94,7 @@ class FanOut:
                     if n not in out]
             if not todo:
                 break
-            got, lost = await self._ask(todo, msg, local)
+            got, lost = await self._ask(todo, msg)
             out.update(got)
             failed |= lost
             if not lost:
@@ -125,13 +113,7 @@ class FanOut:
         """Live records of a namespace in id order after `after`, at most `limit` and, past the
         first, at most `max_bytes` of stored records (0: no bound); `next_cursor` resumes."""
         msg = ListPage(namespace, after, limit, tag, agent_id, max_bytes)
-
-        async def local() -> list[Any]:
-            # A filtered scan may read many records: off the event loop (LMDB reads are
-            # thread-safe), so gossip and writes go on meanwhile.
-            return await asyncio.to_thread(local_list, self.store, msg)
-
-        replies = await self.ask_all(msg, local)
+        replies = await self.ask_all(msg)
         newest: dict[str, Record] = {}
         sizes: dict[str, int] = {}
         bound: str | None = None
@@ -174,7 +156,18 @@ def _wire_size(wire: Any) -> int:
     return len(msgpack.packb(wire, use_bin_type=True))
 
 
-def local_list(store: Store, msg: ListPage) -> list[Any]:
+def list_handler(store: RecordStore) -> Handler:
+    """The LIST handler: this node's answer to a ListPage, scanned off the event loop (a
+    filtered scan may read many records; LMDB reads are thread-safe), so gossip and writes go on
+    meanwhile."""
+
+    async def list_page(_peer: str, msg: ListPage) -> list[Any]:
+        return await asyncio.to_thread(local_list, store, msg)
+
+    return list_page
+
+
+def local_list(store: RecordStore, msg: ListPage) -> list[Any]:
     """This node's answer to a ListPage: records (tombstones included) in id order."""
 
     def match(r: Record) -> bool:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from spine.cluster.coordinator import Coordinator
-from spine.cluster.fanout import local_list
+from spine.cluster.fanout import list_handler
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import Handler
 from spine.cluster.version_history import local_history
@@ -17,7 +16,6 @@ from spine.core.messages import (
     Apply,
     Forward,
     History,
-    ListPage,
     Ping,
     Read,
     Search,
@@ -26,12 +24,13 @@ from spine.core.messages import (
 )
 from spine.core.requests import WriteOp, body_from_wire, item_to_wire
 from spine.core.session import SessionToken
-from spine.storage.lmdb_store import Outcome, Store
+from spine.ports import RecordStore
+from spine.storage.lmdb_store import Outcome
 
 
 def build_handlers(
     node_id: str,
-    store: Store,
+    store: RecordStore,
     replicator: Replicator,
     coordinator: Coordinator,
     session_max_keys: int,
@@ -51,10 +50,6 @@ def build_handlers(
 
     async def history(_peer: str, msg: History) -> list[Any]:
         return local_history(store, msg.namespace, msg.id)
-
-    async def list_page(_peer: str, msg: ListPage) -> list[Any]:
-        # A filtered scan may read many records: off the event loop (LMDB reads are thread-safe).
-        return await asyncio.to_thread(local_list, store, msg)
 
     async def forward(_peer: str, msg: Forward) -> dict[str, Any]:
         token = (
@@ -88,7 +83,7 @@ def build_handlers(
         Tag.APPLY: apply,
         Tag.READ: read,
         Tag.HISTORY: history,
-        Tag.LIST: list_page,
+        Tag.LIST: list_handler(store),
         Tag.FORWARD: forward,
     }
     return table

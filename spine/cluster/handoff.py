@@ -22,7 +22,7 @@ from spine.core.errors import PeerUnavailable
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.ringmap import LEFT, Placement
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore
 
 log = structlog.get_logger("spine.handoff")
 
@@ -32,7 +32,7 @@ class Handoff:
 
     def __init__(
         self,
-        store: Store,
+        store: RecordStore,
         replicator: Replicator,
         liveness: Liveness,
         metrics: SpineMetrics,
@@ -42,7 +42,6 @@ class Handoff:
         batch: int,
         wall_ms: Callable[[], int],
         sleep: Callable[[float], Awaitable[None]],
-        node_id: str = "",
         placement: Callable[[], Placement] | None = None,
     ) -> None:
         self.store = store
@@ -54,7 +53,6 @@ class Handoff:
         self.batch = batch
         self.wall_ms = wall_ms
         self.sleep = sleep
-        self.node_id = node_id
         self.placement = placement
         self.enabled = True
         self._task: asyncio.Task[None] | None = None
@@ -133,7 +131,4 @@ class Handoff:
             for node in p.write_set(p.shard(r.namespace, r.id))[0]:
                 by_node.setdefault(node, []).append(r)
         for node, recs in by_node.items():
-            if node == self.node_id:
-                await self.rep.apply_local(recs)
-            else:
-                await self.rep.send(node, recs)
+            await self.rep.send(node, recs)  # this node's own share included

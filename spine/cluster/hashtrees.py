@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 from spine.core.antientropy import Held, ShardDigest, expired, pack_version
 from spine.core.merkle import ShardTree
-from spine.storage.lmdb_store import Applied, Outcome, Store
+from spine.ports import RecordStore
+from spine.storage.lmdb_store import Applied, Outcome
 
 SCAN_CHUNK = 1000
 
@@ -34,7 +35,7 @@ def shard_of_key(rk: bytes) -> int:
 class HashTrees:
     """Every shard digest of this node, thread-safe; ``lock`` guards them all."""
 
-    def __init__(self, store: Store, fanout: int = 16, depth: int = 3) -> None:
+    def __init__(self, store: RecordStore, fanout: int = 16, depth: int = 3) -> None:
         self.store = store
         self.shape = (fanout, depth)
         self.lock = threading.Lock()

@@ -36,8 +36,7 @@ from spine.core.errors import Conflict, InvalidInput, NotFound, SpineError
 from spine.core.messages import Tag, Transfer
 from spine.core.metrics import SpineMetrics
 from spine.core.ringmap import ACTIVE, JOINING, LEAVING, LEFT, claimant
-from spine.ports import Transport
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore, Transport
 
 log = structlog.get_logger("spine.rebalance")
 
@@ -68,7 +67,7 @@ class Rebalancer:
         node_id: str,
         keeper: RingKeeper,
         antientropy: AntiEntropy,
-        store: Store,
+        store: RecordStore,
         rpc: Transport,
         liveness: Liveness,
         metrics: SpineMetrics,
@@ -338,11 +337,8 @@ class Rebalancer:
     async def _ask_all(self, targets: list[str], msg: Transfer) -> list[dict[str, Any]] | None:
         out: list[dict[str, Any]] = []
         for t in targets:
-            try:
-                if t == self.node_id:
-                    out.append(await self._handle(t, msg))
-                else:
-                    out.append(await self.rpc.call(t, msg, self.rpc_timeout))
+            try:  # this node, when it is a pending owner, answers from its own handler
+                out.append(await self.rpc.call(t, msg, self.rpc_timeout))
             except SpineError as e:
                 log.info("transfer_call_failed", target=t, error=repr(e))
                 return None

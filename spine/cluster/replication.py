@@ -23,8 +23,8 @@ from spine.core.messages import Apply, Read, records_from_wire
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.quorum import meets_floor, resolve
-from spine.ports import Transport
-from spine.storage.lmdb_store import Applied, Store
+from spine.ports import RecordStore, Transport
+from spine.storage.lmdb_store import Applied
 
 log = structlog.get_logger("spine.replication")
 
@@ -35,7 +35,7 @@ class Replicator:
     def __init__(
         self,
         node_id: str,
-        store: Store,
+        store: RecordStore,
         rpc: Transport,
         liveness: Liveness,
         metrics: SpineMetrics,
@@ -79,10 +79,9 @@ class Replicator:
         return applied
 
     async def send(self, node: str, records: Sequence[Record]) -> None:
-        """Apply `records` on `node` (local or remote); PeerUnavailable if it cannot."""
-        if node == self.node_id:
-            await self.apply_local(records)
-            return
+        """Apply `records` on `node` (this node's own store too: the transport answers a call to
+        itself from its handlers); PeerUnavailable if it cannot. Liveness always holds this node
+        alive and never hears a failure of it."""
         if not self.liveness.is_alive(node):
             raise PeerUnavailable(f"{node} is down", node=node)
         try:
@@ -212,9 +211,7 @@ class Replicator:
         return snapshot
 
     async def read_one(self, node: str, namespace: str, mid: str) -> Record | None:
-        """What `node` stores for a key."""
-        if node == self.node_id:
-            return self.store.get(namespace, mid)
+        """What `node` stores for a key (this node's through its own Read handler)."""
         if not self.liveness.is_alive(node):
             raise PeerUnavailable(f"{node} is down", node=node)
         try:

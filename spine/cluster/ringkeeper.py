@@ -28,8 +28,7 @@ from spine.core.errors import InvalidInput, SpineError
 from spine.core.messages import RingSync, Tag
 from spine.core.ring import Ring
 from spine.core.ringmap import JOINING, LEFT, Entry, Placement, RingMap
-from spine.ports import Transport
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore, Transport
 
 log = structlog.get_logger("spine.ring")
 
@@ -42,7 +41,7 @@ class RingKeeper:
     def __init__(
         self,
         node_id: str,
-        store: Store,
+        store: RecordStore,
         rpc: Transport,
         liveness: Liveness,
         *,

@@ -66,7 +66,7 @@ class SearchService:
             assert q.vector is not None
             raw = normalise(q.vector)
         msg = Search(namespace, raw, q.k, q.filters_wire())
-        replies = await self.fanout.ask_cover(msg, lambda: self.local(msg))
+        replies = await self.fanout.ask_cover(msg)
         best: dict[str, tuple[Record, float]] = {}
         for answer in replies.values():
             for wire, score in answer:

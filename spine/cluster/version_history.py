@@ -10,11 +10,10 @@ from spine.core.clock import Version
 from spine.core.errors import QuorumUnavailable
 from spine.core.messages import History
 from spine.core.model import Record
-from spine.ports import Transport
-from spine.storage.lmdb_store import Store
+from spine.ports import RecordStore, Transport
 
 
-def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
+def local_history(store: RecordStore, namespace: str, mid: str) -> list[Any]:
     """This replica's current version and kept history, as wire pairs."""
     out: list[Any] = []
     cur = store.get(namespace, mid)
@@ -26,24 +25,18 @@ def local_history(store: Store, namespace: str, mid: str) -> list[Any]:
 
 async def gather_history(
     replicas: Sequence[str],
-    node_id: str,
-    store: Store,
     rpc: Transport,
     namespace: str,
     mid: str,
     timeout: float,
 ) -> list[tuple[Record, bool]]:
-    """Versions kept by the (live) ``replicas``, newest first; a version any replica flags as
-    concurrent stays flagged. QuorumUnavailable when none answers."""
+    """Versions kept by the (live) ``replicas`` (this node answers from its own handler),
+    newest first; a version any replica flags as concurrent stays flagged. QuorumUnavailable
+    when none answers."""
     found: dict[Version, tuple[Record, bool]] = {}
-
-    async def one(node: str) -> list[Any]:
-        if node == node_id:
-            return local_history(store, namespace, mid)
-        reply: list[Any] = await rpc.call(node, History(namespace, mid), timeout)
-        return reply
-
-    replies = await asyncio.gather(*(one(n) for n in replicas), return_exceptions=True)
+    msg = History(namespace, mid)
+    replies = await asyncio.gather(*(rpc.call(n, msg, timeout) for n in replicas),
+                                   return_exceptions=True)
     ok = [r for r in replies if not isinstance(r, BaseException)]
     if not ok:
         raise QuorumUnavailable("no replica answered", reached=0, needed=1)

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from spine.cluster.fanout import FanOut
+from spine.cluster.fanout import FanOut, list_handler
+from spine.cluster.loopback import Loopback
 from spine.core.clock import Version
+from spine.core.messages import Message, Tag
 from spine.core.model import Record
 from spine.core.ring import Ring, shard_of
 from spine.storage.lmdb_store import Store
@@ -39,10 +41,22 @@ def store(tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
+class _NoPeers:
+    async def call(self, node: str, msg: Message, timeout: float) -> Any:
+        raise AssertionError(f"one node: nothing goes over RPC, not to {node}")
+
+    def drop(self, node: str) -> None:
+        raise AssertionError(node)
+
+    async def close(self) -> None:
+        pass
+
+
 def _fanout(store: Store) -> FanOut:
     ring = Ring({"n1": ""}, shards=SHARDS, vnodes=4, n=1)
-    rpc: Any = None  # one node: nothing goes over RPC
-    return FanOut("n1", lambda: ring, store, rpc, _Alive(), lambda: ["n1"], 1.0)
+    handlers = {Tag.LIST: list_handler(store)}  # what the node serves itself
+    rpc = Loopback("n1", _NoPeers(), lambda: handlers)
+    return FanOut("n1", lambda: ring, rpc, _Alive(), lambda: ["n1"], 1.0)
 
 
 async def _fill(store: Store, n: int, size: int) -> None:
