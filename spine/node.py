@@ -164,7 +164,7 @@ class Node:
             shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
             interval=cfg.ring.sync_interval_ms / 1000, rpc_timeout=t.rpc_ms / 1000,
             now_version=self.hlc.now, sleep=self.rt.sleep, monotonic=self.rt.monotonic,
-            trailing_window=cfg.ring.drop_grace_s / 2, join=join,
+            rng=self.rt.rng, trailing_window=cfg.ring.drop_grace_s / 2, join=join,
         )
         self.keeper.on_change.append(self._placement_changed)
         self._placement_changed(self.keeper.placement)
@@ -179,7 +179,7 @@ class Node:
             self.metrics, interval=ae.interval_ms / 1000, shards_per_round=ae.shards_per_round,
             max_keys_per_s=ae.max_keys_per_s, grace_ms=cfg.tombstone.grace_s * 1000,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms, monotonic=self.rt.monotonic,
-            sleep=self.rt.sleep, enabled=ae.enabled,
+            sleep=self.rt.sleep, rng=self.rt.rng, enabled=ae.enabled,
         )
         self.commit_hooks.append(self.antientropy.on_commit)
         quorum = cfg.policy().quorum(cfg.policy().default)

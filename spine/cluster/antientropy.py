@@ -91,6 +91,7 @@ class AntiEntropy:
         wall_ms: Callable[[], int],
         monotonic: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random | None = None,
         enabled: bool = True,
         fanout: int = 16,
         depth: int = 3,
@@ -117,7 +118,8 @@ class AntiEntropy:
         # Each replica starts its sweep at its own place and jitters its interval, so that the
         # replicas of a shard do not all compare the same shards in the same round (measured:
         # in lock step, two replicas repaired the same keys and the third found nothing left).
-        self._rng = random.Random(f"{node_id}/{monotonic()}")
+        # `rng` is the node's Runtime's; without one (tests), a stream fixed by the node's id.
+        self._rng = rng if rng is not None else random.Random(node_id)
         self._cursor = self._rng.randrange(1 << 16)
         self._build: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None

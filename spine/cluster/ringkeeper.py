@@ -55,11 +55,13 @@ class RingKeeper:
         now_version: Callable[[], int],
         sleep: Callable[[float], Awaitable[None]],
         monotonic: Callable[[], float],
+        rng: random.Random,
         trailing_window: float,
         join: bool = False,
     ) -> None:
         """`trailing_window`: how long after a settle writes still go to the previous owners
-        (nodes that have not heard of the settle yet read from them)."""
+        (nodes that have not heard of the settle yet read from them). `sleep`, `monotonic` and
+        `rng` (which peer each round syncs with) are the node's Runtime's."""
         self.node_id = node_id
         self.store = store
         self.rpc = rpc
@@ -70,6 +72,7 @@ class RingKeeper:
         self.now_version = now_version
         self.sleep = sleep
         self.monotonic = monotonic
+        self.rng = rng
         self.trailing_window = trailing_window
         self._trailing: Ring | None = None
         self._trailing_until = 0.0
@@ -223,7 +226,7 @@ class RingKeeper:
             live = self.live_peers()
             if live:
                 try:
-                    await self.sync_with(random.choice(live))
+                    await self.sync_with(self.rng.choice(live))
                 except Exception:
                     log.exception("ring_gossip_failed")
 
