@@ -17,14 +17,10 @@ from typing import Any
 from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.cluster.version_history import gather_history
-from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms, vv_merge
+from spine.core.abd import Failed, ReadQuorum, StrongRead, StrongWrite, WriteQuorum
+from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms
 from spine.core.consistency import Level, Policy
-from spine.core.errors import (
-    PeerUnavailable,
-    QuorumUnavailable,
-    SessionUnavailable,
-    Timeout,
-)
+from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
 from spine.core.messages import Forward
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
@@ -186,37 +182,39 @@ class Coordinator:
         w: int,
         floor: Version | None,
     ) -> Record | None:
-        answers = await self.rep.read(
-            namespace, mid, live(prefs, self.liveness.is_alive), r, timeout=self.read_timeout,
-            repair=False,
-        )
-        if len(answers) < r:
-            self.metrics.quorum_failures.inc("read", "strong")
-            raise QuorumUnavailable(
-                f"{len(answers)} of {r} replicas answered", reached=len(answers), needed=r
-            )
-        outcome = resolve(answers)
-        newest = outcome.newest
+        abd = StrongRead(live(prefs, self.liveness.is_alive), r, w, floor)
+        answers = await self._read_quorum(namespace, mid, abd.start())
         rt = self._route(namespace, mid)
-        targets, need = rt.write_to, w + rt.extra
-        if newest is not None and len(outcome.holders) < need:
-            # ABD's second phase: make sure a quorum holds what we return before returning it
-            # (while the ring changes, a quorum of the next ring as well: the pending owners).
-            others = [p for p in targets if p not in outcome.holders]
-            acks = await self.rep.write(
-                [newest], [others], need - len(outcome.holders),
-                hints_count=False, timeout=self.write_timeout,
-            )
-            if acks[0] + len(outcome.holders) < need:
-                self.metrics.quorum_failures.inc("write_back", "strong")
-                raise QuorumUnavailable(
-                    "could not write the value back to a quorum",
-                    reached=acks[0] + len(outcome.holders), needed=need,
-                )
-            self.metrics.read_repairs.inc(by=acks[0])
-        if not meets_floor(newest, floor):
-            raise SessionUnavailable("no quorum holds the version this session has seen")
-        return newest
+        step = abd.on_answers(answers, (rt.write_to, rt.extra))
+        if isinstance(step, WriteQuorum):
+            step = abd.on_acks(await self._write_quorum(step))
+            if abd.repaired:
+                self.metrics.read_repairs.inc(by=abd.repaired)
+        if isinstance(step, Failed):
+            raise self._failed(step)
+        return step.record
+
+    async def _read_quorum(
+        self, namespace: str, mid: str, step: ReadQuorum
+    ) -> dict[str, Record | None]:
+        """ABD's read phase: what a quorum of `step.nodes` holds (no read repair: the write-back
+        is ABD's own)."""
+        return await self.rep.read(
+            namespace, mid, step.nodes, step.r, timeout=self.read_timeout, repair=False
+        )
+
+    async def _write_quorum(self, step: WriteQuorum) -> int:
+        """ABD's write phase: how many of `step.nodes` acknowledged (hints do not count)."""
+        acks = await self.rep.write(
+            [step.record], [step.nodes], step.need, hints_count=False,
+            timeout=self.write_timeout,
+        )
+        return acks[0]
+
+    def _failed(self, step: Failed) -> SpineError:
+        if step.metric is not None:
+            self.metrics.quorum_failures.inc(*step.metric)
+        return step.error
 
     # ------------------------------------------------------------ writes
 
@@ -375,37 +373,22 @@ class Coordinator:
         deadline: int | None = None,
     ) -> ItemResult:
         q = self.policy.quorum(Level.STRONG)
-        alive = live(self._route(namespace, op.id).owners, self.liveness.is_alive)
-        answers = await self.rep.read(
-            namespace, op.id, alive, q.r, timeout=self.read_timeout, repair=False
-        )
-        if len(answers) < q.r:
-            self.metrics.quorum_failures.inc("write", "strong")
-            return ItemResult(op.id, error=QuorumUnavailable(
-                f"{len(answers)} of {q.r} replicas answered the version read",
-                reached=len(answers), needed=q.r,
-            ))
-        newest = resolve(answers).newest
+        abd = StrongWrite(live(self._route(namespace, op.id).owners, self.liveness.is_alive),
+                          q.r, q.w)
+        minting = abd.on_answers(await self._read_quorum(namespace, op.id, abd.start()))
+        if isinstance(minting, Failed):
+            return ItemResult(op.id, error=self._failed(minting))
         if self._expired(deadline):
             return ItemResult(op.id, error=EXPIRED)
-        seen_clock: dict[str, int] = {}
-        for rec in answers.values():
-            if rec is not None:
-                seen_clock = vv_merge(seen_clock, rec.clock)
-        rec = self._new_record(namespace, op, newest, vector, token, agent, seen_clock)
+        rec = self._new_record(namespace, op, minting.newest, vector, token, agent,
+                               minting.clock)
         rt = self._route(namespace, op.id)
-        targets, need = rt.write_to, q.w + rt.extra
-        acks = await self.rep.write(
-            [rec], [targets], need, hints_count=False, timeout=self.write_timeout
-        )
-        short = write_shortfall(acks[0], need)
-        if short is not None:
-            self.metrics.quorum_failures.inc("write", "strong")
-            return ItemResult(op.id, error=short)
+        end = abd.on_acks(await self._write_quorum(abd.on_minted(rec, (rt.write_to, rt.extra))))
+        if isinstance(end, Failed):
+            return ItemResult(op.id, error=self._failed(end))
         if token is not None:
             token.observe(f"{namespace}/{op.id}", rec.version)
-        created = op.body is not None and (newest is None or newest.deleted)
-        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
+        return ItemResult(op.id, WriteResult(rec, end.created, Level.STRONG, self.node_id))
 
     def _expired(self, deadline: int | None) -> bool:
         if deadline is None or hlc_ms(self.hlc.now()) <= hlc_ms(deadline):
