@@ -9,9 +9,10 @@ Three loops, on every node:
   them — starting after the request: every write acknowledged before the whole cluster knew of
   the change is then held here, and every later write was sent here as a pending owner.
 - **Settling (claimant).** The claimant (the live active node with the smallest id) waits until
-  every live member holds the same ring map, then for the write timeout (so that no write begun
+  every member holds the same ring map, then for the write timeout (so that no write begun
   under the old map is still in flight), sends the barrier to every pending owner, and when all
-  report it done moves joining nodes to active and leaving nodes to left in one new map.
+  report it done moves joining nodes to active and leaving nodes to left in one new map. The
+  decisions are `spine.core.ring_change.Claimant`'s; this loop carries them out.
 - **Drops (old owner).** A shard this node holds data of but neither owns nor is about to own is
   purged once it has been so for `drop_grace` seconds — after the settle, so after the new owners
   were caught up.
@@ -35,7 +36,8 @@ from spine.core.antientropy import TokenBucket
 from spine.core.errors import Conflict, InvalidInput, NotFound, SpineError
 from spine.core.messages import Tag, Transfer
 from spine.core.metrics import SpineMetrics
-from spine.core.ringmap import ACTIVE, JOINING, LEAVING, LEFT, claimant
+from spine.core.ring_change import CheckAgreement, Claimant, Settle, Status, Wait, agrees
+from spine.core.ringmap import ACTIVE, JOINING, LEAVING, LEFT
 from spine.ports import RecordStore, Transport
 
 log = structlog.get_logger("spine.rebalance")
@@ -107,9 +109,7 @@ class Rebalancer:
         self._requested = 0  # the latest finish barrier asked for this transition
         self._done = 0  # the latest one completed
         # Claimant side.
-        self._c_digest = ""
-        self._c_agreed_at: float | None = None
-        self._c_barrier = 0
+        self._claimant = Claimant(node_id, settle_delay)
         # Old-owner side.
         self._unowned: dict[int, float] = {}
         self._wake = asyncio.Event()
@@ -277,41 +277,27 @@ class Rebalancer:
     # ------------------------------------------------------------------ claimant
 
     async def _claim_loop(self) -> None:
-        m = self.keeper.map
-        if not m.changing:
-            self._c_digest = ""
+        """One claimant turn: carry out the step `spine.core.ring_change.Claimant` decides."""
+        c, m = self._claimant, self.keeper.map
+        step = c.begin(m, (mv.target for mv in self.keeper.placement.moves()),
+                       self.keeper.peers(), self.liveness.is_alive, self.monotonic())
+        if isinstance(step, Wait):
             return
-        alive = [n for n in m.entries if n == self.node_id or self.liveness.is_alive(n)]
-        if claimant(m, alive) != self.node_id:
-            return
-        digest = m.digest()
-        if digest != self._c_digest:
-            self._c_digest, self._c_agreed_at, self._c_barrier = digest, None, 0
-        now = self.monotonic()
-        targets = sorted({mv.target for mv in self.keeper.placement.moves()})
-        if self._c_barrier == 0:
-            if not await self._all_agree(digest):
-                self._c_agreed_at = None
+        if isinstance(step, CheckAgreement):
+            ready = c.on_agreement(await self._all_agree(step), self.liveness.is_alive)
+            if isinstance(ready, Wait):
                 return
-            if self._c_agreed_at is None:
-                self._c_agreed_at = now
-            if now - self._c_agreed_at < self.settle_delay:
-                return
-            if any(t != self.node_id and not self.liveness.is_alive(t) for t in targets):
-                return  # a pending owner is down: wait (or remove it)
             barrier = self.keeper.now_version()
-            if not await self._ask_all(targets, Transfer("finish", digest, barrier)):
-                return
-            self._c_barrier = barrier
-            log.info("ring_change_finishing", barrier=barrier, targets=targets)
+            targets = list(ready.targets)
+            accepted = await self._ask_all(targets, Transfer("finish", ready.digest, barrier))
+            c.on_finish(barrier if accepted is not None else None)
+            if accepted is not None:
+                log.info("ring_change_finishing", barrier=barrier, targets=targets)
             return
-        replies = await self._ask_all(targets, Transfer("status", digest, 0))
-        if replies is None:
-            return
-        if any(r["transition"] != digest for r in replies):
-            self._c_barrier = 0
-            return
-        if all(r["done"] >= self._c_barrier for r in replies):
+        replies = await self._ask_all(list(step.targets), Transfer("status", step.digest, 0))
+        statuses = None if replies is None else [Status(r["transition"], r["done"])
+                                                 for r in replies]
+        if isinstance(c.on_status(statuses), Settle):
             settled = m.settled(self.keeper.now_version())
             await self.keeper.adopt(list(settled.entries.values()))
             self.keeper.push()
@@ -319,18 +305,12 @@ class Rebalancer:
             log.info("ring_settled", digest=self.keeper.map.digest(),
                      members=self.keeper.placement.members())
 
-    async def _all_agree(self, digest: str) -> bool:
-        """Every member holds the map `digest` — every member, not only those the failure
-        detector thinks alive: one cut off for the whole change would come back with the old map
-        and take writes for shards it no longer owns. Only a node the operator removed is
-        excused — not one merely thought down: a node decommissioned just as it was cut off
-        must hear of the change before it settles."""
-        m = self.keeper.map
-        for peer in self.keeper.peers():
-            if m.removed(peer):
-                continue
+    async def _all_agree(self, step: CheckAgreement) -> bool:
+        """Every member that must (see `ring_change.must_agree`) holds the map `step.digest`,
+        and so does this node after the exchanges."""
+        for peer in step.peers:
             theirs = await self.keeper.sync_with(peer)
-            if theirs is None or theirs.digest() != digest or self.keeper.map.digest() != digest:
+            if not agrees(step.digest, theirs, self.keeper.map):
                 return False
         return True
 
