@@ -7,6 +7,13 @@
   version to a quorum; a read takes the newest of a quorum and writes it back to a quorum first.
 
 The coordinator of a key is a live replica of it; a node that is not one forwards the request.
+The decisions are pure: routing in `spine.core.routing`, tallies per level in `spine.core.quorum`,
+ABD's phases in `spine.core.abd`; this class carries them out.
+
+A session token passed in is read, never changed: it gives each key's floor. What the session has
+seen through a call is what the call returns — a read's record, each written item's record — and
+the caller merges those versions into its own token (`SessionToken.observe`), as the HTTP layer
+and the Forward handler do before they answer.
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ class Coordinator:
         return route(self.placement(), namespace, mid, self.node_id, self.liveness.is_alive)
 
     async def _forward(
-        self, targets: list[str], msg: Forward, token: SessionToken
+        self, targets: list[str], msg: Forward
     ) -> dict[str, Any] | None:
         """Run the request on the first target that answers; None if none could."""
         for target in targets:
@@ -99,11 +106,6 @@ class Coordinator:
                     self.liveness.report_failure(target)
                 continue
             self.metrics.forwards.inc()
-            if reply.get("token"):
-                returned = SessionToken.decode(reply["token"], self.session_max_keys)
-                for k, v in returned.entries.items():
-                    token.observe(k, v)
-                token.overflowed = token.overflowed or returned.overflowed
             return reply
         return None
 
@@ -118,16 +120,14 @@ class Coordinator:
         *,
         forwarded: bool = False,
     ) -> tuple[Record | None, Level, str]:
-        """Read a key: (stored version or None, level used, coordinating node)."""
+        """Read a key: (stored version or None, level used, coordinating node). `token` (read
+        only) holds the session's floors; merge the returned record's version into it."""
         rt = self._route(namespace, mid)
         if not forwarded and rt.forwards(self.node_id):
-            tok = token or SessionToken(self.session_max_keys)
             msg = Forward("get", namespace, mid, None, None if requested is None else
-                          int(requested), token.encode() if token else None)
-            reply = await self._forward(list(rt.coordinators), msg, tok)
+                          int(requested), token.encode() if token is not None else None)
+            reply = await self._forward(list(rt.coordinators), msg)
             if reply is not None:
-                if token is not None:
-                    token.entries, token.overflowed = tok.entries, tok.overflowed
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
                 return rec, Level(reply["level"]), reply["coordinator"]
         level = self.policy.read_level(requested)
@@ -137,8 +137,6 @@ class Coordinator:
             if stronger is not None:
                 level = stronger
                 rec = await self._read_at(namespace, mid, rt.owners, level, token)
-        if token is not None and rec is not None:
-            token.observe(f"{namespace}/{mid}", rec.version)
         return rec, level, self.node_id
 
     async def _read_at(
@@ -229,9 +227,10 @@ class Coordinator:
         forwarded: bool = False,
         deadline: int | None = None,
     ) -> list[ItemResult]:
-        """Upsert or delete keys; one result per op, in order. `deadline` (an HLC value, set on
-        forwarded writes): no new version is minted after it — the forwarding node has given up
-        by then and may have written the key itself."""
+        """Upsert or delete keys; one result per op, in order. `token` (read only) holds the
+        session's floors; merge each successful item's version into it. `deadline` (an HLC value,
+        set on forwarded writes): no new version is minted after it — the forwarding node has
+        given up by then and may have written the key itself."""
         results: dict[int, ItemResult] = {}
         routes = [self._route(namespace, op.id) for op in ops]
         plan = split_writes(routes, self.node_id, forwarded=forwarded)
@@ -260,19 +259,16 @@ class Coordinator:
         agent: str | None,
     ) -> list[ItemResult] | None:
         body = [[op.id, None if op.body is None else body_to_wire(op.body)] for op in ops]
-        tok = token or SessionToken(self.session_max_keys)
         # The target must mint its versions well before we give up on it (our call's timeout is
         # read + write timeouts): a request delivered late, after a partition heals, must not
         # create a version newer than writes acknowledged since.
         budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
         deadline = hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
         msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
-                      token.encode() if token else None, agent, deadline)
-        reply = await self._forward([target], msg, tok)
+                      token.encode() if token is not None else None, agent, deadline)
+        reply = await self._forward([target], msg)
         if reply is None:
             return None
-        if token is not None:
-            token.entries, token.overflowed = tok.entries, tok.overflowed
         return [item_from_wire(x) for x in reply["results"]]
 
     async def _write_local(
@@ -330,8 +326,6 @@ class Coordinator:
                 if short is None:
                     result = WriteResult(rec, creates[i], level, self.node_id)
                     out[i] = ItemResult(ops[i].id, result)
-                    if token is not None:
-                        token.observe(f"{namespace}/{rec.id}", rec.version)
                 else:
                     self.metrics.quorum_failures.inc("write", level.label)
                     out[i] = ItemResult(ops[i].id, error=short)
@@ -386,8 +380,6 @@ class Coordinator:
         end = abd.on_acks(await self._write_quorum(abd.on_minted(rec, (rt.write_to, rt.extra))))
         if isinstance(end, Failed):
             return ItemResult(op.id, error=self._failed(end))
-        if token is not None:
-            token.observe(f"{namespace}/{op.id}", rec.version)
         return ItemResult(op.id, WriteResult(rec, end.created, Level.STRONG, self.node_id))
 
     def _expired(self, deadline: int | None) -> bool:

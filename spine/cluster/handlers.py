@@ -62,6 +62,8 @@ def build_handlers(
                 msg.namespace, msg.id, level, token, forwarded=True
             )
             out.update(record=None if rec is None else rec.to_wire(), level=int(used))
+            if token is not None and rec is not None:
+                token.observe(f"{msg.namespace}/{msg.id}", rec.version)
         elif msg.op == "write":
             ops = [WriteOp(i, None if b is None else body_from_wire(b)) for i, b in msg.body]
             items = await coordinator.write(
@@ -69,8 +71,12 @@ def build_handlers(
                 deadline=msg.deadline,
             )
             out["results"] = [item_to_wire(x) for x in items]
+            for x in items:
+                if token is not None and x.result is not None:
+                    token.observe(f"{msg.namespace}/{x.id}", x.result.record.version)
         else:
             raise InvalidInput(f"unknown forwarded op {msg.op!r}", field="op")
+        # The caller's token with what this request saw (a node of an older release merges it).
         out["token"] = token.encode() if token is not None else None
         return out
 

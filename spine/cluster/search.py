@@ -107,6 +107,8 @@ class SearchService:
                 continue
             try:
                 rec, _, _ = await self.coordinator.get(namespace, mid, level, token)
+                if rec is not None:
+                    token.observe(key, rec.version)
             except (QuorumUnavailable, SessionUnavailable):
                 # No replica can say what the session wrote here: report the shard as missing
                 # (partial), as a search without the token would, rather than fail the search.
