@@ -8,7 +8,6 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +47,7 @@ from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import auto_threads, make_embedder
 from spine.storage.indexer import Indexer
-from spine.storage.lmdb_store import Applied, Store
+from spine.storage.lmdb_store import Store
 from spine.tls import HttpsSite, build_contexts
 
 log = structlog.get_logger("spine.node")
@@ -128,9 +127,9 @@ class Node:
             fingerprint=self.embedder.fingerprint, persist_interval=ix.persist_interval_s,
             sleep=self.rt.sleep,
         )
-        # Derived structures that follow every LMDB commit, in commit order (writer thread).
-        self.commit_hooks: list[Callable[[list[Applied]], None]] = [self.indexer.on_commit]
-        self.store.on_commit = self._on_commit
+        # Derived structures follow every LMDB commit, in commit order: the store's change feed.
+        self.store.subscribe(self.indexer.on_commit)
+        self.indexer.register_metrics(self.metrics.registry)
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
         self.rpc_client: Transport = transport if transport is not None else RpcClient(
@@ -181,7 +180,7 @@ class Node:
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms, monotonic=self.rt.monotonic,
             sleep=self.rt.sleep, rng=self.rt.rng, enabled=ae.enabled,
         )
-        self.commit_hooks.append(self.antientropy.on_commit)
+        self.store.subscribe(self.antientropy.on_commit)
         quorum = cfg.policy().quorum(cfg.policy().default)
         self.rebalancer = Rebalancer(
             node_id, self.keeper, self.antientropy, self.store, self.rpc, self.liveness,
@@ -273,10 +272,6 @@ class Node:
 
     async def _probe(self, peer: str) -> None:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
-
-    def _on_commit(self, applied: list[Applied]) -> None:
-        for hook in self.commit_hooks:
-            hook(applied)
 
     def _register_gauges(self) -> None:
         m = self.metrics.registry

@@ -1,15 +1,20 @@
 """Keeps each namespace's HNSW index in step with LMDB, persists it, and recovers it (DESIGN §6).
 
-The store calls `on_commit` on its writer thread after every commit, in commit order; the indexer
-hands the batch to its own single index thread, so index updates never block the event loop or the
-writer, and are applied in exactly the order LMDB committed them. The index therefore reflects a
+The indexer subscribes `on_commit` to the store's change feed, which calls it on the committer
+after every commit, in commit order; the indexer hands the batch to its own single index thread,
+so index updates never block the event loop or the writer, and are applied in exactly the order
+LMDB committed them. The index therefore reflects a
 prefix of the change log: `indexed_seq`. A snapshot is saved with that watermark; at start the
 indexer loads the snapshot and replays the change log after it (or rebuilds from a full scan when
 there is no usable snapshot), so after a crash the index holds exactly LMDB's live records.
 
-An index update that fails does not move `indexed_seq`: later batches wait, the change log is
-not pruned past it, and the persist loop replays the change log from the watermark (`catch_up`)
-until the index holds every commit again. A snapshot never claims a change it does not hold.
+An index update that fails does not move `indexed_seq`: the indexer is `behind`, the change log
+is not pruned past the watermark, and a snapshot never claims a change it does not hold. It
+catches up by replaying the change log from the watermark — on the index thread when a later
+commit arrives (after 1, 2, 4, … up to 256 commits while the index keeps failing, so a broken
+index does not replay the backlog on every commit) and from the persist loop — until the index
+holds every commit again. `spine_index_update_failures` counts failed updates and replays;
+`spine_index_behind` is 1 while the index waits for a catch-up.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import structlog
 
 from spine.core.clock import ZERO
+from spine.core.metrics import Registry
 from spine.core.model import Record
 from spine.core.validation import matches
 from spine.storage.index_set import IndexSet
@@ -61,7 +67,9 @@ class Indexer:
         self.indexed_seq = 0
         self.persisted_seq = 0
         self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
-        self.update_failures = 0
+        self.update_failures = 0  # failed updates and failed catch-ups
+        self._retry_every = 1  # while behind: commits between catch-up tries (doubles, to 256)
+        self._since_try = 0
         self.persist_interval = persist_interval
         self.sleep = sleep
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-writer")
@@ -119,12 +127,34 @@ class Indexer:
 
     # ------------------------------------------------------------ keeping in step
 
+    def register_metrics(self, registry: Registry) -> None:
+        """Export whether the index is behind LMDB and how often its updates failed."""
+        registry.gauge("spine_index_update_failures",
+                       "vector index updates and catch-ups that failed since start", (),
+                       lambda: {(): float(self.update_failures)})
+        registry.gauge("spine_index_behind",
+                       "1 while a failed index update waits for a catch-up from the change log",
+                       (), lambda: {(): float(self.behind)})
+
     def on_commit(self, applied: list[Applied]) -> None:
-        """Called on the store's writer thread: queue the batch for the index thread."""
-        self._writer.submit(self._apply_committed, applied)
+        """The store's change feed (on its committer): queue the batch for the index thread.
+        A store committing on the event loop (writer="loop") hands it over through the loop's
+        executor hook, so a loop that runs executor work inline (the simulator's) keeps
+        the index in step without a thread."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the store's writer thread
+            self._writer.submit(self._apply_committed, applied)
+            return
+        loop.run_in_executor(self._writer, self._apply_committed, applied)
 
     def _apply_committed(self, applied: list[Applied]) -> None:
-        if self.behind:  # an earlier batch failed: catch_up replays this one from the log
+        if self.behind:  # an earlier batch failed: the change log holds this one too
+            self._since_try += 1
+            if self._since_try >= self._retry_every:
+                self._since_try = 0
+                with contextlib.suppress(Exception):  # counted and logged by _catch_up
+                    self._catch_up()
             return
         try:
             self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
@@ -145,8 +175,16 @@ class Indexer:
     def _catch_up(self) -> int:
         if not self.behind:
             return 0
-        replayed = self._replay()  # raises (and stays behind) if the index still fails
+        try:
+            replayed = self._replay()  # the watermark moves only past what was applied
+        except Exception:
+            self.update_failures += 1
+            self._retry_every = min(2 * self._retry_every, 256)
+            log.exception("index_catch_up_failed", indexed_seq=self.indexed_seq,
+                          store_seq=self.store.seq)
+            raise
         self.behind = False
+        self._retry_every, self._since_try = 1, 0
         log.info("index_caught_up", replayed=replayed, indexed_seq=self.indexed_seq)
         return replayed
 
@@ -233,10 +271,8 @@ class Indexer:
         while True:
             await self.sleep(self.persist_interval)
             if self.behind:
-                try:
+                with contextlib.suppress(Exception):  # counted and logged by _catch_up
                     await self.catch_up()
-                except Exception:
-                    log.exception("index_catch_up_failed")
             if self.indexed_seq != self.persisted_seq:
                 try:
                     await self.persist()

@@ -546,7 +546,7 @@ async def _recover_offline(c: LocalCluster, node_dir: Path) -> tuple[str, dict[s
         ef_search=index_cfg.get("ef_search", 64), fingerprint=embedder.fingerprint,
         persist_interval=index_cfg["persist_interval_s"], sleep=asyncio.sleep,
     )
-    store.on_commit = indexer.on_commit
+    store.subscribe(indexer.on_commit)
     try:
         how = indexer.recover()
         store.start()

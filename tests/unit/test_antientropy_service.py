@@ -126,7 +126,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             max_keys_per_s=10_000, grace_ms=GRACE_MS, rpc_timeout=1.0,
             wall_ms=lambda: w.now_ms, monotonic=lambda: w.mono, sleep=sleep,
         )
-        store.on_commit = ae.on_commit
+        store.subscribe(ae.on_commit)
         store.start()
         w.stores[n], w.aes[n] = store, ae
     try:

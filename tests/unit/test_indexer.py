@@ -208,7 +208,7 @@ async def opened(path: Path, fingerprint: str = FINGERPRINT) -> AsyncIterator[Op
     store = open_store(path)
     indexer = make_indexer(store, path, fingerprint)
     try:
-        store.on_commit = indexer.on_commit
+        store.subscribe(indexer.on_commit)
         how = indexer.recover()
         store.start()
         yield Opened(store, indexer, how)

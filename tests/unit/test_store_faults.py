@@ -6,8 +6,7 @@
   commit (the integration test drives the real fsync through libfiu).
 - MDB_MAP_FULL and a filesystem below `storage.reserve_mb` answer InsufficientStorage; a later
   write that fits commits again (no restart).
-- An index update that fails does not move the indexer's watermark; the persist loop's catch-up
-  replays the change log and the index holds every commit again.
+- (An index update that fails and the catch-up after it: test_indexer_catch_up.)
 - A snapshot whose bytes changed (a flipped byte that still loads, a manifest whose watermark
   was edited) is refused by its digests and rebuilt from LMDB.
 """
@@ -203,48 +202,10 @@ async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-@pytest.mark.asyncio
-async def test_failed_index_update_does_not_advance_the_watermark(tmp_path: Path) -> None:
-    store = Store(tmp_path / "lmdb", shard_of=shard, sync=False)
-    indexer = make_indexer(store, tmp_path)
-    store.on_commit = indexer.on_commit
-    indexer.recover()
-    store.start()
-    try:
-        await store.apply([rec("a", 1)])
-        await wait_for(lambda: indexer.indexed_seq == store.seq, "the first commit indexed")
-        good = indexer.indexed_seq
-        real_get = indexer.indexes.get
-        failures = [1]
-
-        def flaky_get(namespace: str) -> Any:
-            if failures:
-                failures.pop()
-                raise MemoryError("hnswlib could not grow the index")
-            return real_get(namespace)
-
-        indexer.indexes.get = flaky_get  # type: ignore[method-assign]
-        await store.apply([rec("b", 2)])  # its index update fails
-        await store.apply([rec("c", 3)])  # a later one succeeds on its own
-        await asyncio.get_running_loop().run_in_executor(indexer._writer, lambda: None)
-        assert indexer.indexed_seq == good, (
-            f"watermark moved to {indexer.indexed_seq} past a change the index lacks"
-        )
-        assert indexer.behind
-        assert await indexer.persist() == good  # a snapshot claims only what it holds
-        await indexer.catch_up()
-        assert not indexer.behind and indexer.indexed_seq == store.seq
-        index = indexer.indexes.peek("ns")
-        assert index is not None and sorted(index.keys()) == ["a", "b", "c"]
-    finally:
-        await indexer.stop()
-        store.close()
-
-
 async def _snapshot(tmp_path: Path) -> Store:
     store = Store(tmp_path / "lmdb", shard_of=shard, sync=False)
     indexer = make_indexer(store, tmp_path)
-    store.on_commit = indexer.on_commit
+    store.subscribe(indexer.on_commit)
     indexer.recover()
     store.start()
     await store.apply([rec(f"m{i}", i + 1) for i in range(20)])
