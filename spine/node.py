@@ -15,8 +15,10 @@ import structlog
 from aiohttp import web
 
 from spine.api.auth import Authenticator
+from spine.api.gauges import register_gauges
 from spine.api.http import Services, build_app, mint_id
 from spine.api.limits import HttpLimits, LimitedRunner
+from spine.api.readiness import readiness, serves_clients
 from spine.api.views import cluster_view, shards_view
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
@@ -34,14 +36,12 @@ from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
 from spine.core.clock import HLC
 from spine.core.config import Config
-from spine.core.disk_health import DiskState
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.quota import NamespaceQuota
-from spine.core.readiness import Facts, NotReady, not_ready, serves_clients
 from spine.core.ring import Ring, shard_of
-from spine.core.ringmap import JOINING, STATES, Entry, Placement, genesis
+from spine.core.ringmap import JOINING, Entry, Placement, genesis
 from spine.core.secret_policy import check_secret_policy
 from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
@@ -231,8 +231,8 @@ class Node:
         self.auth = Authenticator(cfg.auth.keys, agents_see_cluster=cfg.auth.agents_see_cluster)
         self._runner: web.AppRunner | None = None
         self._clock_task: asyncio.Task[None] | None = None
-        self._draining = False  # /readyz answers 503 from the first moment of a shutdown
-        self._register_gauges()
+        self.draining = False  # /readyz answers 503 from the first moment of a shutdown
+        register_gauges(self)
 
     # ------------------------------------------------------------ wiring helpers
 
@@ -273,71 +273,6 @@ class Node:
     async def _probe(self, peer: str) -> None:
         await self.rpc.call(peer, Ping(self.id), self.cfg.timeouts.connect_ms / 1000)
 
-    def _register_gauges(self) -> None:
-        m = self.metrics.registry
-
-        def hints() -> dict[tuple[str, ...], float]:
-            return {(k,): float(v) for k, v in self.store.hint_counts().items()}
-
-        m.gauge("spine_hints_pending", "hints waiting for their replica", ("target",), hints)
-        def lag() -> dict[tuple[str, ...], float]:
-            # The age of the oldest write a replica has not acknowledged (its oldest hint):
-            # how far behind that replica is, as far as this node knows.
-            now = self.rt.wall_ms()
-            out: dict[tuple[str, ...], float] = {}
-            for target in self.store.hint_counts():
-                oldest = self.store.hints_for(target, 1)
-                if oldest:
-                    out[(target,)] = max(0.0, (now - oldest[0].created_ms) / 1000)
-            return out
-
-        m.gauge("spine_replication_lag_seconds",
-                "estimated replication lag per replica: age of its oldest pending hint",
-                ("target",), lag)
-        m.gauge("spine_index_lag_changes", "committed changes the vector index has not applied",
-                (), lambda: {(): float(max(0, self.store.seq - self.indexer.indexed_seq))})
-        m.gauge("spine_records_stored", "records (tombstones included) this node stores", (),
-                lambda: {(): float(self.store.count())})
-
-        def members() -> dict[tuple[str, ...], float]:
-            counts: dict[tuple[str, ...], float] = {(s,): 0.0 for s in STATES}
-            for e in self.keeper.map.entries.values():
-                counts[(e.state,)] += 1
-            return counts
-
-        m.gauge("spine_ring_members", "nodes in this node's ring map, by ring state",
-                ("state",), members)
-        m.gauge("spine_peers_down", "peers this node believes down", (),
-                lambda: {(): float(len(self.liveness.down()))})
-        m.gauge("spine_store_commits", "LMDB group commits since start", (),
-                lambda: {(): float(self.store.commits)})
-        m.gauge("spine_storage_state", "disk verdict: 0 ok, 1 full (507 until space is freed),"
-                " 2 failed (503 until restart)", (),
-                lambda: {(): float(list(DiskState).index(self.store.disk.state))})
-        m.gauge("spine_storage_write_failures", "write transactions the disk failed since start,"
-                " by kind", ("kind",),
-                lambda: {(k,): float(v) for k, v in self.store.disk.failures.items()})
-        m.gauge("spine_inflight_requests", "HTTP requests in flight", (),
-                lambda: {(): float(self.services.inflight)})
-
-    def readiness(self) -> NotReady | None:
-        """Why this node should take no client traffic now (see spine.core.readiness)."""
-        members = self.keeper.placement.current.members
-        entry = self.keeper.map.get(self.id)
-        failure = self.store.disk.failure()
-        return not_ready(Facts(
-            ring_state=self.keeper.state(), removed=entry is not None and entry.removed,
-            peers_reachable=sum(1 for n in members if self.liveness.is_alive(n)),
-            quorum=min(self.cfg.policy().quorum(self.cfg.policy().default).w, len(members)),
-            draining=self._draining,
-            storage_problem=failure.message if failure is not None else None,
-        ))
-
-    def serves_clients(self) -> bool:
-        """False once this node has left the ring or was removed."""
-        entry = self.keeper.map.get(self.id)
-        return serves_clients(self.keeper.state(), entry is not None and entry.removed)
-
     # ------------------------------------------------------------ lifecycle
 
     @property
@@ -355,7 +290,8 @@ class Node:
             body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
             cluster_view=functools.partial(cluster_view, self),
             shards_view=functools.partial(shards_view, self),
-            readiness=self.readiness, serves_clients=self.serves_clients,
+            readiness=functools.partial(readiness, self),
+            serves_clients=functools.partial(serves_clients, self),
             storage_problem=self.store.disk.failure,
             mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
             search=self.search.handle,
@@ -443,7 +379,7 @@ class Node:
         """Drain (answer /readyz 503 while still serving, for `shutdown.drain_ms`, so a balancer
         moves traffic away first), then stop listeners and loops, let the writer finish, close
         storage."""
-        self._draining = True
+        self.draining = True
         if self._runner is not None and self.cfg.shutdown.drain_ms > 0:
             log.info("node_draining", drain_ms=self.cfg.shutdown.drain_ms)
             await self.rt.sleep(self.cfg.shutdown.drain_ms / 1000)
