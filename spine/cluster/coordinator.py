@@ -25,6 +25,7 @@ from spine.cluster.liveness import Liveness
 from spine.cluster.replication import Replicator
 from spine.cluster.version_history import gather_history
 from spine.core.abd import Failed, ReadQuorum, StrongRead, StrongWrite, WriteQuorum
+from spine.core.batch import by_level, creates
 from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms
 from spine.core.consistency import Level, Policy
 from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
@@ -283,24 +284,10 @@ class Coordinator:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
         if token is not None:
             await self._catch_up(namespace, ops, olds, token)
-        # Whether each op creates its key: an upsert of a key that was absent or deleted before
-        # it, counting earlier ops of the same batch (a delete never creates).
-        live: dict[str, bool] = {}
-        creates: list[bool] = []
-        for op, old in zip(ops, olds, strict=True):
-            before = live.get(op.id, old is not None and not old.deleted)
-            creates.append(op.body is not None and not before)
-            live[op.id] = op.body is not None
+        created = creates(ops, olds)
         vectors = await self._vectors(ops)
-        by_level: dict[Level, list[int]] = {}
-        for i, op in enumerate(ops):
-            old = olds[i]
-            new_tags = op.body.tags if op.body is not None else ()
-            old_tags = old.tags if old is not None and not old.deleted else None
-            level = self.policy.write_level(old_tags, new_tags, requested)
-            by_level.setdefault(level, []).append(i)
         out: dict[int, ItemResult] = {}
-        for level, idxs in by_level.items():
+        for level, idxs in by_level(self.policy, ops, olds, requested).items():
             if level is Level.STRONG:
                 for i in idxs:
                     out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent,
@@ -324,7 +311,7 @@ class Coordinator:
             for i, rec, a, need in zip(idxs, records, acks, needs, strict=True):
                 short = write_shortfall(a, need)
                 if short is None:
-                    result = WriteResult(rec, creates[i], level, self.node_id)
+                    result = WriteResult(rec, created[i], level, self.node_id)
                     out[i] = ItemResult(ops[i].id, result)
                 else:
                     self.metrics.quorum_failures.inc("write", level.label)
