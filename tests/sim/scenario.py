@@ -1,0 +1,252 @@
+"""One seed of the whole-cluster simulation: a cluster, clients, faults, a ring change, checks.
+
+Everything a run does is drawn from its seed: the network's loss, delay and duplication, which
+faults strike when (partitions, crashes with restarts, clock skew), which ring change happens
+(none, a join, a decommission, or a crash followed by a remove), and every client operation.
+The invariants (`invariants`) are checked every `check_every` seconds of virtual time while the
+clients run, and at the end, after the network heals and the cluster converges.
+
+A failing seed reports its number, what broke and the tail of the event trace; rerun it with
+`pytest tests/sim --seed N` (or `python -m tests.sim.soak --seed N --trace`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spine.core.consistency import Level
+from spine.core.ringmap import LEFT
+from tests.sim import invariants
+from tests.sim.cluster import SimCluster
+from tests.sim.simnet import Faults
+from tests.sim.workload import Client, History
+
+RING_CHANGES = ("none", "join", "decommission", "remove")
+
+
+@dataclass
+class Outcome:
+    """What one seed did and what it broke."""
+
+    seed: int
+    change: str
+    faults: list[str]
+    history: History
+    violations: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    virtual_s: float = 0.0
+    messages: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def report(self, tail: int = 60) -> str:
+        lines = [f"seed={self.seed} change={self.change} faults={self.faults}:"]
+        lines += [f"  VIOLATION {v}" for v in self.violations[:10]]
+        lines.append(f"  last {tail} of {len(self.trace)} trace lines:")
+        lines += [f"    {t}" for t in self.trace[-tail:]]
+        lines.append(f"  replay: pytest tests/sim --seed {self.seed}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Knobs:
+    ops: int = 300
+    nodes: int = 5
+    clients: tuple[int, int, int] = (3, 2, 1)  # session, strong, eventual
+    pause: tuple[float, float] = (0.01, 0.08)  # between one client's operations
+    client_timeout: float = 1.5
+    loss: float = 0.01
+    dup: float = 0.01
+    check_every: float = 0.25
+    settle_deadline: float = 40.0
+    change: str | None = None  # force a ring change (default: drawn from the seed)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run_seed(seed: int, knobs: Knobs | None = None, root: Path | None = None) -> Outcome:
+    """Run one seed to the end; the outcome holds every violation found."""
+    k = knobs or Knobs()
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f"sim{seed}-", dir=root))
+    cluster = SimCluster(seed, tmp, nodes=k.nodes, spare=1,
+                         faults=Faults(loss=k.loss, dup=k.dup), settings=k.settings)
+    change = k.change or rng.choice(RING_CHANGES)
+    out = Outcome(seed, change, [], History())
+    try:
+        cluster.run(_run(cluster, rng, k, out))
+    except Exception as e: # the harness or the node code broke: a failure
+        out.violations.append(f"run raised {e!r}")
+    finally:
+        out.trace = cluster.trace
+        out.virtual_s = cluster.loop.time()
+        out.messages = cluster.net.sent
+        out.violations += [f"bug: {b}" for b in cluster.net.bugs]
+        out.violations += [f"error logged: {e}" for e in cluster.errors]
+        cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> None:
+    loop = c.loop
+    for name in c.first:
+        await c.start(name)
+    await _until(c, lambda: all(not n.liveness.down() for n in _nodes(c).values()), 10.0,
+                 "gossip sees every node")
+    history = out.history
+    n_session, n_strong, n_eventual = k.clients
+    levels = [Level.SESSION] * n_session + [Level.STRONG] * n_strong + \
+        [Level.EVENTUAL] * n_eventual
+    max_keys = c.config(c.first).session.max_keys
+    clients = [Client(i, lvl, random.Random(rng.random()), history,
+                      lambda: sorted(invariants.serving(_nodes(c)).items()),
+                      loop.time, max_keys, k.client_timeout, c.log)
+               for i, lvl in enumerate(levels)]
+    per_client = -(-k.ops // len(clients))
+    r = c.config(c.first).policy().quorum(Level.SESSION).r
+    removed: set[str] = set()
+    work = [asyncio.ensure_future(cl.run(per_client, k.pause)) for cl in clients]
+    nemesis = asyncio.ensure_future(_nemesis(c, rng, out, removed))
+    while not all(w.done() for w in work):
+        await asyncio.sleep(k.check_every)
+        out.violations += invariants.quorum_breaches(_nodes(c), history, r, loop.time())
+        if out.violations:
+            break
+    for w in work:
+        if not w.done():
+            w.cancel()
+    await asyncio.gather(*work, return_exceptions=True)
+    await nemesis
+    for cl in clients:
+        out.violations += cl.violations
+    if out.violations:
+        return
+    # Heal: the network, the clocks, every crashed node that was not removed.
+    c.net.heal()
+    c.net.faults.loss = c.net.faults.dup = 0.0
+    for name in sorted(c.down):
+        if name not in removed:
+            await c.start(name)
+    out.violations += invariants.quorum_breaches(_nodes(c), history, r, loop.time())
+    lin = invariants.linearizability_report(history)
+    if lin:
+        out.violations.append(lin)
+    gaps: list[str] = []
+
+    def converged() -> bool:
+        gaps[:] = invariants.convergence_gaps(_nodes(c), history, eventual=not removed)
+        return not gaps
+    if not await _wait(c, converged, k.settle_deadline):
+        out.violations += [f"no convergence by t={loop.time():.1f}: {g}" for g in gaps[:5]]
+
+
+def _nodes(c: SimCluster) -> dict[str, Any]:
+    return {n: inc.node for n, inc in c.live.items()}
+
+
+async def _wait(c: SimCluster, cond: Callable[[], bool], within: float) -> bool:
+    deadline = c.loop.time() + within
+    while not cond():
+        if c.loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def _until(c: SimCluster, cond: Callable[[], bool], within: float, what: str) -> None:
+    if not await _wait(c, cond, within):
+        raise AssertionError(f"{what}: not by t={c.loop.time():.1f}")
+
+
+async def _nemesis(c: SimCluster, rng: random.Random, out: Outcome, removed: set[str]) -> None:
+    """2-4 faults at random times while the clients run, and the seed's ring change."""
+    events: list[tuple[float, str]] = [(rng.uniform(0.2, 3.0), rng.choice(
+        ("partition", "crash", "skew", "partition", "crash"))) for _ in range(rng.randint(2, 4))]
+    if out.change != "none":
+        events.append((rng.uniform(0.3, 1.5), out.change))
+    events.sort()
+    start = c.loop.time()
+    pending: list[asyncio.Future[Any]] = []
+    for at, what in events:
+        await asyncio.sleep(max(0.0, start + at - c.loop.time()))
+        out.faults.append(f"{what}@{c.loop.time():.2f}")
+        pending.append(asyncio.ensure_future(_fault(c, rng, what, removed)))
+    await asyncio.gather(*pending)
+
+
+async def _fault(c: SimCluster, rng: random.Random, what: str, removed: set[str]) -> None:
+    live = sorted(c.live)
+    if what == "partition":
+        side = set(rng.sample(live, rng.randint(1, (len(live) - 1) // 2)))
+        c.net.partition(side, set(c.live) - side)
+        c.log(f"partition {sorted(side)} | rest")
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+        c.net.heal()
+        c.log("heal")
+    elif what == "crash":
+        candidates = [n for n in live if n not in removed]
+        if len(c.live) <= 3 or not candidates:
+            return
+        name = rng.choice(candidates)
+        await c.crash(name)
+        await asyncio.sleep(rng.uniform(0.2, 2.0))
+        if name not in removed and name in c.down:
+            await c.start(name)
+    elif what == "skew":
+        name = rng.choice(live)
+        c.skew[name] = rng.randint(-250, 250)
+        c.live[name].runtime.wall_offset_ms = c.skew[name]
+        c.log(f"skew {name} {c.skew[name]} ms")
+    elif what == "join":
+        spare = c.spares[0]
+        await c.start(spare, join=True)
+    elif what == "decommission":
+        await _decommission(c, rng)
+    elif what == "remove":
+        await _remove(c, rng, removed)
+
+
+async def _admin(c: SimCluster, rng: random.Random, action: str, target: str,
+                 within: float = 10.0) -> bool:
+    """Ask live members (any that will take it) to run a ring change, retrying like an operator."""
+    deadline = c.loop.time() + within
+    while c.loop.time() < deadline:
+        others = [n for n in sorted(c.live) if n != target] if action == "remove" else [target]
+        for name in others:
+            if name not in c.live:
+                continue
+            try:
+                await c.live[name].node.rebalancer.admin(action, target)
+                c.log(f"admin {action} {target} via {name}: accepted")
+                return True
+            except Exception as e: # a Conflict (not yet down) or unavailable
+                c.log(f"admin {action} {target} via {name}: {e!r}")
+        await asyncio.sleep(0.25)
+    return False
+
+
+async def _decommission(c: SimCluster, rng: random.Random) -> None:
+    target = rng.choice([n for n in c.first if n in c.live])
+    if not await _admin(c, rng, "decommission", target):
+        return
+    # The operator stops the process once the node has left the ring.
+    if await _wait(c, lambda: target in c.live and
+                   c.live[target].node.keeper.state() == LEFT, 30.0):
+        await c.crash(target)
+
+
+async def _remove(c: SimCluster, rng: random.Random, removed: set[str]) -> None:
+    target = rng.choice([n for n in c.first if n in c.live])
+    removed.add(target)
+    if target in c.live:
+        await c.crash(target)
+    await _admin(c, rng, "remove", target, within=15.0)

@@ -1,0 +1,136 @@
+"""Clients of the simulated cluster: session, strong and eventual operations, and their history.
+
+Each client is an agent behind a load balancer: every operation goes to a random live node's
+real `Coordinator` (which forwards or coordinates as it would for an HTTP request). Session
+clients carry a `SessionToken` and merge each reply's into it, as `spine.client` does. Every
+operation is recorded with its virtual invoke and return times and what it returned, so the
+checkers can judge read-your-writes, monotonic reads, linearizability and convergence.
+
+Keys by class, so each is judged by what its level promises: `s*` session, `x*` strong
+(linearizable register), `e*` eventual (convergence only). Every write's content is unique, so a
+read names the write it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spine.core.clock import Version
+from spine.core.consistency import Level
+from spine.core.errors import SpineError
+from spine.core.model import Record
+from spine.core.requests import WriteOp
+from spine.core.session import SessionToken
+from spine.core.validation import WriteBody
+from spine.node import Node
+
+NS = "sim"
+KEYS = {Level.SESSION: [f"s{i}" for i in range(10)],
+        Level.STRONG: [f"x{i}" for i in range(4)],
+        Level.EVENTUAL: [f"e{i}" for i in range(4)]}
+
+
+@dataclass
+class Op:
+    """One client operation as the client saw it."""
+
+    client: int
+    level: Level
+    kind: str  # "write" | "delete" | "read"
+    key: str
+    value: str | None  # written content (None: delete); for a read, the content read
+    invoke: float
+    node: str
+    end: float | None = None
+    ok: bool | None = None  # None: unknown (timed out or failed after it may have applied)
+    version: Version | None = None  # the version written or read
+    error: str | None = None
+
+
+@dataclass
+class History:
+    ops: list[Op] = field(default_factory=list)
+
+    def acked(self) -> list[Op]:
+        return [o for o in self.ops if o.ok and o.kind != "read"]
+
+
+def content_of(rec: Record | None) -> str | None:
+    return None if rec is None or rec.deleted else rec.content
+
+
+class Client:
+    """One agent: a loop of operations through random live nodes until told to stop."""
+
+    def __init__(self, cid: int, level: Level, rng: random.Random, history: History,
+                 live: Callable[[], list[tuple[str, Node]]], now: Callable[[], float],
+                 session_max_keys: int, timeout: float, trace: Callable[[str], None]) -> None:
+        self.cid, self.level, self.rng, self.history = cid, level, rng, history
+        self.live, self.now, self.timeout, self.trace = live, now, timeout, trace
+        self.token = SessionToken(session_max_keys) if level is Level.SESSION else None
+        self.floors: dict[str, Version] = {}  # the newest version this client wrote or read
+        self.violations: list[str] = []
+        self.seq = 0
+
+    async def run(self, count: int, pause: tuple[float, float]) -> None:
+        for _ in range(count):
+            await asyncio.sleep(self.rng.uniform(*pause))
+            await self.one()
+
+    async def one(self) -> None:
+        nodes = self.live()
+        if not nodes:
+            return
+        name, node = self.rng.choice(nodes)
+        key = self.rng.choice(KEYS[self.level])
+        r = self.rng.random()
+        kind = "read" if r < 0.35 else ("delete" if r < 0.42 else "write")
+        self.seq += 1
+        value = None if kind != "write" else f"c{self.cid}-{self.seq}"
+        op = Op(self.cid, self.level, kind, key, value, self.now(), name)
+        self.history.ops.append(op)
+        token = self.token
+        # The token crosses the wire as the header does; what the call saw is merged after it.
+        call_token = None if token is None else SessionToken.decode(token.encode(), token.max_keys)
+        try:
+            if kind == "read":
+                rec, _, _ = await asyncio.wait_for(
+                    node.coordinator.get(NS, key, self.level, call_token), self.timeout)
+                op.value, op.version = content_of(rec), None if rec is None else rec.version
+            else:
+                body = None if value is None else WriteBody(value, (), {}, None, None)
+                items = await asyncio.wait_for(node.coordinator.write(
+                    NS, [WriteOp(key, body)], self.level, call_token, None), self.timeout)
+                item = items[0]
+                if item.error is not None:
+                    raise item.error
+                assert item.result is not None
+                op.version = item.result.record.version
+            op.ok = True
+        except (SpineError, TimeoutError) as e:
+            op.error = type(e).__name__ if not isinstance(e, SpineError) else e.code
+            # A read that failed changed nothing; a write may have applied anyway.
+            op.ok = False if kind == "read" else None
+        op.end = self.now()
+        if token is not None and op.ok and op.version is not None:
+            token.observe(f"{NS}/{key}", op.version)  # as the HTTP layer merges a reply's
+        if op.ok:
+            self.check_session(op)
+        self.trace(f"c{self.cid} {op.kind} {key}={op.value} via {name} -> "
+                   f"{'ok' if op.ok else op.error} {op.version}")
+
+    def check_session(self, op: Op) -> None:
+        """Read-your-writes and monotonic reads: a session read is never older than anything
+        this client wrote or read on that key."""
+        if self.level is not Level.SESSION:
+            return
+        floor = self.floors.get(op.key)
+        if op.kind == "read" and floor is not None and (op.version is None or op.version < floor):
+            self.violations.append(
+                f"c{self.cid} read {op.key} at t={op.invoke:.4f} via {op.node}: got {op.version},"
+                f" older than {floor} it wrote or read before")
+        if op.version is not None and (floor is None or op.version > floor):
+            self.floors[op.key] = op.version
