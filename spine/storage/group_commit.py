@@ -80,12 +80,13 @@ class GroupCommit(Generic[Op]):
         before its next commit would (the simulator's crash, in loop mode). The dropped callers
         never resolve. In thread mode a group already being committed completes first."""
         self._pending.clear()
-        self._open = False
         if self._thread is not None:
             with contextlib.suppress(queue.Empty):
                 while True:
                     self._queue.get_nowait()
             self._queue.put(None)
+        self._open = False  # only now: `running` turns False once the queue is dropped
+        if self._thread is not None:
             self._thread.join()
             self._thread = None
 

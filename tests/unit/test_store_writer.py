@@ -175,6 +175,39 @@ async def test_thread_close_commits_what_is_queued(tmp_path: Path) -> None:
         reopened.close()
 
 
+@pytest.mark.asyncio
+async def test_thread_abandon_drops_the_queue_and_lets_the_group_in_flight_finish(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path, writer="thread")
+    env = GatedEnv(store.env)
+    store.env = env
+    first = await hold_writer(store, env)
+    lost = [asyncio.create_task(store.apply([rec(f"q{i}", 10 + i)])) for i in range(2)]
+    await asyncio.sleep(0)
+    assert store.writer._queue.qsize() == 2
+    crash = threading.Thread(target=store.writer.abandon)  # joins the held writer thread
+    crash.start()
+    deadline = asyncio.get_running_loop().time() + 10
+    while store.writer.running:  # False once abandon dropped the queue
+        assert asyncio.get_running_loop().time() < deadline, "abandon did not drop the queue"
+        await asyncio.sleep(0.001)
+    env.gate.set()
+    await asyncio.get_running_loop().run_in_executor(None, crash.join)
+    assert (await first)[0].new.id == "first"  # the group being committed completed
+    assert not any(t.done() for t in lost), "a dropped write was answered"
+    store.env = env.env
+    store.env.close()
+    reopened = open_store(tmp_path)
+    try:
+        assert reopened.get("ns", "first") is not None
+        assert all(reopened.get("ns", f"q{i}") is None for i in range(2))
+    finally:
+        reopened.close()
+    for t in lost:
+        t.cancel()
+
+
 # -- loop mode -------------------------------------------------------------------------------
 
 
