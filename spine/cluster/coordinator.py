@@ -8,7 +8,8 @@
 
 The coordinator of a key is a live replica of it; a node that is not one forwards the request.
 The decisions are pure: routing in `spine.core.routing`, tallies per level in `spine.core.quorum`,
-ABD's phases in `spine.core.abd`; this class carries them out.
+a batch's levels and creates in `spine.core.batch`, ABD's phases in `spine.core.abd`; this class
+carries them out.
 
 A session token passed in is read, never changed: it gives each key's floor. What the session has
 seen through a call is what the call returns — a read's record, each written item's record — and
@@ -83,7 +84,7 @@ class Coordinator:
         self.metrics = metrics
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.session_max_keys = session_max_keys
+        self.session_max_keys = session_max_keys  # unused since tokens are merged by callers
         self.embed = embed
         self.dim = dim
 
@@ -93,9 +94,7 @@ class Coordinator:
         """The key's owners, write set and coordinators under the current placement."""
         return route(self.placement(), namespace, mid, self.node_id, self.liveness.is_alive)
 
-    async def _forward(
-        self, targets: list[str], msg: Forward
-    ) -> dict[str, Any] | None:
+    async def _forward(self, targets: list[str], msg: Forward) -> dict[str, Any] | None:
         """Run the request on the first target that answers; None if none could."""
         for target in targets:
             try:
