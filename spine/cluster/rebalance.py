@@ -295,8 +295,8 @@ class Rebalancer:
                 log.info("ring_change_finishing", barrier=barrier, targets=targets)
             return
         replies = await self._ask_all(list(step.targets), Transfer("status", step.digest, 0))
-        statuses = None if replies is None else [Status(r["transition"], r["done"])
-                                                 for r in replies]
+        statuses = None if replies is None else [
+            Status(r["transition"], r["done"], r.get("requested")) for r in replies]
         if isinstance(c.on_status(statuses), Settle):
             settled = m.settled(self.keeper.now_version())
             await self.keeper.adopt(list(settled.entries.values()))

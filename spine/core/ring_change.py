@@ -11,8 +11,8 @@ each change (a ring map with joining or leaving nodes, known by its digest) it:
 3. asks every pending owner (all of them alive) to *finish* after a barrier: sync its new shards
    once more with the live owners;
 4. polls them until all report the barrier done, then settles the map (joining → active,
-   leaving → left) in one new version. A pending owner that reports another map starts the
-   barrier over.
+   leaving → left) in one new version. A pending owner that reports another map, or no longer
+   knows the barrier (it restarted), starts the barrier over.
 
 `Claimant` holds the state between turns. Each turn the shell calls `begin` with the map and
 liveness facts and `now`; then carries out the step it gets back (`CheckAgreement`,
@@ -72,10 +72,12 @@ class Settle:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """A pending owner's answer to a status request: its map's digest and its last barrier."""
+    """A pending owner's answer to a status request: its map's digest, the latest barrier it
+    was asked to finish, and the latest it finished."""
 
     transition: str
     done: int
+    requested: int | None = None  # None: not reported (a node of an older release)
 
 
 Step = Wait | CheckAgreement | AskFinish | AskStatus | Settle
@@ -160,6 +162,13 @@ class Claimant:
         if any(r.transition != self.digest for r in replies):
             self.barrier = 0
             return Wait("a pending owner holds another map")
+        if any(r.requested is not None and r.requested < self.barrier
+               and r.done < self.barrier for r in replies):
+            # It restarted since it accepted the barrier (its copy state is in memory), so it
+            # will never report it done: ask again with a new barrier, or the change waits
+            # for ever.
+            self.barrier = 0
+            return Wait("a pending owner forgot the barrier")
         if all(r.done >= self.barrier for r in replies):
             return Settle(self.digest)
         return Wait("pending owners finishing")
