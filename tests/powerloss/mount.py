@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.debian import ensure
-from tests.powerloss.lazyfs import undo
 
 
 def ensure_fuse() -> str:
@@ -112,6 +111,9 @@ class LazyMount:
             self.proc = None
         self._detach()
         if self.journal is not None:
+            # Imported here: lazyfs loads libfuse3 (mfusepy) as it is imported, and the module
+            # must import on a machine without it so that ensure_fuse can install it or skip.
+            from tests.powerloss.lazyfs import undo
             self.undone = undo(str(self.backing), str(self.journal))
             self.journal = None
 
