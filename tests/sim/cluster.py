@@ -33,6 +33,9 @@ from tests.sim.vloop import NODE, VirtualLoop, node_context
 
 T = TypeVar("T")
 
+# Log events (info and up) that go into the trace besides errors: the ring's and handoff's story.
+TRACED = ("ring_", "transfer", "shard_dropped", "hint")
+
 EPOCH_MS = 1_800_000_000_000  # virtual time 0 on every wall clock (before its skew)
 
 # Real defaults scaled for a short run: the same protocol, reached in seconds of virtual time.
@@ -116,6 +119,8 @@ class SimCluster:
             what = event.pop("event", "?")
             self.errors.append(f"t={self.loop.time():.4f} {NODE.get()}: {what} {event}")
             self.log(f"{NODE.get()} ERROR {what} {event}")
+        elif level in ("info", "warning") and str(event.get("event", "")).startswith(TRACED):
+            self.log(f"{NODE.get()} {event.pop('event')} {dict(event)}")
         raise structlog.DropEvent
 
     def close(self) -> None:
