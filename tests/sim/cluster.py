@@ -181,6 +181,7 @@ class SimCluster:
         """Kill `name`: its tasks cancelled, its uncommitted writes gone, calls to it refused."""
         inc = self.live.pop(name)
         self.net.detach(name)
+        self.net.paused.pop(name, None)
         tasks = list(self.loop.tasks.get(name, ()))
         self.loop.cancel_node(name)
         if tasks:

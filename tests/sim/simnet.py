@@ -68,6 +68,9 @@ class SimNet:
         self.up: dict[str, Endpoint] = {}
         self.by_address: dict[str, str] = {}
         self.cut: set[tuple[str, str]] = set()  # (from, to) pairs that lose everything
+        # Paused nodes (SIGSTOP, a long GC pause, as its peers see it): what they send and what
+        # they are sent is held, in order, and goes on when they resume.
+        self.paused: dict[str, list[tuple[Callable[[], None], contextvars.Context]]] = {}
         self.bugs: list[str] = []  # what no fault explains (a handler crashing, a MAC failing)
         self.sent = self.lost = 0
 
@@ -106,9 +109,26 @@ class SimNet:
     def deliver(self, src: str, dst: str, ep: Endpoint, fn: Callable[[], None]) -> None:
         """Run `fn` in `ep`'s context after a delay, if `ep` is still that node's incarnation."""
         def go() -> None:
-            if self.up.get(dst) is ep and (src, dst) not in self.cut:
+            if self.up.get(dst) is not ep or (src, dst) in self.cut:
+                return
+            if dst in self.paused:
+                self.paused[dst].append((go, ep.ctx))
+            else:
                 fn()
-        self.loop.call_later(self.delay(), go, context=ep.ctx)
+
+        def send() -> None:
+            self.loop.call_later(self.delay(), go, context=ep.ctx)
+        if src in self.paused:
+            self.paused[src].append((send, ep.ctx))
+        else:
+            send()
+
+    def pause(self, node: str) -> None:
+        self.paused.setdefault(node, [])
+
+    def resume(self, node: str) -> None:
+        for fn, ctx in self.paused.pop(node, []):
+            self.loop.call_soon(fn, context=ctx)
 
 
 class SimTransport:

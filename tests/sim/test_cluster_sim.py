@@ -1,7 +1,7 @@
 """The real node code under deterministic simulation (tests/sim/scenario.py), many seeds.
 
 Each seed: 5 nodes and a spare, 6 clients (3 session, 2 strong, 1 eventual) doing 300
-operations through random nodes, 2-4 faults (partitions, crashes with restarts, clock skew),
+operations through random nodes, 2-4 faults (partitions, crashes with restarts, pauses, clock skew),
 1% loss and 1% duplication, and one ring change (none, join, decommission, or crash + remove)
 drawn from the seed; the invariants (tests/sim/invariants.py) checked during and after. The
 seeds run in one worker process per core; a failure prints the seed, the violation and the tail
@@ -74,7 +74,7 @@ def test_the_seeds_exercise_every_ring_change_and_fault(outcomes: dict[int, Outc
     outs = list(outcomes.values())
     assert {o.change for o in outs} == set(RING_CHANGES)
     kinds = {f.split("@")[0] for o in outs for f in o.faults}
-    assert {"partition", "crash", "skew"} <= kinds
+    assert {"partition", "crash", "skew", "pause"} <= kinds
     for o in outs:
         acked = len(o.history.acked())
         assert acked >= 100, f"seed={o.seed}: only {acked} writes acknowledged"
