@@ -55,6 +55,8 @@ def outcomes(request: pytest.FixtureRequest) -> dict[int, Outcome]:
         return dict(zip(seeds, ex.map(run_compact, seeds, chunksize=2), strict=True))
 
 
+# The first test also waits for the module's seeds to run (about 1-2 s each per core).
+@pytest.mark.timeout(1800)
 def test_seed(seed: int, outcomes: dict[int, Outcome]) -> None:
     out = outcomes[seed]
     assert out.ok, out.report()
