@@ -29,6 +29,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest -q
 
+## Mutation testing (mutmut) of spine/core and the data-path services, 1 worker, outside `make test`;
+## MODULES="quorum abd" narrows it; prints killed / timeout / survived / total per module
+mutation: $(STAMP)
+	$(BIN)/python bench/mutation.py $(MODULES)
+
 lint: $(STAMP)
 	$(BIN)/ruff check spine tests bench jepsen_style
 	$(BIN)/mypy
