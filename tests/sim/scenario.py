@@ -13,10 +13,11 @@ A failing seed reports its number, what broke and the tail of the event trace; r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests.sim.simnet import Faults
 from tests.sim.workload import Client, History
 
 RING_CHANGES = ("none", "join", "decommission", "remove")
+FAULT_KINDS = ("partition", "crash", "skew", "partition", "crash", "pause")
 
 
 @dataclass
@@ -70,6 +72,21 @@ class Knobs:
     settle_deadline: float = 40.0
     change: str | None = None  # force a ring change (default: drawn from the seed)
     settings: dict[str, Any] = field(default_factory=dict)
+    faults: tuple[int, int] = (2, 4)  # how many random faults strike
+    kinds: tuple[str, ...] = FAULT_KINDS  # which kinds they are drawn from
+    change_at: tuple[float, float] = (0.3, 1.5)  # when the ring change is asked for
+    # One member (not the change's target) cut off from everyone from `at` for `length`:
+    # ((at_lo, at_hi), (length_lo, length_hi)) in seconds from the start of the clients.
+    cut_off: tuple[tuple[float, float], tuple[float, float]] | None = None
+    # One active member cut off for `length` seconds the moment the first node adopts the
+    # settled map, before it tells anyone: it misses the settle (the trailing window's limit).
+    cut_at_settle: tuple[float, float] | None = None
+    # Session keys ("p0".."pN-1") written once each before the clients start, never again:
+    # only the ring change's copies and barrier bring them to new owners.
+    preload: int = 0
+    preload_cut: bool = False  # one member is cut off while they are written (so they miss it)
+    # Convergence also waits for every live node's hints to drain (delivered or rerouted).
+    drain_hints: bool = False
 
 
 def run_seed(seed: int, knobs: Knobs | None = None, root: Path | None = None) -> Outcome:
@@ -108,14 +125,26 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
         [Level.EVENTUAL] * n_eventual
     max_keys = c.config(c.first).session.max_keys
     clients = [Client(i, lvl, random.Random(rng.random()), history,
-                      lambda: sorted(invariants.serving(_nodes(c)).items()),
+                      lambda: [(n, node, c.live[n].endpoint.ctx) for n, node in
+                               sorted(invariants.serving(_nodes(c)).items())],
                       loop.time, max_keys, k.client_timeout, c.log)
                for i, lvl in enumerate(levels)]
+    if k.preload:
+        loader = Client(len(levels), Level.SESSION, random.Random(rng.random()), history,
+                        clients[0].live, loop.time, max_keys, k.client_timeout, c.log)
+        if k.preload_cut:
+            victim = rng.choice(c.first)
+            c.net.partition({victim}, set(c.first) - {victim})
+            c.log(f"cut off {victim} for the preload")
+        for i in range(k.preload):
+            via = [x for x in loader.live() if not k.preload_cut or x[0] != victim]
+            await loader.do(*loader.rng.choice(via), "write", f"p{i}")
+        c.net.heal()
     per_client = -(-k.ops // len(clients))
     r = c.config(c.first).policy().quorum(Level.SESSION).r
     removed: set[str] = set()
     work = [asyncio.ensure_future(cl.run(per_client, k.pause)) for cl in clients]
-    nemesis = asyncio.ensure_future(_nemesis(c, rng, out, removed))
+    nemesis = asyncio.ensure_future(_nemesis(c, rng, k, out, removed))
     while not all(w.done() for w in work):
         await asyncio.sleep(k.check_every)
         out.violations += invariants.quorum_breaches(_nodes(c), history, r, loop.time())
@@ -124,7 +153,9 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
     for w in work:
         if not w.done():
             w.cancel()
-    await asyncio.gather(*work, return_exceptions=True)
+    for res in await asyncio.gather(*work, return_exceptions=True):
+        if isinstance(res, Exception):  # a client op raised what no client should ever see
+            out.violations.append(f"client crashed: {res!r}")
     await nemesis
     for cl in clients:
         out.violations += cl.violations
@@ -132,6 +163,8 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
         return
     # Heal: the network, the clocks, every crashed node that was not removed.
     c.net.heal()
+    for name in list(c.net.paused):
+        c.net.resume(name)
     c.net.faults.loss = c.net.faults.dup = 0.0
     for name in sorted(c.down):
         if name not in removed:
@@ -144,6 +177,9 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
 
     def converged() -> bool:
         gaps[:] = invariants.convergence_gaps(_nodes(c), history, eventual=not removed)
+        if k.drain_hints and not gaps:
+            gaps[:] = [f"{n} keeps hints {inc.node.store.hint_counts()}"
+                       for n, inc in sorted(c.live.items()) if inc.node.store.hint_counts()]
         return not gaps
     if not await _wait(c, converged, k.settle_deadline):
         out.violations += [f"no convergence by t={loop.time():.1f}: {g}" for g in gaps[:5]]
@@ -167,24 +203,82 @@ async def _until(c: SimCluster, cond: Callable[[], bool], within: float, what: s
         raise AssertionError(f"{what}: not by t={c.loop.time():.1f}")
 
 
-async def _nemesis(c: SimCluster, rng: random.Random, out: Outcome, removed: set[str]) -> None:
-    """2-4 faults at random times while the clients run, and the seed's ring change."""
-    events: list[tuple[float, str]] = [(rng.uniform(0.2, 3.0), rng.choice(
-        ("partition", "crash", "skew", "partition", "crash"))) for _ in range(rng.randint(2, 4))]
+async def _nemesis(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome,
+                   removed: set[str]) -> None:
+    """2-4 faults at random times while the clients run, and the seed's ring change (and the
+    cut-offs the knobs ask for)."""
+    events: list[tuple[float, str]] = [(rng.uniform(0.2, 3.0), rng.choice(k.kinds))
+                                       for _ in range(rng.randint(*k.faults))]
     if out.change != "none":
-        events.append((rng.uniform(0.3, 1.5), out.change))
+        events.append((rng.uniform(*k.change_at), out.change))
+    spared: set[str] = set()  # the cut-off member: never the change's target
+    if k.cut_off is not None:
+        (lo, hi), length = k.cut_off
+        victim = rng.choice(c.first)
+        spared.add(victim)
+        events.append((rng.uniform(lo, hi), f"cut_off {victim} {rng.uniform(*length)}"))
+    if k.cut_at_settle is not None:
+        events.append((0.0, f"cut_at_settle {rng.uniform(*k.cut_at_settle)}"))
     events.sort()
     start = c.loop.time()
     pending: list[asyncio.Future[Any]] = []
     for at, what in events:
         await asyncio.sleep(max(0.0, start + at - c.loop.time()))
-        out.faults.append(f"{what}@{c.loop.time():.2f}")
-        pending.append(asyncio.ensure_future(_fault(c, rng, what, removed)))
+        out.faults.append(f"{what.split()[0]}@{c.loop.time():.2f}")
+        pending.append(asyncio.ensure_future(_fault(c, rng, what, removed, spared)))
     await asyncio.gather(*pending)
 
 
-async def _fault(c: SimCluster, rng: random.Random, what: str, removed: set[str]) -> None:
+async def _cut(c: SimCluster, victim: str, length: float) -> None:
+    """`victim` hears nothing and is heard by nobody (spares included) for `length` seconds."""
+    c.net.partition({victim}, {n for n in (*c.first, *c.spares) if n != victim})
+    c.log(f"cut off {victim} for {length:.2f}s")
+    await asyncio.sleep(length)
+    c.net.heal()
+    c.log("heal")
+
+
+async def _cut_at_settle(c: SimCluster, rng: random.Random, length: float) -> None:
+    """Cut off a member the moment the first node adopts a settled map (before it pushes the
+    map to anyone), for `length` seconds: the member misses the settle and keeps the changing
+    map until it is back."""
+    fired = asyncio.Event()
+    was = {n: inc.node.keeper.map.changing for n, inc in c.live.items()}
+
+    def on_change(name: str, p: Any) -> None:
+        changing, before = p.map.changing, was.get(name, True)
+        was[name] = changing
+        if fired.is_set() or changing or not before:
+            return
+        fired.set()
+        others = [n for n in sorted(c.live) if n != name and p.map.state(n) == "active"]
+        victim = rng.choice(others)
+        c.net.partition({victim}, {n for n in (*c.first, *c.spares) if n != victim})
+        c.log(f"cut off {victim} for {length:.2f}s at the settle by {name}")
+        c.loop.call_later(length, heal)
+
+    def heal() -> None:
+        c.net.heal()
+        c.log("heal")
+
+    def listener(name: str) -> Callable[[Any], None]:
+        return lambda p: on_change(name, p)
+    for name, inc in sorted(c.live.items()):
+        inc.node.keeper.on_change.append(listener(name))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(fired.wait(), 30.0)
+
+
+async def _fault(c: SimCluster, rng: random.Random, what: str, removed: set[str],
+                 spared: Collection[str] = ()) -> None:
     live = sorted(c.live)
+    if what.startswith("cut_off "):
+        _, victim, length = what.split()
+        await _cut(c, victim, float(length))
+        return
+    if what.startswith("cut_at_settle "):
+        await _cut_at_settle(c, rng, float(what.split()[1]))
+        return
     if what == "partition":
         side = set(rng.sample(live, rng.randint(1, (len(live) - 1) // 2)))
         c.net.partition(side, set(c.live) - side)
@@ -201,6 +295,13 @@ async def _fault(c: SimCluster, rng: random.Random, what: str, removed: set[str]
         await asyncio.sleep(rng.uniform(0.2, 2.0))
         if name not in removed and name in c.down:
             await c.start(name)
+    elif what == "pause":
+        name = rng.choice(live)
+        c.net.pause(name)
+        c.log(f"pause {name}")
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
+        c.net.resume(name)
+        c.log(f"resume {name}")
     elif what == "skew":
         name = rng.choice(live)
         c.skew[name] = rng.randint(-250, 250)
@@ -210,9 +311,9 @@ async def _fault(c: SimCluster, rng: random.Random, what: str, removed: set[str]
         spare = c.spares[0]
         await c.start(spare, join=True)
     elif what == "decommission":
-        await _decommission(c, rng)
+        await _decommission(c, rng, spared)
     elif what == "remove":
-        await _remove(c, rng, removed)
+        await _remove(c, rng, removed, spared)
 
 
 async def _admin(c: SimCluster, rng: random.Random, action: str, target: str,
@@ -234,8 +335,8 @@ async def _admin(c: SimCluster, rng: random.Random, action: str, target: str,
     return False
 
 
-async def _decommission(c: SimCluster, rng: random.Random) -> None:
-    target = rng.choice([n for n in c.first if n in c.live])
+async def _decommission(c: SimCluster, rng: random.Random, spared: Collection[str]) -> None:
+    target = rng.choice([n for n in c.first if n in c.live and n not in spared])
     if not await _admin(c, rng, "decommission", target):
         return
     # The operator stops the process once the node has left the ring.
@@ -244,8 +345,9 @@ async def _decommission(c: SimCluster, rng: random.Random) -> None:
         await c.crash(target)
 
 
-async def _remove(c: SimCluster, rng: random.Random, removed: set[str]) -> None:
-    target = rng.choice([n for n in c.first if n in c.live])
+async def _remove(c: SimCluster, rng: random.Random, removed: set[str],
+                  spared: Collection[str]) -> None:
+    target = rng.choice([n for n in c.first if n in c.live and n not in spared])
     removed.add(target)
     if target in c.live:
         await c.crash(target)

@@ -14,9 +14,11 @@ read names the write it saw.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from spine.core.clock import Version
 from spine.core.consistency import Level
@@ -62,11 +64,21 @@ def content_of(rec: Record | None) -> str | None:
     return None if rec is None or rec.deleted else rec.content
 
 
+# A node a client may send to: its name, the node, and the context its tasks run in.
+Serving = tuple[str, Node, contextvars.Context]
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """A request the client gave up on may still fail later, as a server's would: seen."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Client:
     """One agent: a loop of operations through random live nodes until told to stop."""
 
     def __init__(self, cid: int, level: Level, rng: random.Random, history: History,
-                 live: Callable[[], list[tuple[str, Node]]], now: Callable[[], float],
+                 live: Callable[[], list[Serving]], now: Callable[[], float],
                  session_max_keys: int, timeout: float, trace: Callable[[str], None]) -> None:
         self.cid, self.level, self.rng, self.history = cid, level, rng, history
         self.live, self.now, self.timeout, self.trace = live, now, timeout, trace
@@ -84,10 +96,15 @@ class Client:
         nodes = self.live()
         if not nodes:
             return
-        name, node = self.rng.choice(nodes)
+        name, node, ctx = self.rng.choice(nodes)
         key = self.rng.choice(KEYS[self.level])
         r = self.rng.random()
         kind = "read" if r < 0.35 else ("delete" if r < 0.42 else "write")
+        await self.do(name, node, ctx, kind, key)
+
+    async def do(self, name: str, node: Node, ctx: contextvars.Context, kind: str,
+                 key: str) -> None:
+        """One operation `kind` on `key` through `node` (named `name`), recorded and checked."""
         self.seq += 1
         value = None if kind != "write" else f"c{self.cid}-{self.seq}"
         op = Op(self.cid, self.level, kind, key, value, self.now(), name)
@@ -95,22 +112,31 @@ class Client:
         token = self.token
         # The token crosses the wire as the header does; what the call saw is merged after it.
         call_token = None if token is None else SessionToken.decode(token.encode(), token.max_keys)
+        # The request runs as a task of the node (as a handler in its process would): a crash
+        # of the node cancels it, and the client sees the connection drop.
+        loop = asyncio.get_running_loop()
         try:
             if kind == "read":
-                rec, _, _ = await asyncio.wait_for(
-                    node.coordinator.get(NS, key, self.level, call_token), self.timeout)
+                task = loop.create_task(node.coordinator.get(NS, key, self.level, call_token),
+                                        context=ctx)
+                task.add_done_callback(_consume)
+                rec, _, _ = await asyncio.wait_for(asyncio.shield(task), self.timeout)
                 op.value, op.version = content_of(rec), None if rec is None else rec.version
             else:
                 body = None if value is None else WriteBody(value, (), {}, None, None)
-                items = await asyncio.wait_for(node.coordinator.write(
-                    NS, [WriteOp(key, body)], self.level, call_token, None), self.timeout)
+                wtask = loop.create_task(node.coordinator.write(
+                    NS, [WriteOp(key, body)], self.level, call_token, None), context=ctx)
+                wtask.add_done_callback(_consume)
+                items = await asyncio.wait_for(asyncio.shield(wtask), self.timeout)
                 item = items[0]
                 if item.error is not None:
                     raise item.error
                 assert item.result is not None
                 op.version = item.result.record.version
             op.ok = True
-        except (SpineError, TimeoutError) as e:
+        except (SpineError, TimeoutError, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError) and not self._node_died(name):
+                raise  # this client is being stopped
             op.error = type(e).__name__ if not isinstance(e, SpineError) else e.code
             # A read that failed changed nothing; a write may have applied anyway.
             op.ok = False if kind == "read" else None
@@ -121,6 +147,9 @@ class Client:
             self.check_session(op)
         self.trace(f"c{self.cid} {op.kind} {key}={op.value} via {name} -> "
                    f"{'ok' if op.ok else op.error} {op.version}")
+
+    def _node_died(self, name: str) -> bool:
+        return all(n != name for n, _, _ in self.live())
 
     def check_session(self, op: Op) -> None:
         """Read-your-writes and monotonic reads: a session read is never older than anything

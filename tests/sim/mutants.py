@@ -1,0 +1,116 @@
+"""Safeguards of the real node code, each removable by a test-only patch (the simulator's teeth).
+
+Every mutant is a function of a `pytest.MonkeyPatch`: it replaces one method, pure function or
+constructor argument of the real code with a version lacking the safeguard, and the patch is
+undone when the monkeypatch is (at the end of the test). `tests/sim/test_sim_teeth.py` runs the
+simulator under each and asserts a seed reports the violation the safeguard prevents.
+
+The patches sit at the narrowest stable point: the pure halves (`spine.core.ring_change`,
+`spine.core.quorum`, `spine.core.abd`) as the shells call them, or one method of a shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from spine.cluster import coordinator, handoff, replication, ringkeeper
+from spine.core import abd, quorum, ring_change
+from spine.core.consistency import Level
+from spine.core.model import Record
+from spine.core.quorum import ReadOutcome
+from spine.core.ringmap import RingMap
+from spine.core.session import SessionToken
+
+Mutant = Callable[[pytest.MonkeyPatch], None]
+
+
+def no_barrier(mp: pytest.MonkeyPatch) -> None:
+    """The claimant settles without waiting for the pending owners: the first status poll after
+    the barrier went out settles the map, whatever the pending owners answered (their final sync
+    with the owners not done)."""
+    def on_status(self: ring_change.Claimant, replies: Sequence[ring_change.Status] | None
+                  ) -> ring_change.Wait | ring_change.Settle:
+        return ring_change.Settle(self.digest)
+    mp.setattr(ring_change.Claimant, "on_status", on_status)
+
+
+def no_trailing(mp: pytest.MonkeyPatch) -> None:
+    """A settle switches reads and writes to the new owners at once: no trailing owners (the
+    ring keeper's `trailing_window` is 0)."""
+    real = ringkeeper.RingKeeper.__init__
+
+    def init(self: ringkeeper.RingKeeper, *args: Any, **kwargs: Any) -> None:
+        kwargs["trailing_window"] = 0.0
+        real(self, *args, **kwargs)
+    mp.setattr(ringkeeper.RingKeeper, "__init__", init)
+
+
+def agree_live_only(mp: pytest.MonkeyPatch) -> None:
+    """Issue 18's mutant (c), the old bug: the claimant asks agreement of the peers it thinks
+    alive only, so a member cut off for the whole change is skipped."""
+    real = ring_change.Claimant.begin
+
+    def begin(self: ring_change.Claimant, ringmap: RingMap, move_targets: Iterable[str],
+              peers: Iterable[str], is_alive: ring_change.IsAlive, now: float) -> Any:
+        return real(self, ringmap, move_targets, [p for p in peers if is_alive(p)], is_alive, now)
+    mp.setattr(ring_change.Claimant, "begin", begin)
+
+
+def early_ack(mp: pytest.MonkeyPatch) -> None:
+    """The coordinator acknowledges before W replicas committed: a write (session, strong, and
+    ABD's write phases) counts as done at the first replica's acknowledgement."""
+    real = replication.Replicator.write
+
+    async def write(self: replication.Replicator, records: Sequence[Record],
+                    prefs: Sequence[Sequence[str]], w: int | Sequence[int], *,
+                    hints_count: bool, timeout: float) -> list[int]:
+        need = [w] * len(records) if isinstance(w, int) else list(w)
+        acks = await real(self, records, prefs, 1, hints_count=hints_count, timeout=timeout)
+        return [n if a >= 1 else a for a, n in zip(acks, need, strict=True)]
+    mp.setattr(replication.Replicator, "write", write)
+
+
+def _oldest_first(answers: Mapping[str, Record | None]) -> ReadOutcome:
+    """`resolve` turned around: the OLDEST answer wins, and whoever holds another is stale."""
+    held = [r for r in answers.values() if r is not None]
+    if not held:
+        return ReadOutcome(None, (), tuple(answers))
+    oldest = min(held, key=lambda r: r.version)
+    holders = tuple(n for n, r in answers.items() if r is not None and r.version == oldest.version)
+    return ReadOutcome(oldest, tuple(n for n in answers if n not in holders), holders)
+
+
+def repair_older(mp: pytest.MonkeyPatch) -> None:
+    """Read repair writes an older version over a newer one: the repairs' pick of the version
+    to spread (the replicator's read repair and ABD's write-back) takes the oldest answer."""
+    mp.setattr(replication, "resolve", _oldest_first)
+    mp.setattr(abd, "resolve", _oldest_first)
+
+
+def ignore_needs_quorum(mp: pytest.MonkeyPatch) -> None:
+    """Issue 18's mutant (a): a session read with a token stops at one answer even when the
+    token overflowed and may have forgotten the key (read at R=1 with no floor)."""
+    def one_is_enough(level: Level, token: SessionToken | None, key: str) -> bool:
+        return level is Level.EVENTUAL or (level is Level.SESSION and token is not None)
+    mp.setattr(quorum, "one_is_enough", one_is_enough)
+    mp.setattr(coordinator, "one_is_enough", one_is_enough)
+
+
+def hints_not_rerouted(mp: pytest.MonkeyPatch) -> None:
+    """Issue 18's mutant (b): hints for a node that left the ring are kept for it (it never
+    answers again) instead of going to the records' new owners."""
+    mp.setattr(handoff.Handoff, "_gone", lambda self, target: False)
+
+
+MUTANTS: dict[str, Mutant] = {
+    "no_barrier": no_barrier,
+    "no_trailing": no_trailing,
+    "agree_live_only": agree_live_only,
+    "early_ack": early_ack,
+    "repair_older": repair_older,
+    "ignore_needs_quorum": ignore_needs_quorum,
+    "hints_not_rerouted": hints_not_rerouted,
+}
