@@ -95,7 +95,11 @@ class Coordinator:
         return route(self.placement(), namespace, mid, self.node_id, self.liveness.is_alive)
 
     async def _forward(self, targets: list[str], msg: Forward) -> dict[str, Any] | None:
-        """Run the request on the first target that answers; None if none could."""
+        """Run the request on the first target that answers; None if none could. A write that
+        reached a target which then did not answer fails with Timeout (504): the target may have
+        applied it, and writing it again here would mint a second, newer version of one client
+        write, which could undo a write acknowledged in between (a strong register would read
+        the old value back after the new one: not linearizable)."""
         for target in targets:
             try:
                 reply: dict[str, Any] = await self.rpc.call(
@@ -104,6 +108,9 @@ class Coordinator:
             except PeerUnavailable as e:
                 if "code" not in e.details:
                     self.liveness.report_failure(target)
+                    if msg.op == "write" and e.details.get("sent"):
+                        raise Timeout(f"the write went to {target}, which did not answer in"
+                                      " time: it may or may not have been applied") from None
                 continue
             self.metrics.forwards.inc()
             return reply
@@ -236,8 +243,12 @@ class Coordinator:
         plan = split_writes(routes, self.node_id, forwarded=forwarded)
         local = list(plan.local)
         for target, idxs in plan.forward.items():
-            got = await self._forward_writes(target, namespace, [ops[i] for i in idxs],
-                                             requested, token, agent)
+            try:
+                got = await self._forward_writes(target, namespace, [ops[i] for i in idxs],
+                                                 requested, token, agent)
+            except Timeout as e:  # the outcome there is unknown: never written twice
+                results.update((i, ItemResult(ops[i].id, error=e)) for i in idxs)
+                continue
             if got is None:
                 local.extend(idxs)
             else:

@@ -72,6 +72,10 @@ def _remote_error(node: str, body: Any) -> SpineError:
     return cls(message, field=field if isinstance(field, str) else None, **kw)
 
 
+def _sent(sent: list[bool]) -> dict[str, Any]:
+    return {"sent": True} if sent else {}
+
+
 def _error_reply(frame: Frame, hlc: int, e: SpineError) -> list[Any]:
     details = {**e.details, "field": e.field} if e.field else dict(e.details)
     return [ERROR, frame.req_id, frame.tag, hlc, [e.code, e.message, details]]
@@ -326,15 +330,23 @@ class RpcClient:
 
     async def call(self, node: str, msg: Message, timeout: float) -> Any:
         """Send `msg` to `node` and return the handler's reply; PeerUnavailable on any failure
-        (FrameTooLarge, a kind of it, when the request or its reply is past the frame limit)."""
+        (FrameTooLarge, a kind of it, when the request or its reply is past the frame limit).
+        A failure after the request was written carries `sent=True`: the peer may have acted
+        on it (the outcome is unknown)."""
+        sent: list[bool] = []
         try:
-            return await asyncio.wait_for(self._call(node, msg), timeout)
+            return await asyncio.wait_for(self._call(node, msg, sent), timeout)
         except TimeoutError:
-            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node) from None
+            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node,
+                                  **_sent(sent)) from None
         except (OSError, asyncio.IncompleteReadError, ProtocolError) as e:
-            raise PeerUnavailable(f"{node}: {e}", node=node) from None
+            raise PeerUnavailable(f"{node}: {e}", node=node, **_sent(sent)) from None
+        except PeerUnavailable as e:
+            if sent and "code" not in e.details:
+                e.details["sent"] = True
+            raise
 
-    async def _call(self, node: str, msg: Message) -> Any:
+    async def _call(self, node: str, msg: Message, sent: list[bool]) -> Any:
         conn = await self._connection(node)
         # Backpressure: wait for room in the send buffer before writing, so a peer that stops
         # reading holds callers back, and a caller that gives up leaves nothing queued.
@@ -351,6 +363,7 @@ class RpcClient:
         conn.waiting[req_id] = fut
         try:
             conn.writer.write(data)
+            sent.append(True)
             return await fut
         finally:
             conn.waiting.pop(req_id, None)

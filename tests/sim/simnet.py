@@ -140,8 +140,9 @@ class SimTransport:
     async def call(self, node: str, msg: Message, timeout: float) -> Any:
         try:
             return await asyncio.wait_for(self._call(node, msg), timeout)
-        except TimeoutError:
-            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node) from None
+        except TimeoutError:  # the request went out: the peer may have acted on it
+            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node,
+                                  sent=True) from None
 
     async def _call(self, node: str, msg: Message) -> Any:
         net = self.net
