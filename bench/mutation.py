@@ -9,11 +9,13 @@ property tests that reach the mutated function, then four whole-cluster simulati
 process-level integration tests. mutmut writes its mutants and results under `mutants/` of the
 directory it runs in, so this script runs it in a copy of the work tree (`runs/mutation/`,
 ignored by git): the shared tree stays clean, edits made to it while a run is going do not leak
-into the run, and a rerun keeps the verdicts of the mutants whose function did not change.
+into the run, and a second run resumes: it tests only the mutants without a verdict yet
+(--rerun tests them all again).
 
 The table counts, per module: killed (a test failed), timeout (the tests ran past mutmut's
 limit, a kill too), survived, no tests (no selected test reaches the function: a survivor) and
-the score, (killed + timeout) / total.
+other (mutmut's "suspicious", a segfault, ...), not run (yet), and the score: (killed + timeout)
+over the mutants run.
 """
 
 from __future__ import annotations
@@ -67,25 +69,38 @@ def sync_tree() -> None:
                 path.unlink()
 
 
-def run_mutmut(modules: list[str], workers: int) -> int:
-    globs = [module_path(m)[:-3].replace("/", ".") + ".*" for m in modules]
+def run_mutmut(modules: list[str], workers: int, rerun: bool) -> int:
+    """Run the modules' mutants. mutmut tests every mutant it is given by name again, so unless
+    `rerun`, name only the ones without a verdict yet (an interrupted run resumes; a function
+    that changed since gets new, unverdicted mutants); a first run names whole modules."""
+    names = [] if rerun else [k for m in modules for k, code in codes(module_path(m)).items()
+                              if code is None]
+    if not names:
+        names = [module_path(m)[:-3].replace("/", ".") + ".*" for m in modules]
+        if not rerun and all(codes(module_path(m)) for m in modules):
+            return 0  # every mutant has its verdict
     mutmut = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([str(mutmut), "run", "--max-children", str(workers), *globs],
+    return subprocess.run([str(mutmut), "run", "--max-children", str(workers), *names],
                           cwd=WORKDIR, env=env, check=False).returncode
 
 
-def verdicts(path: str) -> Counter[str]:
+def codes(path: str) -> dict[str, int | None]:
+    """mutmut's exit code per mutant of one module (None: not run yet); {} before a first run."""
     meta = WORKDIR / "mutants" / f"{path}.meta"
     if not meta.is_file():
-        return Counter()
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return Counter(STATUS.get(code, "not run" if code is None else "suspicious")
-                   for code in codes.values())
+        return {}
+    result: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return result
+
+
+def verdicts(path: str) -> Counter[str]:
+    return Counter(STATUS.get(code, "other") if code is not None else "not run"
+                   for code in codes(path).values())
 
 
 def report(modules: list[str]) -> None:
-    cols = ["killed", "timeout", "survived", "no tests", "not run"]
+    cols = ["killed", "timeout", "survived", "no tests", "other", "not run"]
     print(f"{'module':34} " + " ".join(f"{c:>9}" for c in cols) + f" {'total':>6} {'score':>6}")
     groups: dict[str, Counter[str]] = {"spine/core": Counter(), "spine/cluster": Counter()}
     for m in modules:
@@ -109,11 +124,9 @@ def line(label: str, c: Counter[str], cols: list[str]) -> str:
 
 def survivors(modules: list[str]) -> None:
     for m in modules:
-        meta = WORKDIR / "mutants" / f"{module_path(m)}.meta"
-        if meta.is_file():
-            for key, code in sorted(json.loads(meta.read_text())["exit_code_by_key"].items()):
-                if STATUS.get(code) in ("survived", "no tests"):
-                    print(f"{STATUS[code]:9} {key}")
+        for key, code in sorted(codes(module_path(m)).items()):
+            if code is not None and STATUS.get(code) in ("survived", "no tests"):
+                print(f"{STATUS[code]:9} {key}")
 
 
 def main() -> int:
@@ -122,6 +135,8 @@ def main() -> int:
                     "or paths; default: the core decision halves and the data-path services")
     ap.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
     ap.add_argument("--report", action="store_true", help="print the last figures, run nothing")
+    ap.add_argument("--rerun", action="store_true", help="test every mutant of the modules "
+                    "again (default: only those without a verdict, so a stopped run resumes)")
     ap.add_argument("--survivors", action="store_true", help="also list surviving mutants "
                     "(inspect one with `cd runs/mutation && mutmut show NAME`)")
     args = ap.parse_args()
@@ -129,7 +144,7 @@ def main() -> int:
     rc = 0
     if not args.report:
         sync_tree()
-        rc = run_mutmut(modules, args.workers)
+        rc = run_mutmut(modules, args.workers, args.rerun)
     report(modules)
     if args.survivors:
         survivors(modules)
