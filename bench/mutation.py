@@ -135,6 +135,8 @@ def main() -> int:
                     "or paths; default: the core decision halves and the data-path services")
     ap.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
     ap.add_argument("--report", action="store_true", help="print the last figures, run nothing")
+    ap.add_argument("--no-sync", action="store_true", help="test the copy in runs/mutation as it "
+                    "is, without bringing in the work tree's changes (resume on the same snapshot)")
     ap.add_argument("--rerun", action="store_true", help="test every mutant of the modules "
                     "again (default: only those without a verdict, so a stopped run resumes)")
     ap.add_argument("--survivors", action="store_true", help="also list surviving mutants "
@@ -143,7 +145,8 @@ def main() -> int:
     modules = args.modules or DEFAULT
     rc = 0
     if not args.report:
-        sync_tree()
+        if not args.no_sync:
+            sync_tree()
         rc = run_mutmut(modules, args.workers, args.rerun)
     report(modules)
     if args.survivors:
