@@ -80,9 +80,12 @@ def test_the_seeds_exercise_every_ring_change_and_fault(outcomes: dict[int, Outc
     assert {o.change for o in outs} == set(RING_CHANGES)
     kinds = {f.split("@")[0] for o in outs for f in o.faults}
     assert {"partition", "crash", "skew", "pause"} <= kinds
+    # About 190 of a seed's 300 operations are writes; faults fail some of them.
     for o in outs:
         acked = len(o.history.acked())
-        assert acked >= 100, f"seed={o.seed}: only {acked} writes acknowledged"
+        assert acked >= 50, f"seed={o.seed}: only {acked} writes acknowledged"
+    mean = sum(len(o.history.acked()) for o in outs) / len(outs)
+    assert mean >= 120, f"only {mean:.0f} writes acknowledged per seed on average"
 
 
 def test_a_seed_replays_identically_whatever_the_hash_seed() -> None:

@@ -54,7 +54,10 @@ TEETH: dict[str, Tooth] = {
     "no_trailing": Tooth((2, 0, 3, 4), AT_SETTLE, "is missing on"),
     # A member cut off for the whole join is skipped; back with its old map it coordinates
     # writes acked by old owners only, short of a quorum of the settled map's owners.
-    "agree_live_only": Tooth((3, 0, 1, 2, 4, 5), CUT_OFF, "is missing on"),
+    # Rare: of seeds 6-24 only 8 catches it (the cut-off node must coordinate a write in the
+    # moment between its return and its next ring sync); the claimant's unit test
+    # (tests/unit/test_rebalance_claimant.py) kills it on every run.
+    "agree_live_only": Tooth((8, 3), CUT_OFF, "is missing on"),
     # Acknowledged at the first replica's ack: a quorum read misses the write.
     "early_ack": Tooth((0, 5, 1, 3), Knobs(), "is missing on"),
     # The repairs spread the OLDEST version: a strong read returns a value older than one a
