@@ -90,9 +90,10 @@ class TlsCluster(LocalCluster):
     def url(self, name: str) -> str:
         return f"https://{HOST}:{self.port(name)}"
 
-    def http(self, name: str, method: str, path: str, body: Any = None,
-             headers: Mapping[str, str] | None = None, timeout: float = 10.0, *,
-             use_key: bool = True) -> Reply:
+    def request(self, name: str, method: str, path: str, body: Any = None,
+                headers: Mapping[str, str] | None = None, timeout: float = 10.0, *,
+                use_key: bool = True) -> Reply:
+        """The harness's raw request over https (its health and metrics polls use it too)."""
         conn = http.client.HTTPSConnection(HOST, self.port(name), timeout=timeout,
                                            context=self.https)
         try:
@@ -103,6 +104,8 @@ class TlsCluster(LocalCluster):
             return Reply(resp.status, resp.msg, resp.read())
         finally:
             conn.close()
+
+    http = request
 
 
 @pytest.fixture(scope="module")
