@@ -1,26 +1,26 @@
 """The real node code under deterministic simulation (tests/sim/scenario.py), many seeds.
 
 Each seed: 5 nodes and a spare, 6 clients (3 session, 2 strong, 1 eventual) doing 300
-operations through random nodes, 2-4 faults (partitions, crashes with restarts, pauses, clock skew),
-1% loss and 1% duplication, and one ring change (none, join, decommission, or crash + remove)
-drawn from the seed; the invariants (tests/sim/invariants.py) checked during and after. The
-seeds run in one worker process per core; a failure prints the seed, the violation and the tail
-of the trace. Replay one seed, in this process, with
+operations through random nodes, 2-4 faults (partitions, crashes with restarts, pauses, clock
+skew), 1% loss and 1% duplication, and one ring change (none, join, decommission, or crash +
+remove) drawn from the seed; the invariants (tests/sim/invariants.py) checked during and after.
+The seeds run in worker processes (tests/sim/seed_pool.py) from the end of collection on; a
+failure prints the seed, the violation and the tail of the trace. Replay one seed, in this
+process, with
 
     .venv/bin/pytest tests/sim/test_cluster_sim.py --seed N
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.sim.conftest import POOL
 from tests.sim.scenario import RING_CHANGES, Outcome, run_seed
 
 DEFAULT_SEEDS = 200
@@ -37,22 +37,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("seed", _seeds(metafunc.config))
 
 
-def run_compact(seed: int) -> Outcome:
-    """One seed in a worker; a passing seed's trace is cut to its tail (it travels back)."""
-    out = run_seed(seed)
-    if out.ok:
-        out.trace = out.trace[-100:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def outcomes(request: pytest.FixtureRequest) -> dict[int, Outcome]:
-    seeds = _seeds(request.config)
-    workers = min(len(os.sched_getaffinity(0)), len(seeds))
-    if workers <= 1:
-        return {s: run_seed(s) for s in seeds}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        return dict(zip(seeds, ex.map(run_compact, seeds, chunksize=2), strict=True))
+    pool = request.config.stash.get(POOL, None)
+    if pool is not None:  # started when collection ended (tests/sim/conftest.py)
+        return pool.results()
+    return {s: run_seed(s) for s in _seeds(request.config)}
 
 
 # The first test also waits for the module's seeds to run (about 1-2 s each per core).
