@@ -16,21 +16,16 @@ from collections.abc import Iterable
 
 from jepsen_style.checker import linearizability
 from jepsen_style.checker.history import Op as RegisterOp
+from spine.api.readiness import serves_clients
 from spine.core.clock import Version
 from spine.core.consistency import Level
-from spine.core.readiness import serves_clients
 from spine.node import Node
 from tests.sim.workload import KEYS, NS, History
 
 
 def serving(live: dict[str, Node]) -> dict[str, Node]:
     """The live nodes that coordinate client requests (not left, not removed)."""
-    out = {}
-    for name, node in live.items():
-        entry = node.keeper.map.get(name)
-        if serves_clients(node.keeper.state(), entry is not None and entry.removed):
-            out[name] = node
-    return out
+    return {name: node for name, node in live.items() if serves_clients(node)}
 
 
 def newest_acked(history: History, levels: Iterable[Level], now: float) -> dict[str, Version]:
