@@ -15,6 +15,9 @@ STATUS: dict[type[e.SpineError], int] = {
     e.Forbidden: 403,
     e.NotFound: 404,
     e.Conflict: 409,
+    e.PreconditionFailed: 412,
+    e.Fenced: 409,
+    e.LeaseHeld: 409,
     e.TooLarge: 413,
     e.Overloaded: 429,
     e.TooManyNamespaces: 507,
@@ -45,7 +48,7 @@ def error_body(err: e.SpineError) -> dict[str, Any]:
     if err.field is not None:
         body["field"] = err.field
     for k, v in err.details.items():
-        if k not in body and isinstance(v, str | int | float | bool | list):
+        if k not in body and (isinstance(v, str | int | float | bool | list) or k == "current"):
             body[k] = v
     return {"error": body}
 

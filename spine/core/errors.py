@@ -58,6 +58,26 @@ class Conflict(SpineError):
     code = "conflict"
 
 
+class PreconditionFailed(SpineError):
+    """An If-Match or If-None-Match condition does not hold; `current` is the key's version
+    (or None when it holds no live record)."""
+
+    code = "precondition_failed"
+
+
+class Fenced(SpineError):
+    """A fenced write carries a lease token lower than one the key has already accepted."""
+
+    code = "fenced"
+
+
+class LeaseHeld(SpineError):
+    """Another holder has the lease and it has not expired; `holder` and `remaining_ms` say who
+    and for how long."""
+
+    code = "lease_held"
+
+
 class Overloaded(SpineError):
     """Too much work in flight; the client should back off and retry."""
 
@@ -168,6 +188,7 @@ ERRORS_BY_CODE: dict[str, type[SpineError]] = {
     cls.code: cls
     for cls in (
         InvalidInput, TooLarge, Unauthorized, Forbidden, NotFound, Conflict, Overloaded,
+        PreconditionFailed, Fenced, LeaseHeld,
         QuorumUnavailable, SessionUnavailable, Timeout, ClockSkew, PeerUnavailable,
         FrameTooLarge,
     )

@@ -43,6 +43,7 @@ class Record:
     vector: bytes | None = None
     created_hlc: int = 0
     deleted: bool = False
+    fences: Mapping[str, int] = field(default_factory=dict)  # lease -> highest token accepted
 
     @property
     def key(self) -> Key:
@@ -87,6 +88,7 @@ class Record:
             self.vector,
             self.created_hlc,
             self.deleted,
+            dict(self.fences),
         ]
 
     @classmethod
@@ -104,15 +106,19 @@ class Record:
             vector=w[9],
             created_hlc=w[10],
             deleted=bool(w[11]),
+            fences=dict(w[12]) if len(w) > 12 else {},
         )
 
 
 def merge(a: Record, b: Record) -> Record:
-    """The LWW merge: payload of the larger version, version vectors joined."""
+    """The LWW merge: payload of the larger version; version vectors and fences joined (a
+    fence, like a clock entry, only grows: DESIGN §12)."""
     win, lose = (a, b) if a.version >= b.version else (b, a)
-    if win.version == lose.version and dict(win.clock) == dict(lose.clock):
+    same_fences = dict(win.fences) == dict(lose.fences)
+    if win.version == lose.version and dict(win.clock) == dict(lose.clock) and same_fences:
         return win
-    return replace(win, clock=vv_merge(win.clock, lose.clock))
+    fences = win.fences if same_fences else vv_merge(win.fences, lose.fences)
+    return replace(win, clock=vv_merge(win.clock, lose.clock), fences=fences)
 
 
 def is_concurrent(a: Record, b: Record) -> bool:

@@ -149,7 +149,8 @@ class Records:
             return Applied(Outcome.APPLIED, old, merged, conflict, seq)
         if rec.version < old.version and conflict:
             self.history.add(txn, rk, rec, True)
-        if merged is not old and dict(merged.clock) != dict(old.clock):
+        if merged is not old and (dict(merged.clock) != dict(old.clock)
+                                  or dict(merged.fences) != dict(old.fences)):
             txn.put(rk, encode_record(merged), db=self.db)
         return Applied(Outcome.STALE, old, merged, conflict and rec.version != old.version, seq)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 
 import msgpack
 import numpy as np
@@ -129,9 +130,20 @@ def test_wire_form_round_trips_a_tombstone_without_vector() -> None:
 
 def test_wire_form_is_positional_and_append_only() -> None:
     w = full_record().to_wire()
-    assert len(w) == 12
+    assert len(w) == 13
     assert w[:4] == ["ns", "m1", hlc_from_ms(T0) + 5, "n2"]
     assert w[11] is False
+    assert w[12] == {}  # fences, appended (DESIGN §12)
+    assert Record.from_wire(w[:12]) == full_record()  # a 12-field form from before still reads
+
+
+def test_merge_joins_fences_whichever_payload_wins() -> None:
+    old = replace(full_record(), fences={"lock": 5, "other": 2})
+    new = replace(full_record(), version=Version(old.version.hlc + 1, "n3"), fences={"lock": 3})
+    for a, b in ((old, new), (new, old)):
+        m = merge(a, b)
+        assert m.version == new.version
+        assert dict(m.fences) == {"lock": 5, "other": 2}
 
 
 # --- public shape -------------------------------------------------------------------------------
