@@ -14,13 +14,17 @@ from spine.client.errors import (
     BatchFailed,
     ClockSkew,
     Conflict,
+    Fenced,
     Forbidden,
     InsufficientStorage,
     InvalidInput,
+    LeaseHeld,
+    LeaseLost,
     NotFound,
     NotServing,
     Overloaded,
     PeerUnavailable,
+    PreconditionFailed,
     QuorumUnavailable,
     RequestTimeout,
     SessionUnavailable,
@@ -33,6 +37,7 @@ from spine.client.errors import (
     Unreachable,
     error_for,
 )
+from spine.client.leases import AsyncHeldLease, HeldLease, LeaseKeeper
 from spine.client.session import TokenStore, merge_tokens, token_keys
 from spine.client.sync import Client
 from spine.client.types import (
@@ -40,19 +45,22 @@ from spine.client.types import (
     BatchResult,
     Deleted,
     History,
+    Lease,
     Page,
     Record,
+    Reply,
     SearchHit,
     SearchResult,
 )
 from spine.core.errors import SpineError
 
 __all__ = [
-    "BATCH_LIMIT", "BY_CODE", "AsyncClient", "BatchFailed", "BatchItemResult", "BatchResult",
-    "Client", "ClockSkew", "Conflict", "Deleted", "Forbidden", "History", "InsufficientStorage",
-    "InvalidInput", "NotFound", "NotServing", "Overloaded", "Page", "PeerUnavailable",
-    "QuorumUnavailable", "Record", "RequestTimeout", "SearchHit", "SearchResult",
-    "SessionUnavailable", "SpineError", "SpineHTTPError", "StorageFailed", "Timeout",
-    "TokenStore", "TooLarge", "TooManyNamespaces", "Unauthorized", "Unreachable", "error_for",
-    "merge_tokens", "tls_context", "token_keys",
+    "BATCH_LIMIT", "BY_CODE", "AsyncClient", "AsyncHeldLease", "BatchFailed", "BatchItemResult",
+    "BatchResult", "Client", "ClockSkew", "Conflict", "Deleted", "Fenced", "Forbidden",
+    "HeldLease", "History", "InsufficientStorage", "InvalidInput", "Lease", "LeaseHeld",
+    "LeaseKeeper", "LeaseLost", "NotFound", "NotServing", "Overloaded", "Page",
+    "PeerUnavailable", "PreconditionFailed", "QuorumUnavailable", "Record", "Reply",
+    "RequestTimeout", "SearchHit", "SearchResult", "SessionUnavailable", "SpineError",
+    "SpineHTTPError", "StorageFailed", "Timeout", "TokenStore", "TooLarge", "TooManyNamespaces",
+    "Unauthorized", "Unreachable", "error_for", "merge_tokens", "tls_context", "token_keys",
 ]

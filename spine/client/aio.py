@@ -12,9 +12,11 @@ import httpx2 as httpx
 
 from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
+from spine.client.calls import FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
+from spine.client.leases import AsyncHeldLease
 from spine.client.session import TokenStore, merge_tokens
-from spine.client.types import BatchResult, Deleted, History, Page, Record, SearchResult
+from spine.client.types import BatchResult, Deleted, History, Lease, Page, Record, SearchResult
 
 
 class AsyncClient(Base):
@@ -49,6 +51,7 @@ class AsyncClient(Base):
                    headers: Mapping[str, str] | None = None) -> Any:
         http = await self._client()
         content, params, t = self._content(call), self._params(call), self._timeout(timeout)
+        extra = {**call.headers, **(headers or {})}
         attempt = 0
         while True:
             tried: builtins.list[str] = []
@@ -57,7 +60,7 @@ class AsyncClient(Base):
                 try:
                     resp = await http.request(call.method, url + call.path, content=content,
                                               params=params, timeout=t,
-                                              headers=self._headers(consistency, headers))
+                                              headers=self._headers(consistency, extra))
                 except httpx.TransportError as e:
                     tried.append(url)
                     last = e
@@ -100,10 +103,15 @@ class AsyncClient(Base):
             return resp.text
         raise self._unreachable(tried, None)
 
-    async def put(self, ns: str, mid: str, content: str, *, consistency: str | None = None,
-                  timeout: float | None = None, **fields: Any) -> Record:
-        """Create or replace a memory."""
-        return cast(Record, await self._run(calls.put(ns, mid, content, fields),
+    async def put(self, ns: str, mid: str, content: str, *, if_match: VersionLike = None,
+                  if_none_match: bool = False, fence: FenceLike = None,
+                  consistency: str | None = None, timeout: float | None = None,
+                  **fields: Any) -> Record:
+        """Create or replace a memory; `if_match`, `if_none_match` and `fence` as in
+        Client.put. A conditional or fenced write is NOT retried after a 503 or 504 (its
+        outcome is unknown: read before trying again)."""
+        headers = calls.condition_headers(if_match, if_none_match, fence)
+        return cast(Record, await self._run(calls.put(ns, mid, content, fields, headers),
                                             consistency=consistency, timeout=timeout))
 
     async def create(self, ns: str, content: str, *, id: str | None = None,
@@ -122,11 +130,37 @@ class AsyncClient(Base):
         return cast(Record, await self._run(calls.get(ns, mid, include_vector),
                                             consistency=consistency, timeout=timeout))
 
-    async def delete(self, ns: str, mid: str, *, consistency: str | None = None,
+    async def delete(self, ns: str, mid: str, *, if_match: VersionLike = None,
+                     fence: FenceLike = None, consistency: str | None = None,
                      timeout: float | None = None) -> Deleted:
-        """Delete a memory."""
-        return cast(Deleted, await self._run(calls.delete(ns, mid), consistency=consistency,
-                                             timeout=timeout))
+        """Delete a memory; `if_match` and `fence` as in Client.put (not retried after a 503
+        or 504 when given)."""
+        headers = calls.condition_headers(if_match, False, fence)
+        return cast(Deleted, await self._run(calls.delete(ns, mid, headers),
+                                             consistency=consistency, timeout=timeout))
+
+    async def acquire_lease(self, ns: str, name: str, holder: str, ttl_ms: int, *,
+                            timeout: float | None = None) -> Lease:
+        """Acquire or renew a lease (as Client.acquire_lease)."""
+        return Lease.from_body(await self._run(calls.lease_acquire(ns, name, holder, ttl_ms),
+                                               timeout=timeout), name)
+
+    async def get_lease(self, ns: str, name: str, *, timeout: float | None = None) -> Lease:
+        """Read a lease (as Client.get_lease)."""
+        return Lease.from_body(await self._run(calls.lease_get(ns, name), timeout=timeout),
+                               name)
+
+    async def release_lease(self, ns: str, name: str, token: int | Lease, *,
+                            timeout: float | None = None) -> Lease:
+        """Release a lease (as Client.release_lease)."""
+        tok = token.token if isinstance(token, Lease) else token
+        return Lease.from_body(await self._run(calls.lease_release(ns, name, tok),
+                                               timeout=timeout), name)
+
+    def lease(self, ns: str, name: str, holder: str, ttl_ms: int) -> AsyncHeldLease:
+        """`async with client.lease(ns, name, holder, ttl_ms) as lease:` acquires it, renews
+        it in an asyncio task every ttl_ms/3 and releases it on exit (as Client.lease)."""
+        return AsyncHeldLease(self, ns, name, holder, ttl_ms)
 
     async def history(self, ns: str, mid: str, *, consistency: str | None = None,
                       timeout: float | None = None) -> History:

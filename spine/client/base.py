@@ -16,6 +16,7 @@ import httpx2 as httpx
 
 from spine.client.errors import SpineHTTPError, Unreachable, error_for
 from spine.client.session import HEADER, merge_tokens
+from spine.client.types import Reply
 from spine.runtime import Runtime
 
 DEFAULT_URL = "http://127.0.0.1:8788"
@@ -24,6 +25,10 @@ BATCH_LIMIT = 1000  # items per _batch call the server accepts (DESIGN §11)
 # (search, _batch, and create with a client-minted id are; a server-minted create is not).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 RETRY_STATUSES = frozenset({429, 503})
+# Codes a node answers before it does anything with the request (admission control, a node that
+# is draining or left): a call whose outcome must not be guessed (a conditional write) may still
+# be retried after one of these, since nothing can have been applied.
+REFUSED_BEFORE_WORK = frozenset({"overloaded", "not_serving"})
 
 
 def tls_context(verify: bool | str = True) -> ssl.SSLContext:
@@ -90,10 +95,16 @@ class Call:
     body: Any = None
     params: Mapping[str, Any] = field(default_factory=dict)
     idempotent: bool | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def safe_to_retry(self) -> bool:
         """Idempotent by method, or as the caller declared."""
         return self.method in IDEMPOTENT if self.idempotent is None else self.idempotent
+
+    def may_retry(self, code: str) -> bool:
+        """Whether a retriable error with this code may be retried: any, for a call safe to
+        repeat; for one that is not, only a refusal that came before any work was done."""
+        return self.safe_to_retry() or (self.idempotent is False and code in REFUSED_BEFORE_WORK)
 
 
 class Base:
@@ -190,9 +201,9 @@ class Base:
         except ValueError:
             body = raw.decode(errors="replace")
         if resp.status_code < 300:
-            return body, None
+            return with_etag(body, resp.headers.get("ETag")), None
         err = error_for(resp.status_code, body, retry_after(resp.headers))
-        if (call.safe_to_retry() and err.retriable and resp.status_code in RETRY_STATUSES
+        if (call.may_retry(err.code) and err.retriable and resp.status_code in RETRY_STATUSES
                 and attempt < self.retries):
             wait = err.retry_after if err.retry_after is not None else 0.5 * 2**attempt
             return err, min(wait, self.max_retry_wait)
@@ -207,6 +218,14 @@ class Base:
 
     def _urls_key(self) -> str:
         return "urls:" + ",".join(sorted(self.urls))
+
+
+def with_etag(body: Any, etag: str | None) -> Any:
+    """A record reply as a `Reply` (a dict with `.etag` and `.version`); other bodies as they
+    are. A reply is a record when the node sent an ETag or the body names a version."""
+    if isinstance(body, dict) and (etag or isinstance(body.get("version"), str)):
+        return Reply(body, etag=etag)
+    return body
 
 
 def cluster_error_ok(err: SpineHTTPError) -> bool:

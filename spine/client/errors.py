@@ -62,6 +62,50 @@ class Conflict(SpineHTTPError, core.Conflict):
     """409 conflict."""
 
 
+def _detail(body: Any, key: str) -> Any:
+    """One field of the reply's error object (None when absent)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    return err.get(key) if isinstance(err, dict) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class PreconditionFailed(SpineHTTPError, core.PreconditionFailed):
+    """412 precondition_failed: If-Match or If-None-Match did not hold. `current` is the key's
+    version now (a bare version string, what `if_match=` takes), None when no live record."""
+
+    def __init__(self, status: int, body: Any, *, retry_after: float | None = None) -> None:
+        super().__init__(status, body, retry_after=retry_after)
+        current = _detail(body, "current")
+        self.current: str | None = current if isinstance(current, str) else None
+
+
+class Fenced(SpineHTTPError, core.Fenced):
+    """409 fenced: the write's lease token is below one the key already accepted (`lease`,
+    `token` sent, `highest` accepted): a newer holder of the lease has written. Not retriable."""
+
+    def __init__(self, status: int, body: Any, *, retry_after: float | None = None) -> None:
+        super().__init__(status, body, retry_after=retry_after)
+        lease = _detail(body, "lease")
+        self.lease: str | None = lease if isinstance(lease, str) else None
+        self.token = _int_or_none(_detail(body, "token"))
+        self.highest = _int_or_none(_detail(body, "highest"))
+
+
+class LeaseHeld(SpineHTTPError, core.LeaseHeld):
+    """409 lease_held: another holder has the lease (`holder`) for `remaining_ms` more (by the
+    answering node's clock, with its clock margin); `token` is that grant's token."""
+
+    def __init__(self, status: int, body: Any, *, retry_after: float | None = None) -> None:
+        super().__init__(status, body, retry_after=retry_after)
+        holder = _detail(body, "holder")
+        self.holder: str | None = holder if isinstance(holder, str) else None
+        self.remaining_ms = _int_or_none(_detail(body, "remaining_ms"))
+        self.token = _int_or_none(_detail(body, "token"))
+
+
 class Overloaded(SpineHTTPError, core.Overloaded):
     """429 overloaded: back off for `retry_after` seconds."""
 
@@ -114,6 +158,9 @@ BY_CODE: dict[str, type[SpineHTTPError]] = {
     "forbidden": Forbidden,
     "not_found": NotFound,
     "conflict": Conflict,
+    "precondition_failed": PreconditionFailed,
+    "fenced": Fenced,
+    "lease_held": LeaseHeld,
     "overloaded": Overloaded,
     "too_many_namespaces": TooManyNamespaces,
     "request_timeout": RequestTimeout,
@@ -151,6 +198,20 @@ class Unreachable(core.SpineError, urllib.error.URLError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class LeaseLost(core.SpineError):
+    """A lease held through `Client.lease` may no longer be ours: a renewal was refused, or
+    `ttl_ms` passed since the last renewal that succeeded was sent. Stop acting on it (writes
+    fenced with its token are still refused by the store once a newer holder has written)."""
+
+    code = "lease_lost"
+
+    def __init__(self, name: str, token: int, reason: str) -> None:
+        super().__init__(f"lease {name!r} (token {token}) lost: {reason}")
+        self.name = name
+        self.token = token
+        self.reason = reason
 
 
 class BatchFailed(core.SpineError):

@@ -12,9 +12,11 @@ import httpx2 as httpx
 
 from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
+from spine.client.calls import FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
+from spine.client.leases import HeldLease
 from spine.client.session import TokenStore, merge_tokens
-from spine.client.types import BatchResult, Deleted, History, Page, Record, SearchResult
+from spine.client.types import BatchResult, Deleted, History, Lease, Page, Record, SearchResult
 
 
 class Client(Base):
@@ -56,6 +58,7 @@ class Client(Base):
     def _run(self, call: Call, *, consistency: str | None = None, timeout: float | None = None,
              headers: Mapping[str, str] | None = None) -> Any:
         content, params, t = self._content(call), self._params(call), self._timeout(timeout)
+        extra = {**call.headers, **(headers or {})}
         attempt = 0
         while True:
             tried: builtins.list[str] = []
@@ -64,7 +67,7 @@ class Client(Base):
                 try:
                     resp = self._http.request(call.method, url + call.path, content=content,
                                               params=params, timeout=t,
-                                              headers=self._headers(consistency, headers))
+                                              headers=self._headers(consistency, extra))
                 except httpx.TransportError as e:
                     tried.append(url)
                     last = e
@@ -107,10 +110,27 @@ class Client(Base):
             return resp.text
         raise self._unreachable(tried, None)
 
-    def put(self, ns: str, mid: str, content: str, *, consistency: str | None = None,
-            timeout: float | None = None, **fields: Any) -> Record:
-        """Create or replace a memory (fields: tags, metadata, vector, agent_id)."""
-        return cast(Record, self._run(calls.put(ns, mid, content, fields),
+    def put(self, ns: str, mid: str, content: str, *, if_match: VersionLike = None,
+            if_none_match: bool = False, fence: FenceLike = None,
+            consistency: str | None = None, timeout: float | None = None,
+            **fields: Any) -> Record:
+        """Create or replace a memory (fields: tags, metadata, vector, agent_id); the reply is
+        a `Reply` whose `.version` / `.etag` a later `if_match=` takes.
+
+        Conditions (DESIGN §12): `if_match` (a version, bare or quoted, or a record carrying
+        one) writes only if the key's current version is that one; `if_none_match` only if no
+        live record exists; else PreconditionFailed, whose `.current` is the version now.
+        `fence` (`(lease, token)`, "lease=token", or a Lease / held lease) writes only if the
+        key never accepted a write fenced by that lease with a higher token; else Fenced.
+
+        A conditional or fenced write is one consensus round: it is NOT retried after a 503
+        or 504 (nor moved to another node once sent), since it may have been applied and a
+        repeat could fail its own condition or apply twice. On QuorumUnavailable, Timeout or
+        Unreachable the outcome is unknown: read the key before trying again. It is retried
+        only after a refusal that came before any work (429 overloaded, 503 not_serving).
+        """
+        headers = calls.condition_headers(if_match, if_none_match, fence)
+        return cast(Record, self._run(calls.put(ns, mid, content, fields, headers),
                                       consistency=consistency, timeout=timeout))
 
     def create(self, ns: str, content: str, *, id: str | None = None, server_mint: bool = False,
@@ -130,11 +150,44 @@ class Client(Base):
         return cast(Record, self._run(calls.get(ns, mid, include_vector),
                                       consistency=consistency, timeout=timeout))
 
-    def delete(self, ns: str, mid: str, *, consistency: str | None = None,
+    def delete(self, ns: str, mid: str, *, if_match: VersionLike = None,
+               fence: FenceLike = None, consistency: str | None = None,
                timeout: float | None = None) -> Deleted:
-        """Delete a memory (a tombstone)."""
-        return cast(Deleted, self._run(calls.delete(ns, mid), consistency=consistency,
+        """Delete a memory (a tombstone); `if_match` and `fence` as in `put` (and, as there,
+        a conditional or fenced delete is not retried after a 503 or 504)."""
+        headers = calls.condition_headers(if_match, False, fence)
+        return cast(Deleted, self._run(calls.delete(ns, mid, headers), consistency=consistency,
                                        timeout=timeout))
+
+    def acquire_lease(self, ns: str, name: str, holder: str, ttl_ms: int, *,
+                      timeout: float | None = None) -> Lease:
+        """Acquire lease `name` for `holder` for `ttl_ms`, or renew it if `holder` has it
+        (the token stays); LeaseHeld (`.holder`, `.remaining_ms`) if someone else does. Count
+        the lease as yours for `ttl_ms` from when you SENT this call, not from the answer.
+        `lease()` does the renewing and the counting for you."""
+        return Lease.from_body(self._run(calls.lease_acquire(ns, name, holder, ttl_ms),
+                                         timeout=timeout), name)
+
+    def get_lease(self, ns: str, name: str, *, timeout: float | None = None) -> Lease:
+        """Lease `name` as the answering node sees it (`holder` None when free); NotFound if
+        it was never granted."""
+        return Lease.from_body(self._run(calls.lease_get(ns, name), timeout=timeout), name)
+
+    def release_lease(self, ns: str, name: str, token: int | Lease, *,
+                      timeout: float | None = None) -> Lease:
+        """Release lease `name` if `token` (or a Lease's) is its current token; Conflict if
+        not (also when a retried release had already succeeded), NotFound if never granted."""
+        tok = token.token if isinstance(token, Lease) else token
+        return Lease.from_body(self._run(calls.lease_release(ns, name, tok), timeout=timeout),
+                               name)
+
+    def lease(self, ns: str, name: str, holder: str, ttl_ms: int) -> HeldLease:
+        """`with client.lease(ns, name, holder, ttl_ms) as lease:` acquires it, renews it in a
+        daemon thread every ttl_ms/3, and releases it on exit. `lease.token` / `lease.fence`
+        are for fenced writes (`fence=lease`); `lease.check()` raises LeaseLost (and
+        `lease.lost` is True) once a renewal was refused or ttl_ms passed since the last
+        successful renewal was sent. See spine.client.leases."""
+        return HeldLease(self, ns, name, holder, ttl_ms)
 
     def history(self, ns: str, mid: str, *, consistency: str | None = None,
                 timeout: float | None = None) -> History:

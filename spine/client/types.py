@@ -1,8 +1,32 @@
-"""Typed shapes of the API's replies (DESIGN §11): TypedDicts, so a reply is still a plain dict."""
+"""Typed shapes of the API's replies (DESIGN §11): TypedDicts, so a reply is still a plain dict;
+a record reply is a `Reply` (a dict that also carries the ETag), a lease a `Lease` value."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, NotRequired, TypedDict
+
+
+class Reply(dict[str, Any]):
+    """A single-record reply (put, get, delete): the JSON object as a dict, plus `etag` (the
+    reply's `ETag` header) and `version` (the bare version, what `if_match=` takes), so that
+    `client.put(ns, id, text, if_match=client.get(ns, id))` reads naturally."""
+
+    def __init__(self, body: dict[str, Any], *, etag: str | None = None) -> None:
+        super().__init__(body)
+        version = body.get("version")
+        self.etag: str | None = etag or (f'"{version}"' if isinstance(version, str) else None)
+
+    @property
+    def version(self) -> str | None:
+        """The record's version: the body's, else the ETag without its quotes."""
+        v = self.get("version")
+        if isinstance(v, str):
+            return v
+        if self.etag is None:
+            return None
+        tag = self.etag.removeprefix("W/")
+        return tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
 
 
 class Record(TypedDict):
@@ -71,3 +95,45 @@ class BatchResult(TypedDict):
     """A batch reply: one result per item."""
 
     results: list[BatchItemResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease as the API answers it (DESIGN §12). `holder` is None when it is free (released
+    or expired); `token` is the fencing token of the last grant; `remaining_ms` the time left by
+    the answering node's clock (a holder must not rely on it: see `Client.lease`)."""
+
+    name: str
+    holder: str | None
+    token: int
+    ttl_ms: int
+    remaining_ms: int
+
+    @property
+    def fence(self) -> tuple[str, int]:
+        """`(name, token)`: what `fence=` takes (sent as `Spine-Fence: name=token`)."""
+        return self.name, self.token
+
+    @classmethod
+    def from_body(cls, body: Any, name: str) -> Lease:
+        """The lease in a reply body (`name` when the body has none). ValueError if the body is
+        not a lease."""
+        if not isinstance(body, dict):
+            raise ValueError(f"not a lease reply: {body!r}")
+        holder = body.get("holder")
+        try:
+            return cls(str(body.get("name") or name), None if holder is None else str(holder),
+                       _int(body["token"]), _int(body.get("ttl_ms", 0)),
+                       _int(body.get("remaining_ms", 0)))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a lease reply: {body!r}") from e
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape (as the server sends it)."""
+        return asdict(self)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
