@@ -10,19 +10,21 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 from aiohttp import web
 
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
+from spine.api.coordination import LeaseRoutes, condition_of, refuse_batch_conditions
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.limits import CLOSE_AFTER, HttpLimits, LimitedRequestHandler
 from spine.api.openapi import openapi_document
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
 from spine.core import validation as v
+from spine.core.conditions import Condition, etag
 from spine.core.consistency import Level
 from spine.core.errors import (
     InvalidInput,
@@ -36,6 +38,7 @@ from spine.core.errors import (
 )
 from spine.core.ids import uuid7
 from spine.core.metrics import SpineMetrics
+from spine.core.model import Record
 from spine.core.quota import NamespaceQuota
 from spine.core.ratelimit import ClientLimiter
 from spine.core.readiness import NotReady
@@ -43,6 +46,9 @@ from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
 from spine.runtime import Runtime
+
+if TYPE_CHECKING:
+    from spine.cluster.leases import Leases
 
 log = structlog.get_logger("spine.api")
 
@@ -84,6 +90,8 @@ class Services:
     storage_problem: Callable[[], SpineError | None] | None = None
     # False once this node has left the ring or was removed: it refuses client requests.
     serves_clients: Callable[[], bool] = lambda: True
+    leases: Leases | None = None  # the lease service (DESIGN §12)
+    max_lease_ttl_ms: int = 600_000  # the longest ttl_ms a lease request may ask for
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -221,6 +229,8 @@ def build_app(svc: Services) -> web.Application:
     r.add_delete("/v1/ns/{ns}/memories/{id}", h.delete)
     r.add_get("/v1/ns/{ns}/memories", h.list)
     r.add_post("/v1/ns/{ns}/search", h.search)
+    LeaseRoutes(svc.leases, svc.max_lease_ttl_ms, h._ns, h._admit_namespace,
+                _read_json).add_to(r)
     r.add_get("/v1/cluster", h.cluster)
     r.add_get("/v1/cluster/shards", h.shards)
     r.add_post("/v1/cluster/nodes/{node}/{action}", h.admin)
@@ -271,17 +281,25 @@ class _Handlers:
         return token if token is not None else SessionToken(self.svc.session_max_keys)
 
     def _reply(
-        self, request: web.Request, data: Any, token: SessionToken, status: int = 200
+        self, request: web.Request, data: Any, token: SessionToken, status: int = 200,
+        record: Record | None = None,
     ) -> web.Response:
-        return _json(data, status, {SESSION: token.encode()})
+        """A JSON reply with the session token and, for one record, its ETag."""
+        headers = {SESSION: token.encode()}
+        if record is not None:
+            headers["ETag"] = etag(record.version)
+        return _json(data, status, headers)
 
     async def _write_one(
-        self, request: web.Request, ns: str, op: WriteOp
+        self, request: web.Request, ns: str, op: WriteOp, cond: Condition | None = None
     ) -> tuple[ItemResult, SessionToken]:
+        """One write: a consensus round when `cond` holds a condition, else the quorum path."""
         requested = _level(request)
         token = _token(request, self.svc.session_max_keys)
-        items = await self.c.write(ns, [op], requested, token, self._agent(request))
-        item = items[0]
+        if cond:  # a conditional write is always strong: the level header is only validated
+            item = await self.c.conditional(ns, op, cond, token, self._agent(request))
+        else:
+            item = (await self.c.write(ns, [op], requested, token, self._agent(request)))[0]
         if item.error is not None:
             raise item.error
         assert item.result is not None
@@ -297,29 +315,33 @@ class _Handlers:
         ns = self._ns(request)
         mid = v.memory_id(request.match_info["id"])
         include_vector = _flag(request, "include_vector")
+        cond = condition_of(request.headers, "PUT")
         body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
         self._admit_namespace(request, ns)
-        item, token = await self._write_one(request, ns, WriteOp(mid, body))
+        item, token = await self._write_one(request, ns, WriteOp(mid, body), cond)
         assert item.result is not None
+        rec = item.result.record
         status = 201 if item.result.created else 200
-        return self._reply(request, item.result.record.public(include_vector), token, status)
+        return self._reply(request, rec.public(include_vector), token, status, rec)
 
     async def create(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
+        condition_of(request.headers, "POST")  # 400 for any: a minted id has no state to match
         body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
         self._admit_namespace(request, ns)
         item, token = await self._write_one(request, ns, WriteOp(self.svc.mint_id(), body))
         assert item.result is not None
-        return self._reply(request, item.result.record.public(), token, 201)
+        return self._reply(request, item.result.record.public(), token, 201, item.result.record)
 
     async def delete(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
         mid = v.memory_id(request.match_info["id"])
-        item, token = await self._write_one(request, ns, WriteOp(mid, None))
+        cond = condition_of(request.headers, "DELETE")
+        item, token = await self._write_one(request, ns, WriteOp(mid, None), cond)
         assert item.result is not None
         rec = item.result.record
         return self._reply(request, {"id": mid, "version": rec.version.encode(), "deleted": True},
-                           token)
+                           token, record=rec)
 
     async def get(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
@@ -334,9 +356,8 @@ class _Handlers:
             out.observe(f"{ns}/{mid}", rec.version)
         if rec is None or rec.deleted:
             err = NotFound(f"no memory {mid!r} in namespace {ns!r}", field="id")
-            resp = error_response(err, {SESSION: out.encode()})
-            return resp
-        return self._reply(request, rec.public(include_vector), out)
+            return error_response(err, {SESSION: out.encode()})
+        return self._reply(request, rec.public(include_vector), out, record=rec)
 
     async def history(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
@@ -385,6 +406,7 @@ class _Handlers:
             raise InvalidInput("items must be a non-empty list", field="items")
         if len(raw_items) > self.svc.limits.batch_items:
             raise TooLarge(f"at most {self.svc.limits.batch_items} items", field="items")
+        refuse_batch_conditions(request.headers, raw_items)
         ops: list[WriteOp] = []
         for i, raw in enumerate(raw_items):
             where = f"items[{i}]"
@@ -470,7 +492,7 @@ class _Handlers:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document(self.svc.dim, self.svc.limits))
+        return _json(openapi_document(self.svc.dim, self.svc.limits, self.svc.max_lease_ttl_ms))
 
 
 def mint_id(wall_ms: Callable[[], int], rand: Callable[[int], bytes]) -> Callable[[], str]:

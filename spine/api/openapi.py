@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from spine.api import coordination as coord
 from spine.core import validation as v
+from spine.core.conditions import LEASE_NAME_RE
 
 SESSION_FORMAT = "spine-session"
 """The `format` of the Spine-Session header: an opaque token this API handed out earlier."""
@@ -43,13 +45,34 @@ _INCLUDE_VECTOR = {"name": "include_vector", "in": "query", "required": False,
 _TAG = {"type": "string", "pattern": _pattern(v.TAG_RE.pattern)}
 _AGENT = {"type": "string", "pattern": _pattern(v.AGENT_RE.pattern)}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+# DESIGN §12: the conditions of a single-key write, and the ETag every single-key reply carries.
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
+             "description": "write only if the key's current version is this ETag (else 412)",
+             "schema": {"type": "string", "pattern": _pattern(coord.IF_MATCH_RE.pattern)}}
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                  "description": "*: create only (412 when a live record exists)",
+                  "schema": {"type": "string", "enum": ["*"]}}
+_FENCE = {"name": "Spine-Fence", "in": "header", "required": False,
+          "description": "<lease>=<token>: refused (409 fenced) once the key has accepted a"
+                         " higher token of that lease",
+          "schema": {"type": "string", "pattern": _pattern(coord.FENCE_RE.pattern)}}
+_ETAG = {"ETag": {"description": "the record's version, quoted", "required": True,
+                  "schema": {"type": "string", "pattern": r'^"[0-9a-f]{16}\.[^"]+"$'}}}
+_LEASE_NAME = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": _pattern(LEASE_NAME_RE.pattern)}}
+_RELEASE_TOKEN = {"name": "token", "in": "query", "required": True,
+                  "description": "the lease's current fencing token",
+                  "schema": {"type": "integer", "minimum": 1, "maximum": coord.MAX_API_TOKEN}}
 
 
 def _resp(desc: str, schema: dict[str, Any] | None = None,
-          media: str = "application/json") -> dict[str, Any]:
+          media: str = "application/json", headers: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     out: dict[str, Any] = {"description": desc}
     if schema is not None:
         out["content"] = {media: {"schema": schema}}
+    if headers is not None:
+        out["headers"] = headers
     return out
 
 
@@ -69,6 +92,11 @@ _WRITE_ERRORS = {
     "408": _resp("the request body did not arrive in time", _ERR),
     "413": _resp("a field or the body is past its limit", _ERR),
     "507": _resp("insufficient_storage, or too_many_namespaces", _ERR),
+}
+_CONDITION_ERRORS = {
+    "409": _resp("fenced: a Spine-Fence token below one the key accepted", _ERR),
+    "412": _resp("precondition_failed: If-Match / If-None-Match does not hold; `current` is"
+                 " the key's version (null: no live record)", _ERR),
 }
 
 
@@ -94,7 +122,7 @@ def _vector(dim: int) -> dict[str, Any]:
                                    {"type": "number", "maximum": -_TINY}]}}
 
 
-def _schemas(dim: int, limits: v.Limits) -> dict[str, Any]:
+def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any]:
     # Content is bounded in UTF-8 bytes and JSON Schema counts characters: the two agree on
     # ASCII, and non-ASCII text reaches the byte limit (413) sooner.
     content = {"type": "string", "maxLength": limits.content_bytes,
@@ -161,6 +189,14 @@ def _schemas(dim: int, limits: v.Limits) -> dict[str, Any]:
             ["results"], closed=False),
         "Status": _obj({"status": {"type": "string"}, "node": {"type": "string"}},
                        ["status"], closed=False),
+        "LeaseRequest": _obj({
+            "holder": {"type": "string", "pattern": _pattern(coord.HOLDER_RE.pattern)},
+            "ttl_ms": {"type": "integer", "minimum": 1, "maximum": max_lease_ttl_ms}},
+            ["holder", "ttl_ms"]),
+        "Lease": _obj({"name": {"type": "string"}, "holder": {"type": ["string", "null"]},
+                       "token": {"type": "integer"}, "ttl_ms": {"type": "integer"},
+                       "remaining_ms": {"type": "integer"}},
+                      ["name", "holder", "token", "ttl_ms", "remaining_ms"]),
     }
 
 
@@ -180,16 +216,19 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
     return {
         "/v1/ns/{ns}/memories/{id}": {
             "parameters": [_NS, _ID],
-            "put": {"summary": "Create or replace a memory", "requestBody": _body(_WRITE),
-                    "parameters": [*_HEADERS, _INCLUDE_VECTOR],
-                    "responses": {"200": _resp("replaced", _REC), "201": _resp("created", _REC),
-                                  **_WRITE_ERRORS}},
+            "put": {"summary": "Create or replace a memory (conditionally with If-Match,"
+                               " If-None-Match or Spine-Fence)", "requestBody": _body(_WRITE),
+                    "parameters": [*_HEADERS, _INCLUDE_VECTOR, _IF_MATCH, _IF_NONE_MATCH, _FENCE],
+                    "responses": {"200": _resp("replaced", _REC, headers=_ETAG),
+                                  "201": _resp("created", _REC, headers=_ETAG),
+                                  **_WRITE_ERRORS, **_CONDITION_ERRORS}},
             "get": {"summary": "Read a memory", "parameters": [*_HEADERS, _INCLUDE_VECTOR],
-                    "responses": {"200": _resp("the record", _REC), "404": found,
-                                  **_READ_ERRORS}},
-            "delete": {"summary": "Delete a memory (tombstone)", "parameters": _HEADERS,
-                       "responses": {"200": _resp("deleted", _ref("Deleted")),
-                                     **_WRITE_ERRORS}},
+                    "responses": {"200": _resp("the record", _REC, headers=_ETAG),
+                                  "404": found, **_READ_ERRORS}},
+            "delete": {"summary": "Delete a memory (tombstone; conditionally with If-Match or"
+                                  " Spine-Fence)", "parameters": [*_HEADERS, _IF_MATCH, _FENCE],
+                       "responses": {"200": _resp("deleted", _ref("Deleted"), headers=_ETAG),
+                                     **_WRITE_ERRORS, **_CONDITION_ERRORS}},
         },
         "/v1/ns/{ns}/memories/{id}/history": {
             "parameters": [_NS, _ID],
@@ -202,7 +241,8 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
             "parameters": [_NS],
             "post": {"summary": "Create a memory with a minted id", "requestBody": _body(_WRITE),
                      "parameters": _HEADERS,
-                     "responses": {"201": _resp("created", _REC), **_WRITE_ERRORS}},
+                     "responses": {"201": _resp("created", _REC, headers=_ETAG),
+                                   **_WRITE_ERRORS}},
             "get": {"summary": "List live records, paged", "parameters": query,
                     "responses": {"200": _resp("a page", _ref("Page")), **_READ_ERRORS}},
         },
@@ -222,6 +262,24 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
                      "responses": {"200": _resp("results", _ref("SearchResults")),
                                    "408": _WRITE_ERRORS["408"], "413": _WRITE_ERRORS["413"],
                                    **_READ_ERRORS}},
+        },
+        "/v1/ns/{ns}/leases/{name}": {
+            "parameters": [_NS, _LEASE_NAME],
+            "post": {"summary": "Acquire or renew a lease with a fencing token",
+                     "requestBody": _body(_ref("LeaseRequest")),
+                     "responses": {"200": _resp("granted or renewed", _ref("Lease")),
+                                   "409": _resp("lease_held: another holder has it (`holder`,"
+                                                " `remaining_ms`, `token`)", _ERR),
+                                   **_WRITE_ERRORS}},
+            "get": {"summary": "Read a lease (holder null when free)",
+                    "responses": {"200": _resp("the lease", _ref("Lease")),
+                                  "404": _resp("never granted", _ERR), **_READ_ERRORS}},
+            "delete": {"summary": "Release a lease if the token is current",
+                       "parameters": [_RELEASE_TOKEN],
+                       "responses": {"200": _resp("released (holder null)", _ref("Lease")),
+                                     "404": _resp("never granted", _ERR),
+                                     "409": _resp("conflict: the token is not current", _ERR),
+                                     **_READ_ERRORS}},
         },
         "/v1/cluster": {"get": {"summary": "This node's view of the cluster",
                                 "responses": {"200": _resp("view", {"type": "object"}),
@@ -259,8 +317,10 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
     }
 
 
-def openapi_document(dim: int, limits: v.Limits) -> dict[str, Any]:
-    """The API document for a node with vectors of `dim` and these validation limits."""
+def openapi_document(dim: int, limits: v.Limits, max_lease_ttl_ms: int = 600_000
+                     ) -> dict[str, Any]:
+    """The API document for a node with vectors of `dim`, these validation limits and this
+    longest lease (`paxos.max_lease_ttl_ms`)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "Spine", "version": "1",
@@ -268,7 +328,7 @@ def openapi_document(dim: int, limits: v.Limits) -> dict[str, Any]:
         "security": _SECURED,
         "paths": _paths(limits),
         "components": {
-            "schemas": _schemas(dim, limits),
+            "schemas": _schemas(dim, limits, max_lease_ttl_ms),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
