@@ -178,12 +178,16 @@ def _version() -> str:
     return __version__
 
 
-_EPILOG = """formats:
-  --tags a,b                  comma-separated tags (lower case, digits, ':_.-')
-  --metadata '{"k": 1}'       a JSON object
+_URL_FORMATS = """\
   --url URL                   repeat it or comma-separate URLs: the client fails over
                               between them (default $SPINE_URL or http://127.0.0.1:8788)
 environment: SPINE_URL, SPINE_API_KEY, SPINE_CACERT, SPINE_SESSION_FILE"""
+_EPILOG = """formats:
+  --tags a,b                  comma-separated tags (lower case, digits, ':_.-')
+  --metadata '{"k": 1}'       a JSON object
+  --if-match VERSION          a record's "version" as `spine get` prints it (quotes optional)
+  --fence LEASE=TOKEN         a lease's name and fencing token, e.g. task:42=7
+""" + _URL_FORMATS
 
 
 def _client_args(sp: argparse.ArgumentParser) -> None:
@@ -204,6 +208,63 @@ def _client_args(sp: argparse.ArgumentParser) -> None:
                     metavar="SECONDS", help="seconds to wait for each answer (default 10)")
 
 
+def _condition_args(sp: argparse.ArgumentParser, *, create_only: bool) -> None:
+    """--if-match, --fence (and for put --if-none-match): a conditional or fenced write."""
+    sp.add_argument("--if-match", metavar="VERSION",
+                    help="write only if the memory's current version is VERSION (its"
+                         " \"version\" as `spine get` prints it); else 412 and the current one")
+    if create_only:
+        sp.add_argument("--if-none-match", action="store_true",
+                        help="create only: refuse (412) if a live memory has this id")
+    sp.add_argument("--fence", metavar="LEASE=TOKEN",
+                    help="a fenced write under a lease's token (from `spine lease acquire`),"
+                         " e.g. task:42=7; refused (409 fenced) once the memory has taken a"
+                         " write fenced by a newer token of that lease")
+
+
+_LEASE_EPILOG = """formats:
+  NAME                        a lease name: letters, digits and '._:-' (≤128), e.g. task:42
+  --ttl-ms N                  milliseconds, e.g. 30000; count the lease as yours for N ms from
+                              when you ran the command, not from its answer
+  --token T                   the fencing token `spine lease acquire` printed
+""" + _URL_FORMATS
+
+
+def _lease_commands(sub: Any) -> None:
+    """`spine lease acquire | release | show`."""
+    from spine import commands as cm
+
+    lease = sub.add_parser("lease", help="acquire, release or show a lease (a lock with a"
+                                         " fencing token, for coordinating agents)",
+                           description="Leases with fencing tokens (README: Coordinating"
+                                       " agents).")
+    lsub = lease.add_subparsers(dest="lease_cmd", required=True)
+
+    def parser(name: str, help: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = lsub.add_parser(
+            name, help=help, description=help, epilog=_LEASE_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("ns", help="namespace")
+        sp.add_argument("name", help="lease name, e.g. task:42")
+        return sp
+
+    a = parser("acquire", "acquire a lease (or renew it, for its holder) and print it with its"
+                          " fencing token; 409 lease_held if another holder has it")
+    a.add_argument("--holder", required=True, help="who holds it (an agent's name)")
+    a.add_argument("--ttl-ms", required=True, type=int, metavar="N",
+                   help="how long it is held unless renewed, in milliseconds")
+    _client_args(a)
+    a.set_defaults(fn=cm.cmd_lease_acquire)
+    r = parser("release", "release a lease if --token is its current token")
+    r.add_argument("--token", required=True, type=int, metavar="T",
+                   help="the fencing token acquire printed")
+    _client_args(r)
+    r.set_defaults(fn=cm.cmd_lease_release)
+    s = parser("show", "print a lease: holder (null when free), token, ttl_ms, remaining_ms")
+    _client_args(s)
+    s.set_defaults(fn=cm.cmd_lease_show)
+
+
 def add_client_commands(sub: Any) -> None:
     """put, get, rm, history, list, search, status, admin and keys."""
     from spine import commands as cm
@@ -221,6 +282,7 @@ def add_client_commands(sub: Any) -> None:
     c.add_argument("--tags", metavar="a,b", help="comma-separated tags")
     c.add_argument("--metadata", metavar="JSON", help="""a JSON object, e.g. '{"k": 1}'""")
     c.add_argument("--agent-id", help="the agent that wrote it (an agent key sets its own)")
+    _condition_args(c, create_only=True)
     _client_args(c)
     c.set_defaults(fn=cm.cmd_put)
     for name, fn, what in (("get", cm.cmd_get, "read a memory"),
@@ -230,8 +292,12 @@ def add_client_commands(sub: Any) -> None:
         g = parser(name, what)
         g.add_argument("ns", help="namespace")
         g.add_argument("id", help="memory id")
+        if name == "rm":
+            _condition_args(g, create_only=False)
         _client_args(g)
         g.set_defaults(fn=fn)
+
+    _lease_commands(sub)
 
     ls = parser("list", "list live memories, a page at a time (in id order)")
     ls.add_argument("ns", help="namespace")

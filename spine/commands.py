@@ -1,5 +1,5 @@
 """The `spine` commands that talk to a running cluster: put, get, rm, list, history, search,
-status, admin, and `keys hash` (which talks to nobody).
+lease, status, admin, and `keys hash` (which talks to nobody).
 
 Every command builds one `spine.client.Client` over the URLs given (the client fails over
 between them) and keeps the session token it ends with. Parsing of the user's text (tags,
@@ -77,6 +77,50 @@ def write_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.agent_id:
         fields["agent_id"] = args.agent_id
     return fields
+
+
+def parse_fence(text: str, flag: str = "--fence") -> tuple[str, int]:
+    """`name=token` → (name, token), checked as the server checks Spine-Fence."""
+    from spine.core.conditions import parse_fence as server_parse
+    from spine.core.errors import InvalidInput
+
+    try:
+        fence = server_parse(text)
+    except InvalidInput as e:
+        raise UsageError(f"{flag}: {e.message}; give LEASE=TOKEN, e.g. {flag} task:42=7"
+                         ) from None
+    return fence.lease, fence.token
+
+
+def parse_if_match(text: str, flag: str = "--if-match") -> str:
+    """A version for If-Match: bare or quoted as an ETag ("..."), as `spine get` prints it."""
+    from spine.client.calls import if_match_value
+
+    try:
+        return if_match_value(text)[1:-1]
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not a version; give a record's \"version\" as"
+                         " `spine get` prints it") from None
+
+
+def condition_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The client keywords of --if-match, --if-none-match and --fence that were given."""
+    out: dict[str, Any] = {}
+    if getattr(args, "if_match", None) is not None:
+        out["if_match"] = parse_if_match(args.if_match)
+    if getattr(args, "if_none_match", False):
+        out["if_none_match"] = True
+    if getattr(args, "fence", None) is not None:
+        out["fence"] = parse_fence(args.fence)
+    return out
+
+
+def check_ttl(ttl_ms: int) -> int:
+    """A lease's ttl_ms: a positive number of milliseconds."""
+    if ttl_ms <= 0:
+        raise UsageError(f"--ttl-ms: {ttl_ms} must be a positive number of milliseconds,"
+                         " e.g. --ttl-ms 30000")
+    return ttl_ms
 
 
 def search_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,13 +205,31 @@ def show(args: argparse.Namespace, c: Any, out: Any) -> int:
 # ------------------------------------------------------------------ memories
 
 
+def precondition_failed(args: argparse.Namespace, e: Any) -> int:
+    """A 412 as one line that also names the key's current version (what to retry with)."""
+    from spine.explain import explain
+
+    now = e.current if e.current is not None else "none (no live record)"
+    print(f"spine {args.cmd}: {explain(e)}; current version: {now}", file=sys.stderr)
+    return 1
+
+
 def cmd_put(args: argparse.Namespace) -> int:
-    """Create or replace a memory."""
+    """Create or replace a memory (conditional with --if-match / --if-none-match, fenced with
+    --fence)."""
+    from spine.client import PreconditionFailed
+
     fields = write_fields(args)
+    cond = condition_fields(args)
+    if cond and not args.id:
+        raise UsageError("--if-match, --if-none-match and --fence need the memory id")
     content = args.content if args.content is not None else sys.stdin.read()
     c = client(args)
-    out = (c.put(args.ns, args.id, content, **fields) if args.id
-           else c.create(args.ns, content, **fields))
+    try:
+        out = (c.put(args.ns, args.id, content, **cond, **fields) if args.id
+               else c.create(args.ns, content, **fields))
+    except PreconditionFailed as e:
+        return precondition_failed(args, e)
     return show(args, c, out)
 
 
@@ -178,9 +240,16 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    """Delete a memory."""
+    """Delete a memory (conditional with --if-match, fenced with --fence)."""
+    from spine.client import PreconditionFailed
+
+    cond = condition_fields(args)
     c = client(args)
-    return show(args, c, c.delete(args.ns, args.id))
+    try:
+        out = c.delete(args.ns, args.id, **cond)
+    except PreconditionFailed as e:
+        return precondition_failed(args, e)
+    return show(args, c, out)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -235,6 +304,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     if out.get("partial"):
         print(f"(partial: shards {out['missing_shards']} had no answering replica)")
     return 0
+
+
+# ------------------------------------------------------------------ leases
+
+
+def cmd_lease_acquire(args: argparse.Namespace) -> int:
+    """Acquire (or, by its holder, renew) a lease; prints it, with the fencing token."""
+    ttl_ms = check_ttl(args.ttl_ms)
+    c = client(args)
+    return show(args, c, c.acquire_lease(args.ns, args.name, args.holder, ttl_ms).public())
+
+
+def cmd_lease_release(args: argparse.Namespace) -> int:
+    """Release a lease if --token is its current token."""
+    c = client(args)
+    return show(args, c, c.release_lease(args.ns, args.name, args.token).public())
+
+
+def cmd_lease_show(args: argparse.Namespace) -> int:
+    """Print a lease (holder null when free)."""
+    c = client(args)
+    return show(args, c, c.get_lease(args.ns, args.name).public())
 
 
 # ------------------------------------------------------------------ keys

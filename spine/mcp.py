@@ -1,11 +1,12 @@
 """`spine mcp`: Spine's memory operations as MCP tools, on the official `mcp` SDK (an extra).
 
-Tools: write, read, search, list, delete, history. Each MCP session gets its own
-`spine.client.Client`, so the session token that client carries gives read-your-writes across
-the tool calls of that session and never leaks into another's. A stdio server serves exactly
-one session (its parent), so it keeps one client; over streamable HTTP the client is found by
-the `mcp-session-id` the SDK assigned (at most `MAX_SESSIONS`, least recently used dropped),
-and a stateless request without one gets a client of its own.
+Tools: write, read, search, list, delete, history, and lease_acquire, lease_release, lease_show
+for coordinating agents (DESIGN §12: `write` and `delete` take `if_match` and `fence`). Each MCP
+session gets its own `spine.client.Client`, so the session token that client carries gives
+read-your-writes across the tool calls of that session and never leaks into another's. A stdio
+server serves exactly one session (its parent), so it keeps one client; over streamable HTTP the
+client is found by the `mcp-session-id` the SDK assigned (at most `MAX_SESSIONS`, least recently
+used dropped), and a stateless request without one gets a client of its own.
 
 Failures a caller can act on (a 4xx naming a field, an unreachable cluster, a missing
 namespace) come back as tool errors (`is_error`) with one line from `spine.explain`; they never
@@ -36,7 +37,12 @@ INSTRUCTIONS = (
     " under an id, `search` finds memories by meaning (by shared words if the cluster runs the"
     " hash embedder), `read`, `list`, `history` and `delete` do what they say. Memories live in"
     " namespaces; calls use the server's default namespace unless they name one. Within this"
-    " session every read sees this session's earlier writes."
+    " session every read sees this session's earlier writes. To coordinate with other agents:"
+    " `write` with `if_match` (a record's version) changes a memory only if nobody changed it"
+    " since you read it; `lease_acquire` claims a named lease (e.g. task:42) for ttl_ms and"
+    " returns a fencing token: pass `fence` = '<name>=<token>' on your writes, renew by calling"
+    " lease_acquire again before ttl_ms has passed since you sent the last call, and"
+    " `lease_release` when done."
 )
 
 
@@ -70,12 +76,44 @@ Tags = Annotated[list[str] | None, Field(
 Metadata = Annotated[dict[str, Any] | None, Field(description="a JSON object stored as is")]
 AgentId = Annotated[str | None, Field(
     description="the agent writing (an agent API key records its own name instead)")]
+IfMatch = Annotated[str | None, Field(
+    description="only if the memory's current version is this one (a record's `version`);"
+                " else an error giving the current version")]
+FenceArg = Annotated[str | None, Field(
+    description="'<lease name>=<token>' from lease_acquire: refused once a newer holder of that"
+                " lease has written this memory")]
+LeaseName = Annotated[str, Field(
+    description="lease name: letters, digits and '._:-', ≤128, e.g. task:42")]
 
 
 def _close(client: Any) -> None:
     close = getattr(client, "close", None)  # the urllib client has nothing to close
     if callable(close):
         close()
+
+
+def _conditions(if_match: str | None, fence: str | None) -> dict[str, Any]:
+    """The client keywords for a conditional or fenced write; a malformed value is a tool error
+    naming its argument."""
+    from spine.client.calls import if_match_value
+    from spine.core.conditions import parse_fence
+    from spine.core.errors import InvalidInput
+
+    out: dict[str, Any] = {}
+    if if_match is not None:
+        try:
+            out["if_match"] = if_match_value(if_match)
+        except ValueError:
+            raise ToolError("invalid: if_match must be a record's version, as read or write"
+                            " return it (field: if_match)") from None
+    if fence is not None:
+        try:
+            f = parse_fence(fence)
+        except InvalidInput as e:
+            raise ToolError(f"invalid: {e.message}; give '<lease name>=<token>'"
+                            " (field: fence)") from None
+        out["fence"] = (f.lease, f.token)
+    return out
 
 
 class SpineTools:
@@ -120,7 +158,8 @@ class SpineTools:
 
     async def _call(self, ctx: Context, method: str, *args: Any, **kw: Any) -> Any:
         """Run one client call off the event loop; a failure a caller can act on is a
-        ToolError carrying its one-line account."""
+        ToolError carrying its one-line account (a failed If-Match also names the current
+        version, what to retry with)."""
         client, kept = self._client(ctx)
         try:
             call = functools.partial(getattr(client, method), *args, **kw)
@@ -129,6 +168,8 @@ class SpineTools:
             line = explain(e, self.settings.urls)
             if line is None:
                 raise  # a bug: the SDK answers "Error executing tool" and logs the traceback
+            if getattr(e, "code", None) == "precondition_failed":
+                line += f"; current version: {getattr(e, 'current', None) or 'none'}"
             raise ToolError(line) from None
         finally:
             if not kept:
@@ -138,10 +179,14 @@ class SpineTools:
                     ctx: Context, id: Annotated[str | None, Field(
                         description="memory id; omit it to have one minted")] = None,
                     tags: Tags = None, metadata: Metadata = None, agent_id: AgentId = None,
-                    namespace: Namespace = None) -> dict[str, Any]:
-        """Store a memory (create, or replace the one with this id); returns the record."""
+                    namespace: Namespace = None, if_match: IfMatch = None,
+                    fence: FenceArg = None) -> dict[str, Any]:
+        """Store a memory (create, or replace the one with this id); returns the record.
+        With `if_match` / `fence` it is a conditional / fenced write (needs `id`)."""
         ns = self._ns(namespace)
-        fields: dict[str, Any] = {}
+        fields = _conditions(if_match, fence)
+        if fields and id is None:
+            raise ToolError("invalid: if_match and fence need the memory id (field: id)")
         if tags is not None:
             fields["tags"] = tags
         if metadata is not None:
@@ -204,10 +249,42 @@ class SpineTools:
         out: dict[str, Any] = await self._call(ctx, "list", self._ns(namespace), **params)
         return out
 
-    async def delete(self, id: MemoryId, ctx: Context,
-                     namespace: Namespace = None) -> dict[str, Any]:
-        """Delete a memory (it then reads as not found)."""
-        out: dict[str, Any] = await self._call(ctx, "delete", self._ns(namespace), id)
+    async def delete(self, id: MemoryId, ctx: Context, namespace: Namespace = None,
+                     if_match: IfMatch = None, fence: FenceArg = None) -> dict[str, Any]:
+        """Delete a memory (it then reads as not found); `if_match` / `fence` as for write."""
+        cond = _conditions(if_match, fence)
+        out: dict[str, Any] = await self._call(ctx, "delete", self._ns(namespace), id, **cond)
+        return out
+
+    async def lease_acquire(
+        self, name: LeaseName, ctx: Context,
+        holder: Annotated[str, Field(description="who holds it: your agent's name")],
+        ttl_ms: Annotated[int, Field(description="milliseconds it is held unless renewed; count"
+                                                 " it from when you sent this call", ge=1)],
+        namespace: Namespace = None,
+    ) -> dict[str, Any]:
+        """Claim a lease, or renew it if you hold it; returns {name, holder, token, ttl_ms,
+        remaining_ms}. `token` is the fencing token for `fence`. Fails with lease_held (who
+        holds it, for how long) if another holder has it."""
+        lease = await self._call(ctx, "acquire_lease", self._ns(namespace), name, holder, ttl_ms)
+        out: dict[str, Any] = lease.public()
+        return out
+
+    async def lease_release(
+        self, name: LeaseName, ctx: Context,
+        token: Annotated[int, Field(description="the token lease_acquire returned", ge=1)],
+        namespace: Namespace = None,
+    ) -> dict[str, Any]:
+        """Release a lease you hold (its token must be the current one)."""
+        lease = await self._call(ctx, "release_lease", self._ns(namespace), name, token)
+        out: dict[str, Any] = lease.public()
+        return out
+
+    async def lease_show(self, name: LeaseName, ctx: Context,
+                         namespace: Namespace = None) -> dict[str, Any]:
+        """Read a lease: holder (null when free), token, ttl_ms, remaining_ms."""
+        lease = await self._call(ctx, "get_lease", self._ns(namespace), name)
+        out: dict[str, Any] = lease.public()
         return out
 
     async def history(self, id: MemoryId, ctx: Context,
@@ -236,6 +313,10 @@ def build_server(settings: McpSettings,
         read_only_hint=False, destructive_hint=True, idempotent_hint=True,
         open_world_hint=False))
     server.add_tool(tools.history, name="history", annotations=reading)
+    leasing = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    server.add_tool(tools.lease_acquire, name="lease_acquire", annotations=leasing)
+    server.add_tool(tools.lease_release, name="lease_release", annotations=leasing)
+    server.add_tool(tools.lease_show, name="lease_show", annotations=reading)
     return server
 
 
