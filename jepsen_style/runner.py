@@ -34,6 +34,7 @@ from typing import Any
 from jepsen_style.cluster import JepsenCluster
 from jepsen_style.history import History, Timeline, dumps, merge, write_jsonl
 from jepsen_style.nemesis import FAULTS, Nemesis, Nftables, parse_faults
+from spine.core.config_env import merge_settings
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
 LEVELS = ("eventual", "session", "strong")
@@ -74,6 +75,9 @@ class RunOptions:
     sync: bool = False
     plot: bool = True
     workload_options: dict[str, Any] = field(default_factory=dict)
+    #: ``cluster.yaml`` settings deep-merged over the harness's (``--config``), e.g. the
+    #: test-only teeth ``{"paxos": {"unsafe_ignore_fences": True}}``.
+    cluster_config: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -88,6 +92,26 @@ def _kv(text: str) -> tuple[str, Any]:
     except ValueError:
         value = v
     return k.strip(), value
+
+
+def dotted(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("paxos.unsafe_ignore_fences", True)]`` -> ``{"paxos": {"unsafe_ignore_fences":
+    True}}``: the nested mapping ``cluster.yaml`` spells with dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        *path, leaf = key.split(".")
+        if not leaf or not all(path):
+            raise ValueError(f"bad config key {key!r}")
+        node = out
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"config key {key!r} conflicts with a value set before it")
+            node = child
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"config key {key!r} conflicts with a section set before it")
+        node[leaf] = value
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plot", action="store_true", help="skip latency.png")
     r.add_argument("--opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a workload option (JSON value), e.g. --opt keys=3; repeatable")
+    r.add_argument("--config", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a cluster.yaml setting for every node (dotted key, JSON value), e.g. "
+                        "--config paxos.unsafe_ignore_fences=true (the lock teeth); repeatable")
     return p
 
 
@@ -130,12 +157,17 @@ def parse_args(argv: Sequence[str] | None = None) -> RunOptions:
         build_parser().error(str(e))
     if a.nodes < 1 or a.concurrency < 1 or a.time <= 0:
         build_parser().error("--nodes, --concurrency and --time must be positive")
+    try:
+        cluster_config = dotted(a.config)
+    except ValueError as e:
+        build_parser().error(str(e))
     return RunOptions(
         time=a.time, workloads=[w.strip() for w in a.workload.split(",") if w.strip()],
         nemesis=nemesis, level=a.level, nodes=a.nodes, out=a.out, seed=a.seed,
         no_repair=a.test_no_repair, concurrency=a.concurrency, fault_s=a.fault_s,
         heal_s=a.heal_s, quiet_s=a.quiet_s, final_timeout_s=a.final_timeout,
         keep_data=a.keep_data, sync=a.sync, plot=not a.no_plot, workload_options=dict(a.opt),
+        cluster_config=cluster_config,
     )
 
 
@@ -402,6 +434,9 @@ def run(opts: RunOptions, registry: Mapping[str, type] | None = None) -> int:
     if opts.no_repair:
         overrides = {"handoff": {"enabled": False}, "antientropy": {"enabled": False}}
         logger("test-no-repair: hinted handoff replay and anti-entropy are OFF")
+    if opts.cluster_config:
+        overrides = merge_settings(overrides, opts.cluster_config)
+        logger(f"cluster.yaml overrides: {json.dumps(opts.cluster_config, sort_keys=True)}")
     cluster: JepsenCluster | None = None
     try:
         try:

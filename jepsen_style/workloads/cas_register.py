@@ -1,0 +1,198 @@
+"""CAS register: strong reads and writes, compare-and-set through ``If-Match``, creates through
+``If-None-Match: *``, on a few keys; checked per key for linearizability.
+
+Each key is a register of unique integers (``content = str(value)``; 404 is ``None``). The
+operations map onto the cas-register model of :mod:`jepsen_style.checker.linearizability`:
+
+- ``read``: ``GET`` at ``strong``, the value read;
+- ``write``: ``PUT`` at ``strong``, the value written;
+- ``cas``: ``PUT`` with ``If-Match: "<version>"`` is ``cas(from -> to)``, ``from`` being the value
+  of the version named (every write writes a value no other write used, so a version and its
+  value stand for each other); ``PUT`` with ``If-None-Match: *`` is ``cas(None -> to)``.
+
+The version named is the last one this workload saw for the key, from any reply (the body's
+``version`` is the ``ETag``'s content); with none known, the process reads first. A 412
+``precondition_failed`` is a definite failed cas: the compare ran and the register did not hold
+``from``, which the checker keeps as an observation. A 503 is unknown unless the error says
+``"applied": false``; a 504 or no answer is unknown; a request never sent or any other definite
+rejection changes nothing and is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from jepsen_style.workloads.common import (
+    CORRUPT,
+    FINAL_PROCESS,
+    Context,
+    Http,
+    Reply,
+    headers,
+    http_client,
+    memory_path,
+    namespace_for,
+    op_delay,
+    option,
+    pause,
+    read_outcome,
+    write_outcome,
+)
+from jepsen_style.workloads.register import check_register
+
+#: The completion error of a cas whose compare ran and did not match (the checker keeps these).
+MISMATCH = "mismatch"
+
+#: What this workload knows of a key: its last seen ``(version, value)``, ``ABSENT`` (a read
+#: found nothing), or nothing (absent from the dict).
+ABSENT = ("", None)
+
+
+def cas_outcome(reply: Reply) -> tuple[str, str | None]:
+    """ok / fail / info for a conditional PUT; a fail with :data:`MISMATCH` is a compare that
+    ran and did not match."""
+    if reply.status == 412 and reply.code == "precondition_failed":
+        return "fail", MISMATCH
+    if reply.status == 503 and isinstance(reply.body, dict):
+        err = reply.body.get("error")
+        if isinstance(err, dict) and err.get("applied") is False:
+            return "fail", reply.code  # the server says nothing was applied
+    return write_outcome(reply)
+
+
+def _value_of(reply: Reply) -> tuple[str, int] | None:
+    """``(version, value)`` from a record body, None when the body is not one."""
+    body = reply.body
+    if not isinstance(body, dict):
+        return None
+    try:
+        return str(body["version"]), int(body["content"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class CasRegister:
+    """Options: ``keys`` (keys in use at once, 3), ``ops_per_key`` (a key is retired for a fresh
+    one after this many operations, 150: keeps each key's search small, and fresh keys exercise
+    creates), ``read_fraction`` (0.3), ``write_fraction`` (0.15; the rest are cas),
+    ``create_fraction`` (share of cas sent as ``If-None-Match: *`` although the key is known to
+    exist, 0.05), ``delay`` (0.02 s), ``budget`` (checker steps per key, 1,000,000),
+    ``timeout`` (3 s)."""
+
+    name = "cas-register"
+    default_level = "strong"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.level = ctx.level or self.default_level
+        self.ns = namespace_for("jepsen-cas", ctx, self.name)
+        count = max(1, int(option(ctx, self.name, "keys", 3)))
+        self.keys = [f"c{i}" for i in range(count)]
+        self.used = list(self.keys)
+        self.ops_per_key = int(option(ctx, self.name, "ops_per_key", 150))
+        self._ops: dict[str, int] = {}
+        self._next_key = itertools.count(count)
+        self.read_fraction = float(option(ctx, self.name, "read_fraction", 0.3))
+        self.write_fraction = float(option(ctx, self.name, "write_fraction", 0.15))
+        self.create_fraction = float(option(ctx, self.name, "create_fraction", 0.05))
+        self._values = itertools.count(1)
+        self.seen: dict[str, tuple[str, int | None]] = {}
+
+    def pick_key(self) -> str:
+        """A random key in use; one that reaches ``ops_per_key`` is replaced by a fresh one."""
+        i = self.ctx.rng.randrange(len(self.keys))
+        key = self.keys[i]
+        self._ops[key] = self._ops.get(key, 0) + 1
+        if self.ops_per_key > 0 and self._ops[key] >= self.ops_per_key:
+            self.keys[i] = f"c{next(self._next_key)}"
+            self.used.append(self.keys[i])
+        return key
+
+    async def client(self, process: int, stop: asyncio.Event) -> None:
+        """Random reads, writes and cas of random keys through random nodes until ``stop``."""
+        rng = self.ctx.rng
+        async with http_client(self.ctx, self.name) as http:
+            while not stop.is_set():
+                key = self.pick_key()
+                node = rng.choice(list(self.ctx.nodes))
+                r = rng.random()
+                if r < self.read_fraction:
+                    await self.read(http, process, node, key)
+                elif r < self.read_fraction + self.write_fraction:
+                    await self.write(http, process, node, key, next(self._values))
+                else:
+                    if key not in self.seen:
+                        await self.read(http, process, node, key)
+                        node = rng.choice(list(self.ctx.nodes))
+                    known = self.seen.get(key)
+                    if known is not None:
+                        create = known == ABSENT or rng.random() < self.create_fraction
+                        await self.cas(http, process, node, key, None if create else known,
+                                       next(self._values))
+                await pause(stop, op_delay(self.ctx, self.name, 0.02))
+
+    async def read(self, http: Http, process: int, node: str, key: str) -> str:
+        """GET the key at strong: its content as an int, or None for a 404."""
+        h = self.ctx.history.invoke(process, "read", key, None, node)
+        reply = await http.call(node, "GET", memory_path(self.ns, key),
+                                headers=headers(self.level))
+        kind, error = read_outcome(reply)
+        value: int | None = None
+        if kind == "ok" and reply.ok:
+            got = _value_of(reply)
+            if got is None:
+                kind, error = "fail", f"{CORRUPT}: {reply.body!r:.200}"
+            else:
+                self.seen[key] = got
+                value = got[1]
+        elif kind == "ok":
+            self.seen[key] = ABSENT
+        self.ctx.history.complete(h, kind, value=value, error=error)
+        return kind
+
+    async def write(self, http: Http, process: int, node: str, key: str, value: int) -> None:
+        """PUT ``content = str(value)`` at strong."""
+        h = self.ctx.history.invoke(process, "write", key, value, node)
+        reply = await http.call(node, "PUT", memory_path(self.ns, key),
+                                json={"content": str(value)}, headers=headers(self.level))
+        kind, error = write_outcome(reply)
+        if kind == "ok" and (got := _value_of(reply)) is not None:
+            self.seen[key] = got
+        self.ctx.history.complete(h, kind, error=error)
+
+    async def cas(self, http: Http, process: int, node: str, key: str,
+                  expect: tuple[str, int | None] | None, value: int) -> None:
+        """PUT ``value`` if the key holds ``expect`` (``(version, value)``; None: create only)."""
+        hdrs = headers(self.level)
+        if expect is None:
+            hdrs["If-None-Match"] = "*"
+            old: int | None = None
+        else:
+            hdrs["If-Match"] = f'"{expect[0]}"'
+            old = expect[1]
+        h = self.ctx.history.invoke(process, "cas", key, [old, value], node)
+        reply = await http.call(node, "PUT", memory_path(self.ns, key),
+                                json={"content": str(value)}, headers=hdrs)
+        kind, error = cas_outcome(reply)
+        if kind == "ok" and (got := _value_of(reply)) is not None:
+            self.seen[key] = got
+        elif error == MISMATCH:
+            self.seen.pop(key, None)  # stale: read before the next cas of this key
+        self.ctx.history.complete(h, kind, error=error)
+
+    async def final(self) -> None:
+        """After healing, one strong read of every key used (checked with the rest)."""
+        async with http_client(self.ctx, self.name) as http:
+            for i, key in enumerate(self.used):
+                for attempt in range(3):
+                    node = self.ctx.rng.choice(list(self.ctx.nodes))
+                    if await self.read(http, FINAL_PROCESS + i, node, key) == "ok":
+                        break
+                    await asyncio.sleep(0.5 * (attempt + 1))
+
+    def check(self) -> dict[str, Any]:
+        """Per-key linearizability of the reads, writes and cas (``"unknown"`` past budget)."""
+        return check_register(self.ctx.history.events,
+                              budget=int(option(self.ctx, self.name, "budget", 1_000_000)))
