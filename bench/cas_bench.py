@@ -59,7 +59,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -607,6 +607,9 @@ def summarize(case: Case, t: Tally, cpu: dict[str, float]) -> dict[str, Any]:
         "server_us_per_op": round(server_cpu / t.ok * 1e6) if t.ok else None,
         "server_us_per_attempt": round(server_cpu / attempts * 1e6) if attempts else None,
         "gen_us_per_op": round(cpu["gen_cpu_s"] / t.ok * 1e6) if t.ok else None,
+        # what the servers alone could do with every core of the box: cores / CPU per op
+        "server_bound_ops_per_s": round((os.cpu_count() or 1) / (server_cpu / t.ok))
+        if t.ok and server_cpu else None,
         "busy_cores": round(cpu["busy_cores"], 2), "other_cores": round(cpu["other_cores"], 2),
     }
 
@@ -628,7 +631,8 @@ def line(r: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     by = {(r["case"], r["system"]): r for r in rows}
     hdr = ["case", "spine ok/s", "etcd ok/s", "ratio", "spine p50/p99 ms", "etcd p50/p99 ms",
-           "spine conflicts", "etcd conflicts", "spine µs/op", "etcd µs/op", "errors s/e"]
+           "spine conflicts", "etcd conflicts", "spine µs/op", "etcd µs/op", "CPU ratio",
+           "errors s/e"]
     out = [hdr]
     for case in dict.fromkeys(r["case"] for r in rows):
         s, e = by.get((case, "spine")), by.get((case, "etcd"))
@@ -649,10 +653,13 @@ def table(rows: list[dict[str, Any]]) -> str:
                 return "-"
             return f"{r['conflicts']} ({fmt((r['conflict_share'] or 0) * 100, '.0f')}%)"
 
+        cpu_ratio = "-"  # etcd's server CPU per op over Spine's: > 1 means Spine is cheaper
+        if s and e and s["server_us_per_op"] and e["server_us_per_op"]:
+            cpu_ratio = f"{e['server_us_per_op'] / s['server_us_per_op']:.2f}x"
         errs = "/".join("-" if r is None else str(sum(r["errors"].values())) for r in (s, e))
         out.append([case, cell(s, "ops_per_s"), cell(e, "ops_per_s"), ratio, lat(s), lat(e),
                     share(s), share(e), cell(s, "server_us_per_op"), cell(e, "server_us_per_op"),
-                    errs])
+                    cpu_ratio, errs])
     widths = [max(len(r[i]) for r in out) for i in range(len(hdr))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in out)
 
@@ -687,6 +694,15 @@ def build_cases(args: argparse.Namespace, spine_urls: list[str],
 
 
 # ---------------------------------------------------------------------------------- main
+
+def event_loop() -> tuple[Callable[[Coroutine[Any, Any, Tally]], Tally], str]:
+    """uvloop's runner when it is installed (as the nodes use it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run, "asyncio"
+    return uvloop.run, f"uvloop {getattr(uvloop, '__version__', '?')}"
+
 
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
@@ -750,11 +766,9 @@ def main() -> int:
         cases, keys = build_cases(args, spine_urls, etcd_urls)
         seed_keys(spine_urls, etcd_urls, keys)
         groups = {"spine": spine_pids, **({"etcd": etcd.pids} if etcd else {})}
-        try:
-            import uvloop
-            runner: Callable[[Awaitable[Tally]], Tally] = uvloop.run  # type: ignore[assignment]
-        except ImportError:
-            runner = asyncio.run  # type: ignore[assignment]
+        runner, loop_name = event_loop()
+        print(f"# load: aiohttp {aiohttp.__version__} on {loop_name}; {args.warmup:g} s warm-up "
+              f"+ {args.duration:g} s per case, {len(cases)} cases", flush=True)
         for case in cases:
             waited = settle(spine_pids)
             cpu = CpuWindow(groups)
@@ -798,7 +812,8 @@ def main() -> int:
             "command": " ".join([".venv/bin/python", "bench/cas_bench.py", *sys.argv[1:]]),
             "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
                         "python": platform.python_version()},
-            "etcd": etcd.version if etcd else None, "duration_s": args.duration,
+            "etcd": etcd.version if etcd else None, "aiohttp": aiohttp.__version__,
+            "loop": event_loop()[1], "duration_s": args.duration,
             "warmup_s": args.warmup, "shared_keys": args.shared_keys,
             "value_bytes": VALUE_BYTES, "lease_ttl_ms": LEASE_TTL_MS, "fsync": True,
         }
