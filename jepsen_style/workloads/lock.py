@@ -55,14 +55,15 @@ def clock_spread(ctx: Context) -> int:
 
 
 class Lock:
-    """Options: ``leases`` (lease names in use, 1), ``keys`` (keys per lease in use at once, 2),
+    """Options: ``leases`` (lease names in use, 2), ``keys`` (keys per lease in use at once, 2),
     ``writes_per_key`` (a key is retired after this many write attempts, 8: keep it below the
     servers' ``history.keep``), ``ttl_ms`` (1500), ``writes_per_hold`` (3), ``stall_fraction``
-    (share of holdings that stall before their last write, 0.25), ``stall_s`` (how long: 3.0,
-    past ``ttl_ms`` plus the default ``clock.max_offset`` of 500 ms plus time for another holder
-    to write), ``max_offset_ms`` (the servers' ``clock.max_offset``, 500, only to annotate
-    reports), ``delay`` (0.02 s between operations), ``retry_s`` (0.1 s after a refused
-    acquire), ``timeout`` (3 s)."""
+    (share of holdings that stall before their last write, 0.2), ``stall_s`` (how long: 2.6 s,
+    past ``ttl_ms`` plus the default ``clock.max_offset`` of 500 ms, the earliest another holder
+    can have the lease, plus time for it to write), ``max_offset_ms`` (the servers'
+    ``clock.max_offset``, 500, only to annotate reports), ``delay`` (0.02 s between writes),
+    ``retry_s`` (0.1 s after a refused acquire; a holder waits twice that after releasing, so
+    the others get their turn), ``timeout`` (3 s)."""
 
     name = "lock"
     default_level = "strong"
@@ -71,7 +72,7 @@ class Lock:
         self.ctx = ctx
         self.level = ctx.level or self.default_level
         self.ns = namespace_for("jepsen-lock", ctx, self.name)
-        self.leases = [f"lock{i}" for i in range(max(1, int(option(ctx, "lock", "leases", 1))))]
+        self.leases = [f"lock{i}" for i in range(max(1, int(option(ctx, "lock", "leases", 2))))]
         per = max(1, int(option(ctx, "lock", "keys", 2)))
         self._fresh = itertools.count()
         self.keys: dict[str, list[str]] = {
@@ -81,8 +82,8 @@ class Lock:
         self._writes: dict[str, int] = {}
         self.ttl_ms = int(option(ctx, "lock", "ttl_ms", 1500))
         self.writes_per_hold = max(1, int(option(ctx, "lock", "writes_per_hold", 3)))
-        self.stall_fraction = float(option(ctx, "lock", "stall_fraction", 0.25))
-        self.stall_s = float(option(ctx, "lock", "stall_s", 3.0))
+        self.stall_fraction = float(option(ctx, "lock", "stall_fraction", 0.2))
+        self.stall_s = float(option(ctx, "lock", "stall_s", 2.6))
         self.retry_s = float(option(ctx, "lock", "retry_s", 0.1))
         self.max_offset_ms = int(option(ctx, "lock", "max_offset_ms", 500))
         self._seq = itertools.count(1)
@@ -126,7 +127,7 @@ class Lock:
                         break  # someone holds a newer token: this holding is over
                     await pause(stop, op_delay(self.ctx, self.name, 0.02))
                 await self.release(http, process, self.node(), lease, token)
-                await pause(stop, op_delay(self.ctx, self.name, 0.02))
+                await pause(stop, rng.uniform(1.5, 2.5) * self.retry_s)
 
     async def acquire(self, http: Http, process: int, node: str, lease: str,
                       holder: str) -> int | None:
