@@ -310,10 +310,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_lease_acquire(args: argparse.Namespace) -> int:
-    """Acquire (or, by its holder, renew) a lease; prints it, with the fencing token."""
+    """Acquire (or, by its holder, renew) a lease; prints it, with the fencing token. Held by
+    someone else: one line naming the holder and the time left, status 1."""
+    from spine.client import LeaseHeld
+    from spine.explain import explain
+
     ttl_ms = check_ttl(args.ttl_ms)
     c = client(args)
-    return show(args, c, c.acquire_lease(args.ns, args.name, args.holder, ttl_ms).public())
+    try:
+        lease = c.acquire_lease(args.ns, args.name, args.holder, ttl_ms)
+    except LeaseHeld as e:
+        left = f"; free in at most {e.remaining_ms} ms" if e.remaining_ms is not None else ""
+        print(f"spine {args.cmd}: {explain(e)}{left}", file=sys.stderr)
+        return 1
+    return show(args, c, lease.public())
 
 
 def cmd_lease_release(args: argparse.Namespace) -> int:

@@ -577,3 +577,54 @@ def test_mcp_lease_tools_and_conditional_writes() -> None:
     assert ("delete", ("dflt", "k"), {"if_match": f'"{V2}"'}) in calls
     # Tool errors for malformed values never reached the client.
     assert sum(1 for name, _, _ in calls if name == "put") == 2
+
+
+def _cli_against(monkeypatch: pytest.MonkeyPatch, handler: Handler) -> None:
+    """`spine` commands talk to `handler` instead of a cluster."""
+    monkeypatch.setattr(commands, "client", lambda args: _client(handler))
+
+
+def test_cli_412_names_the_current_version(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _cli_against(monkeypatch, lambda req: _err(412, "precondition_failed", current=V2))
+    assert cli.main(["put", "ns", "k", "--content", "x", "--if-match", V1]) == 1
+    err = capsys.readouterr().err
+    assert err == f"spine put: 412 precondition_failed: m; current version: {V2}\n"
+    _cli_against(monkeypatch, lambda req: _err(412, "precondition_failed", current=None))
+    assert cli.main(["rm", "ns", "k", "--if-match", V1]) == 1
+    assert "current version: none (no live record)" in capsys.readouterr().err
+
+
+def test_cli_lease_held_names_the_holder_and_time_left(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _cli_against(monkeypatch, lambda req: _err(409, "lease_held", holder="b", remaining_ms=900))
+    assert cli.main(["lease", "acquire", "ns", "t", "--holder", "a", "--ttl-ms", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("spine lease: 409 lease_held") and "at most 900 ms" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_lease_commands_print_the_lease(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Any) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json=_lease_body())
+
+    _cli_against(monkeypatch, handler)
+    monkeypatch.setenv("SPINE_SESSION_FILE", str(tmp_path / "s"))
+    assert cli.main(["lease", "acquire", "ns", "task:42", "--holder", "a",
+                     "--ttl-ms", "3000"]) == 0
+    assert json.loads(capsys.readouterr().out) == _lease_body()
+    assert cli.main(["lease", "show", "ns", "task:42"]) == 0
+    assert cli.main(["lease", "release", "ns", "task:42", "--token", "7"]) == 0
+    capsys.readouterr()
+    assert [r.method for r in seen] == ["POST", "GET", "DELETE"]
+    assert seen[2].url.params["token"] == "7"
+    assert cli.main(["put", "ns", "k", "--content", "x", "--fence", "task:42=7",
+                     "--if-none-match"]) == 0
+    assert seen[3].headers["Spine-Fence"] == "task:42=7"
+    assert seen[3].headers["If-None-Match"] == "*"
