@@ -26,9 +26,11 @@ from spine.cluster.embedding import EmbedBatcher
 from spine.cluster.fanout import FanOut
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
+from spine.cluster.leases import Leases
 from spine.cluster.liveness import ProbeLiveness
 from spine.cluster.loopback import Loopback
 from spine.cluster.membership import Gossip, identity_meta, swim_config
+from spine.cluster.paxos import Acceptor, Proposer
 from spine.cluster.rebalance import Rebalancer
 from spine.cluster.replication import Replicator
 from spine.cluster.ringkeeper import RingKeeper
@@ -42,6 +44,7 @@ from spine.core.metrics import SpineMetrics
 from spine.core.quota import NamespaceQuota
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, Entry, Placement, genesis
+from spine.core.routing import Route, route
 from spine.core.secret_policy import check_secret_policy
 from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
@@ -190,13 +193,24 @@ class Node:
             monotonic=self.rt.monotonic, sleep=self.rt.sleep,
             indexed_seq=lambda: self.indexer.indexed_seq,
         )
+        self.acceptor = Acceptor(self.store, self.replicator.apply_local,
+                                 any_ballot=cfg.paxos.unsafe_accept_any_ballot)
+        self.proposer = Proposer(
+            node_id, self._route, self.rpc, self.liveness, self.hlc, self.rt.rng,
+            rpc_timeout=t.rpc_ms / 1000, spawn=self.replicator.spawn,
+        )
         self.coordinator = Coordinator(
             node_id, self.placement, self.store, self.replicator, self.rpc, self.liveness,
             self.hlc,
             cfg.policy(), self.metrics,
             read_timeout=t.read_ms / 1000, write_timeout=t.write_ms / 1000,
             session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
-            embed=self.embed.embed,
+            embed=self.embed.embed, proposer=self.proposer,
+            ignore_fences=cfg.paxos.unsafe_ignore_fences,
+        )
+        self.leases = Leases(
+            node_id, self.proposer, self.coordinator.get, self.hlc,
+            max_offset_ms=cfg.clock.max_offset_ms, timeout=t.write_ms / 1000,
         )
         self.fanout = FanOut(
             node_id, self.ring, self.rpc, self.liveness,
@@ -216,6 +230,7 @@ class Node:
         self.liveness.on_up.append(self.handoff.wake)
         handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
                                   cfg.session.max_keys, self.search.local)
+        handlers.update(self.acceptor.handlers())
         handlers.update(self.antientropy.handlers())
         handlers.update(self.keeper.handlers())
         handlers.update(self.rebalancer.handlers())
@@ -243,6 +258,10 @@ class Node:
     def placement(self) -> Placement:
         """The current ring, the next one while the ring changes, and the moves between."""
         return self.keeper.placement
+
+    def _route(self, namespace: str, mid: str) -> Route:
+        """A key's route under the current placement, seen from this node."""
+        return route(self.placement(), namespace, mid, self.id, self.liveness.is_alive)
 
     def _placement_changed(self, placement: Placement) -> None:
         if isinstance(self.rpc_client, RpcClient):
@@ -301,6 +320,7 @@ class Node:
             list_page_bytes=lim.list_page_bytes,
             admin={a: functools.partial(self.rebalancer.admin, a)
                    for a in ("join", "decommission", "remove")},
+            leases=self.leases, max_lease_ttl_ms=self.cfg.paxos.max_lease_ttl_ms,
         )
         await self._open_storage()
         host, rpc_port = self.me.rpc_address

@@ -134,6 +134,14 @@ class RecordStore(Protocol):
         """A raw meta value."""
         ...
 
+    def ballots_get(self, namespace: str, mid: str) -> bytes | None:
+        """A key's stored Paxos acceptor state (spine.core.paxos), or None."""
+        ...
+
+    async def ballots_put(self, namespace: str, mid: str, value: bytes) -> None:
+        """Replace a key's Paxos acceptor state durably."""
+        ...
+
     async def apply(self, records: Sequence[Record]) -> list[Applied]:
         """Merge incoming versions in (LWW, history kept); one `Applied` per record."""
         ...

@@ -3,8 +3,10 @@
 - eventual: W=1 with a sloppy quorum (a durable hint counts); R=1.
 - session: W=quorum of the preference list (hints do not count); R=1 when the client sends a session
   token (asking more replicas until one is as new as the token requires), R=quorum without one.
-- strong: ABD (Attiya, Bar-Noy, Dolev 1995): a write reads a quorum's versions, then writes a newer
-  version to a quorum; a read takes the newest of a quorum and writes it back to a quorum first.
+- strong: a write is one round of per-key Paxos (`spine.cluster.paxos`), as every conditional write
+  (`If-Match`, `If-None-Match`, `Spine-Fence`) is, so strong and conditional writes are linearizable
+  together; a read is ABD's (Attiya, Bar-Noy, Dolev 1995): the newest of a quorum, written back to
+  a quorum first. A committed Paxos change is an ordinary record on a quorum, which that read sees.
 
 The coordinator of a key is a live replica of it; a node that is not one forwards the request.
 The decisions are pure: routing in `spine.core.routing`, tallies per level in `spine.core.quorum`,
@@ -20,14 +22,17 @@ and the Forward handler do before they answer.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from spine.cluster.liveness import Liveness
+from spine.cluster.paxos import Proposer
 from spine.cluster.replication import Replicator
 from spine.cluster.version_history import gather_history
-from spine.core.abd import Failed, ReadQuorum, StrongRead, StrongWrite, WriteQuorum
+from spine.core.abd import Failed, ReadQuorum, StrongRead, WriteQuorum
 from spine.core.batch import by_level, creates
 from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms
+from spine.core.conditions import Condition, check, fences_after
 from spine.core.consistency import Level, Policy
 from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
 from spine.core.messages import Forward
@@ -72,6 +77,8 @@ class Coordinator:
         session_max_keys: int,
         embed: Embed | None = None,
         dim: int = 384,
+        proposer: Proposer | None = None,
+        ignore_fences: bool = False,
     ) -> None:
         self.node_id = node_id
         self.placement = placement
@@ -87,6 +94,8 @@ class Coordinator:
         self.session_max_keys = session_max_keys  # unused since tokens are merged by callers
         self.embed = embed
         self.dim = dim
+        self.proposer = proposer
+        self.ignore_fences = ignore_fences  # test-only tooth: paxos.unsafe_ignore_fences
 
     # ------------------------------------------------------------ routing
 
@@ -362,22 +371,48 @@ class Coordinator:
         token: SessionToken | None,
         agent: str | None,
         deadline: int | None = None,
+        cond: Condition | None = None,
     ) -> ItemResult:
-        q = self.policy.quorum(Level.STRONG)
-        abd = StrongWrite(live(self._route(namespace, op.id).owners, self.liveness.is_alive),
-                          q.r, q.w)
-        minting = abd.on_answers(await self._read_quorum(namespace, op.id, abd.start()))
-        if isinstance(minting, Failed):
-            return ItemResult(op.id, error=self._failed(minting))
-        if self._expired(deadline):
-            return ItemResult(op.id, error=EXPIRED)
-        rec = self._new_record(namespace, op, minting.newest, vector, token, agent,
-                               minting.clock)
-        rt = self._route(namespace, op.id)
-        end = abd.on_acks(await self._write_quorum(abd.on_minted(rec, (rt.write_to, rt.extra))))
-        if isinstance(end, Failed):
-            return ItemResult(op.id, error=self._failed(end))
-        return ItemResult(op.id, WriteResult(rec, end.created, Level.STRONG, self.node_id))
+        """One Paxos round on the key: `cond` judged on the record a quorum holds (none: a strong
+        write), the new version minted over it, committed to a quorum."""
+        if self.proposer is None:
+            raise RuntimeError("strong and conditional writes need a Paxos proposer")
+        cond = cond or Condition()
+        judged = Condition(cond.if_match, cond.if_none_match, None) if self.ignore_fences else cond
+        found: list[Record | None] = []
+
+        def decide(current: Record | None, clock: dict[str, int]) -> Record | SpineError:
+            found[:] = [current]
+            err = check(judged, current)
+            if err is not None:
+                return err
+            if self._expired(deadline):
+                return EXPIRED
+            rec = self._new_record(namespace, op, current, vector, token, agent, clock)
+            return replace(rec, fences=fences_after(judged, current))
+
+        try:
+            rec = await self.proposer.run(namespace, op.id, decide, self.write_timeout)
+        except SpineError as e:
+            if isinstance(e, QuorumUnavailable):
+                self.metrics.quorum_failures.inc("write", Level.STRONG.label)
+            return ItemResult(op.id, error=e)
+        old = found[0] if found else None
+        created = old is None or old.deleted
+        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
+
+    async def conditional(
+        self,
+        namespace: str,
+        op: WriteOp,
+        cond: Condition,
+        token: SessionToken | None,
+        agent: str | None,
+    ) -> ItemResult:
+        """A write with `If-Match`, `If-None-Match` or `Spine-Fence` (DESIGN §12): one Paxos
+        round from this node (any node may propose; nothing is forwarded)."""
+        vector = (await self._vectors([op]))[0]
+        return await self._strong_write(namespace, op, vector, token, agent, None, cond)
 
     def _expired(self, deadline: int | None) -> bool:
         if deadline is None or hlc_ms(self.hlc.now()) <= hlc_ms(deadline):

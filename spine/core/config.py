@@ -182,6 +182,17 @@ class ClockSection:
 
 
 @dataclass(frozen=True)
+class PaxosSection:
+    """Conditional writes and leases (DESIGN §12). The two `unsafe_` switches exist for the
+    jepsen_style teeth only: each breaks a guarantee on purpose, so a checker can be seen to
+    catch it. Never set them on a cluster that holds data you care about."""
+
+    max_lease_ttl_ms: int = 600_000
+    unsafe_accept_any_ballot: bool = False
+    unsafe_ignore_fences: bool = False
+
+
+@dataclass(frozen=True)
 class EmbedderSection:
     name: str = "hash"
     dim: int = 384
@@ -292,6 +303,7 @@ class Config:
     history: HistorySection = field(default_factory=HistorySection)
     session: SessionSection = field(default_factory=SessionSection)
     clock: ClockSection = field(default_factory=ClockSection)
+    paxos: PaxosSection = field(default_factory=PaxosSection)
     embedder: EmbedderSection = field(default_factory=EmbedderSection)
     index: IndexSection = field(default_factory=IndexSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)

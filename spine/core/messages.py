@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from spine.core.clock import Version
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.model import Record
 
@@ -31,6 +32,9 @@ class Tag(enum.IntEnum):
     SHARD_FETCH = 9
     RING = 10
     TRANSFER = 11
+    PAXOS_PREPARE = 12
+    PAXOS_ACCEPT = 13
+    PAXOS_COMMIT = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,14 +240,90 @@ class Transfer:
         return cls(str(w[0]), str(w[1]), int(w[2]))
 
 
+def _ballot(w: Any) -> Version:
+    if (not isinstance(w, list) or len(w) != 2 or not isinstance(w[0], int)
+            or not isinstance(w[1], str) or not 0 <= w[0] < 2**64 or len(w[1]) > 256):
+        raise InvalidInput("a ballot must be [hlc, node]", field="ballot")
+    return Version(w[0], w[1])
+
+
+def _key(ns: Any, mid: Any) -> tuple[str, str]:
+    if not isinstance(ns, str) or not isinstance(mid, str) or len(ns) > 256 or len(mid) > 512:
+        raise InvalidInput("a key is two short strings", field="key")
+    return ns, mid
+
+
+@dataclass(frozen=True, slots=True)
+class PaxosPrepare:
+    """Phase 1 of a key's Paxos round (spine.core.paxos): promise `ballot`, answer a Promise."""
+
+    TAG: ClassVar[Tag] = Tag.PAXOS_PREPARE
+    namespace: str = ""
+    id: str = ""
+    ballot: Version = field(default_factory=lambda: Version(0, ""))
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node]]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> PaxosPrepare:
+        return cls(*_key(w[0], w[1]), _ballot(w[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class PaxosAccept:
+    """Phase 2: accept `record` under `ballot`; the reply is [accepted, highest promised]."""
+
+    TAG: ClassVar[Tag] = Tag.PAXOS_ACCEPT
+    namespace: str = ""
+    id: str = ""
+    ballot: Version = field(default_factory=lambda: Version(0, ""))
+    record: Record | None = None
+
+    def to_wire(self) -> list[Any]:
+        rec = None if self.record is None else self.record.to_wire()
+        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node], rec]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> PaxosAccept:
+        ns, mid = _key(w[0], w[1])
+        rec = Record.from_wire(w[3])
+        if (rec.namespace, rec.id) != (ns, mid):
+            raise InvalidInput("the accepted record is of another key", field="record")
+        return cls(ns, mid, _ballot(w[2]), rec)
+
+
+@dataclass(frozen=True, slots=True)
+class PaxosCommit:
+    """Phase 3: merge `record` into the store and note `ballot` committed."""
+
+    TAG: ClassVar[Tag] = Tag.PAXOS_COMMIT
+    namespace: str = ""
+    id: str = ""
+    ballot: Version = field(default_factory=lambda: Version(0, ""))
+    record: Record | None = None
+
+    def to_wire(self) -> list[Any]:
+        rec = None if self.record is None else self.record.to_wire()
+        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node], rec]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> PaxosCommit:
+        ns, mid = _key(w[0], w[1])
+        rec = Record.from_wire(w[3])
+        if (rec.namespace, rec.id) != (ns, mid):
+            raise InvalidInput("the committed record is of another key", field="record")
+        return cls(ns, mid, _ballot(w[2]), rec)
+
+
 Message = (
     Ping | Apply | Read | Forward | ListPage | History | Search | ShardTreeQuery | ShardFetch
-    | RingSync | Transfer
+    | RingSync | Transfer | PaxosPrepare | PaxosAccept | PaxosCommit
 )
 
 _MESSAGES: tuple[Any, ...] = (
     Ping, Apply, Read, Forward, ListPage, History, Search, ShardTreeQuery, ShardFetch, RingSync,
-    Transfer,
+    Transfer, PaxosPrepare, PaxosAccept, PaxosCommit,
 )
 
 

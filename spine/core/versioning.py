@@ -34,18 +34,19 @@ def mint(
     base = clock if clock is not None else (dict(old.clock) if old is not None else {})
     version = Version(hlc, node_id)
     created = old.created_hlc if old is not None and not old.deleted else hlc
+    fences = dict(old.fences) if old is not None else {}  # a fence is never forgotten (§12)
     if op.body is None:
         return Record(
             namespace=namespace, id=op.id, version=version,
             clock=vv_increment(base, node_id),
             tags=old.tags if old is not None else (),
             agent_id=agent or (old.agent_id if old is not None else None),
-            created_hlc=created, deleted=True,
+            created_hlc=created, deleted=True, fences=fences,
         )
     body = op.body
     return Record(
         namespace=namespace, id=op.id, version=version,
         clock=vv_increment(base, node_id),
         content=body.content, tags=body.tags, metadata=dict(body.metadata),
-        agent_id=agent or body.agent_id, vector=vector, created_hlc=created,
+        agent_id=agent or body.agent_id, vector=vector, created_hlc=created, fences=fences,
     )

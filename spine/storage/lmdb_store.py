@@ -1,4 +1,5 @@
-"""One LMDB environment per node: records, history, hints, a change log and meta (DESIGN §6).
+"""One LMDB environment per node: records, history, hints, a change log, meta and Paxos ballots
+(DESIGN §6, §12).
 
 The façade the rest of the node uses. It composes the tables, each a concept of its own
 (`records` with `history`, `hints`, `changelog`, `meta`, keyed as `layout` says), the group-commit
@@ -28,6 +29,7 @@ from typing import Any, assert_never
 import lmdb
 
 from spine.core.model import Record
+from spine.storage.ballots import Ballots
 from spine.storage.change_feed import ChangeFeed, Subscriber
 from spine.storage.changelog import ChangeLog
 from spine.storage.disk_guard import DiskGuard
@@ -54,6 +56,7 @@ from spine.storage.write_ops import (
     DeleteHints,
     PruneChanges,
     Purge,
+    PutBallots,
     PutMeta,
     Write,
     write_bytes,
@@ -112,6 +115,7 @@ class Store:
                                changes=self.changelog)
         self.hints = Hints(self.env, read)
         self.meta = Meta(self.env, read)
+        self.ballots = Ballots(self.env, read)
         self._pos = self.meta.positions()
         self.feed = ChangeFeed()
         self.writer: GroupCommit[Write] = GroupCommit(
@@ -245,7 +249,15 @@ class Store:
         """A raw meta value."""
         return self.meta.get(name.encode())
 
+    def ballots_get(self, namespace: str, mid: str) -> bytes | None:
+        """The stored Paxos acceptor state of a key (spine.core.paxos), or None."""
+        return self.ballots.get(self.key_of(namespace, mid))
+
     # ---------------------------------------------------------------- writes
+
+    async def ballots_put(self, namespace: str, mid: str, value: bytes) -> None:
+        """Replace a key's Paxos acceptor state; resolves once durable."""
+        await self.writer.submit(PutBallots(self.key_of(namespace, mid), value))
 
     async def apply(self, records: Sequence[Record]) -> list[Applied]:
         """Merge incoming versions into the store; resolves after the commit is durable."""
@@ -321,6 +333,9 @@ class Store:
                 return None
             case PruneChanges(upto=upto):
                 self.changelog.prune(txn, upto)
+                return None
+            case PutBallots(key=key, value=value):
+                self.ballots.put(txn, key, value)
                 return None
             case _:
                 assert_never(op)

@@ -56,7 +56,15 @@ class PruneChanges:
     upto: int
 
 
-Write = ApplyRecords | Purge | AddHints | DeleteHints | PutMeta | PruneChanges
+@dataclass(frozen=True, slots=True)
+class PutBallots:
+    """Replace a key's Paxos acceptor state (its records key, the state's stored bytes)."""
+
+    key: bytes
+    value: bytes
+
+
+Write = ApplyRecords | Purge | AddHints | DeleteHints | PutMeta | PruneChanges | PutBallots
 
 
 def write_bytes(ops: Sequence[Write]) -> int:

@@ -81,6 +81,14 @@ def linearizability_report(history: History) -> str | None:
             if o.ok:
                 ops.append(RegisterOp(o.client, o.key, "read", o.value, o.invoke, o.end, "ok"))
             continue
+        if o.kind == "cas":  # 412: the key did not hold `expect` (values are unique per write)
+            cas = (o.expect, o.value)
+            if o.ok is None:
+                ops.append(RegisterOp(o.client, o.key, "cas", cas, o.invoke, None, "info"))
+            else:
+                ops.append(RegisterOp(o.client, o.key, "cas", cas, o.invoke, o.end,
+                                      "ok" if o.ok else "fail"))
+            continue
         if o.ok:
             ops.append(RegisterOp(o.client, o.key, "write", o.value, o.invoke, o.end, "ok"))
         else:  # unknown: it may take effect at any time after its invocation, or never
@@ -112,7 +120,7 @@ def convergence_gaps(live: dict[str, Node], history: History, *, eventual: bool 
         return [f"ring change not settled: {len(placement.moves())} moves left"]
     levels = list(Level) if eventual else [Level.SESSION, Level.STRONG]
     acked = newest_acked(history, levels, float("inf"))
-    written = {o.value for o in history.ops if o.kind == "write"}
+    written = {o.value for o in history.ops if o.kind in ("write", "cas")}
     out: list[str] = []
     for key in (k for keys in KEYS.values() for k in keys):
         owners = placement.owners(placement.shard(NS, key))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from spine.cluster import coordinator, handoff, replication, ringkeeper
+from spine.cluster import coordinator, handoff, paxos, replication, ringkeeper
 from spine.core import abd, quorum, ring_change
 from spine.core.consistency import Level
 from spine.core.model import Record
@@ -105,6 +105,18 @@ def hints_not_rerouted(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(handoff.Handoff, "_gone", lambda self, target: False)
 
 
+def stale_ballot(mp: pytest.MonkeyPatch) -> None:
+    """Issue 10's tooth: an acceptor promises and accepts any ballot, however stale (what
+    `paxos.unsafe_accept_any_ballot` does in a real cluster): two rounds both read the same
+    version and both commit over it."""
+    real = paxos.Acceptor.__init__
+
+    def init(self: paxos.Acceptor, *a: Any, **kw: Any) -> None:
+        real(self, *a, **{**kw, "any_ballot": True})
+
+    mp.setattr(paxos.Acceptor, "__init__", init)
+
+
 MUTANTS: dict[str, Mutant] = {
     "no_barrier": no_barrier,
     "no_trailing": no_trailing,
@@ -113,4 +125,5 @@ MUTANTS: dict[str, Mutant] = {
     "repair_older": repair_older,
     "ignore_needs_quorum": ignore_needs_quorum,
     "hints_not_rerouted": hints_not_rerouted,
+    "stale_ballot": stale_ballot,
 }

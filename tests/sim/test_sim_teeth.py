@@ -45,6 +45,9 @@ class Tooth:
     expect: str  # a fragment of the violation the safeguard prevents
 
 
+# Six strong clients on four keys with little pause: many Paxos rounds on one key at a time.
+CONTENDED = Knobs(clients=(1, 6, 0), pause=(0.0005, 0.003), faults=(0, 1))
+
 TEETH: dict[str, Tooth] = {
     # A settle before the pending owners' final sync: a new owner lacks a cold key that only
     # two old owners held, one of which the join replaced.
@@ -71,6 +74,9 @@ TEETH: dict[str, Tooth] = {
     # waits for every node's hints to drain (delivered, or rerouted to the new owners).
     "hints_not_rerouted": Tooth((2, 0, 1), Knobs(change="remove", drain_hints=True,
                                             settle_deadline=15.0), "keeps hints"),
+    # Issue 10's tooth: acceptors that promise and accept stale ballots let two conditional
+    # writes both succeed over the same version.
+    "stale_ballot": Tooth((0, 1, 2, 5), CONTENDED, "not linearizable"),
 }
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spine.core.clock import Version
+from spine.core.conditions import Condition
 from spine.core.consistency import Level
 from spine.core.errors import SpineError
 from spine.core.model import Record
-from spine.core.requests import WriteOp
+from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import SessionToken
 from spine.core.validation import WriteBody
 from spine.node import Node
@@ -41,7 +42,7 @@ class Op:
 
     client: int
     level: Level
-    kind: str  # "write" | "delete" | "read"
+    kind: str  # "write" | "delete" | "read" | "cas" (a conditional write: If-Match/If-None-Match)
     key: str
     value: str | None  # written content (None: delete); for a read, the content read
     invoke: float
@@ -50,6 +51,7 @@ class Op:
     ok: bool | None = None  # None: unknown (timed out or failed after it may have applied)
     version: Version | None = None  # the version written or read
     error: str | None = None
+    expect: str | None = None  # a cas: the content the key must hold (None: no live record)
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Client:
         self.live, self.now, self.timeout, self.trace = live, now, timeout, trace
         self.token = SessionToken(session_max_keys) if level is Level.SESSION else None
         self.floors: dict[str, Version] = {}  # the newest version this client wrote or read
+        self.seen: dict[str, tuple[Version, str | None]] = {}  # strong: last (version, value)
         self.violations: list[str] = []
         self.seq = 0
 
@@ -100,14 +103,22 @@ class Client:
         key = self.rng.choice(KEYS[self.level])
         r = self.rng.random()
         kind = "read" if r < 0.35 else ("delete" if r < 0.42 else "write")
+        if self.level is Level.STRONG and r > 0.7:
+            kind = "cas"  # strong keys also take conditional writes (one Paxos round each)
         await self.do(name, node, ctx, kind, key)
 
     async def do(self, name: str, node: Node, ctx: contextvars.Context, kind: str,
                  key: str) -> None:
         """One operation `kind` on `key` through `node` (named `name`), recorded and checked."""
         self.seq += 1
-        value = None if kind != "write" else f"c{self.cid}-{self.seq}"
+        value = None if kind not in ("write", "cas") else f"c{self.cid}-{self.seq}"
         op = Op(self.cid, self.level, kind, key, value, self.now(), name)
+        cond = Condition()
+        if kind == "cas":  # If-Match the version last seen, or If-None-Match: * if none live
+            last = self.seen.get(key)
+            op.expect = None if last is None else last[1]
+            cond = (Condition(if_none_match=True) if last is None or last[1] is None
+                    else Condition(if_match=last[0]))
         self.history.ops.append(op)
         token = self.token
         # The token crosses the wire as the header does; what the call saw is merged after it.
@@ -124,11 +135,11 @@ class Client:
                 op.value, op.version = content_of(rec), None if rec is None else rec.version
             else:
                 body = None if value is None else WriteBody(value, (), {}, None, None)
-                wtask = loop.create_task(node.coordinator.write(
-                    NS, [WriteOp(key, body)], self.level, call_token, None), context=ctx)
+                write = (node.coordinator.conditional(NS, WriteOp(key, body), cond, None, None)
+                         if cond else self._write(node, key, body, call_token))
+                wtask = loop.create_task(write, context=ctx)
                 wtask.add_done_callback(_consume)
-                items = await asyncio.wait_for(asyncio.shield(wtask), self.timeout)
-                item = items[0]
+                item = await asyncio.wait_for(asyncio.shield(wtask), self.timeout)
                 if item.error is not None:
                     raise item.error
                 assert item.result is not None
@@ -138,15 +149,25 @@ class Client:
             if isinstance(e, asyncio.CancelledError) and not self._node_died(name):
                 raise  # this client is being stopped
             op.error = type(e).__name__ if not isinstance(e, SpineError) else e.code
-            # A read that failed changed nothing; a write may have applied anyway.
-            op.ok = False if kind == "read" else None
+            # A read that failed changed nothing, nor did a cas whose condition failed; a write
+            # may have applied anyway.
+            op.ok = False if kind == "read" or op.error == "precondition_failed" else None
         op.end = self.now()
         if token is not None and op.ok and op.version is not None:
             token.observe(f"{NS}/{key}", op.version)  # as the HTTP layer merges a reply's
         if op.ok:
             self.check_session(op)
+            if self.level is Level.STRONG and op.version is not None:
+                self.seen[key] = (op.version, op.value)
+            elif self.level is Level.STRONG and op.kind == "read":
+                self.seen.pop(key, None)
         self.trace(f"c{self.cid} {op.kind} {key}={op.value} via {name} -> "
                    f"{'ok' if op.ok else op.error} {op.version}")
+
+    async def _write(self, node: Node, key: str, body: WriteBody | None,
+                     token: SessionToken | None) -> ItemResult:
+        items = await node.coordinator.write(NS, [WriteOp(key, body)], self.level, token, None)
+        return items[0]
 
     def _node_died(self, name: str) -> bool:
         return all(n != name for n, _, _ in self.live())

@@ -1,0 +1,326 @@
+"""Per-key Paxos, the thin shells (the decisions are `spine.core.paxos`'s).
+
+- `Acceptor`: a replica's side. Each transition is decided on the key's state synchronously (no
+  await between reading the state and taking the decision, so two rounds' messages on one key are
+  ordered by the event loop), then persisted; the answer goes out only once the state is durable.
+  States being persisted are kept in memory until their commit lands (bounded by the requests in
+  flight); every other state is read from the store.
+- `Proposer`: a round from any node: prepare, complete an interrupted change, judge the
+  condition, accept, commit; retried with a higher ballot and a random back-off under contention
+  until the deadline.
+
+A change the proposer sent for acceptance and then could not see through is *indeterminate*: a
+later round may still complete it. The proposer says so (504 timeout) rather than answer 503,
+unless it can tell from a later round that the change did land (then it succeeded) or could not
+have (nothing of it accepted anywhere: 503, nothing applied).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import msgpack
+import structlog
+
+from spine.cluster.liveness import Liveness
+from spine.cluster.rpc import Handler
+from spine.core.clock import HLC, Version
+from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
+from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare, Tag
+from spine.core.model import Record
+from spine.core.paxos import (
+    AcceptorState,
+    Ballot,
+    Current,
+    Promise,
+    Rejected,
+    Repropose,
+    ballot_from_wire,
+    count_accepts,
+    on_accept,
+    on_commit,
+    on_prepare,
+    quorum_size,
+    read_promises,
+)
+from spine.core.routing import Route, live
+from spine.ports import RecordStore, Transport
+
+log = structlog.get_logger("spine.paxos")
+
+CHOSEN, NOWHERE, PARTLY = "chosen", "nowhere", "partly"  # what became of a proposal
+
+# What a round's caller decides, given the key's current record (None: never written) and the
+# version vector the new version must dominate: the record to write, or why not (412, 409, ...).
+Decide = Callable[[Record | None, dict[str, int]], Record | SpineError]
+
+
+class Acceptor:
+    """A replica's acceptor for every key it holds."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        apply: Callable[[Sequence[Record]], Coroutine[Any, Any, Any]],
+        *,
+        any_ballot: bool = False,
+    ) -> None:
+        self.store = store
+        self.apply = apply
+        self.any_ballot = any_ballot  # test-only tooth: paxos.unsafe_accept_any_ballot
+        self._pending: dict[tuple[str, str], tuple[AcceptorState, int]] = {}
+
+    def state(self, namespace: str, mid: str) -> AcceptorState:
+        """The key's state: the newest being persisted, else the stored one."""
+        held = self._pending.get((namespace, mid))
+        if held is not None:
+            return held[0]
+        raw = self.store.ballots_get(namespace, mid)
+        if raw is None:
+            return AcceptorState()
+        return AcceptorState.from_wire(msgpack.unpackb(raw, raw=False))
+
+    async def _persist(self, namespace: str, mid: str, st: AcceptorState) -> None:
+        key = (namespace, mid)
+        held = self._pending.get(key)
+        self._pending[key] = (st, 1 if held is None else held[1] + 1)
+        try:
+            await self.store.ballots_put(namespace, mid,
+                                         msgpack.packb(st.to_wire(), use_bin_type=True))
+        finally:
+            cur, n = self._pending[key]
+            if n <= 1:
+                del self._pending[key]
+            else:
+                self._pending[key] = (cur, n - 1)
+
+    def handlers(self) -> dict[Tag, Handler]:
+        """The RPC handlers a proposer's rounds call."""
+
+        async def prepare(_peer: str, msg: PaxosPrepare) -> list[Any]:
+            return await self.prepare(msg)
+
+        async def accept(_peer: str, msg: PaxosAccept) -> list[Any]:
+            return await self.accept(msg)
+
+        async def commit(_peer: str, msg: PaxosCommit) -> bool:
+            return await self.commit(msg)
+
+        return {Tag.PAXOS_PREPARE: prepare, Tag.PAXOS_ACCEPT: accept, Tag.PAXOS_COMMIT: commit}
+
+    async def prepare(self, msg: PaxosPrepare) -> list[Any]:
+        """Phase 1: a Promise's wire form."""
+        st = self.state(msg.namespace, msg.id)
+        new, ok = on_prepare(st, msg.ballot, any_ballot=self.any_ballot)
+        if new is not None:
+            await self._persist(msg.namespace, msg.id, new)
+            st = new
+        rec = self.store.get(msg.namespace, msg.id)
+        return Promise(ok, st.promised, st.accepted, st.accepted_record, st.committed,
+                       rec).to_wire()
+
+    async def accept(self, msg: PaxosAccept) -> list[Any]:
+        """Phase 2: [accepted, the ballot promised]."""
+        assert msg.record is not None  # the decoder requires one
+        st = self.state(msg.namespace, msg.id)
+        new, ok = on_accept(st, msg.ballot, msg.record, any_ballot=self.any_ballot)
+        if new is not None:
+            await self._persist(msg.namespace, msg.id, new)
+            st = new
+        return [ok, [st.promised.hlc, st.promised.node]]
+
+    async def commit(self, msg: PaxosCommit) -> bool:
+        """Phase 3: the record merged into the store, then the ballot noted committed."""
+        assert msg.record is not None
+        await self.apply([msg.record])
+        new = on_commit(self.state(msg.namespace, msg.id), msg.ballot)
+        if new is not None:
+            await self._persist(msg.namespace, msg.id, new)
+        return True
+
+
+class Proposer:
+    """Runs Paxos rounds on keys from this node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        route: Callable[[str, str], Route],
+        rpc: Transport,
+        liveness: Liveness,
+        hlc: HLC,
+        rng: random.Random,
+        *,
+        rpc_timeout: float,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
+        self.node_id = node_id
+        self.route = route
+        self.rpc = rpc
+        self.liveness = liveness
+        self.hlc = hlc
+        self.rng = rng
+        self.rpc_timeout = rpc_timeout
+        self.spawn = spawn
+        self.rounds = 0
+        self.contended = 0
+
+    async def run(self, namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
+        """Carry out one change of a key: the record committed, or the error (412/409 from
+        `decide`; 503 quorum_unavailable when nothing of it was accepted; 504 when its fate is
+        unknown)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        mine: Record | None = None  # our change, once sent for acceptance
+        attempt = 0
+        while True:
+            attempt += 1
+            self.rounds += 1
+            rt = self.route(namespace, mid)
+            nodes = live(rt.write_to, self.liveness.is_alive)
+            need = quorum_size(len(rt.owners), rt.extra)
+            budget = end - loop.time()
+            if len(nodes) < need or budget <= 0:
+                raise self._gave_up(mine, len(nodes), need)
+            ballot = Version(self.hlc.now(), self.node_id)
+            step = read_promises(await self._prepare(nodes, namespace, mid, ballot, need,
+                                                     budget), need)
+            if isinstance(step, Rejected):
+                await self._contended(step, attempt, end)
+                continue
+            if isinstance(step, Repropose):
+                done = await self._choose(nodes, ballot, step.record, need, end) == CHOSEN
+                if done and mine is not None and step.record.version == mine.version:
+                    return mine  # our own change, completed
+                continue
+            if mine is not None:
+                if step.record is not None and step.record.version == mine.version:
+                    return mine  # it landed after all
+                raise Timeout("the change was sent for acceptance but its round did not finish;"
+                              " it may or may not have been applied: read before retrying")
+            out = decide(step.record, step.clock)
+            if isinstance(out, SpineError):
+                await self._repair(step, end)
+                raise out
+            mine = out
+            outcome = await self._choose(nodes, ballot, out, need, end)
+            if outcome == CHOSEN:
+                return out
+            if outcome == NOWHERE:
+                mine = None  # no replica took it: the next round decides afresh
+
+    def _gave_up(self, mine: Record | None, reached: int, need: int) -> SpineError:
+        if mine is not None:
+            return Timeout("the change was sent for acceptance but no round could finish it in"
+                           " time; it may or may not have been applied: read before retrying")
+        return QuorumUnavailable(f"{reached} of {need} replicas took part in the round; nothing"
+                                 " was applied", reached=reached, needed=need)
+
+    async def _contended(self, step: Rejected, attempt: int, end: float) -> None:
+        """A higher ballot was promised: wait a random while (longer each time) and go again."""
+        self.contended += 1
+        if step.highest.hlc:
+            with contextlib.suppress(SpineError):  # a ballot from past the clock's max offset
+                self.hlc.observe(step.highest.hlc)
+        loop = asyncio.get_running_loop()
+        pause = self.rng.uniform(0, min(0.002 * 2**attempt, 0.1))
+        await asyncio.sleep(max(0.0, min(pause, end - loop.time())))
+
+    async def _choose(
+        self, nodes: list[str], ballot: Ballot, record: Record, need: int, end: float
+    ) -> str:
+        """Accept `record` under `ballot`, then commit it to a quorum: CHOSEN. Not accepted by a
+        quorum (a higher ballot came): NOWHERE when every replica answered and none accepted,
+        else PARTLY; the caller starts a new round."""
+        loop = asyncio.get_running_loop()
+        answers = await self._gather(
+            nodes, PaxosAccept(record.namespace, record.id, ballot, record), need,
+            end - loop.time(), _accept_reply, lambda a: a[0])
+        rejected = count_accepts(answers, need)
+        if rejected is not None:
+            await self._contended(rejected, 1, end)
+            nowhere = len(answers) == len(nodes) and rejected.granted == 0
+            return NOWHERE if nowhere else PARTLY
+        acks = await self._gather(
+            nodes, PaxosCommit(record.namespace, record.id, ballot, record), need,
+            max(0.0, end - loop.time()), lambda w: bool(w), lambda a: a)
+        got = sum(1 for a in acks.values() if a)
+        if got < need:
+            raise Timeout(f"the change was chosen but {got} of {need} replicas committed it in"
+                          " time; it will be completed by the next round on this key")
+        return CHOSEN
+
+    async def _repair(self, step: Current, end: float) -> None:
+        """Before a failed condition is answered: the last commit to the promisers lacking it."""
+        if step.repair is None or not step.laggards:
+            return
+        loop = asyncio.get_running_loop()
+        rec = step.repair
+        await self._gather(list(step.laggards),
+                           PaxosCommit(rec.namespace, rec.id, step.repair_ballot, rec),
+                           len(step.laggards), max(0.0, end - loop.time()),
+                           lambda w: bool(w), lambda a: a)
+
+    async def _prepare(
+        self, nodes: list[str], namespace: str, mid: str, ballot: Ballot, need: int,
+        timeout: float,
+    ) -> dict[str, Promise]:
+        return await self._gather(nodes, PaxosPrepare(namespace, mid, ballot), need, timeout,
+                                  Promise.from_wire, lambda p: p.ok)
+
+    async def _gather(
+        self,
+        nodes: Sequence[str],
+        msg: PaxosPrepare | PaxosAccept | PaxosCommit,
+        need: int,
+        timeout: float,
+        parse: Callable[[Any], Any],
+        good: Callable[[Any], bool],
+    ) -> dict[str, Any]:
+        """Send `msg` to `nodes`; return the parsed answers once `need` are good, or every node
+        answered, or `timeout` passed. Calls still out go on in owned tasks."""
+        answers: dict[str, Any] = {}
+        done = asyncio.Event()
+        outstanding = len(nodes)
+        ok = 0
+
+        async def one(node: str) -> None:
+            nonlocal outstanding, ok
+            try:
+                reply = await self.rpc.call(node, msg, self.rpc_timeout)
+                answers[node] = parse(reply)
+                self.liveness.report_success(node)
+                if good(answers[node]):
+                    ok += 1
+                    if ok >= need:
+                        done.set()
+            except PeerUnavailable as e:
+                if "code" not in e.details:
+                    self.liveness.report_failure(node)
+                    self.rpc.drop(node)
+            except (ValueError, TypeError, IndexError, KeyError) as e:  # a malformed answer
+                log.warning("paxos_bad_reply", peer=node, error=str(e)[:200])
+            except SpineError as e:
+                log.debug("paxos_call_failed", peer=node, code=e.code)
+            finally:
+                outstanding -= 1
+                if outstanding == 0:
+                    done.set()
+
+        if not nodes:
+            return answers
+        for n in nodes:
+            self.spawn(one(n))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), max(timeout, 0.001))
+        return dict(answers)
+
+
+def _accept_reply(w: Any) -> tuple[bool, Ballot]:
+    if not isinstance(w, list) or len(w) != 2 or not isinstance(w[0], bool):
+        raise ValueError("not an accept reply")
+    return w[0], ballot_from_wire(w[1])
