@@ -125,6 +125,8 @@ def lease_request(body: Any, max_ttl_ms: int) -> tuple[str, int]:
     holder, ttl_ms = body.get("holder"), body.get("ttl_ms")
     if isinstance(holder, str) and not HOLDER_RE.fullmatch(holder):
         raise InvalidInput("holder must be 1..128 printable ASCII characters", field="holder")
+    if isinstance(ttl_ms, float) and ttl_ms.is_integer():  # JSON has one number type: 5.0 is 5
+        ttl_ms = int(ttl_ms)
     return lease_rules.check_request(holder, ttl_ms, max_ttl_ms)
 
 

@@ -17,6 +17,11 @@ from spine.core.conditions import LEASE_NAME_RE
 
 SESSION_FORMAT = "spine-session"
 """The `format` of the Spine-Session header: an opaque token this API handed out earlier."""
+ETAG_FORMAT = "spine-etag"
+"""The `format` of the If-Match header: a quoted version, as ETag gives it (the pattern says it
+too; the format lets a generator that keeps header values to letters and digits draw one)."""
+FENCE_FORMAT = "spine-fence"
+"""The `format` of the Spine-Fence header: `<lease>=<token>` (with its pattern, as for ETags)."""
 
 FLOAT32_MAX = 3.4e38
 _TINY = 1e-30  # a component this large survives float32 and normalisation (validation.vector)
@@ -48,14 +53,16 @@ _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 # DESIGN §12: the conditions of a single-key write, and the ETag every single-key reply carries.
 _IF_MATCH = {"name": "If-Match", "in": "header", "required": False,
              "description": "write only if the key's current version is this ETag (else 412)",
-             "schema": {"type": "string", "pattern": _pattern(coord.IF_MATCH_RE.pattern)}}
+             "schema": {"type": "string", "format": ETAG_FORMAT,
+                        "pattern": _pattern(coord.IF_MATCH_RE.pattern)}}
 _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
                   "description": "*: create only (412 when a live record exists)",
                   "schema": {"type": "string", "enum": ["*"]}}
 _FENCE = {"name": "Spine-Fence", "in": "header", "required": False,
           "description": "<lease>=<token>: refused (409 fenced) once the key has accepted a"
                          " higher token of that lease",
-          "schema": {"type": "string", "pattern": _pattern(coord.FENCE_RE.pattern)}}
+          "schema": {"type": "string", "format": FENCE_FORMAT,
+                     "pattern": _pattern(coord.FENCE_RE.pattern)}}
 _ETAG = {"ETag": {"description": "the record's version, quoted", "required": True,
                   "schema": {"type": "string", "pattern": r'^"[0-9a-f]{16}\.[^"]+"$'}}}
 _LEASE_NAME = {"name": "name", "in": "path", "required": True,

@@ -188,7 +188,8 @@ def test_a_release_token_parses() -> None:
     ({"holder": "a", "ttl_ms": -5}, "ttl_ms"),
     ({"holder": "a", "ttl_ms": 1001}, "ttl_ms"),
     ({"holder": "a", "ttl_ms": True}, "ttl_ms"),
-    ({"holder": "a", "ttl_ms": 5.0}, "ttl_ms"),
+    ({"holder": "a", "ttl_ms": 5.5}, "ttl_ms"),
+    ({"holder": "a", "ttl_ms": 1e300}, "ttl_ms"),
     ({"holder": "a", "ttl_ms": "5"}, "ttl_ms"),
 ])
 def test_a_bad_lease_body_is_a_400_naming_the_field(body: Any, field: str) -> None:
@@ -199,6 +200,7 @@ def test_a_bad_lease_body_is_a_400_naming_the_field(body: Any, field: str) -> No
 
 def test_a_lease_body_parses() -> None:
     assert coord.lease_request({"holder": "agent 7", "ttl_ms": 1000}, 1000) == ("agent 7", 1000)
+    assert coord.lease_request({"holder": "a", "ttl_ms": 5.0}, 1000) == ("a", 5)  # JSON: 5.0 is 5
 
 
 # ------------------------------------------------------------------ handlers, in process
