@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from spine.core import leases as lease_rules
 from spine.core.conditions import (
@@ -59,6 +60,14 @@ Admit = Callable[[web.Request, str], None]
 ReadJson = Callable[[web.Request], Awaitable[Any]]
 
 
+def _single(headers: Mapping[str, str], name: str) -> str | None:
+    """The one value of header `name`, or None; InvalidInput when it is sent twice (a second
+    fence or tag silently dropped would be a condition the client believes was checked)."""
+    if isinstance(headers, MultiMapping) and len(headers.getall(name, [])) > 1:
+        raise InvalidInput(f"{name} may be sent once", field=name)
+    return headers.get(name)
+
+
 def condition_of(headers: Mapping[str, str], method: str) -> Condition:
     """The condition a write's headers ask for (a false Condition when none). InvalidInput naming
     the header when one is malformed, or not allowed with `method` (If-None-Match on DELETE: a
@@ -69,9 +78,9 @@ def condition_of(headers: Mapping[str, str], method: str) -> Condition:
                 raise InvalidInput(f"POST mints a new id and takes no {name}: PUT the id with"
                                    f" {name} instead", field=name)
         return Condition()
-    raw_match = headers.get(IF_MATCH)
-    raw_none = headers.get(IF_NONE_MATCH)
-    raw_fence = headers.get(FENCE)
+    raw_match = _single(headers, IF_MATCH)
+    raw_none = _single(headers, IF_NONE_MATCH)
+    raw_fence = _single(headers, FENCE)
     if raw_none is not None and method == "DELETE":
         raise InvalidInput("If-None-Match applies to PUT only (create only)", field=IF_NONE_MATCH)
     if_match = None

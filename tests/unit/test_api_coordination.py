@@ -17,6 +17,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from spine.api import coordination as coord
 from spine.api.auth import Authenticator
@@ -107,6 +108,15 @@ def test_a_malformed_spine_fence_is_a_400_naming_it(raw: str) -> None:
     with pytest.raises(InvalidInput) as exc:
         coord.condition_of({"Spine-Fence": raw}, "PUT")
     assert _field(exc) == "Spine-Fence"
+
+
+@pytest.mark.parametrize("header", coord.CONDITION_HEADERS)
+def test_a_condition_header_sent_twice_is_a_400(header: str) -> None:
+    value = {"If-Match": etag(V1), "If-None-Match": "*", "Spine-Fence": "a=1"}[header]
+    twice = CIMultiDictProxy(CIMultiDict([(header, value), (header.lower(), value)]))
+    with pytest.raises(InvalidInput) as exc:
+        coord.condition_of(twice, "PUT")
+    assert _field(exc) == header
 
 
 @pytest.mark.parametrize("header", coord.CONDITION_HEADERS)
