@@ -21,6 +21,7 @@ import itertools
 from typing import Any
 
 from jepsen_style.checker.lock import check_lock
+from jepsen_style.workloads.cas_register import paxos_write_outcome
 from jepsen_style.workloads.common import (
     FINAL_PROCESS,
     Context,
@@ -172,7 +173,7 @@ class Lock:
         hdrs[FENCE_HEADER] = f"{lease}={token}"
         reply = await http.call(node, "PUT", memory_path(self.ns, key),
                                 json={"content": content}, headers=hdrs)
-        kind, error = write_outcome(reply)
+        kind, error = paxos_write_outcome(reply)
         self.ctx.history.complete(h, kind, error=error)
         return "fenced" if reply.status == 409 and reply.code == "fenced" else kind
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from jepsen_style.checker.lock import check_lock, grants, parse_content
 from jepsen_style.runner import dotted, parse_args
 from jepsen_style.workloads import WORKLOADS
-from jepsen_style.workloads.cas_register import MISMATCH, cas_outcome
+from jepsen_style.workloads.cas_register import MISMATCH, cas_outcome, paxos_write_outcome
 from jepsen_style.workloads.common import Reply
 from jepsen_style.workloads.register import check_register
 
@@ -292,6 +292,13 @@ def test_cas_outcome_classes() -> None:
     assert cas_outcome(reply(503, "quorum_unavailable")) == ("info", "quorum_unavailable")
     assert cas_outcome(reply(503, "quorum_unavailable", applied=False)) == (
         "fail", "quorum_unavailable")
+    assert cas_outcome(reply(503, "quorum_unavailable", applied=True))[0] == "info"
+    said = reply(503, "quorum_unavailable")
+    assert isinstance(said.body, dict)
+    said.body["error"]["message"] = "1 of 2 replicas took part in the round; nothing was applied"
+    assert cas_outcome(said) == ("fail", "quorum_unavailable")
+    assert paxos_write_outcome(said) == ("fail", "quorum_unavailable")
+    assert cas_outcome(reply(503, "session_unavailable", applied=False))[0] == "info"
     assert cas_outcome(reply(504, "timeout"))[0] == "info"
     assert cas_outcome(reply(None))[0] == "info"
     assert cas_outcome(reply(400, "invalid")) == ("fail", "invalid")  # removed, not a mismatch

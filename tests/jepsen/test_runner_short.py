@@ -1,7 +1,8 @@
 """The runner end to end: a stand-in workload in-process (fast, independent of the real
-workloads), the verdict's exit codes, the CLI's argument parsing, and the CI short schedule
+workloads), the verdict's exit codes, the CLI's argument parsing, the CI short schedule
 (`python -m jepsen_style run --time 40 --workload all --nemesis partition,kill --nodes 5`) as a
-subprocess once the workloads exist."""
+subprocess once the workloads exist, and the coordination teeth: a cluster started with a
+test-only unsafe Paxos switch (`--config`) must be caught by its workload."""
 
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ def test_ci_short_schedule(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
     tail = (proc.stdout + proc.stderr)[-6000:]
     results = _outputs_ok(out)
-    assert set(results["checkers"]) == {"register", "set", "session", "convergence"}, tail
+    assert set(results["checkers"]) == {"register", "set", "session", "convergence",
+                                        "cas-register", "lock"}, tail
     assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
 
 
@@ -211,3 +213,31 @@ def test_forge_schedule_stays_valid_and_detects_in_time(tmp_path: Path) -> None:
     kinds = {k.split("-")[0] for k in forge["sent"]}
     assert {"udp", "tcp", "rpc"} <= kinds, forge["sent"]
     assert forge["sent"].get("udp-replay", 0) > 0, forge["sent"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("workload", "setting", "evidence"), [
+    # acceptors that promise and accept any ballot: two rounds both commit from one value
+    ("cas-register", "paxos.unsafe_accept_any_ballot=true", "failing_keys"),
+    # a store that forgets fencing: a stalled holder's stale token is applied
+    ("lock", "paxos.unsafe_ignore_fences=true", "stale_applied"),
+])
+def test_coordination_teeth_are_caught(
+    tmp_path: Path, workload: str, setting: str, evidence: str
+) -> None:
+    """A short run on 3 healthy nodes with one unsafe switch on exits 1 with its anomaly."""
+    out = tmp_path / workload
+    cmd = [sys.executable, "-m", "jepsen_style", "run", "--time", "8", "--workload", workload,
+           "--nemesis", "none", "--nodes", "3", "--seed", "1", "--quiet-s", "1", "--no-plot",
+           "--config", setting, "--opt", "lock.stall_fraction=0.5", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    key, _, value = setting.partition("=")
+    section, name = key.split(".")
+    assert results["options"]["cluster_config"] == {section: {name: json.loads(value)}}
+    assert proc.returncode == EXIT_INVALID, f"exit {proc.returncode}\n{tail}"
+    checker = results["checkers"][workload]
+    assert checker["valid"] is False and checker[evidence], checker["summary"]
