@@ -398,7 +398,7 @@ class Coordinator:
                 self.metrics.quorum_failures.inc("write", Level.STRONG.label)
             return ItemResult(op.id, error=e)
         old = found[0] if found else None
-        created = old is None or old.deleted
+        created = not rec.deleted and (old is None or old.deleted)
         return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
 
     async def conditional(

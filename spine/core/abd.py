@@ -1,20 +1,19 @@
-"""Strong reads and writes as small state machines (ABD: Attiya, Bar-Noy, Dolev 1995). Pure.
+"""Strong reads as a small state machine (ABD: Attiya, Bar-Noy, Dolev 1995). Pure.
 
-Each operation has two phases over a majority of the key's replicas:
+A strong read has two phases over a majority of the key's replicas: read a quorum's versions and
+take the newest; unless a quorum already holds it, write it back to enough replicas first, so
+that no later read can return anything older. (Strong writes were ABD's write too - read a
+quorum's versions, write a newer one to a quorum - until conditional writes came: a strong write
+is now one round of per-key Paxos, `spine.core.paxos`, so that it is ordered with them. A Paxos
+change is committed as an ordinary record on a quorum, which this read sees.)
 
-- **write**: read a quorum's versions, mint a version newer than all of them (its clock covers
-  every clock seen), then write it to a quorum;
-- **read**: read a quorum's versions and take the newest; unless a quorum already holds it, write
-  it back to enough replicas first, so that no later read can return anything older.
-
-While the ring changes a write also goes to the pending (and trailing) owners, one more
+While the ring changes the write-back also goes to the pending (and trailing) owners, one more
 acknowledgement each (see `spine.core.routing`): the newest value then sits on a quorum of the
 next ring as well as the current one.
 
-The machines never touch a socket or a clock. The shell starts one, carries out each step it
-returns (`ReadQuorum`, `Mint`, `WriteQuorum`), feeds the replies back, and stops at `Done` or
-`Failed`. Each step method may be called once, in order; a call out of order is a bug
-(`RuntimeError`).
+The machine never touches a socket or a clock. The shell starts one, carries out each step it
+returns (`ReadQuorum`, `WriteQuorum`), feeds the replies back, and stops at `Done` or `Failed`.
+Each step method may be called once, in order; a call out of order is a bug (`RuntimeError`).
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from spine.core.clock import Version, vv_merge
+from spine.core.clock import Version
 from spine.core.errors import QuorumUnavailable, SessionUnavailable, SpineError
 from spine.core.model import Record
-from spine.core.quorum import meets_floor, resolve, write_shortfall
+from spine.core.quorum import meets_floor, resolve
 
 STRONG = "strong"
 
@@ -36,14 +35,6 @@ class ReadQuorum:
 
     nodes: tuple[str, ...]
     r: int
-
-
-@dataclass(frozen=True, slots=True)
-class Mint:
-    """Mint the new version over `newest` (None: the key is new), its clock built on `clock`."""
-
-    newest: Record | None
-    clock: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,57 +133,3 @@ class StrongRead:
     def _end(self, step: Failed) -> Failed:
         self._step = "ended"
         return step
-
-
-@dataclass
-class StrongWrite:
-    """One strong write of a key: `start`, `on_answers`, `on_minted`, `on_acks`."""
-
-    nodes: Sequence[str]  # the key's live owners
-    r: int
-    w: int
-    _step: str = field(default="new", repr=False)
-    _newest: Record | None = field(default=None, repr=False)
-    _record: Record | None = field(default=None, repr=False)
-    _need: int = field(default=0, repr=False)
-
-    def _advance(self, expected: str, to: str) -> None:
-        if self._step != expected:
-            raise RuntimeError(f"strong write: {to} called in step {self._step}")
-        self._step = to
-
-    def start(self) -> ReadQuorum:
-        """Phase one: read a quorum's versions."""
-        self._advance("new", "read")
-        return ReadQuorum(tuple(self.nodes), self.r)
-
-    def on_answers(self, answers: Mapping[str, Record | None]) -> Mint | Failed:
-        """The versions the replicas answered: mint over the newest, with every clock seen."""
-        self._advance("read", "mint")
-        if len(answers) < self.r:
-            self._step = "ended"
-            return _too_few_answers(len(answers), self.r, " the version read", ("write", STRONG))
-        self._newest = resolve(answers).newest
-        clock: dict[str, int] = {}
-        for rec in answers.values():
-            if rec is not None:
-                clock = vv_merge(clock, rec.clock)
-        return Mint(self._newest, clock)
-
-    def on_minted(self, record: Record, write_set: WriteSet) -> WriteQuorum:
-        """The minted version, and the key's write set now: phase two writes it to a quorum."""
-        self._advance("mint", "write")
-        targets, extra = write_set
-        self._record, self._need = record, self.w + extra
-        return WriteQuorum(record, tuple(targets), self._need)
-
-    def on_acks(self, acks: int) -> Done | Failed:
-        """How many replicas acknowledged the new version."""
-        self._advance("write", "ended")
-        assert self._record is not None
-        short = write_shortfall(acks, self._need)
-        if short is not None:
-            return Failed(short, ("write", STRONG))
-        rec = self._record
-        created = not rec.deleted and (self._newest is None or self._newest.deleted)
-        return Done(rec, created)

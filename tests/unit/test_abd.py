@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spine.core.abd import Done, Failed, Mint, ReadQuorum, StrongRead, StrongWrite, WriteQuorum
+from spine.core.abd import Done, Failed, ReadQuorum, StrongRead, WriteQuorum
 from spine.core.clock import Version
 from spine.core.errors import QuorumUnavailable, SessionUnavailable
 from spine.core.model import Record
@@ -109,54 +109,3 @@ def test_steps_out_of_order_are_refused() -> None:
         m.on_acks(1)
 
 
-# ------------------------------------------------------------------ writes
-
-
-def test_a_write_mints_over_the_newest_with_every_clock_it_saw() -> None:
-    m = StrongWrite(OWNERS, 2, 2)
-    assert m.start() == ReadQuorum(OWNERS, 2)
-    step = m.on_answers({"a": rec(3, "a", {"a": 3, "c": 1}), "b": rec(2, "b", {"b": 5}),
-                         "c": None})
-    # The newest is a's version (LWW), its clock joined with the others' (as resolve does).
-    assert step == Mint(rec(3, "a", {"a": 3, "b": 5, "c": 1}), {"a": 3, "b": 5, "c": 1})
-
-
-def test_a_write_needs_w_plus_one_ack_per_pending_owner() -> None:
-    m = StrongWrite(OWNERS, 2, 2)
-    m.start()
-    m.on_answers({"a": None, "b": None})
-    new = rec(9, "a")
-    assert m.on_minted(new, ((*OWNERS, "d"), 1)) == WriteQuorum(new, (*OWNERS, "d"), 3)
-    short = m.on_acks(2)
-    assert isinstance(short, Failed)
-    assert str(short.error) == "2 of 3 replicas acknowledged; the write may still land"
-    assert short.metric == ("write", "strong")
-
-
-@pytest.mark.parametrize("old, new_deleted, created", [
-    (None, False, True),
-    (rec(1, deleted=True), False, True),
-    (rec(1), False, False),
-    (None, True, False),
-    (rec(1), True, False),
-])
-def test_a_write_creates_the_key_when_it_was_absent_or_deleted(
-    old: Record | None, new_deleted: bool, created: bool
-) -> None:
-    m = StrongWrite(OWNERS, 2, 2)
-    m.start()
-    m.on_answers({"a": old, "b": old})
-    new = rec(9, "a", deleted=new_deleted)
-    m.on_minted(new, (OWNERS, 0))
-    assert m.on_acks(2) == Done(new, created)
-
-
-def test_a_write_short_of_version_answers_fails_before_minting() -> None:
-    m = StrongWrite(OWNERS, 2, 2)
-    m.start()
-    step = m.on_answers({"a": rec(1)})
-    assert isinstance(step, Failed)
-    assert str(step.error) == "1 of 2 replicas answered the version read"
-    assert step.metric == ("write", "strong")
-    with pytest.raises(RuntimeError):
-        m.on_minted(rec(2), (OWNERS, 0))
