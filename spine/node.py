@@ -197,7 +197,7 @@ class Node:
                                  any_ballot=cfg.paxos.unsafe_accept_any_ballot)
         self.proposer = Proposer(
             node_id, self._route, self.rpc, self.liveness, self.hlc, self.rt.rng,
-            rpc_timeout=t.rpc_ms / 1000, spawn=self.replicator.spawn,
+            rpc_timeout=t.rpc_ms / 1000, spawn=self.replicator.spawn, metrics=self.metrics,
         )
         self.coordinator = Coordinator(
             node_id, self.placement, self.store, self.replicator, self.rpc, self.liveness,

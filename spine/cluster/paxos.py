@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgpack
@@ -31,6 +31,7 @@ from spine.cluster.rpc import Handler
 from spine.core.clock import HLC, Version
 from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
 from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare, Tag
+from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.paxos import (
     AcceptorState,
@@ -84,13 +85,19 @@ class Acceptor:
             return AcceptorState()
         return AcceptorState.from_wire(msgpack.unpackb(raw, raw=False))
 
-    async def _persist(self, namespace: str, mid: str, st: AcceptorState) -> None:
+    def _persist(self, namespace: str, mid: str, st: AcceptorState) -> Awaitable[None]:
+        """Make `st` the key's state now (what the next message on the key is decided on) and
+        start the write that makes it durable (await it before answering). Writes start in the
+        order states are decided (a task starts in creation order), so the last one stored is the
+        last one decided."""
         key = (namespace, mid)
         held = self._pending.get(key)
         self._pending[key] = (st, 1 if held is None else held[1] + 1)
+        return asyncio.ensure_future(self._write(key, st))
+
+    async def _write(self, key: tuple[str, str], st: AcceptorState) -> None:
         try:
-            await self.store.ballots_put(namespace, mid,
-                                         msgpack.packb(st.to_wire(), use_bin_type=True))
+            await self.store.ballots_put(*key, msgpack.packb(st.to_wire(), use_bin_type=True))
         finally:
             cur, n = self._pending[key]
             if n <= 1:
@@ -136,10 +143,12 @@ class Acceptor:
     async def commit(self, msg: PaxosCommit) -> bool:
         """Phase 3: the record merged into the store, then the ballot noted committed."""
         assert msg.record is not None
-        await self.apply([msg.record])
         new = on_commit(self.state(msg.namespace, msg.id), msg.ballot)
-        if new is not None:
-            await self._persist(msg.namespace, msg.id, new)
+        if new is None:
+            await self.apply([msg.record])
+        else:  # submitted together: one group commit (one fsync) carries both
+            durable = self._persist(msg.namespace, msg.id, new)
+            await asyncio.gather(self.apply([msg.record]), durable)
         return True
 
 
@@ -157,8 +166,10 @@ class Proposer:
         *,
         rpc_timeout: float,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        metrics: SpineMetrics,
     ) -> None:
         self.node_id = node_id
+        self.metrics = metrics
         self.route = route
         self.rpc = rpc
         self.liveness = liveness
@@ -166,8 +177,6 @@ class Proposer:
         self.rng = rng
         self.rpc_timeout = rpc_timeout
         self.spawn = spawn
-        self.rounds = 0
-        self.contended = 0
 
     async def run(self, namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
         """Carry out one change of a key: the record committed, or the error (412/409 from
@@ -179,7 +188,6 @@ class Proposer:
         attempt = 0
         while True:
             attempt += 1
-            self.rounds += 1
             rt = self.route(namespace, mid)
             nodes = live(rt.write_to, self.liveness.is_alive)
             need = quorum_size(len(rt.owners), rt.extra)
@@ -193,6 +201,7 @@ class Proposer:
                 await self._contended(step, attempt, end)
                 continue
             if isinstance(step, Repropose):
+                self.metrics.paxos_rounds.inc("reproposed")
                 done = await self._choose(nodes, ballot, step.record, need, end) == CHOSEN
                 if done and mine is not None and step.record.version == mine.version:
                     return mine  # our own change, completed
@@ -204,11 +213,13 @@ class Proposer:
                               " it may or may not have been applied: read before retrying")
             out = decide(step.record, step.clock)
             if isinstance(out, SpineError):
+                self.metrics.paxos_rounds.inc("refused")
                 await self._repair(step, end)
                 raise out
             mine = out
             outcome = await self._choose(nodes, ballot, out, need, end)
             if outcome == CHOSEN:
+                self.metrics.paxos_rounds.inc("chosen")
                 return out
             if outcome == NOWHERE:
                 mine = None  # no replica took it: the next round decides afresh
@@ -222,7 +233,7 @@ class Proposer:
 
     async def _contended(self, step: Rejected, attempt: int, end: float) -> None:
         """A higher ballot was promised: wait a random while (longer each time) and go again."""
-        self.contended += 1
+        self.metrics.paxos_rounds.inc("contended")
         if step.highest.hlc:
             with contextlib.suppress(SpineError):  # a ballot from past the clock's max offset
                 self.hlc.observe(step.highest.hlc)

@@ -198,6 +198,11 @@ class SpineMetrics:
             "forwarded writes refused because they arrived after their deadline")
         self.session_waits = r.counter(
             "spine_session_escalations_total", "session reads that had to ask more replicas")
+        self.paxos_rounds = r.counter(
+            "spine_paxos_rounds_total",
+            "Paxos rounds (strong and conditional writes, lease changes) by how they ended: "
+            "chosen, reproposed (an interrupted change completed), contended (a higher ballot "
+            "won; retried), refused (the condition failed)", ("outcome",))
         self.rpc_errors = r.counter("spine_rpc_errors_total", "failed internal calls", ("peer",))
         self.clock_rejects = r.counter(
             "spine_clock_skew_rejects_total", "messages refused for a clock too far ahead")

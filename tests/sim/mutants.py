@@ -19,6 +19,7 @@ import pytest
 from spine.cluster import coordinator, handoff, paxos, replication, ringkeeper
 from spine.core import abd, quorum, ring_change
 from spine.core.consistency import Level
+from spine.core.messages import PaxosCommit
 from spine.core.model import Record
 from spine.core.quorum import ReadOutcome
 from spine.core.ringmap import RingMap
@@ -117,6 +118,17 @@ def stale_ballot(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(paxos.Acceptor, "__init__", init)
 
 
+def paxos_early_ack(mp: pytest.MonkeyPatch) -> None:
+    """A Paxos round (a strong or conditional write) answers its client once one replica has
+    committed the chosen record, not a quorum."""
+    real = paxos.Proposer._gather
+
+    async def gather(self: paxos.Proposer, nodes: Any, msg: Any, need: int, *a: Any) -> Any:
+        return await real(self, nodes, msg, 1 if isinstance(msg, PaxosCommit) else need, *a)
+
+    mp.setattr(paxos.Proposer, "_gather", gather)
+
+
 MUTANTS: dict[str, Mutant] = {
     "no_barrier": no_barrier,
     "no_trailing": no_trailing,
@@ -126,4 +138,5 @@ MUTANTS: dict[str, Mutant] = {
     "ignore_needs_quorum": ignore_needs_quorum,
     "hints_not_rerouted": hints_not_rerouted,
     "stale_ballot": stale_ballot,
+    "paxos_early_ack": paxos_early_ack,
 }
