@@ -77,6 +77,9 @@ TEETH: dict[str, Tooth] = {
     # Issue 10's tooth: acceptors that promise and accept stale ballots let two conditional
     # writes both succeed over the same version.
     "stale_ballot": Tooth((0, 1, 2, 5), CONTENDED, "not linearizable"),
+    # A Paxos round answering once one replica committed: a strong read (ABD, a quorum of
+    # records) misses the value the write returned with.
+    "paxos_early_ack": Tooth((1, 3, 5), CONTENDED, "not linearizable"),
 }
 
 
