@@ -50,8 +50,7 @@ MAX_API_TOKEN = 10**18 - 1
 # One quoted version as ETag gives it: 16 hex digits, a dot, the node id (visible ASCII).
 IF_MATCH_RE = re.compile(r'(?:W/)?"[0-9a-f]{16}\.[!#-~]{1,183}"')
 FENCE_RE = re.compile(f"{LEASE_NAME_RE.pattern}={TOKEN_DIGITS}")
-# A lease holder: printable ASCII (what JSON Schema can say of "printable"), 1..128 characters.
-HOLDER_RE = re.compile(r"[ -~]{1,128}")
+HOLDER_RE = lease_rules.HOLDER_RE  # printable ASCII, 1..128 characters
 TOKEN_RE = re.compile(TOKEN_DIGITS)
 LEASE_FIELDS = ("holder", "ttl_ms")
 

@@ -17,6 +17,7 @@ a tombstone, so its token survives a release and only ever grows.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from spine.core.errors import Conflict, InvalidInput, LeaseHeld, NotFound, Spine
 from spine.core.model import Record
 
 LEASE_NAMESPACE = "~leases"
-AGENT_RE_MAX = 128
+HOLDER_RE = re.compile(r"[ -~]{1,128}")  # printable ASCII, as /openapi.json can say it
 
 
 def lease_key(namespace: str, name: str) -> tuple[str, str]:
@@ -94,11 +95,8 @@ def view(name: str, state: LeaseState, now_ms: int, max_offset_ms: int) -> Lease
 
 def check_request(holder: object, ttl_ms: object, max_ttl_ms: int) -> tuple[str, int]:
     """A lease request's body fields, validated: 400 naming the field otherwise."""
-    if not isinstance(holder, str) or not 0 < len(holder) <= AGENT_RE_MAX or not (
-        holder.isprintable()
-    ):
-        raise InvalidInput("holder must be a non-empty printable string of at most 128"
-                           " characters", field="holder")
+    if not isinstance(holder, str) or not HOLDER_RE.fullmatch(holder):
+        raise InvalidInput("holder must be 1 to 128 printable ASCII characters", field="holder")
     if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int):
         raise InvalidInput("ttl_ms must be an integer", field="ttl_ms")
     if not 0 < ttl_ms <= max_ttl_ms:
