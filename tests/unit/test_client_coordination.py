@@ -400,7 +400,7 @@ def _wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
 def test_lease_context_renews_in_a_thread_and_releases_on_exit() -> None:
     server = LeaseServer()
     c = Client(["http://n1"], transport=httpx.MockTransport(server))
-    with c.lease("ns", "task:42", "a", 150) as held:  # renewals every 50 ms
+    with c.lease("ns", "task:42", "a", 450) as held:  # renewals every 150 ms
         _wait_for(lambda: held.renewals >= 3)
         held.check()
         thread = held._thread
@@ -433,7 +433,7 @@ def test_async_lease_context_renews_in_a_task_and_releases_on_exit() -> None:
 
     async def go() -> None:
         async with AsyncClient(["http://n1"], transport=httpx.MockTransport(handler)) as c:
-            async with c.lease("ns", "task:42", "a", 150) as held:  # renewals every 50 ms
+            async with c.lease("ns", "task:42", "a", 450) as held:  # renewals every 150 ms
                 deadline = time.monotonic() + 5
                 while held.renewals < 3:
                     assert time.monotonic() < deadline, "timed out"
