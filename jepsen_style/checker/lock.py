@@ -301,8 +301,13 @@ def overlapping_grants(gs: Sequence[Grant], max_offset_ms: int) -> list[dict[str
 # ------------------------------------------------------------------------------ the verdict
 
 
-def check_lock(events: Sequence[Mapping[str, Any]], max_offset_ms: int = 500) -> dict[str, Any]:
-    """The lock checker's result: ``valid`` False on any violation of (a), (b) or (c)."""
+def check_lock(
+    events: Sequence[Mapping[str, Any]], max_offset_ms: int = 500, history_keep: int = 10
+) -> dict[str, Any]:
+    """The lock checker's result: ``valid`` False on any violation of (a), (b) or (c), or on an
+    acked fenced write missing from its key's history when that history cannot have been
+    trimmed (at most ``history_keep`` versions read: the servers keep the current version and
+    ``history.keep`` superseded ones, so a shorter history is whole)."""
     mine = [e for e in events
             if e.get("f") in ("acquire", "release", "fwrite", "history")]
     gs = grants(mine)
@@ -322,21 +327,23 @@ def check_lock(events: Sequence[Mapping[str, Any]], max_offset_ms: int = 500) ->
         stale += stale_by_acks(key, kws)
     overlaps = overlapping_grants(gs, max_offset_ms)
 
-    # Acked writes the final history does not hold (only where it was read in full: a key with
-    # fewer versions than the acked writes would be one whose retention dropped some).
+    # Acked writes the final history does not hold: lost if the history is whole, else perhaps
+    # trimmed by retention (reported, not counted).
     missing: list[dict[str, Any]] = []
+    lost: list[dict[str, Any]] = []
     for key, order in sorted(orders.items()):
         contents = {a.content for a in order}
         for w in by_key.get(key, []):
             if w.outcome == "ok" and w.content not in contents:
-                missing.append({"key": key, "write": w.describe(), "versions": len(order)})
+                row = {"key": key, "write": w.describe(), "versions": len(order)}
+                (lost if len(order) <= history_keep else missing).append(row)
 
     counts: dict[str, dict[str, int]] = {}
     for inv, done in _pairs(mine):
         row = counts.setdefault(str(inv["f"]), {"ok": 0, "fail": 0, "info": 0})
         row[_kind(done)] += 1
     fenced = sum(1 for w in ws if w.outcome == "fail")
-    violations = len(interleaved) + len(stale) + len(overlaps)
+    violations = len(interleaved) + len(stale) + len(overlaps) + len(lost)
     if violations:
         parts = []
         if interleaved:
@@ -345,6 +352,8 @@ def check_lock(events: Sequence[Mapping[str, Any]], max_offset_ms: int = 500) ->
             parts.append(f"{len(stale)} stale-token writes applied")
         if overlaps:
             parts.append(f"{len(overlaps)} overlapping grants")
+        if lost:
+            parts.append(f"{len(lost)} acked fenced writes lost")
         summary = ", ".join(parts)
     else:
         summary = (f"{len(gs)} grants, {sum(1 for w in ws if w.outcome == 'ok')} fenced writes "
@@ -362,6 +371,8 @@ def check_lock(events: Sequence[Mapping[str, Any]], max_offset_ms: int = 500) ->
         "stale_applied_count": len(stale),
         "overlapping_grants": overlaps[:SHOWN],
         "overlapping_grants_count": len(overlaps),
+        "lost": lost[:SHOWN],
+        "lost_count": len(lost),
         "acked_not_in_history": missing[:SHOWN],
         "acked_not_in_history_count": len(missing),
         "max_offset_ms": max_offset_ms,

@@ -62,9 +62,10 @@ class Lock:
     (share of holdings that stall before their last write, 0.2), ``stall_s`` (how long: 2.6 s,
     past ``ttl_ms`` plus the default ``clock.max_offset`` of 500 ms, the earliest another holder
     can have the lease, plus time for it to write), ``max_offset_ms`` (the servers'
-    ``clock.max_offset``, 500, only to annotate reports), ``delay`` (0.02 s between writes),
-    ``retry_s`` (0.1 s after a refused acquire; a holder waits twice that after releasing, so
-    the others get their turn), ``timeout`` (3 s)."""
+    ``clock.max_offset``, 500, only to annotate reports), ``history_keep`` (the servers'
+    ``history.keep``, 10: a key's history no longer than that is whole), ``delay`` (0.02 s
+    between writes), ``retry_s`` (0.1 s after a refused acquire; a holder waits twice that after
+    releasing, so the others get their turn), ``timeout`` (3 s)."""
 
     name = "lock"
     default_level = "strong"
@@ -214,4 +215,5 @@ class Lock:
 
     def check(self) -> dict[str, Any]:
         """The lock checker on this workload's events."""
-        return check_lock(self.ctx.history.events, self.max_offset_ms)
+        return check_lock(self.ctx.history.events, self.max_offset_ms,
+                          int(option(self.ctx, "lock", "history_keep", 10)))

@@ -113,7 +113,7 @@ def test_lock_clean_history_is_valid() -> None:
     assert out["valid"] is True, out
     assert out["grants"] == 4 and out["keys_read"] == 1
     assert out["counts"]["fwrite"] == {"ok": 6, "fail": 1, "info": 0}
-    assert out["acked_not_in_history_count"] == 0
+    assert out["acked_not_in_history_count"] == 0 and out["lost_count"] == 0
 
 
 def test_parse_content() -> None:
@@ -224,10 +224,13 @@ def test_lock_token_that_does_not_grow_across_holders() -> None:
     assert [v["kind"] for v in out["overlapping_grants"]] == ["token_decreased"]
 
 
-def test_lock_acked_write_missing_from_the_history_is_reported() -> None:
-    b = Builder().fwrite(0, "k", 1, 1, 0.0, 0.1).history("k", [])
+def test_lock_acked_write_missing_from_a_whole_history_is_lost() -> None:
+    b = Builder().fwrite(0, "k", 1, 1, 0.0, 0.1).history("k", ["c0:1:0"])
     out = check_lock(b.events)
-    assert out["acked_not_in_history_count"] == 1
+    assert out["valid"] is False and out["lost_count"] == 1
+    # a history as long as the retention may have been trimmed: reported, not counted
+    out = check_lock(b.events, history_keep=0)
+    assert out["valid"] is True and out["acked_not_in_history_count"] == 1
 
 
 def test_lock_ignores_other_workloads_events() -> None:
