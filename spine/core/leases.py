@@ -87,9 +87,12 @@ class LeaseView:
 
 
 def view(name: str, state: LeaseState, now_ms: int, max_offset_ms: int) -> LeaseView:
-    """What GET answers: the holder while held (by this node's clock), else None."""
+    """What GET answers: the holder while held (by this node's clock), else None, and
+    `remaining_ms` as a 409 lease_held says it: how long until another holder may be granted it
+    (`ttl_ms + clock.max_offset` after the grant). The holder itself must count its `ttl_ms` from
+    when it sent its request, not from this figure."""
     held = state.held_at(now_ms, max_offset_ms)
-    remaining = max(0, hlc_ms(state.granted_hlc) + state.ttl_ms - now_ms) if held else 0
+    remaining = max(0, state.expires_ms(max_offset_ms) - now_ms) if held else 0
     return LeaseView(name, state.holder if held else None, state.token, state.ttl_ms, remaining)
 
 

@@ -68,7 +68,8 @@ async def _conversation(session: Any, run: str) -> None:
     ids and tags of one test apart from the other's in the shared cluster)."""
     mid, tag = f"incident-{run}", f"ops-{run}"
     tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == {"write", "read", "search", "list", "delete", "history"}
+    assert set(tools) == {"write", "read", "search", "list", "delete", "history",
+                          "lease_acquire", "lease_release", "lease_show"}
     assert "query" in tools["search"].input_schema["properties"]
     assert "mode" in tools["search"].input_schema["properties"]
 
