@@ -229,7 +229,7 @@ class Proposer:
             return Timeout("the change was sent for acceptance but no round could finish it in"
                            " time; it may or may not have been applied: read before retrying")
         return QuorumUnavailable(f"{reached} of {need} replicas took part in the round; nothing"
-                                 " was applied", reached=reached, needed=need)
+                                 " was applied", reached=reached, needed=need, applied=False)
 
     async def _contended(self, step: Rejected, attempt: int, end: float) -> None:
         """A higher ballot was promised: wait a random while (longer each time) and go again."""
