@@ -16,6 +16,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from spine.api import dedup
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.coordination import LeaseRoutes, condition_of, refuse_batch_conditions
 from spine.api.errors import error_body, error_response, status_of
@@ -316,7 +317,8 @@ class _Handlers:
         mid = v.memory_id(request.match_info["id"])
         include_vector = _flag(request, "include_vector")
         cond = condition_of(request.headers, "PUT")
-        body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        raw = dedup.refuse_on_put(await _read_json(request))  # a PUT names its id: 400
+        body = v.write_body(raw, self.svc.limits, self.svc.dim)
         self._admit_namespace(request, ns)
         item, token = await self._write_one(request, ns, WriteOp(mid, body), cond)
         assert item.result is not None
@@ -327,8 +329,11 @@ class _Handlers:
     async def create(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
         condition_of(request.headers, "POST")  # 400 for any: a minted id has no state to match
-        body = v.write_body(await _read_json(request), self.svc.limits, self.svc.dim)
+        spec, raw = dedup.take(await _read_json(request), self.svc.limits)  # spine.api.dedup
+        body = v.write_body(raw, self.svc.limits, self.svc.dim)
         self._admit_namespace(request, ns)
+        if spec is not None:
+            return await dedup.create(self, request, ns, body, spec)
         item, token = await self._write_one(request, ns, WriteOp(self.svc.mint_id(), body))
         assert item.result is not None
         return self._reply(request, item.result.record.public(), token, 201, item.result.record)
