@@ -33,6 +33,7 @@ class Limits:
     batch_items: int = 1000
     max_k: int = 1000
     list_limit: int = 1000
+    max_ttl_s: int = 10 * 365 * 24 * 3600  # lifecycle.max_ttl_s: the longest ttl_s a write may ask
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class WriteBody:
     metadata: Mapping[str, Any]
     agent_id: str | None
     vector: list[float] | None
+    ttl_s: int | None = None  # seconds until it expires; None: the tags' default, or never
 
 
 MAX_METADATA_DEPTH = 32
@@ -64,7 +66,7 @@ def _depth(value: object, limit: int = MAX_METADATA_DEPTH) -> int:
     return depth
 
 
-WRITE_FIELDS = frozenset({"content", "tags", "metadata", "vector", "agent_id"})
+WRITE_FIELDS = frozenset({"content", "tags", "metadata", "vector", "agent_id", "ttl_s"})
 
 
 def namespace(ns: object, field: str = "namespace") -> str:
@@ -150,8 +152,24 @@ def vector(value: object, dim: int, field: str = "vector") -> list[float]:
     return out
 
 
+def ttl_s(value: object, limits: Limits, field: str = "ttl_s") -> int | None:
+    """A write's `ttl_s`: None (absent or null), or whole seconds in 1..limits.max_ttl_s
+    (`5.0` is 5: JSON has one number type)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput("ttl_s must be a whole number of seconds", field=field)
+    if not 1 <= value <= limits.max_ttl_s:
+        raise InvalidInput(f"ttl_s must be in 1..{limits.max_ttl_s} (lifecycle.max_ttl_s)",
+                           field=field)
+    return value
+
+
 def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> WriteBody:
-    """Validate a create/replace body `{content, tags?, metadata?, vector?, agent_id?}`."""
+    """Validate a create/replace body `{content, tags?, metadata?, vector?, agent_id?,
+    ttl_s?}`."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object", field=prefix.rstrip(".") or "body")
     for name in body:
@@ -177,12 +195,25 @@ def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> Writ
         metadata=metadata(body.get("metadata", {}), limits, f"{prefix}metadata"),
         agent_id=None if raw_agent is None else agent_id(raw_agent, f"{prefix}agent_id"),
         vector=None if raw_vector is None else vector(raw_vector, dim, f"{prefix}vector"),
+        ttl_s=ttl_s(body.get("ttl_s"), limits, f"{prefix}ttl_s"),
     )
 
 
 SEARCH_FIELDS = frozenset(
-    {"query", "vector", "k", "tags_all", "tags_any", "agent_id", "metadata", "min_score"}
+    {"query", "vector", "k", "tags_all", "tags_any", "agent_id", "metadata", "min_score",
+     "mode", "recency"}
 )
+SEARCH_MODES = ("vector", "keyword", "hybrid")
+RECENCY_FIELDS = frozenset({"half_life_s", "weight"})
+
+
+@dataclass(frozen=True, slots=True)
+class Recency:
+    """Blend recency into a search's score (DESIGN §13):
+    (1 - weight) * score + weight * 0.5 ** (age_s / half_life_s)."""
+
+    half_life_s: float
+    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,23 +228,81 @@ class SearchQuery:
     agent_id: str | None = None
     metadata: Mapping[str, Any] | None = None
     min_score: float | None = None
+    mode: str = "vector"
+    recency: Recency | None = None
 
     def filters_wire(self) -> list[Any]:
-        """The filters as a msgpack-friendly list."""
+        """The filters as a msgpack-friendly list, then the mode and the query text (a node that
+        reads only the first five searches by vector, as before modes existed)."""
         return [list(self.tags_all), list(self.tags_any), self.agent_id,
-                None if self.metadata is None else dict(self.metadata), self.min_score]
+                None if self.metadata is None else dict(self.metadata), self.min_score,
+                self.mode, self.query]
+
+
+def _number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{field} must be a finite number", field=field)
+    return float(value)
+
+
+def recency(raw: object) -> Recency:
+    """Validate `{"half_life_s": H > 0, "weight": w in [0, 1]}`."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("recency must be an object {half_life_s, weight}", field="recency")
+    for name in raw:
+        if name not in RECENCY_FIELDS:
+            raise InvalidInput(f"unknown field {name!r}", field=f"recency.{name}")
+    for name in sorted(RECENCY_FIELDS):
+        if name not in raw:
+            raise InvalidInput(f"recency needs {name}", field=f"recency.{name}")
+    half_life = _number(raw["half_life_s"], "recency.half_life_s")
+    if half_life <= 0:
+        raise InvalidInput("half_life_s must be > 0", field="recency.half_life_s")
+    weight = _number(raw["weight"], "recency.weight")
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidInput("weight must be in [0, 1]", field="recency.weight")
+    return Recency(half_life, weight)
+
+
+def search_mode(raw: object, query: object, vec: object, min_score: object) -> str:
+    """The search's mode: as given, else hybrid for text and vector for a vector (and for a
+    `min_score`, a bound on vector similarity, so `{query, min_score}` keeps meaning what it
+    meant before modes existed)."""
+    if raw is None:
+        if query is not None and vec is None and min_score is None:
+            return "hybrid"
+        return "hybrid" if query is not None and vec is not None else "vector"
+    if raw not in SEARCH_MODES:
+        raise InvalidInput("mode must be one of vector, keyword, hybrid", field="mode")
+    assert isinstance(raw, str)
+    if raw == "keyword":
+        if query is None:
+            raise InvalidInput("keyword search needs query text", field="query")
+        if vec is not None:
+            raise InvalidInput("keyword search takes no vector", field="vector")
+        if min_score is not None:
+            raise InvalidInput("min_score bounds vector similarity; keyword search has none",
+                               field="min_score")
+    if raw == "hybrid" and query is None:
+        raise InvalidInput("hybrid search needs query text for its keyword half", field="query")
+    if raw == "vector" and query is not None and vec is not None:
+        raise InvalidInput("vector search takes one of query or vector", field="query")
+    return raw
 
 
 def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
-    """Validate `{query? | vector?, k, tags_all?, tags_any?, agent_id?, metadata?, min_score?}`."""
+    """Validate `{query? | vector?, k, tags_all?, tags_any?, agent_id?, metadata?, min_score?,
+    mode?, recency?}` (query and vector together only in hybrid mode)."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object", field="body")
     for name in body:
         if name not in SEARCH_FIELDS:
             raise InvalidInput(f"unknown field {name!r}", field=name)
     query, vec = body.get("query"), body.get("vector")
-    if (query is None) == (vec is None):
-        raise InvalidInput("give exactly one of query or vector", field="query")
+    if query is None and vec is None:
+        raise InvalidInput("give query or vector", field="query")
+    mode = search_mode(body.get("mode"), query, vec, body.get("min_score"))
+    raw_recency = body.get("recency")
     if query is not None and (not isinstance(query, str) or not query.strip()):
         raise InvalidInput("query must be a non-empty string", field="query")
     if isinstance(query, str) and len(query.encode()) > limits.content_bytes:
@@ -242,6 +331,8 @@ def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
         agent_id=None if raw_agent is None else agent_id(raw_agent, "agent_id"),
         metadata=meta,
         min_score=None if min_score is None else float(min_score),
+        mode=mode,
+        recency=None if raw_recency is None else recency(raw_recency),
     )
 
 

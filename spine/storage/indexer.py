@@ -15,6 +15,15 @@ commit arrives (after 1, 2, 4, … up to 256 commits while the index keeps faili
 index does not replay the backlog on every commit) and from the persist loop — until the index
 holds every commit again. `spine_index_update_failures` counts failed updates and replays;
 `spine_index_behind` is 1 while the index waits for a catch-up.
+
+Beside each vector index the indexer keeps the namespace's full-text index (DESIGN §14,
+spine.storage.text_index), updated from the same batches on the same thread. It lives in RAM:
+`recover` builds it from the same LMDB scan that loads the attributes, and the replay after the
+vector snapshot re-applies later changes to both (upserts and deletes are idempotent). Its
+documents become searchable at a tantivy commit, made when no further batch is queued behind
+the one applied (so under load one commit covers many batches). A failed text commit makes the
+indexer `behind` with the text index marked for a rebuild from LMDB at the catch-up, so the
+text index, too, never claims or misses a change LMDB disagrees with.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +45,7 @@ from spine.core.model import Record
 from spine.core.validation import matches
 from spine.storage.index_set import IndexSet
 from spine.storage.lmdb_store import Applied, Store, split_record_key
+from spine.storage.text_index import TextIndex, TextIndexSet, record_tokens, tokens
 
 log = structlog.get_logger("spine.indexer")
 
@@ -63,7 +74,11 @@ class Indexer:
             dim, m=m, ef_construction=ef_construction, ef_search=ef_search,
             fingerprint=fingerprint,
         )
-        self.attrs: dict[str, dict[str, Attrs]] = {}
+        self.attrs: dict[str, dict[str, Attrs]] = {}  # every live record's filter attributes
+        self.texts = TextIndexSet()
+        self._text_broken = False  # a text commit failed: rebuild it from LMDB at catch-up
+        self._pending = 0  # batches queued for the index thread (commit the text when none)
+        self._pending_lock = threading.Lock()
         self.indexed_seq = 0
         self.persisted_seq = 0
         self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
@@ -83,14 +98,16 @@ class Indexer:
         watermark = self.indexes.load_all(self.directory)
         scan = list(self.store.iter_all())
         for rec in scan:  # filters are answered from attrs kept beside the index
-            if not rec.deleted and rec.vector is not None:
+            if not rec.deleted:
                 self.attrs.setdefault(rec.namespace, {})[rec.id] = _attrs(rec)
+        self._rebuild_text(scan)
         if watermark is None:
             self._rebuild(scan)
             self.indexed_seq = self.persisted_seq = self.store.seq
             return "rebuilt"
         self.indexed_seq = self.persisted_seq = watermark
         replayed = self._replay()
+        self.texts.commit()
         return f"loaded snapshot at {watermark}, replayed {replayed} changes"
 
     def _replay(self) -> int:
@@ -114,6 +131,17 @@ class Indexer:
             self._apply_records(recs)
             self.indexed_seq = changes[-1][0]
             replayed += len(changes)
+
+    def _rebuild_text(self, scan: Sequence[Record]) -> None:
+        """A fresh text index of the live records in `scan` (a later replay brings it on)."""
+        self.texts.close()
+        texts = TextIndexSet(self.texts.max_writers)
+        for rec in scan:
+            if not rec.deleted:
+                texts.upsert(rec.namespace, rec.id, record_tokens(rec.content, rec.tags))
+        texts.commit()
+        self.texts = texts
+        self._text_broken = False
 
     def _rebuild(self, scan: Sequence[Record]) -> None:
         by_ns: dict[str, list[Record]] = {}
@@ -141,6 +169,8 @@ class Indexer:
         A store committing on the event loop (writer="loop") hands it over through the loop's
         executor hook, so a loop that runs executor work inline (the simulator's) keeps
         the index in step without a thread."""
+        with self._pending_lock:
+            self._pending += 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # the store's writer thread
@@ -149,6 +179,9 @@ class Indexer:
         loop.run_in_executor(self._writer, self._apply_committed, applied)
 
     def _apply_committed(self, applied: list[Applied]) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+            last = self._pending == 0
         if self.behind:  # an earlier batch failed: the change log holds this one too
             self._since_try += 1
             if self._since_try >= self._retry_every:
@@ -158,6 +191,8 @@ class Indexer:
             return
         try:
             self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
+            if last:
+                self._commit_text()
         except Exception:
             self.behind = True
             self.update_failures += 1
@@ -176,7 +211,10 @@ class Indexer:
         if not self.behind:
             return 0
         try:
+            if self._text_broken:
+                self._rebuild_text(list(self.store.iter_all()))
             replayed = self._replay()  # the watermark moves only past what was applied
+            self._commit_text()
         except Exception:
             self.update_failures += 1
             self._retry_every = min(2 * self._retry_every, 256)
@@ -188,19 +226,31 @@ class Indexer:
         log.info("index_caught_up", replayed=replayed, indexed_seq=self.indexed_seq)
         return replayed
 
+    def _commit_text(self) -> None:
+        """Make the text index's changes searchable; on failure rebuild it at catch-up."""
+        try:
+            self.texts.commit()
+        except Exception:
+            self._text_broken = True
+            raise
+
     def _apply_records(self, records: Sequence[Record]) -> None:
         upserts: dict[str, dict[str, Record]] = {}
         for rec in records:
             ns_attrs = self.attrs.setdefault(rec.namespace, {})
+            if rec.deleted:
+                self.texts.delete(rec.namespace, rec.id)
+                ns_attrs.pop(rec.id, None)
+            else:
+                self.texts.upsert(rec.namespace, rec.id, record_tokens(rec.content, rec.tags))
+                ns_attrs[rec.id] = _attrs(rec)
             if rec.deleted or rec.vector is None:
                 upserts.get(rec.namespace, {}).pop(rec.id, None)
-                ns_attrs.pop(rec.id, None)
                 index = self.indexes.peek(rec.namespace)
                 if index is not None:
                     index.delete(rec.id)
             else:
                 upserts.setdefault(rec.namespace, {})[rec.id] = rec
-                ns_attrs[rec.id] = _attrs(rec)
         for ns, by_id in upserts.items():
             if not by_id:
                 continue
@@ -226,21 +276,64 @@ class Indexer:
         index = self.indexes.peek(namespace)
         if index is None:
             return []
-        tags_all, tags_any, agent, meta, min_score = filters
-        ns_attrs = self.attrs.get(namespace, {})
-        predicate = None
-        if tags_all or tags_any or agent is not None or meta:
-
-            def predicate(key: str) -> bool:
-                a = ns_attrs.get(key)
-                return a is not None and matches(tags_all, tags_any, agent, meta, *a)
-
+        min_score = filters[4]
+        predicate = self._predicate(namespace, filters)
         found = index.search(vector, k, predicate)
         if min_score is not None:
             found = [(key, s) for key, s in found if s >= min_score]
         recs = self.store.get_many([(namespace, key) for key, _ in found])
         return [(r, s) for r, (_, s) in zip(recs, found, strict=True)
                 if r is not None and not r.deleted]
+
+    def _predicate(self, namespace: str, filters: list[Any]) -> Callable[[str], bool] | None:
+        """The search's filter on ids (from the attributes kept beside the index), or None."""
+        tags_all, tags_any, agent, meta = filters[:4]
+        if not (tags_all or tags_any or agent is not None or meta):
+            return None
+        ns_attrs = self.attrs.get(namespace, {})
+
+        def predicate(key: str) -> bool:
+            a = ns_attrs.get(key)
+            return a is not None and matches(tags_all, tags_any, agent, meta, *a)
+
+        return predicate
+
+    async def keyword(
+        self, namespace: str, text: str, k: int, filters: list[Any]
+    ) -> list[tuple[Record, float]]:
+        """This node's top-k live records by BM25 for a query text, filtered, best first."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._queries, self._keyword, namespace, text, k, filters
+        )
+
+    def _keyword(
+        self, namespace: str, text: str, k: int, filters: list[Any]
+    ) -> list[tuple[Record, float]]:
+        index = self.texts.peek(namespace)
+        terms = tokens(text)
+        if index is None or not terms:
+            return []
+        predicate = self._predicate(namespace, filters)
+        limit = k if predicate is None else 4 * k
+        while True:  # a filter may reject many hits: widen until k pass or the hits run out
+            hits = index.search(terms, limit)
+            found = hits if predicate is None else [(i, s) for i, s in hits if predicate(i)]
+            if len(found) >= k or len(hits) < limit:
+                break
+            limit *= 4
+        found = found[:k]
+        recs = self.store.get_many([(namespace, key) for key, _ in found])
+        return [(r, s) for r, (_, s) in zip(recs, found, strict=True)
+                if r is not None and not r.deleted]
+
+    def keyword_estimate(self, namespace: str, text: str, rec: Record) -> float | None:
+        """BM25 of a record with this node's statistics (for a session's own write that the
+        answering nodes' indexes may not hold yet); None when it holds no query term."""
+        index = self.texts.peek(namespace)
+        if index is None:
+            index = TextIndex()
+        return index.estimate(tokens(text), record_tokens(rec.content, rec.tags))
 
     def count(self, namespace: str) -> int:
         """Live records indexed for a namespace."""
@@ -290,6 +383,7 @@ class Indexer:
                 await self.persist()
         self._writer.shutdown(wait=True)
         self._queries.shutdown(wait=True)
+        self.texts.close()
 
 
 def _attrs(rec: Record) -> Attrs:
