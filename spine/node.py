@@ -23,6 +23,7 @@ from spine.api.views import cluster_view, shards_view
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
+from spine.cluster.expiry_sweep import ExpirySweep
 from spine.cluster.fanout import FanOut
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
@@ -38,6 +39,7 @@ from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
 from spine.core.clock import HLC
 from spine.core.config import Config
+from spine.core.consistency import Level
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
@@ -206,7 +208,7 @@ class Node:
             read_timeout=t.read_ms / 1000, write_timeout=t.write_ms / 1000,
             session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
             embed=self.embed.embed, proposer=self.proposer,
-            ignore_fences=cfg.paxos.unsafe_ignore_fences,
+            ignore_fences=cfg.paxos.unsafe_ignore_fences, lifecycle=cfg.lifecycle.value(),
         )
         self.leases = Leases(
             node_id, self.proposer, self.coordinator.get, self.hlc,
@@ -215,6 +217,7 @@ class Node:
         self.fanout = FanOut(
             node_id, self.ring, self.rpc, self.liveness,
             lambda: sorted(self.keeper.placement.current.members), t.search_ms / 1000,
+            now_hlc=self.hlc.now,
         )
         self.handoff = Handoff(
             self.store, self.replicator, self.liveness, self.metrics,
@@ -227,6 +230,14 @@ class Node:
             cfg.limits_value(), cfg.embedder.dim,
         )
         self.handoff.enabled = cfg.handoff.enabled
+        lc = cfg.lifecycle
+        self.expiry = ExpirySweep(
+            node_id, self.store, self.replicator, self.liveness, self.placement, self.hlc,
+            self.metrics, interval=lc.sweep_interval_ms / 1000, keys_per_s=lc.sweep_keys_per_s,
+            margin_ms=t.write_ms + cfg.clock.max_offset_ms,
+            read_quorum=cfg.policy().quorum(Level.SESSION).r, read_timeout=t.read_ms / 1000,
+            write_timeout=t.write_ms / 1000, sleep=self.rt.sleep,
+        )
         self.liveness.on_up.append(self.handoff.wake)
         handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
                                   cfg.session.max_keys, self.search.local)
@@ -394,6 +405,7 @@ class Node:
         await self.keeper.start(peers)
         self.rebalancer.start()
         self.handoff.start()
+        self.expiry.start()
 
     async def stop(self) -> None:
         """Drain (answer /readyz 503 while still serving, for `shutdown.drain_ms`, so a balancer
@@ -411,6 +423,7 @@ class Node:
         await self.rebalancer.stop()
         await self.keeper.stop()
         await self.handoff.stop()
+        await self.expiry.stop()
         await self.antientropy.stop()
         await self.liveness.stop()
         await self.replicator.stop()

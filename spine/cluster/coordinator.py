@@ -35,6 +35,7 @@ from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms
 from spine.core.conditions import Condition, check, fences_after
 from spine.core.consistency import Level, Policy
 from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
+from spine.core.expiry import Lifecycle, masked
 from spine.core.messages import Forward
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
@@ -79,6 +80,7 @@ class Coordinator:
         dim: int = 384,
         proposer: Proposer | None = None,
         ignore_fences: bool = False,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.node_id = node_id
         self.placement = placement
@@ -96,6 +98,7 @@ class Coordinator:
         self.dim = dim
         self.proposer = proposer
         self.ignore_fences = ignore_fences  # test-only tooth: paxos.unsafe_ignore_fences
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
 
     # ------------------------------------------------------------ routing
 
@@ -137,7 +140,11 @@ class Coordinator:
         forwarded: bool = False,
     ) -> tuple[Record | None, Level, str]:
         """Read a key: (stored version or None, level used, coordinating node). `token` (read
-        only) holds the session's floors; merge the returned record's version into it."""
+        only) holds the session's floors; merge the returned record's version into it.
+
+        An expired version (DESIGN §13) comes back as a tombstone view of itself (`masked`,
+        judged on this node's HLC now): absent to the caller, yet its version still counts
+        toward the session's floors, which the replicas' raw versions were checked against."""
         rt = self._route(namespace, mid)
         if not forwarded and rt.forwards(self.node_id):
             msg = Forward("get", namespace, mid, None, None if requested is None else
@@ -145,7 +152,7 @@ class Coordinator:
             reply = await self._forward(list(rt.coordinators), msg)
             if reply is not None:
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
-                return rec, Level(reply["level"]), reply["coordinator"]
+                return masked(rec, self.hlc.now()), Level(reply["level"]), reply["coordinator"]
         level = self.policy.read_level(requested)
         rec = await self._read_at(namespace, mid, rt.owners, level, token)
         if rec is not None:
@@ -153,7 +160,7 @@ class Coordinator:
             if stronger is not None:
                 level = stronger
                 rec = await self._read_at(namespace, mid, rt.owners, level, token)
-        return rec, level, self.node_id
+        return masked(rec, self.hlc.now()), level, self.node_id
 
     async def _read_at(
         self,
@@ -303,6 +310,8 @@ class Coordinator:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
         if token is not None:
             await self._catch_up(namespace, ops, olds, token)
+        now = self.hlc.now()  # an expired version counts as absent: a write over it creates
+        olds = [masked(old, now) for old in olds]
         created = creates(ops, olds)
         vectors = await self._vectors(ops)
         out: dict[int, ItemResult] = {}
@@ -382,6 +391,7 @@ class Coordinator:
         found: list[Record | None] = []
 
         def decide(current: Record | None, clock: dict[str, int]) -> Record | SpineError:
+            current = masked(current, self.hlc.now())  # expired: absent to If-None-Match too
             found[:] = [current]
             err = check(judged, current)
             if err is not None:
@@ -433,8 +443,9 @@ class Coordinator:
         floor = token.floor(f"{namespace}/{op.id}") if token is not None else None
         seen = seen_hlc(old, floor)
         hlc = self.hlc.observe(seen) if seen else self.hlc.now()
+        ttl = None if op.body is None else self.lifecycle.ttl_s(op.body.ttl_s, op.body.tags)
         return mint(namespace, op, old, vector, hlc=hlc, node_id=self.node_id, agent=agent,
-                    clock=clock)
+                    clock=clock, ttl_s=ttl)
 
     async def _vectors(self, ops: Sequence[WriteOp]) -> list[bytes | None]:
         out: list[bytes | None] = [None] * len(ops)

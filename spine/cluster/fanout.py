@@ -16,6 +16,7 @@ import msgpack
 from spine.cluster.liveness import Liveness
 from spine.cluster.rpc import Handler
 from spine.core.errors import PeerUnavailable
+from spine.core.expiry import is_expired
 from spine.core.messages import ListPage, Message
 from spine.core.model import Record, merge
 from spine.core.ring import Ring, covering_set
@@ -48,13 +49,17 @@ class FanOut:
         liveness: Liveness,
         members: Callable[[], list[str]],
         timeout: float,
+        now_hlc: Callable[[], int] | None = None,
     ) -> None:
+        """`now_hlc`: this node's HLC, on which listings judge expiry (DESIGN §13); without it
+        nothing is hidden as expired."""
         self.node_id = node_id
         self.ring = ring
         self.rpc = rpc
         self.liveness = liveness
         self.members = members
         self.timeout = timeout
+        self.now_hlc = now_hlc
 
     async def _ask(self, nodes: list[str], msg: Message) -> tuple[dict[str, Any], set[str]]:
         """Ask `nodes` in parallel (this node answers from its own handler): answers, and who
@@ -132,12 +137,13 @@ class FanOut:
                 prev = newest.get(r.id)
                 newest[r.id] = r if prev is None else merge(prev, r)
         ids = sorted(i for i in newest if bound is None or i <= bound)
+        now = self.now_hlc() if self.now_hlc is not None else 0
         items: list[Record] = []
         total = 0
         cut = False
         for i in ids:
             r = newest[i]
-            if r.deleted:
+            if r.deleted or is_expired(r, now):  # expired: absent, like a tombstone
                 continue
             if len(items) >= limit or (max_bytes and items and total + sizes[i] > max_bytes):
                 cut = True

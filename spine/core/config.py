@@ -20,7 +20,8 @@ from spine.core.config_checks import build, validate
 from spine.core.config_env import overlay_env
 from spine.core.consistency import Level, Policy, Quorum
 from spine.core.errors import ConfigError
-from spine.core.validation import Limits
+from spine.core.expiry import DEFAULT_MAX_TTL_S, HARD_MAX_TTL_S, Lifecycle
+from spine.core.validation import TAG_RE, Limits
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,37 @@ class PaxosSection:
 
 
 @dataclass(frozen=True)
+class LifecycleSection:
+    """Expiry (DESIGN §13): per-tag default TTLs, the longest TTL a write may ask for, and the
+    background sweep that turns expired records into tombstones."""
+
+    ttl_s_by_tag: dict[str, int] = field(default_factory=dict)
+    max_ttl_s: int = DEFAULT_MAX_TTL_S
+    sweep_interval_ms: int = 1000
+    sweep_keys_per_s: int = 5000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_ttl_s <= HARD_MAX_TTL_S:
+            raise ConfigError(f"lifecycle.max_ttl_s: must be an integer from 1 to"
+                              f" {HARD_MAX_TTL_S}", field="lifecycle.max_ttl_s")
+        for name in ("sweep_interval_ms", "sweep_keys_per_s"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"lifecycle.{name}: must be an integer >= 1",
+                                  field=f"lifecycle.{name}")
+        for tag_name, ttl in self.ttl_s_by_tag.items():
+            where = f"lifecycle.ttl_s_by_tag.{tag_name}"
+            if not TAG_RE.fullmatch(tag_name):
+                raise ConfigError(f"{where}: {tag_name!r} is not a valid tag", field=where)
+            if not 1 <= ttl <= self.max_ttl_s:
+                raise ConfigError(f"{where}: must be an integer from 1 to lifecycle.max_ttl_s"
+                                  f" ({self.max_ttl_s})", field=where)
+
+    def value(self) -> Lifecycle:
+        """The expiry rules these settings describe."""
+        return Lifecycle(dict(self.ttl_s_by_tag), self.max_ttl_s)
+
+
+@dataclass(frozen=True)
 class EmbedderSection:
     name: str = "hash"
     dim: int = 384
@@ -304,6 +336,7 @@ class Config:
     session: SessionSection = field(default_factory=SessionSection)
     clock: ClockSection = field(default_factory=ClockSection)
     paxos: PaxosSection = field(default_factory=PaxosSection)
+    lifecycle: LifecycleSection = field(default_factory=LifecycleSection)
     embedder: EmbedderSection = field(default_factory=EmbedderSection)
     index: IndexSection = field(default_factory=IndexSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)
@@ -346,6 +379,7 @@ class Config:
             batch_items=lim.batch_items,
             max_k=lim.max_k,
             list_limit=lim.list_limit,
+            max_ttl_s=self.lifecycle.max_ttl_s,
         )
 
 

@@ -44,6 +44,9 @@ class Record:
     created_hlc: int = 0
     deleted: bool = False
     fences: Mapping[str, int] = field(default_factory=dict)  # lease -> highest token accepted
+    # The HLC at which this version stops being visible (DESIGN §13); 0: it never expires.
+    # Part of the version, so a copy of it arriving late (repair, hints) is just as expired.
+    expires_hlc: int = 0
 
     @property
     def key(self) -> Key:
@@ -63,6 +66,7 @@ class Record:
             "updated_at": rfc3339(hlc_ms(self.version.hlc)),
             "version": self.version.encode(),
             "deleted": self.deleted,
+            "expires_at": rfc3339(hlc_ms(self.expires_hlc)) if self.expires_hlc else None,
         }
         if include_vector:
             out["vector"] = vector_to_list(self.vector)
@@ -89,6 +93,7 @@ class Record:
             self.created_hlc,
             self.deleted,
             dict(self.fences),
+            self.expires_hlc,
         ]
 
     @classmethod
@@ -107,6 +112,7 @@ class Record:
             created_hlc=w[10],
             deleted=bool(w[11]),
             fences=dict(w[12]) if len(w) > 12 else {},
+            expires_hlc=int(w[13]) if len(w) > 13 else 0,
         )
 
 

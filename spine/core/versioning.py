@@ -9,6 +9,7 @@ strong write, the merge of what a quorum held) with one tick for the coordinator
 from __future__ import annotations
 
 from spine.core.clock import Version, vv_increment
+from spine.core.expiry import expires_hlc
 from spine.core.model import Record
 from spine.core.requests import WriteOp
 
@@ -28,9 +29,12 @@ def mint(
     node_id: str,
     agent: str | None,
     clock: dict[str, int] | None = None,
+    ttl_s: int | None = None,
 ) -> Record:
     """The record ``op`` writes over ``old``: a tombstone for a delete (keeping the old tags so
-    tag-based policies still apply), else the new body. ``clock`` overrides the base clock."""
+    tag-based policies still apply), else the new body. ``clock`` overrides the base clock.
+    ``ttl_s`` (the write's, or its tags' default: ``Lifecycle.ttl_s``) sets when the new
+    version expires; a delete carries no expiry, and a write without one replaces any."""
     base = clock if clock is not None else (dict(old.clock) if old is not None else {})
     version = Version(hlc, node_id)
     created = old.created_hlc if old is not None and not old.deleted else hlc
@@ -49,4 +53,5 @@ def mint(
         clock=vv_increment(base, node_id),
         content=body.content, tags=body.tags, metadata=dict(body.metadata),
         agent_id=agent or body.agent_id, vector=vector, created_hlc=created, fences=fences,
+        expires_hlc=expires_hlc(hlc, ttl_s),
     )

@@ -18,7 +18,7 @@ T0 = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 PUBLIC_FIELDS = {
     "namespace", "id", "content", "tags", "metadata", "agent_id", "created_at", "updated_at",
-    "version", "deleted",
+    "version", "deleted", "expires_at",
 }
 
 
@@ -130,11 +130,21 @@ def test_wire_form_round_trips_a_tombstone_without_vector() -> None:
 
 def test_wire_form_is_positional_and_append_only() -> None:
     w = full_record().to_wire()
-    assert len(w) == 13
+    assert len(w) == 14
     assert w[:4] == ["ns", "m1", hlc_from_ms(T0) + 5, "n2"]
     assert w[11] is False
     assert w[12] == {}  # fences, appended (DESIGN §12)
+    assert w[13] == 0  # expires_hlc, appended (DESIGN §13): never
     assert Record.from_wire(w[:12]) == full_record()  # a 12-field form from before still reads
+    assert Record.from_wire(w[:13]) == full_record()  # and a 13-field one
+
+
+def test_expiry_travels_on_the_wire_and_shows_as_expires_at() -> None:
+    r = replace(full_record(), expires_hlc=hlc_from_ms(T0 + 60_000))
+    back = Record.from_wire(msgpack.unpackb(msgpack.packb(r.to_wire())))
+    assert back == r
+    assert back.public()["expires_at"] == "2023-11-14T22:14:20.123Z"
+    assert full_record().public()["expires_at"] is None
 
 
 def test_merge_joins_fences_whichever_payload_wins() -> None:
