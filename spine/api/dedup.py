@@ -146,7 +146,8 @@ def refuse_on_put(body: object) -> object:
 def search_request(body: v.WriteBody, spec: Semantic) -> dict[str, Any] | None:
     """The search body that finds a semantic duplicate of `body` (its vector if it has one,
     else its content), or None when there is nothing to compare (blank content, no vector)."""
-    out: dict[str, Any] = {"k": 1, "min_score": spec.min_score}
+    # vector mode: min_score bounds cosine similarity (a hybrid score is a rank fusion, not one)
+    out: dict[str, Any] = {"mode": "vector", "k": 1, "min_score": spec.min_score}
     if body.vector is not None:
         out["vector"] = body.vector
     elif body.content.strip():

@@ -119,9 +119,10 @@ def _body(content: str = "some fact", vector: list[float] | None = None) -> v.Wr
 def test_search_request_uses_the_vector_else_the_content() -> None:
     spec = dedup.Semantic(0.7, ("a",), "bot")
     assert dedup.search_request(_body(), spec) == {
-        "k": 1, "min_score": 0.7, "query": "some fact", "tags_all": ["a"], "agent_id": "bot"}
+        "mode": "vector", "k": 1, "min_score": 0.7, "query": "some fact", "tags_all": ["a"],
+        "agent_id": "bot"}
     got = dedup.search_request(_body(vector=[1.0, 0.0]), dedup.Semantic(0.7))
-    assert got == {"k": 1, "min_score": 0.7, "vector": [1.0, 0.0]}
+    assert got == {"mode": "vector", "k": 1, "min_score": 0.7, "vector": [1.0, 0.0]}
     assert dedup.search_request(_body("  \n"), spec) is None  # nothing to compare
 
 
@@ -275,8 +276,8 @@ async def test_semantic_hit_writes_nothing() -> None:
     assert resp.status == 200 and host.writes == []
     assert _json(resp) == {**rec, "deduplicated": True}
     assert resp.headers["ETag"] == f'"{rec["version"]}"'
-    assert svc.searched == [{"k": 1, "min_score": 0.9, "query": "some fact", "tags_all": ["a"],
-                             "agent_id": "bot"}]
+    assert svc.searched == [{"mode": "vector", "k": 1, "min_score": 0.9, "query": "some fact",
+                             "tags_all": ["a"], "agent_id": "bot"}]
 
 
 @pytest.mark.asyncio
