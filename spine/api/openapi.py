@@ -140,7 +140,10 @@ def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any
                                f"<= {v.MAX_METADATA_DEPTH} levels deep"}
     write_props = {"content": content, "tags": tags, "metadata": metadata,
                    "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
-                   "agent_id": {"anyOf": [_AGENT, {"type": "null"}]}}
+                   "agent_id": {"anyOf": [_AGENT, {"type": "null"}]},
+                   # DESIGN §13: whole seconds (5.0 is 5); null: the tags' default, else never
+                   "ttl_s": {"anyOf": [{"type": "integer", "minimum": 1,
+                                        "maximum": limits.max_ttl_s}, {"type": "null"}]}}
     record_props = {
         "namespace": {"type": "string"}, "id": {"type": "string"}, "content": {"type": "string"},
         "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
@@ -148,15 +151,25 @@ def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
         "version": {"type": "string"}, "deleted": {"type": "boolean"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "vector": {"type": ["array", "null"], "items": {"type": "number"}},
     }
     missing = {"type": "array", "items": {"type": "integer"}}
+    dedup = {"description": "DESIGN §13: \"exact\" (content-derived id, create only) or"
+                            " {min_score, tags_all?, agent_id?} (semantic, best effort)",
+             "oneOf": [{"type": "string", "enum": ["exact"]}, _obj({
+                 "min_score": {"type": "number", "minimum": 0, "maximum": 1},
+                 "tags_all": tags, "agent_id": {"anyOf": [_AGENT, {"type": "null"}]}},
+                 ["min_score"])]}
     return {
         "Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
                                       "field": {"type": "string"}},
                                      ["code", "message"], closed=False)},
                       ["error"], closed=False),
         "WriteBody": _obj(write_props, ["content"]),
+        # POST only: a PUT names its id, which dedup would contradict (400 there)
+        "CreateBody": _obj({**write_props, "dedup": dedup}, ["content"]),
+        "Created": {"allOf": [_REC, _obj({"deduplicated": {"type": "boolean"}}, closed=False)]},
         "BatchItem": {"oneOf": [
             _obj({"id": _ID["schema"], **write_props}, ["id", "content"]),
             _obj({"id": _ID["schema"], "delete": {"const": True}}, ["id", "delete"]),
@@ -246,9 +259,14 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
         },
         "/v1/ns/{ns}/memories": {
             "parameters": [_NS],
-            "post": {"summary": "Create a memory with a minted id", "requestBody": _body(_WRITE),
-                     "parameters": _HEADERS,
-                     "responses": {"201": _resp("created", _REC, headers=_ETAG),
+            "post": {"summary": "Create a memory with a minted id, or with dedup a content-derived"
+                                " id (exact) or none when a near-duplicate exists (semantic)",
+                     "requestBody": _body(_ref("CreateBody")), "parameters": _HEADERS,
+                     "responses": {"201": _resp("created", _ref("Created"), headers=_ETAG),
+                                   "200": _resp("dedup: the existing memory, deduplicated: true",
+                                                _ref("Created"), headers=_ETAG),
+                                   "409": _resp("conflict: an exact-dedup id kept changing under"
+                                                " the create; retry", _ERR),
                                    **_WRITE_ERRORS}},
             "get": {"summary": "List live records, paged", "parameters": query,
                     "responses": {"200": _resp("a page", _ref("Page")), **_READ_ERRORS}},
