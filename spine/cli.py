@@ -282,6 +282,13 @@ def add_client_commands(sub: Any) -> None:
     c.add_argument("--tags", metavar="a,b", help="comma-separated tags")
     c.add_argument("--metadata", metavar="JSON", help="""a JSON object, e.g. '{"k": 1}'""")
     c.add_argument("--agent-id", help="the agent that wrote it (an agent key sets its own)")
+    c.add_argument("--ttl-s", type=int, metavar="SECONDS",
+                   help="expire it this many seconds from now (default: its tags' default from"
+                        " lifecycle.ttl_s_by_tag, else never)")
+    c.add_argument("--dedup", metavar="exact|SCORE",
+                   help="create without an id unless it exists: 'exact' (same normalised text:"
+                        " one memory, even under concurrent writers) or a similarity score in"
+                        " [0, 1] (a near-duplicate that close is answered instead; best effort)")
     _condition_args(c, create_only=True)
     _client_args(c)
     c.set_defaults(fn=cm.cmd_put)

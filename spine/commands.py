@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,7 @@ def parse_metadata(text: str | None, flag: str = "--metadata") -> dict[str, Any]
 
 
 def write_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The optional body fields of `put` (tags, metadata, agent_id) that were given."""
+    """The optional body fields of `put` (tags, metadata, agent_id, ttl_s) that were given."""
     fields: dict[str, Any] = {}
     tags = split_tags(args.tags)
     if tags is not None:
@@ -76,6 +77,12 @@ def write_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["metadata"] = meta
     if args.agent_id:
         fields["agent_id"] = args.agent_id
+    ttl_s = getattr(args, "ttl_s", None)
+    if ttl_s is not None:
+        if ttl_s <= 0:
+            raise UsageError(f"--ttl-s: {ttl_s} must be a positive number of seconds,"
+                             " e.g. --ttl-s 3600")
+        fields["ttl_s"] = ttl_s
     return fields
 
 
@@ -214,6 +221,22 @@ def precondition_failed(args: argparse.Namespace, e: Any) -> int:
     return 1
 
 
+def parse_dedup(text: str | None) -> str | float | None:
+    """`--dedup exact|SCORE` (DESIGN §13): "exact", a score in [0, 1], or None when not given."""
+    if text is None:
+        return None
+    if text.strip().lower() == "exact":
+        return "exact"
+    try:
+        score = float(text)
+    except ValueError:
+        score = math.nan
+    if not 0.0 <= score <= 1.0:
+        raise UsageError(f"--dedup: {text!r} is not 'exact' or a similarity score in [0, 1],"
+                         " e.g. --dedup exact or --dedup 0.9")
+    return score
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     """Create or replace a memory (conditional with --if-match / --if-none-match, fenced with
     --fence)."""
@@ -223,11 +246,14 @@ def cmd_put(args: argparse.Namespace) -> int:
     cond = condition_fields(args)
     if cond and not args.id:
         raise UsageError("--if-match, --if-none-match and --fence need the memory id")
+    dedup = parse_dedup(getattr(args, "dedup", None))
+    if dedup is not None and args.id:
+        raise UsageError("--dedup chooses the id (exact derives it from the text): omit the id")
     content = args.content if args.content is not None else sys.stdin.read()
     c = client(args)
     try:
         out = (c.put(args.ns, args.id, content, **cond, **fields) if args.id
-               else c.create(args.ns, content, **fields))
+               else c.create(args.ns, content, dedup=dedup, **fields))
     except PreconditionFailed as e:
         return precondition_failed(args, e)
     return show(args, c, out)

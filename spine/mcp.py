@@ -16,6 +16,7 @@ end the server.
 from __future__ import annotations
 
 import functools
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ MAX_SESSIONS = 256  # Spine clients kept for streamable-HTTP sessions (each hold
 
 INSTRUCTIONS = (
     "Spine is a shared memory store for agents. `write` stores a memory (text, tags, metadata)"
-    " under an id, `search` finds memories by meaning (by shared words if the cluster runs the"
+    " under an id (with `ttl_s` it is forgotten that many seconds later), `search` finds"
+    " memories by meaning (by shared words if the cluster runs the"
     " hash embedder), `read`, `list`, `history` and `delete` do what they say. Memories live in"
     " namespaces; calls use the server's default namespace unless they name one. Within this"
     " session every read sees this session's earlier writes. To coordinate with other agents:"
@@ -79,6 +81,14 @@ AgentId = Annotated[str | None, Field(
 IfMatch = Annotated[str | None, Field(
     description="only if the memory's current version is this one (a record's `version`);"
                 " else an error giving the current version")]
+TtlS = Annotated[int | None, Field(
+    description="forget it this many seconds from now (whole seconds >= 1); omitted: its tags'"
+                " default, else never", ge=1)]
+DedupArg = Annotated[str | float | None, Field(
+    description="create without an id unless it exists: 'exact' (the same text, whitespace"
+                " aside, is one memory even when agents write it at once) or a similarity score"
+                " in [0, 1] (a memory at least that close is returned instead; best effort);"
+                " the record says deduplicated: true when it already existed")]
 FenceArg = Annotated[str | None, Field(
     description="'<lease name>=<token>' from lease_acquire: refused once a newer holder of that"
                 " lease has written this memory")]
@@ -90,6 +100,22 @@ def _close(client: Any) -> None:
     close = getattr(client, "close", None)  # the urllib client has nothing to close
     if callable(close):
         close()
+
+
+def _dedup(value: str | float) -> str | float:
+    """The client's `dedup=` for the write tool's argument: 'exact' or a score in [0, 1]; a
+    tool error naming the argument otherwise (the server would refuse it too)."""
+    if isinstance(value, str):
+        if value.strip().lower() == "exact":
+            return "exact"
+        try:
+            value = float(value)
+        except ValueError:
+            value = math.nan
+    if isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ToolError("invalid: dedup must be 'exact' or a similarity score in [0, 1]"
+                        " (field: dedup)")
+    return float(value)
 
 
 def _conditions(if_match: str | None, fence: str | None) -> dict[str, Any]:
@@ -180,9 +206,11 @@ class SpineTools:
                         description="memory id; omit it to have one minted")] = None,
                     tags: Tags = None, metadata: Metadata = None, agent_id: AgentId = None,
                     namespace: Namespace = None, if_match: IfMatch = None,
-                    fence: FenceArg = None) -> dict[str, Any]:
+                    fence: FenceArg = None, ttl_s: TtlS = None,
+                    dedup: DedupArg = None) -> dict[str, Any]:
         """Store a memory (create, or replace the one with this id); returns the record.
-        With `if_match` / `fence` it is a conditional / fenced write (needs `id`)."""
+        With `if_match` / `fence` it is a conditional / fenced write (needs `id`); with
+        `ttl_s` it expires that many seconds later (`expires_at` in the record)."""
         ns = self._ns(namespace)
         fields = _conditions(if_match, fence)
         if fields and id is None:
@@ -193,6 +221,13 @@ class SpineTools:
             fields["metadata"] = metadata
         if agent_id is not None:
             fields["agent_id"] = agent_id
+        if ttl_s is not None:
+            fields["ttl_s"] = ttl_s
+        if dedup is not None:
+            if id is not None or "if_match" in fields or "fence" in fields:
+                raise ToolError("invalid: dedup chooses the id; give no id, if_match or fence"
+                                " (field: dedup)")
+            fields["dedup"] = _dedup(dedup)
         if id is None:
             out: dict[str, Any] = await self._call(ctx, "create", ns, content, **fields)
         else:

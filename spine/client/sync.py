@@ -12,7 +12,7 @@ import httpx2 as httpx
 
 from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
-from spine.client.calls import FenceLike, VersionLike
+from spine.client.calls import DedupLike, FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
 from spine.client.leases import HeldLease
 from spine.client.session import TokenStore, merge_tokens
@@ -114,8 +114,9 @@ class Client(Base):
             if_none_match: bool = False, fence: FenceLike = None,
             consistency: str | None = None, timeout: float | None = None,
             **fields: Any) -> Record:
-        """Create or replace a memory (fields: tags, metadata, vector, agent_id); the reply is
-        a `Reply` whose `.version` / `.etag` a later `if_match=` takes.
+        """Create or replace a memory (fields: tags, metadata, vector, agent_id, ttl_s: whole
+        seconds until it expires); the reply is a `Reply` whose `.version` / `.etag` a later
+        `if_match=` takes.
 
         Conditions (DESIGN §12): `if_match` (a version, bare or quoted, or a record carrying
         one) writes only if the key's current version is that one; `if_none_match` only if no
@@ -134,12 +135,20 @@ class Client(Base):
                                       consistency=consistency, timeout=timeout))
 
     def create(self, ns: str, content: str, *, id: str | None = None, server_mint: bool = False,
-               consistency: str | None = None, timeout: float | None = None,
-               **fields: Any) -> Record:
+               dedup: DedupLike = None, consistency: str | None = None,
+               timeout: float | None = None, **fields: Any) -> Record:
         """Create a memory under a new UUIDv7 minted here (so a retry is the same PUT), or
-        under `id`; `server_mint` POSTs and lets the node mint it (then never retried)."""
-        if server_mint:
-            call = calls.post_create(ns, content, fields)
+        under `id`; `server_mint` POSTs and lets the node mint it (then never retried). Fields
+        as for `put` (`ttl_s=3600`: it expires an hour later).
+
+        `dedup` (DESIGN §13) POSTs and lets the node choose the id: "exact" derives it from the
+        normalised content and creates only if absent (so concurrent identical creates make one
+        memory; retried like a PUT), a score `s` (or `{"min_score": s, "tags_all": [...],
+        "agent_id": ...}`) answers the nearest live memory scoring at least `s` instead of
+        writing (best effort under concurrency; not retried). The reply's `.deduplicated` says
+        whether an existing memory was answered (200) rather than one created (201)."""
+        if server_mint or dedup is not None:
+            call = calls.post_create(ns, content, fields, dedup, id)
         else:
             call = calls.put(ns, id or mint_id(self._rt), content, fields)
         return cast(Record, self._run(call, consistency=consistency, timeout=timeout))

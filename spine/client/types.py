@@ -28,6 +28,11 @@ class Reply(dict[str, Any]):
         tag = self.etag.removeprefix("W/")
         return tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag
 
+    @property
+    def deduplicated(self) -> bool:
+        """True when a create with `dedup` was answered with an existing memory (DESIGN §13)."""
+        return self.get("deduplicated") is True
+
 
 class Record(TypedDict):
     """A memory as the API returns it (`vector` only when asked for)."""
@@ -42,7 +47,9 @@ class Record(TypedDict):
     updated_at: str
     version: str
     deleted: bool
+    expires_at: str | None  # RFC 3339; None: never (DESIGN §13)
     vector: NotRequired[list[float]]
+    deduplicated: NotRequired[bool]  # a create with dedup: an existing memory was answered
 
 
 class Deleted(TypedDict):
