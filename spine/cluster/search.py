@@ -19,8 +19,10 @@ higher when versions tie). Fusion then uses only ranks, which need no global sta
 
 `recency` re-ranks the candidates (3 k of them, to the cap on k) by
 (1 - w) * relevance + w * 0.5 ** (age_s / half_life_s), age from `updated_at`, relevance being
-the cosine similarity (vector), BM25 over the best candidate's (keyword) or the RRF score over
-its maximum (hybrid), so that each lies in [0, 1] as the recency term does.
+the cosine similarity (vector), BM25 over the best candidate's (keyword) or the hybrid score,
+so that each lies in [0, 1] as the recency term does. The hybrid score is the RRF sum over its
+maximum (2 / 61, or 1 / 61 when the query has no words to embed): 1.0 for a record first in both
+rankings.
 """
 
 from __future__ import annotations
@@ -81,36 +83,35 @@ def ranking(cands: Iterable[Candidate], kind: str, depth: int) -> list[Candidate
     return scored[:depth]
 
 
-def fuse(cands: dict[str, Candidate], mode: str, depth: int) -> list[tuple[Candidate, float]]:
+def fuse(
+    cands: dict[str, Candidate], mode: str, depth: int, rankings: int = 2
+) -> list[tuple[Candidate, float]]:
     """The candidates ranked for `mode`, with their scores: the similarity, the BM25 score, or
-    the RRF sum of 1 / (60 + rank) over the vector and keyword rankings (each cut to `depth`)."""
+    the RRF sum of 1 / (60 + rank) over the vector and keyword rankings (each cut to `depth`)
+    divided by its maximum, `rankings` / 61, so that first in every ranking scores 1.0."""
     if mode in ("vector", "keyword"):
         return [(c, float(getattr(c, mode))) for c in ranking(cands.values(), mode, depth)]
     rrf: dict[str, float] = {}
     for kind in ("vector", "keyword"):
         for rank, c in enumerate(ranking(cands.values(), kind, depth), start=1):
             rrf[c.record.id] = rrf.get(c.record.id, 0.0) + 1.0 / (RRF_K + rank)
-    out = [(cands[i], s) for i, s in rrf.items()]
+    top = max(rankings, 1) / (RRF_K + 1)
+    out = [(cands[i], s / top) for i, s in rrf.items()]
     out.sort(key=lambda cs: (-cs[1], cs[0].record.id))
     return out
 
 
 def blend_recency(
-    ranked: list[tuple[Candidate, float]], mode: str, recency: Recency, now_ms: int,
-    rankings: int = 2,
+    ranked: list[tuple[Candidate, float]], mode: str, recency: Recency, now_ms: int
 ) -> list[tuple[Candidate, float]]:
     """Re-rank by (1 - w) * relevance + w * 0.5 ** (age_s / H) (DESIGN §13); relevance is the
-    mode's score brought to [0, 1] (BM25 over the best; RRF over the best possible,
-    `rankings` / 61)."""
+    mode's score, in [0, 1] but for BM25, which is taken over the best candidate's."""
     if not ranked:
         return ranked
+    scale = 1.0
     if mode == "keyword":
         top = max(s for _, s in ranked)
         scale = 1.0 / top if top > 0 else 1.0
-    elif mode == "hybrid":
-        scale = (RRF_K + 1) / max(rankings, 1)
-    else:
-        scale = 1.0
     w, half = recency.weight, recency.half_life_s
     out = []
     for c, s in ranked:
@@ -184,10 +185,10 @@ class SearchService:
         unchecked: set[int] = set()
         if token is not None:
             unchecked = await self._apply_session(namespace, q, raw, token, level, best)
-        ranked = fuse(best, q.mode, depth)
+        ranked = fuse(best, q.mode, depth, 2 if raw else 1)
         if q.recency is not None:
             now_ms = hlc_ms(self.coordinator.hlc.now())
-            ranked = blend_recency(ranked, q.mode, q.recency, now_ms, 2 if raw else 1)
+            ranked = blend_recency(ranked, q.mode, q.recency, now_ms)
         missing = sorted(set(missing_shards(self.fanout.ring(), replies)) | unchecked)
         return {
             "results": [_result(c, s) for c, s in ranked[: q.k]],

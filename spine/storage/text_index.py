@@ -37,13 +37,21 @@ WRITER_HEAP = 15_000_000  # tantivy's minimum arena per writer thread
 K1, B = 1.2, 0.75  # tantivy's BM25 parameters, used by `estimate` too
 MAX_TOKEN = 64  # longer runs are noise (hashes, base64): cut, as tantivy's default tokeniser does
 
+# Lucene's English stop set (EnglishAnalyzer): words so common that a match on them alone is
+# noise; dropped from documents and queries alike.
+STOP_WORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+})
 _RUN = re.compile(r"[^\W_]+(?:[-_.:/#][^\W_]+)*")  # word runs joined by identifier punctuation
 _PART = re.compile(r"[^\W_]+")
-_CAMEL = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_CAMEL = re.compile(r"[A-Z]+(?![a-z])\d*|[A-Z]?[a-z]+\d*|\d+")
 
 
 def tokens(text: str) -> list[str]:
-    """The terms of `text`: lower-cased words, and each identifier whole and in its pieces."""
+    """The terms of `text`: lower-cased words but stop words, and each identifier whole and in
+    its pieces."""
     out: list[str] = []
     for m in _RUN.finditer(text):
         run = m.group()
@@ -58,7 +66,7 @@ def tokens(text: str) -> list[str]:
                 pieces.append(part.lower())
         if len(parts) > 1:
             out.append(run.lower()[:MAX_TOKEN])
-        out.extend(p[:MAX_TOKEN] for p in pieces)
+        out.extend(p[:MAX_TOKEN] for p in pieces if p not in STOP_WORDS)
     return out
 
 
@@ -93,6 +101,14 @@ class TextIndex:
 
     def __len__(self) -> int:
         return len(self._lengths)
+
+    def ids(self) -> set[str]:
+        """The ids indexed (committed or not)."""
+        return set(self._lengths)
+
+    def searchable(self) -> int:
+        """Documents a search sees now (committed and live)."""
+        return int(self._index.searcher().num_docs)
 
     def holds(self, key: str) -> bool:
         """Whether a record is indexed (committed or not)."""
