@@ -12,7 +12,7 @@ import httpx2 as httpx
 
 from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
-from spine.client.calls import FenceLike, VersionLike
+from spine.client.calls import DedupLike, FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
 from spine.client.leases import AsyncHeldLease
 from spine.client.session import TokenStore, merge_tokens
@@ -115,11 +115,13 @@ class AsyncClient(Base):
                                             consistency=consistency, timeout=timeout))
 
     async def create(self, ns: str, content: str, *, id: str | None = None,
-                     server_mint: bool = False, consistency: str | None = None,
-                     timeout: float | None = None, **fields: Any) -> Record:
-        """Create a memory under a client-minted UUIDv7 (as Client.create)."""
-        if server_mint:
-            call = calls.post_create(ns, content, fields)
+                     server_mint: bool = False, dedup: DedupLike = None,
+                     consistency: str | None = None, timeout: float | None = None,
+                     **fields: Any) -> Record:
+        """Create a memory under a client-minted UUIDv7, or with `dedup` ("exact" or a score)
+        as Client.create does; the reply's `.deduplicated` says whether it already existed."""
+        if server_mint or dedup is not None:
+            call = calls.post_create(ns, content, fields, dedup, id)
         else:
             call = calls.put(ns, id or mint_id(self._rt), content, fields)
         return cast(Record, await self._run(call, consistency=consistency, timeout=timeout))

@@ -16,6 +16,9 @@ VersionLike = Any
 # What `fence=` takes: `(lease name, token)`, "name=token", or anything with `.name` and
 # `.token` (a Lease, a held lease from Client.lease).
 FenceLike = Any
+# What `dedup=` takes (DESIGN §13): "exact", a score s in [0, 1], or {"min_score": s,
+# "tags_all"?: [...], "agent_id"?: str}.
+DedupLike = Any
 
 
 def if_match_value(version: VersionLike) -> str:
@@ -88,9 +91,31 @@ def put(ns: str, mid: str, content: str, fields: Mapping[str, Any],
                   dict(headers or {}))
 
 
-def post_create(ns: str, content: str, fields: Mapping[str, Any]) -> Call:
-    """POST: the server mints the id (never retried: a retry could create it twice)."""
-    return Call("POST", ns_path(ns, "memories"), {"content": content, **fields}, idempotent=False)
+def dedup_value(dedup: DedupLike) -> str | dict[str, Any]:
+    """The `dedup` field of a create (DESIGN §13): "exact", or `{"min_score": s, ...}` from such
+    a dict or from a bare score `s` (the server checks s is in [0, 1] and names the field)."""
+    if dedup == "exact":
+        return "exact"
+    if isinstance(dedup, int | float) and not isinstance(dedup, bool):
+        return {"min_score": float(dedup)}
+    if isinstance(dedup, Mapping):
+        return dict(dedup)
+    raise ValueError(f'dedup: {dedup!r} is not "exact", a score in [0, 1] or {{"min_score": s}}')
+
+
+def post_create(ns: str, content: str, fields: Mapping[str, Any], dedup: DedupLike = None,
+                mid: str | None = None) -> Call:
+    """POST: the server mints the id (never retried: a retry could create it twice), or with
+    `dedup` derives it from the content ("exact": create-only on that id, so a retry is safe
+    and is made) or first looks for a near-duplicate (a score: not retried)."""
+    body: dict[str, Any] = {"content": content, **fields}
+    if dedup is None:
+        return Call("POST", ns_path(ns, "memories"), body, idempotent=False)
+    if mid is not None:
+        raise ValueError("dedup chooses the id (exact derives it, a score may answer another"
+                         " memory): pass no id")
+    body["dedup"] = dedup_value(dedup)
+    return Call("POST", ns_path(ns, "memories"), body, idempotent=body["dedup"] == "exact")
 
 
 def get(ns: str, mid: str, include_vector: bool) -> Call:
