@@ -4,6 +4,14 @@ Each test writes through every node while the ring changes, keeps what was ackno
 afterwards reads every acknowledged key back at `strong` level. The share of replica copies that
 moved is measured from the nodes' own counters and compared with the ideal: adding a 4th node to
 3 with N=3 moves 1/4 of the copies, and taking it out again moves the same amount back.
+
+Most of the time goes on the read-back (a strong read costs the nodes a few milliseconds of
+CPU, and every acknowledged key is read, some twice), so the writers are paced: at 100 keys a
+second several hundred writes, over most of the 256 shards, land while a change is under way,
+without thousands of acknowledged keys to read back (unpaced, a writer acknowledged ~400 a
+second and the join test spent 77 of its 100 s reading). The rings sync every 100 ms, so a
+change settles in little more than the claimant's wait for in-flight writes (write + RPC
+timeout, 4 s).
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +35,19 @@ pytestmark = pytest.mark.integration
 NS = "ring"
 DROP_GRACE_S = 2
 SETTLE_TIMEOUT = 90.0
+RING: dict[str, Any] = {"ring": {"drop_grace_s": DROP_GRACE_S, "sync_interval_ms": 100}}
+WRITE_RATE = 100.0  # keys a second each Writer puts, at most (in batches of 10)
+READERS = 4  # concurrent strong reads in `check_all_readable`
 
 
 class Writer:
     """Session-level puts of fresh keys through every node in turn, on a thread, until
-    stopped; remembers each acknowledged key and its content."""
+    stopped, at most `rate` keys a second; remembers each acknowledged key and its content."""
 
-    def __init__(self, cluster: LocalCluster, prefix: str) -> None:
+    def __init__(self, cluster: LocalCluster, prefix: str, rate: float = WRITE_RATE) -> None:
         self.client = Client([cluster.url(n) for n in cluster.names], timeout=10.0)
         self.prefix = prefix
+        self.period = 10 / rate  # seconds per batch of 10
         self.acked: dict[str, str] = {}
         self.failed = 0
         self._stop = threading.Event()
@@ -50,10 +64,15 @@ class Writer:
         self._stop.set()
         self._thread.join(timeout=30)
         assert not self._thread.is_alive(), "the writer thread did not stop"
+        self.client.close()
 
     def _run(self) -> None:
         i = 0
-        while not self._stop.is_set():
+        due = time.monotonic()
+        # Pacing, not synchronisation: the wait ends at once when the writer is stopped. A
+        # batch that took longer than its period is not made up for with a burst.
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due = max(due + self.period, time.monotonic())
             items = [{"id": f"{self.prefix}-{i + j}", "content": f"{self.prefix} {i + j}"}
                      for j in range(10)]
             i += 10
@@ -101,19 +120,26 @@ def wait_settled(cluster: LocalCluster, nodes: list[str], expect: dict[str, str]
 
 
 def check_all_readable(cluster: LocalCluster, acked: dict[str, str], via: list[str]) -> None:
+    """Every key in `acked` reads back with its content at `strong` level through `via`
+    (`READERS` reads at a time)."""
     client = Client([cluster.url(n) for n in via], consistency="strong", timeout=10.0)
     missing: list[str] = []
     wrong: list[str] = []
-    for mid, content in acked.items():
+
+    def check(mid: str, content: str) -> None:
         try:
             rec = client.get(NS, mid)
         except SpineHTTPError as e:
             if e.status == 404:
                 missing.append(mid)
-                continue
+                return
             raise
         if rec["content"] != content:
             wrong.append(mid)
+
+    with client, ThreadPoolExecutor(READERS) as pool:
+        for done in [pool.submit(check, mid, content) for mid, content in acked.items()]:
+            done.result()
     assert not missing and not wrong, (
         f"{len(missing)} acknowledged keys missing (e.g. {missing[:5]}),"
         f" {len(wrong)} with other content (e.g. {wrong[:5]}) of {len(acked)}")
@@ -137,9 +163,8 @@ def moved_ratio(moved: float, total_copies: float) -> float:
 
 
 def test_join_then_decommission_under_session_writes(tmp_path: Path) -> None:
-    overrides = {"ring": {"drop_grace_s": DROP_GRACE_S, "sync_interval_ms": 300}}
-    with LocalCluster(tmp_path, 3, spare=1, **overrides) as c:
-        acked = preload(c, 1500)
+    with LocalCluster(tmp_path, 3, spare=1, **RING) as c:
+        acked = preload(c, 600)
         with Writer(c, "join") as w:
             c.wait_until(lambda: len(w.acked) >= 100, 30, 0.1, "writes before the join")
             n4 = c.add_node()
@@ -198,9 +223,8 @@ def test_join_then_decommission_under_session_writes(tmp_path: Path) -> None:
 
 
 def test_remove_a_dead_node_re_replicates_its_shards(tmp_path: Path) -> None:
-    overrides = {"ring": {"drop_grace_s": DROP_GRACE_S, "sync_interval_ms": 300}}
-    with LocalCluster(tmp_path, 4, **overrides) as c:
-        acked = preload(c, 1200)
+    with LocalCluster(tmp_path, 4, **RING) as c:
+        acked = preload(c, 600)
         c.kill("n4")
         live = ["n1", "n2", "n3"]
         c.wait_until(lambda: not c.cluster_view("n1")["members"][3]["alive"], 30, 0.1,
