@@ -327,8 +327,12 @@ def add_client_commands(sub: Any) -> None:
     q.add_argument("--metadata", metavar="JSON",
                    help="""only memories whose metadata holds these pairs, e.g. '{"k": 1}'""")
     q.add_argument("--min-score", type=float, help="drop results scoring below this")
-    q.add_argument("--mode", help="search mode, passed to the server as given"
-                                  " (e.g. vector, text, hybrid where the server has them)")
+    q.add_argument("--mode", help="vector, keyword (BM25) or hybrid (both, fused; the default"
+                                  " for text); passed to the server as given")
+    q.add_argument("--recency-half-life", type=float, metavar="SECONDS",
+                   help="blend recency into the score: age (from updated_at) at which it halves")
+    q.add_argument("--recency-weight", type=float, metavar="W",
+                   help="share of the score given to recency, 0..1 (with --recency-half-life)")
     q.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     _client_args(q)
     q.set_defaults(fn=cm.cmd_search)

@@ -146,6 +146,12 @@ def search_fields(args: argparse.Namespace) -> dict[str, Any]:
         body["min_score"] = args.min_score
     if args.mode:
         body["mode"] = args.mode
+    half_life = getattr(args, "recency_half_life", None)
+    weight = getattr(args, "recency_weight", None)
+    if half_life is not None or weight is not None:
+        if half_life is None or weight is None:
+            raise UsageError("--recency-half-life and --recency-weight go together")
+        body["recency"] = {"half_life_s": half_life, "weight": weight}
     return body
 
 

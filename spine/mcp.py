@@ -255,16 +255,27 @@ class SpineTools:
         min_score: Annotated[float | None, Field(
             description="drop results scoring below this")] = None,
         mode: Annotated[str | None, Field(
-            description="search mode, passed to the server as given (where it has modes)")] = None,
+            description="vector (meaning), keyword (exact words, identifiers, error codes) or"
+                        " hybrid (both fused; the default)")] = None,
+        recency_half_life_s: Annotated[float | None, Field(
+            description="favour recent memories: the age in seconds at which recency halves",
+            gt=0)] = None,
+        recency_weight: Annotated[float | None, Field(
+            description="share of the score given to recency, 0..1 (default 0.5)",
+            ge=0, le=1)] = None,
         namespace: Namespace = None,
     ) -> dict[str, Any]:
-        """Find memories by meaning; `results` holds {id, score, record}, best first."""
+        """Find memories by meaning and words; `results` holds {id, score, scores, record},
+        best first."""
         body: dict[str, Any] = {"k": k}
         for name, value in (("tags_all", tags_all), ("tags_any", tags_any),
                             ("agent_id", agent_id), ("metadata", metadata),
                             ("min_score", min_score), ("mode", mode)):
             if value is not None:
                 body[name] = value
+        if recency_half_life_s is not None:
+            body["recency"] = {"half_life_s": recency_half_life_s,
+                               "weight": 0.5 if recency_weight is None else recency_weight}
         out: dict[str, Any] = await self._call(ctx, "search", self._ns(namespace), query, **body)
         return out
 

@@ -198,12 +198,33 @@ def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any
             "tags_all": tags, "tags_any": tags,
             "agent_id": {"anyOf": [_AGENT, {"type": "null"}]},
             "metadata": {"anyOf": [metadata, {"type": "null"}]},
-            "min_score": {"type": ["number", "null"]}}),
-            # exactly one of query and vector, a null counting as absent
-            "oneOf": [{"required": ["query"], "properties": {"query": {"type": "string"}}},
-                      {"required": ["vector"], "properties": {"vector": {"type": "array"}}}]},
+            "min_score": {"type": ["number", "null"]},
+            # DESIGN §14: the default is hybrid for text (vector with min_score), vector for a
+            # vector; keyword takes text only and no min_score (it bounds a similarity)
+            "mode": {"enum": ["vector", "keyword", "hybrid", None]},
+            # DESIGN §13: score = (1 - weight) * score + weight * 0.5 ** (age_s / half_life_s)
+            "recency": {"anyOf": [_obj({
+                "half_life_s": {"type": "number", "exclusiveMinimum": 0},
+                "weight": {"type": "number", "minimum": 0, "maximum": 1}},
+                ["half_life_s", "weight"]), {"type": "null"}]}}),
+            # query, vector or both (hybrid only), a null counting as absent
+            "anyOf": [
+                {"required": ["query"], "properties": {
+                    "query": {"type": "string"}, "vector": {"type": "null"},
+                    "mode": {"enum": ["vector", "hybrid", None]}}},
+                {"required": ["query", "mode"], "properties": {
+                    "query": {"type": "string"}, "vector": {"type": "null"},
+                    "mode": {"const": "keyword"}, "min_score": {"type": "null"}}},
+                {"required": ["vector"], "properties": {
+                    "vector": {"type": "array"}, "query": {"type": "null"},
+                    "mode": {"enum": ["vector", None]}}},
+                {"required": ["query", "vector"], "properties": {
+                    "query": {"type": "string"}, "vector": {"type": "array"},
+                    "mode": {"enum": ["hybrid", None]}}}]},
         "SearchResults": _obj({"results": {"type": "array", "items": _obj(
-            {"id": {"type": "string"}, "score": {"type": "number"}, "record": _REC},
+            {"id": {"type": "string"}, "score": {"type": "number"},
+             "scores": _obj({"vector": {"type": "number"}, "keyword": {"type": "number"}}),
+             "record": _REC},
             ["id", "score", "record"], closed=False)},
             "partial": {"type": "boolean"}, "missing_shards": missing},
             ["results"], closed=False),
@@ -282,7 +303,7 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
         },
         "/v1/ns/{ns}/search": {
             "parameters": [_NS, *_HEADERS],
-            "post": {"summary": "Semantic search with filters",
+            "post": {"summary": "Vector, keyword (BM25) or hybrid search with filters",
                      "requestBody": _body(_ref("SearchBody")),
                      "responses": {"200": _resp("results", _ref("SearchResults")),
                                    "408": _WRITE_ERRORS["408"], "413": _WRITE_ERRORS["413"],

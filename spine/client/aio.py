@@ -200,11 +200,12 @@ class AsyncClient(Base):
             results.extend(reply["results"])
         return cast(BatchResult, calls.check(results, raise_errors))
 
-    async def search(self, ns: str, query: str | None = None, *,
+    async def search(self, ns: str, query: str | None = None, *, mode: str | None = None,
+                     recency: Mapping[str, float] | None = None,
                      consistency: str | None = None, timeout: float | None = None,
                      **body: Any) -> SearchResult:
-        """Search."""
-        return cast(SearchResult, await self._run(calls.search(ns, query, body),
+        """Search; as `Client.search`."""
+        return cast(SearchResult, await self._run(calls.search(ns, query, body, mode, recency),
                                                   consistency=consistency, timeout=timeout))
 
     async def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:

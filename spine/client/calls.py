@@ -144,11 +144,16 @@ def batch(ns: str, items: Sequence[Mapping[str, Any]]) -> Call:
                 idempotent=True)
 
 
-def search(ns: str, query: str | None, body: Mapping[str, Any]) -> Call:
+def search(ns: str, query: str | None, body: Mapping[str, Any], mode: str | None = None,
+           recency: Mapping[str, float] | None = None) -> Call:
     """POST a search (reads only: safe to retry)."""
     payload = dict(body)
     if query is not None:
         payload["query"] = query
+    if mode is not None:
+        payload["mode"] = mode
+    if recency is not None:
+        payload["recency"] = dict(recency)
     return Call("POST", ns_path(ns, "search"), payload, idempotent=True)
 
 

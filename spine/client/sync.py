@@ -233,10 +233,12 @@ class Client(Base):
             results.extend(reply["results"])
         return cast(BatchResult, calls.check(results, raise_errors))
 
-    def search(self, ns: str, query: str | None = None, *, consistency: str | None = None,
+    def search(self, ns: str, query: str | None = None, *, mode: str | None = None,
+               recency: Mapping[str, float] | None = None, consistency: str | None = None,
                timeout: float | None = None, **body: Any) -> SearchResult:
-        """Search (body: k, vector, tags_all, tags_any, agent_id, metadata, min_score, mode)."""
-        return cast(SearchResult, self._run(calls.search(ns, query, body),
+        """Search (body: k, vector, tags_all, tags_any, agent_id, metadata, min_score); `mode`
+        is vector, keyword or hybrid, `recency` {"half_life_s": H, "weight": w} (DESIGN §14)."""
+        return cast(SearchResult, self._run(calls.search(ns, query, body, mode, recency),
                                             consistency=consistency, timeout=timeout))
 
     def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:

@@ -74,10 +74,12 @@ class Page(TypedDict):
 
 
 class SearchHit(TypedDict):
-    """One search result."""
+    """One search result; `scores` holds the vector and keyword scores of the rankings that
+    found it (DESIGN §14)."""
 
     id: str
     score: float
+    scores: NotRequired[dict[str, float]]
     record: Record
 
 
