@@ -238,6 +238,7 @@ class Node:
             read_quorum=cfg.policy().quorum(Level.SESSION).r, read_timeout=t.read_ms / 1000,
             write_timeout=t.write_ms / 1000, sleep=self.rt.sleep,
         )
+        self.store.subscribe(self.expiry.on_commit)
         self.liveness.on_up.append(self.handoff.wake)
         handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
                                   cfg.session.max_keys, self.search.local)

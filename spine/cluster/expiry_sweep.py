@@ -33,6 +33,7 @@ from spine.core.quorum import resolve
 from spine.core.ringmap import Placement
 from spine.core.routing import live, route
 from spine.ports import RecordStore
+from spine.storage.layout import Applied
 
 log = structlog.get_logger("spine.expiry")
 
@@ -75,6 +76,17 @@ class ExpirySweep:
         self.sleep = sleep
         self._shard = 0
         self._after: bytes | None = None
+        # Idling: a cluster that stores no expiring record pays for one pass after start and
+        # nothing after it. `_commits` counts commits of expiring records (the store's writer
+        # thread is its only writer); a pass that saw no expiring record makes the sweep idle
+        # until that count moves past where it stood when the pass began, or until the shards
+        # this node sweeps change (an owner went down or came back, the ring changed).
+        self._commits = 0
+        self._pass_start = 0
+        self._idle_at = -1
+        self._seen = False
+        self._pass_shards: frozenset[int] | None = None  # the shards swept when the pass began
+        self._idle_shards: frozenset[int] = frozenset()
         self._task: asyncio.Task[None] | None = None
         r = metrics.registry
         self.swept = r.counter("spine_expiry_swept_total",
@@ -83,6 +95,16 @@ class ExpirySweep:
             "spine_expiry_deferred_total",
             "expired records the sweep left for a later pass: too few owners answered, or the"
             " tombstone reached none of them")
+
+    def on_commit(self, applied: list[Applied]) -> None:
+        """Commit hook (LMDB writer thread): note that an expiring record was stored."""
+        if any(a.new.expires_hlc and not a.new.deleted for a in applied):
+            self._commits += 1
+
+    def _mine(self, placement: Placement) -> frozenset[int]:
+        """The shards this node sweeps now."""
+        return frozenset(s for s in range(placement.shards)
+                         if sweeper_of(placement.owners(s), self._alive) == self.node_id)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -113,23 +135,29 @@ class ExpirySweep:
         where the last tick stopped (wrapping round), and retire the expired ones. Returns how
         many it replaced with tombstones."""
         placement = self.placement()
+        mine = self._mine(placement)
+        if self._idle_at == self._commits and mine == self._idle_shards:
+            return 0  # idle: nothing expiring stored since a pass over these shards found none
+        if self._pass_shards is None:
+            self._pass_shards = mine
         shards = placement.shards
         budget = self.budget
         due: list[Record] = []
         visited = 0
         while budget > 0 and visited < shards:  # at most one pass per tick
             shard = self._shard % shards
-            if sweeper_of(placement.owners(shard), self._alive) != self.node_id:
-                self._next_shard(shards)
+            if shard not in mine:
+                self._next_shard(shards, mine)
                 visited += 1
                 continue
             limit = min(PAGE, budget)
             page = await asyncio.to_thread(self.store.scan_shard, shard, self._after, limit)
             budget -= max(1, len(page))
             now = self.hlc.now()
+            self._seen = self._seen or any(r.expires_hlc and not r.deleted for _, r in page)
             due.extend(rec for _, rec in page if sweep_due(rec, now, self.margin_ms))
             if len(page) < limit:  # the shard is done
-                self._next_shard(shards)
+                self._next_shard(shards, mine)
                 visited += 1
             else:
                 self._after = page[-1][0]
@@ -138,9 +166,15 @@ class ExpirySweep:
             swept += await self.retire(rec.namespace, rec.id)
         return swept
 
-    def _next_shard(self, shards: int) -> None:
+    def _next_shard(self, shards: int, mine: frozenset[int]) -> None:
         self._shard = (self._shard + 1) % shards
         self._after = None
+        if self._shard == 0:  # a pass ended
+            if not self._seen and mine == self._pass_shards:
+                self._idle_at, self._idle_shards = self._pass_start, mine
+            self._seen = False
+            self._pass_start = self._commits
+            self._pass_shards = mine
 
     def _alive(self, node: str) -> bool:
         return node == self.node_id or self.liveness.is_alive(node)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -233,3 +234,49 @@ async def test_a_sweep_pass_reads_the_shards_this_node_sweeps(
     for mid in theirs:  # another live owner sweeps those
         held = node.store.get(NS, mid)
         assert held is not None and not held.deleted, mid
+
+
+class CountingStore:
+    """The node's store, counting the sweep's scans."""
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+        self.scans = 0
+
+    def scan_shard(self, shard: int, after: bytes | None, limit: int) -> Any:
+        self.scans += 1
+        return self.inner.scan_shard(shard, after, limit)
+
+
+@pytest.mark.asyncio
+async def test_the_sweep_idles_while_nothing_expiring_is_stored(
+    three: tuple[Node, Peers],
+) -> None:
+    node, _ = three
+    sweep = node.expiry
+    counting = CountingStore(node.store)
+    sweep.store = counting  # type: ignore[assignment]
+    await write(node, "plain", body())
+    await sweep.run_once()  # one pass (the budget covers every shard): nothing expiring
+    scanned = counting.scans
+    assert scanned > 0
+    await sweep.run_once()
+    assert counting.scans == scanned  # idle: no scan at all
+    await write(node, "k", body(ttl_s=5))  # an expiring record: the sweep wakes
+    await sweep.run_once()
+    assert counting.scans > scanned
+    scanned = counting.scans
+    await sweep.run_once()  # the pass saw an expiring record: it keeps looking
+    assert counting.scans > scanned
+    # Retire it; the pass after finds nothing expiring, and the sweep idles again.
+    skip(node, 6 + sweep.margin_ms / 1000)
+    await sweep.run_once()
+    await until(lambda: (h := node.store.get(NS, "k")) is not None and h.deleted)
+    await sweep.run_once()
+    scanned = counting.scans
+    await sweep.run_once()
+    assert counting.scans == scanned
+    # A peer going down hands this node more shards to sweep: it looks at them.
+    node.liveness.report_failure("n2")
+    await sweep.run_once()
+    assert counting.scans > scanned
