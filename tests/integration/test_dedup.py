@@ -167,3 +167,19 @@ def test_dedup_on_put_is_a_400(shared_cluster: LocalCluster) -> None:
     assert r.status == 400, r.body
     assert r.error()["field"] == "dedup", r.body
     assert "POST" in r.error()["message"]
+
+
+def test_python_client_create_with_dedup(shared_cluster: LocalCluster) -> None:
+    c, ns = shared_cluster, "dedup-client"
+    with c.client(["n1"]) as one, c.client(["n3"]) as other:
+        first = one.create(ns, "Incident 4711 was caused by an expired TLS certificate",
+                           dedup="exact", tags=["incident"])
+        again = other.create(ns, "Incident 4711 was caused by an expired  TLS certificate\n",
+                             dedup="exact")
+        assert first.deduplicated is False and again.deduplicated is True  # type: ignore[attr-defined]
+        assert again["id"] == first["id"] == exact_id(ns, first["content"])
+        assert again["tags"] == ["incident"]  # the existing memory, not the duplicate's body
+        # semantic, through the writer's own session: its write counts at once
+        near = one.create(ns, "incident 4711 was caused by an expired TLS certificate!",
+                          dedup=0.8)
+        assert near.deduplicated is True and near["id"] == first["id"]  # type: ignore[attr-defined]
