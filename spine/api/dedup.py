@@ -225,19 +225,24 @@ async def _create_exact(
 ) -> web.Response:
     mid = exact_id(ns, body.content)
     op = WriteOp(mid, body)
+    unknown: Timeout | None = None
     for _ in range(ATTEMPTS):
         try:
             item, token = await h._write_one(request, ns, op, Condition(if_none_match=True))
         except PreconditionFailed:  # a live record holds this content's id: answer it
+            unknown = None
             existing = await _read_strong(h, request, ns, mid)
             if existing is not None:
                 return existing
             continue  # deleted or expired since the round: create it again
-        except Timeout:  # the round's fate is unknown; the next round settles it either way
+        except Timeout as e:  # the round's fate is unknown; the next round settles it either way
+            unknown = e
             continue
         return _created(h, request, item, token)
-    raise Conflict(f"memory {mid!r} changed under {ATTEMPTS} create attempts in a row; retry",
-                   field="id", id=mid)
+    if unknown is not None:  # still unknown: say so (504), as a single round would
+        raise unknown
+    raise Conflict(f"memory {mid!r} was deleted under {ATTEMPTS} create attempts in a row;"
+                   " retry", field="id", id=mid)
 
 
 async def _read_strong(

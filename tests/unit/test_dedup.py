@@ -260,7 +260,12 @@ async def test_exact_retries_an_unknown_outcome_and_a_vanished_record() -> None:
 @pytest.mark.asyncio
 async def test_exact_gives_up_after_bounded_attempts() -> None:
     host = FakeHost([Timeout("unknown")] * dedup.ATTEMPTS, [])
-    with pytest.raises(Conflict):
+    with pytest.raises(Timeout):  # still unknown: a 504, as one round's would be
+        await dedup.create(host, _request(), "ns", _body(), dedup.Exact())
+    assert len(host.writes) == dedup.ATTEMPTS
+    gone = Record("ns", "x", Version(1 << 20, "n1"), deleted=True)
+    host = FakeHost([PreconditionFailed("exists")] * dedup.ATTEMPTS, [gone] * dedup.ATTEMPTS)
+    with pytest.raises(Conflict):  # deleted under it every time
         await dedup.create(host, _request(), "ns", _body(), dedup.Exact())
     assert len(host.writes) == dedup.ATTEMPTS
 
