@@ -53,8 +53,12 @@ def tokens(text: str) -> list[str]:
     """The terms of `text`: lower-cased words but stop words, and each identifier whole and in
     its pieces."""
     out: list[str] = []
-    for m in _RUN.finditer(text):
-        run = m.group()
+    for run in _RUN.findall(text):
+        low = run.lower()
+        if run.isalnum() and (run[1:] == low[1:] or run.isupper()):  # a plain word: fast path
+            if low not in STOP_WORDS:
+                out.append(low[:MAX_TOKEN])
+            continue
         parts = _PART.findall(run)
         pieces: list[str] = []
         for part in parts:
