@@ -38,6 +38,7 @@ from spine.cluster.fanout import FanOut, missing_shards
 from spine.core.clock import hlc_ms
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput, QuorumUnavailable, SessionUnavailable
+from spine.core.expiry import is_expired
 from spine.core.messages import Search
 from spine.core.model import Record
 from spine.core.session import SessionToken
@@ -185,10 +186,12 @@ class SearchService:
         unchecked: set[int] = set()
         if token is not None:
             unchecked = await self._apply_session(namespace, q, raw, token, level, best)
+        now = self.coordinator.hlc.now()
+        for mid in [m for m, c in best.items() if is_expired(c.record, now)]:
+            del best[mid]  # expired (DESIGN §13): absent, though a replica has not swept it yet
         ranked = fuse(best, q.mode, depth, 2 if raw else 1)
         if q.recency is not None:
-            now_ms = hlc_ms(self.coordinator.hlc.now())
-            ranked = blend_recency(ranked, q.mode, q.recency, now_ms)
+            ranked = blend_recency(ranked, q.mode, q.recency, hlc_ms(now))
         missing = sorted(set(missing_shards(self.fanout.ring(), replies)) | unchecked)
         return {
             "results": [_result(c, s) for c, s in ranked[: q.k]],

@@ -89,6 +89,21 @@ def test_modes_filters_session_overlay_recency_and_bad_input(cluster: LocalClust
         assert ids_of(dict(newest)) == ["r-b", "r-a"], (mode, newest)
         assert 0 < newest["results"][1]["score"] < newest["results"][0]["score"] <= 1
 
+    # Expiry (§13): a memory with ttl_s is found until it expires, then by no mode.
+    writer.put(ns, "brief", "the zanzibar offsite badge code", ttl_s=1)
+    put_at = time.monotonic()
+    reader.session = writer.session
+    for mode in MODES:
+        assert ids_of(dict(reader.search(ns, "zanzibar badge", k=1, mode=mode))) == ["brief"]
+
+    def gone() -> bool:
+        return all("brief" not in ids_of(search(c, node, ns, {"query": "zanzibar badge",
+                                                               "k": 5, "mode": mode}))
+                   for node in c.names for mode in MODES)
+
+    c.wait_until(gone, 5.0, 0.05, "the expired memory to leave every search")
+    assert time.monotonic() - put_at < 3.0
+
     # Bad input: a 400 naming the field.
     for bad, field in [({"query": "x", "mode": "semantic"}, "mode"),
                        ({"query": "x", "recency": {"half_life_s": 0, "weight": 0.5}},
