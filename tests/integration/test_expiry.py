@@ -50,9 +50,9 @@ def write(c: LocalCluster, node: str, ns: str, mid: str, ttl_s: int) -> tuple[di
 
 @pytest.mark.timeout(120)
 def test_an_expired_memory_is_gone_at_every_node_within_a_second_of_expires_at(
-    make_cluster: ClusterFactory,
+    shared_cluster: LocalCluster,
 ) -> None:
-    c = make_cluster(**EXPIRY)
+    c = shared_cluster  # hiding needs no sweep: each node judges on its own clock
     ns = "expiry-visible"
     rec, token = write(c, "n1", ns, "m1", ttl_s=4)
     expires = epoch_s(rec["expires_at"])
@@ -96,6 +96,31 @@ def test_an_expired_memory_is_gone_at_every_node_within_a_second_of_expires_at(
     again = c.http("n2", "PUT", f"/v1/ns/{ns}/memories/m1", {"content": "back"})
     assert again.status == 201, again.body
     assert again.json()["expires_at"] is None
+
+
+@pytest.mark.timeout(60)
+def test_ttl_s_on_every_write_path_and_bad_values_named(shared_cluster: LocalCluster) -> None:
+    c = shared_cluster
+    ns = "expiry-paths"
+    made = c.http("n1", "POST", f"/v1/ns/{ns}/memories", {"content": "minted", "ttl_s": 600})
+    assert made.status == 201, made.body
+    rec = made.json()
+    assert epoch_s(rec["expires_at"]) == pytest.approx(epoch_s(rec["updated_at"]) + 600,
+                                                       abs=0.002)
+    b = c.http("n2", "POST", f"/v1/ns/{ns}/memories/_batch", {"items": [
+        {"id": "b1", "content": "one", "ttl_s": 60}, {"id": "b2", "content": "two"}]})
+    assert b.status == 200 and [r["status"] for r in b.json()["results"]] == [201, 201], b.body
+    got = {i: c.read("n3", ns, i, "strong").json() for i in ("b1", "b2")}
+    assert got["b1"]["expires_at"] is not None and got["b2"]["expires_at"] is None
+    for bad in (0, -3, 1.5, "60", True, 10**12):
+        r = c.http("n1", "PUT", f"/v1/ns/{ns}/memories/x", {"content": "x", "ttl_s": bad})
+        assert r.status == 400 and r.error()["field"] == "ttl_s", (bad, r.body)
+    r = c.http("n1", "POST", f"/v1/ns/{ns}/memories/_batch", {"items": [
+        {"id": "ok", "content": "fine"}, {"id": "no", "content": "x", "ttl_s": 0}]})
+    assert r.status == 400 and r.error()["field"] == "items[1].ttl_s", r.body
+    r = c.http("n1", "POST", f"/v1/ns/{ns}/memories/_batch", {"items": [
+        {"id": "gone", "delete": True, "ttl_s": 5}]})
+    assert r.status == 400 and r.error()["field"] == "items[0]", r.body  # deletes carry none
 
 
 @pytest.mark.timeout(180)
