@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from spine.core.errors import InvalidInput, TooLarge
+from spine.core.expiry import DEFAULT_MAX_TTL_S
 
 NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -33,7 +34,7 @@ class Limits:
     batch_items: int = 1000
     max_k: int = 1000
     list_limit: int = 1000
-    max_ttl_s: int = 10 * 365 * 24 * 3600  # lifecycle.max_ttl_s: the longest ttl_s a write may ask
+    max_ttl_s: int = DEFAULT_MAX_TTL_S  # lifecycle.max_ttl_s: the longest ttl_s a write may ask
 
 
 @dataclass(frozen=True, slots=True)
