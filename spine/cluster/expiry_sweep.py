@@ -13,6 +13,13 @@ instant of expiry to the key's write set, with hints for the owners that are dow
 delete, whose hints and anti-entropy carry it to a replica that was away. That replica, on its
 return, hides the expired version meanwhile on its own; nothing can bring the record back,
 since the tombstone is newer than the expired version and the expired version stays expired.
+
+One race remains, as in any leaderless store: an `eventual` write made just before the instant
+of expiry that reached none of the owners the sweep read is concurrent with the tombstone and
+loses to it (it stays in the key's history as a concurrent loser, and is counted as a conflict).
+
+A node that stores nothing expiring idles after one pass (`on_commit` wakes it), so a cluster
+that does not use expiry pays nothing for it.
 """
 
 from __future__ import annotations
