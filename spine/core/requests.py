@@ -39,12 +39,15 @@ class ItemResult:
 
 
 def body_to_wire(body: WriteBody) -> list[Any]:
-    return [body.content, list(body.tags), dict(body.metadata), body.agent_id, body.vector]
+    """A write body on the internal wire (positional: append-only)."""
+    return [body.content, list(body.tags), dict(body.metadata), body.agent_id, body.vector,
+            body.ttl_s]
 
 
 def body_from_wire(w: list[Any]) -> WriteBody:
-    """Inverse of `_body_wire` (a forwarded body was validated by the receiving node)."""
-    return WriteBody(w[0], tuple(w[1]), w[2], w[3], w[4])
+    """Inverse of `body_to_wire` (a forwarded body was validated by the receiving node; one
+    from a node of an older release has no ttl_s)."""
+    return WriteBody(w[0], tuple(w[1]), w[2], w[3], w[4], w[5] if len(w) > 5 else None)
 
 
 def item_to_wire(item: ItemResult) -> list[Any]:

@@ -19,7 +19,7 @@ NODES = ("n1", "n2", "n3")
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 RECORD_FIELDS = {"namespace", "id", "content", "tags", "metadata", "agent_id", "created_at",
-                 "updated_at", "version", "deleted"}
+                 "updated_at", "version", "deleted", "expires_at"}
 
 
 def put(c: LocalCluster, node: str, ns: str, mid: str, body: dict[str, Any],
