@@ -332,7 +332,7 @@ class Indexer:
         answering nodes' indexes may not hold yet); None when it holds no query term."""
         index = self.texts.peek(namespace)
         if index is None:
-            index = TextIndex()
+            index = _EMPTY_TEXT  # this node stores none of the namespace: no statistics
         return index.estimate(tokens(text), record_tokens(rec.content, rec.tags))
 
     def count(self, namespace: str) -> int:
@@ -384,6 +384,9 @@ class Indexer:
         self._writer.shutdown(wait=True)
         self._queries.shutdown(wait=True)
         self.texts.close()
+
+
+_EMPTY_TEXT = TextIndex()  # never written: estimates with a namespace this node has no index of
 
 
 def _attrs(rec: Record) -> Attrs:
