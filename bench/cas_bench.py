@@ -470,6 +470,64 @@ class EtcdCas:
             t.conflicts += 1
 
 
+class SpinePut:
+    """The baseline: an unconditional PUT (default level) of the client's own key, carrying the
+    session token, so the price of the condition shows beside it."""
+
+    def __init__(self, urls: list[str], keys: list[str]) -> None:
+        self.urls = urls
+        self.keys = keys
+        self.tokens: dict[int, str] = {}
+        self.n = 0
+
+    async def __call__(self, http: aiohttp.ClientSession, i: int, t: Tally, w: Window) -> None:
+        url = f"{self.urls[i % len(self.urls)]}/v1/ns/{NS}/memories/{self.keys[i % len(self.keys)]}"
+        self.n += 1
+        tok = self.tokens.get(i)
+        t0 = time.monotonic()
+        async with http.put(url, json={"content": value(i, self.n)},
+                            headers={"Spine-Session": tok} if tok else {}) as r:
+            await r.read()
+            self.tokens[i] = r.headers.get("Spine-Session", tok or "")
+            status = r.status
+        t1 = time.monotonic()
+        if not w.measuring:
+            return
+        if status in (200, 201):
+            t.ok += 1
+            t.attempt_lat.append(t1 - t0)
+            t.write_lat.append(t1 - t0)
+        else:
+            t.error(f"PUT {status}")
+
+
+class EtcdPut:
+    """The baseline: an unconditional `/v3/kv/put` of the client's own key."""
+
+    def __init__(self, urls: list[str], keys: list[str]) -> None:
+        self.urls = urls
+        self.keys = [b64(k) for k in keys]
+        self.n = 0
+
+    async def __call__(self, http: aiohttp.ClientSession, i: int, t: Tally, w: Window) -> None:
+        base = self.urls[i % len(self.urls)]
+        self.n += 1
+        body = {"key": self.keys[i % len(self.keys)], "value": b64(value(i, self.n))}
+        t0 = time.monotonic()
+        async with http.post(f"{base}/v3/kv/put", json=body) as r:
+            await r.read()
+            status = r.status
+        t1 = time.monotonic()
+        if not w.measuring:
+            return
+        if status == 200:
+            t.ok += 1
+            t.attempt_lat.append(t1 - t0)
+            t.write_lat.append(t1 - t0)
+        else:
+            t.error(f"put {status}")
+
+
 class SpineLease:
     """Acquire a lease on a name of the client's own, then release it with its token."""
 
@@ -555,7 +613,7 @@ class EtcdLock:
 class Case:
     name: str  # e.g. cas-own-c16
     system: str  # spine | etcd
-    kind: str  # cas | lease
+    kind: str  # cas | lease | put
     shape: str  # own | shared | single | many
     clients: int
     make: Callable[[], Attempt]
@@ -682,6 +740,14 @@ def build_cases(args: argparse.Namespace, spine_urls: list[str],
                     cls: type[SpineCas | EtcdCas] = SpineCas if system == "spine" else EtcdCas
                     cases.append(Case(f"cas-{shape}-c{c}", system, "cas", shape, c,
                                       functools.partial(cls, urls, ks)))
+    if "put" in parts:  # the baseline, on the own-key shape of each concurrency
+        for c in args.concurrency:
+            own = [f"put-c{c}-{i}" for i in range(c)]
+            keys += own
+            for system, urls in systems:
+                cls1: type[SpinePut | EtcdPut] = SpinePut if system == "spine" else EtcdPut
+                cases.append(Case(f"put-own-c{c}", system, "put", "own", c,
+                                  functools.partial(cls1, urls, own)))
     if "lease" in parts:
         for c in (1, args.lease_clients):
             shape = "single" if c == 1 else "many"
@@ -721,7 +787,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--shared-keys", type=int, default=4, help="keys of the contended shape")
     ap.add_argument("--lease-clients", type=int, default=16,
                     help="clients of the many-clients lease case (each on a name of its own)")
-    ap.add_argument("--only", default="cas,lease", help="cas, lease or both")
+    ap.add_argument("--only", default="cas,lease",
+                    help="comma-separated parts: cas, lease, put (the baseline: unconditional "
+                         "writes of own keys, Spine PUT and etcd put; not run by default)")
     ap.add_argument("--no-etcd", action="store_true", help="measure Spine alone")
     ap.add_argument("--no-install", action="store_true",
                     help="do not apt-get install etcd-server when etcd is missing")
