@@ -64,7 +64,7 @@ MODES = ("vector", "keyword", "hybrid")
 
 
 async def mode_load(urls: list[str], mode: str, concurrency: int, duration: float,
-                    warmup: float, gen: sb.TextGen) -> dict[str, Any]:
+                    warmup: float, gen: sb.TextGen, on_measure: Any = None) -> dict[str, Any]:
     """search_bench's closed-loop search load, with `mode` in every body."""
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
@@ -101,6 +101,8 @@ async def mode_load(urls: list[str], mode: str, concurrency: int, duration: floa
         tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring = True
+        if on_measure is not None:
+            on_measure()
         t0 = time.perf_counter()
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
@@ -136,17 +138,17 @@ def cluster_part(args: argparse.Namespace, data: Path) -> dict[str, Any]:
               f"included) {out['ingest']['node_cpu_us_per_record']:,.0f} µs per record",
               flush=True)
         for mode in MODES:
-            c0 = cluster.cpu_s()
+            at_measure: list[list[float]] = []
             res = asyncio.run(mode_load(cluster.urls, mode, args.concurrency, args.duration,
-                                        2.0, gen))
-            c1 = cluster.cpu_s()
+                                        2.0, gen, lambda m=at_measure: m.append(cluster.cpu_s())))
+            c0, c1 = at_measure[0], cluster.cpu_s()
             res["node_cpu_us_per_query"] = (1e6 * (sum(c1) - sum(c0)) / res["requests"]
                                             if res["requests"] else None)
             out[mode] = res
             print(f"{mode:>7}: {res['qps']:,.0f} QPS, p50 {sb._fmt(res['p50_ms'], ' ms')}, "
                   f"p99 {sb._fmt(res['p99_ms'], ' ms')}, node CPU "
-                  f"{sb._fmt(res['node_cpu_us_per_query'], ' µs', 0)} per query (warm-up "
-                  f"included), errors {res['errors'] or 0}", flush=True)
+                  f"{sb._fmt(res['node_cpu_us_per_query'], ' µs', 0)} per query, errors "
+                  f"{res['errors'] or 0}", flush=True)
     finally:
         problems = cluster.stop()
         for p in problems:
