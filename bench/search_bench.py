@@ -308,7 +308,7 @@ def wait_indexed(urls: list[str], ids: list[str], texts: list[str],
     while pending:
         url, mid, text = pending[0]
         req = urllib.request.Request(
-            f"{url}/v1/ns/{NS}/search", data=json.dumps({"query": text, "k": 10}).encode(),
+            f"{url}/v1/ns/{NS}/search", data=json.dumps({"query": text, "k": 10, "mode": "vector"}).encode(),
             headers={"Content-Type": "application/json"}, method="POST")
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError), \
                 urllib.request.urlopen(req, timeout=5) as r:
@@ -334,7 +334,7 @@ async def search_load(urls: list[str], concurrency: int, duration: float, warmup
     stop_at = 0.0
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=30)
-    bodies = [json.dumps({"query": gen.text(2, 6), "k": k}).encode() for _ in range(20000)]
+    bodies = [json.dumps({"query": gen.text(2, 6), "k": k, "mode": "vector"}).encode() for _ in range(20000)]
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
 
         async def worker(w: int) -> None:

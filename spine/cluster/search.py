@@ -145,12 +145,12 @@ class SearchService:
         """This node's answer to a Search message: `[[record wire without vector, score], ...]`
         in vector mode, else `[[record wire, vector score | None, keyword score | None], ...]`,
         the union of its top k of each ranking the mode asks for."""
-        mode = msg.filters[5] if len(msg.filters) > 5 else "vector"
+        mode = msg.mode
         if mode == "vector":
             vec = np.frombuffer(msg.vector, dtype=np.float32)
             found = await self.indexer.search(msg.namespace, vec, msg.k, msg.filters)
             return [[_strip(r).to_wire(), s] for r, s in found]
-        text = msg.filters[6] if len(msg.filters) > 6 else None
+        text = msg.text
         out: dict[str, list[Any]] = {}
         if mode == "hybrid" and msg.vector:
             vec = np.frombuffer(msg.vector, dtype=np.float32)
@@ -177,7 +177,7 @@ class SearchService:
                     raise InvalidInput("query has no words to search for", field="query")
                 raw = embedded or b""  # hybrid without words to embed: its keyword half only
         depth = q.k if q.recency is None else min(self.limits.max_k, 3 * q.k)
-        msg = Search(namespace, raw, depth, q.filters_wire())
+        msg = Search(namespace, raw, depth, q.filters_wire(), q.mode, q.query)
         replies = await self.fanout.ask_cover(msg)
         best: dict[str, Candidate] = {}
         for answer in replies.values():

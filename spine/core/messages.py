@@ -143,20 +143,29 @@ class History:
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    """Search this node's index of a namespace: float32 query vector, k, filters."""
+    """Search this node's indexes of a namespace: float32 query vector, k, filters, and (DESIGN
+    §14) the mode (vector | keyword | hybrid) and the query text the keyword half ranks."""
 
     TAG: ClassVar[Tag] = Tag.SEARCH
     namespace: str = ""
     vector: bytes = b""
     k: int = 10
     filters: list[Any] = field(default_factory=list)
+    mode: str = "vector"
+    text: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.namespace, self.vector, self.k, self.filters]
+        return [self.namespace, self.vector, self.k, self.filters, self.mode, self.text]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Search:
-        return cls(w[0], w[1], w[2], w[3])
+        mode = w[4] if len(w) > 4 else "vector"  # appended fields: a node of an older release
+        text = w[5] if len(w) > 5 else None  # sends none, and searches by vector
+        if mode not in ("vector", "keyword", "hybrid"):
+            raise InvalidInput(f"unknown search mode {mode!r}", field="mode")
+        if text is not None and (not isinstance(text, str) or len(text) > 65536):
+            raise InvalidInput("the query text must be a string of at most 64 KiB", field="text")
+        return cls(w[0], w[1], w[2], w[3], mode, text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,11 +233,10 @@ class SearchQuery:
     recency: Recency | None = None
 
     def filters_wire(self) -> list[Any]:
-        """The filters as a msgpack-friendly list, then the mode and the query text (a node that
-        reads only the first five searches by vector, as before modes existed)."""
+        """The filters as a msgpack-friendly list (the mode and the query text travel in the
+        Search message's own fields)."""
         return [list(self.tags_all), list(self.tags_any), self.agent_id,
-                None if self.metadata is None else dict(self.metadata), self.min_score,
-                self.mode, self.query]
+                None if self.metadata is None else dict(self.metadata), self.min_score]
 
 
 def _number(value: object, field: str) -> float:

@@ -31,7 +31,18 @@ def test_default_mode_follows_what_the_body_gives() -> None:
     assert body(query="hi", mode="keyword").mode == "keyword"
     q = body(query="hi", mode="hybrid", recency={"half_life_s": 60, "weight": 0.25})
     assert q.recency == Recency(60.0, 0.25)
-    assert q.filters_wire()[5:] == ["hybrid", "hi"]
+    assert len(q.filters_wire()) == 5  # mode and text travel in the Search message
+
+
+def test_the_search_message_carries_mode_and_text_and_reads_an_older_form() -> None:
+    from spine.core.errors import InvalidInput
+    from spine.core.messages import Search, decode
+    msg = Search("ns", b"v", 3, [[], [], None, None, None], "hybrid", "hi")
+    assert decode(int(msg.TAG), msg.to_wire()) == msg
+    old = decode(int(msg.TAG), ["ns", b"v", 3, []])  # a node from before modes
+    assert isinstance(old, Search) and (old.mode, old.text) == ("vector", None)
+    with pytest.raises(InvalidInput):
+        decode(int(msg.TAG), ["ns", b"v", 3, [], "fuzzy", None])
 
 
 @pytest.mark.parametrize(("kw", "field"), [
