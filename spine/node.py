@@ -200,6 +200,7 @@ class Node:
         self.proposer = Proposer(
             node_id, self._route, self.rpc, self.liveness, self.hlc, self.rt.rng,
             rpc_timeout=t.rpc_ms / 1000, spawn=self.replicator.spawn, metrics=self.metrics,
+            hint=self.replicator.hint,
         )
         self.coordinator = Coordinator(
             node_id, self.placement, self.store, self.replicator, self.rpc, self.liveness,

@@ -167,6 +167,7 @@ class Proposer:
         rpc_timeout: float,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         metrics: SpineMetrics,
+        hint: Callable[[Sequence[str], Record], Awaitable[None]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.metrics = metrics
@@ -177,6 +178,7 @@ class Proposer:
         self.rng = rng
         self.rpc_timeout = rpc_timeout
         self.spawn = spawn
+        self.hint = hint  # keeps a committed record for the replicas the commit did not reach
 
     async def run(self, namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
         """Carry out one change of a key: the record committed, or the error (412/409 from
@@ -202,7 +204,8 @@ class Proposer:
                 continue
             if isinstance(step, Repropose):
                 self.metrics.paxos_rounds.inc("reproposed")
-                done = await self._choose(nodes, ballot, step.record, need, end) == CHOSEN
+                done = await self._choose(nodes, rt.write_to, ballot, step.record, need,
+                                          end) == CHOSEN
                 if done and mine is not None and step.record.version == mine.version:
                     return mine  # our own change, completed
                 continue
@@ -217,7 +220,7 @@ class Proposer:
                 await self._repair(step, end)
                 raise out
             mine = out
-            outcome = await self._choose(nodes, ballot, out, need, end)
+            outcome = await self._choose(nodes, rt.write_to, ballot, out, need, end)
             if outcome == CHOSEN:
                 self.metrics.paxos_rounds.inc("chosen")
                 return out
@@ -242,11 +245,13 @@ class Proposer:
         await asyncio.sleep(max(0.0, min(pause, end - loop.time())))
 
     async def _choose(
-        self, nodes: list[str], ballot: Ballot, record: Record, need: int, end: float
+        self, nodes: list[str], targets: Sequence[str], ballot: Ballot, record: Record,
+        need: int, end: float,
     ) -> str:
         """Accept `record` under `ballot`, then commit it to a quorum: CHOSEN. Not accepted by a
         quorum (a higher ballot came): NOWHERE when every replica answered and none accepted,
-        else PARTLY; the caller starts a new round."""
+        else PARTLY; the caller starts a new round. A replica of `targets` (the key's whole write
+        set) thought down, or whose commit call fails, gets a hint, as a quorum write leaves one."""
         loop = asyncio.get_running_loop()
         answers = await self._gather(
             nodes, PaxosAccept(record.namespace, record.id, ballot, record), need,
@@ -256,9 +261,13 @@ class Proposer:
             await self._contended(rejected, 1, end)
             nowhere = len(answers) == len(nodes) and rejected.granted == 0
             return NOWHERE if nowhere else PARTLY
+        hint = self.hint
+        missed = None if hint is None else (lambda node: hint([node], record))
+        if hint is not None:  # the write set's replicas thought down get one at once
+            await hint([n for n in targets if n not in nodes], record)
         acks = await self._gather(
             nodes, PaxosCommit(record.namespace, record.id, ballot, record), need,
-            max(0.0, end - loop.time()), lambda w: bool(w), lambda a: a)
+            max(0.0, end - loop.time()), lambda w: bool(w), lambda a: a, missed)
         got = sum(1 for a in acks.values() if a)
         if got < need:
             raise Timeout(f"the change was chosen but {got} of {need} replicas committed it in"
@@ -291,9 +300,11 @@ class Proposer:
         timeout: float,
         parse: Callable[[Any], Any],
         good: Callable[[Any], bool],
+        missed: Callable[[str], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """Send `msg` to `nodes`; return the parsed answers once `need` are good, or every node
-        answered, or `timeout` passed. Calls still out go on in owned tasks."""
+        answered, or `timeout` passed. Calls still out go on in owned tasks; `missed(node)` runs
+        for each whose call fails for want of the peer (even after the return)."""
         answers: dict[str, Any] = {}
         done = asyncio.Event()
         outstanding = len(nodes)
@@ -313,6 +324,9 @@ class Proposer:
                 if "code" not in e.details:
                     self.liveness.report_failure(node)
                     self.rpc.drop(node)
+                if missed is not None:
+                    with contextlib.suppress(SpineError):  # our own disk refused: logged there
+                        await missed(node)
             except (ValueError, TypeError, IndexError, KeyError) as e:  # a malformed answer
                 log.warning("paxos_bad_reply", peer=node, error=str(e)[:200])
             except SpineError as e:

@@ -91,6 +91,15 @@ class Replicator:
             raise
         self.liveness.report_success(node)
 
+    async def hint(self, nodes: Sequence[str], record: Record) -> None:
+        """Keep `record` durably for `nodes`, which did not take it (handoff replays it when
+        they are back): what a Paxos commit leaves for the replicas it could not reach."""
+        if not self.hints_enabled or not nodes:
+            return
+        now = self.wall_ms()
+        await self.store.add_hints([(n, now, record) for n in nodes])
+        self.metrics.hints_written.inc(by=len(nodes))
+
     def _failed(self, node: str, e: SpineError) -> None:
         self.metrics.rpc_errors.inc(node)
         if "code" not in e.details:  # a transport failure, not an error the peer answered

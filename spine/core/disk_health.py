@@ -9,8 +9,12 @@ Pure decisions; the store (spine.storage.lmdb_store) feeds them what LMDB raised
   the dirty pages and a later fsync can succeed without them — so the store turns FAILED and
   begins no write transaction again until the process restarts (LMDB then opens at the last meta
   page that reached the disk).
-- a failed page or meta write (`pwrite`, EIO): LMDB marks the environment fatal and every later
-  transaction, reads included, fails with MDB_PANIC: FAILED, and reads fail too.
+- a failed meta page write (`pwrite`, EIO): LMDB marks the environment fatal and every later
+  transaction, reads included, fails with MDB_PANIC: FAILED, and reads fail too. A failed data
+  page write (also `pwrite` when the dirty pages are not one contiguous run, which `writev`
+  writes) aborts the commit before its meta page: the environment stays as of the last commit
+  and reads go on (seen 2026-12-02), while the store turns FAILED for writes as after a failed
+  sync.
 - a full filesystem: the commit raises ENOSPC (`DiskError`) and aborts; nothing is lost and the
   same environment commits again once space is freed. A page write that came up short is
   reported by LMDB as EIO, not ENOSPC, so an EIO while the filesystem is (nearly) full counts as

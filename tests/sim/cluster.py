@@ -168,6 +168,10 @@ class SimCluster:
 
         node = ctx.run(Node, cfg, name, rt, join=join, transport=transport,
                        gossip_net=gossip_net, store_writer="loop")
+        # No simulated client searches, and executor work runs inline (one batch at a time), so
+        # the indexer would make a tantivy commit + reload after every LMDB commit: ~70% of a
+        # seed's CPU (3.76 -> 1.10 s a seed without them). Documents are still added and deleted.
+        node.indexer._commit_text = lambda: None
         transport.hlc = node.hlc
         ep = Endpoint(name, address, ctx, node.hlc, node.handlers,
                       gossips[0] if gossips else None)
