@@ -3,6 +3,7 @@ property) single-decree safety under any interleaving, loss and duplication of m
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from spine.core.paxos import (
     Promise,
     Rejected,
     Repropose,
+    ballot_from_wire,
     count_accepts,
     on_accept,
     on_commit,
@@ -190,3 +192,46 @@ def test_the_tooth_accepts_what_a_later_promise_forbids() -> None:
     ok_stale = [on_accept(a[i], Version(1, "p1"), v1, any_ballot=True)[1] for i in range(2)]
     ok_safe = [on_accept(a[i], Version(1, "p1"), v1)[1] for i in range(2)]
     assert all(ok_stale) and not any(ok_safe)
+
+
+# --------------------------------------------------------------------------- hostile wire forms
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], [1], [1, "n", 3], ["1", "n"], [1, 2], [-1, "n"], [2**64, "n"], [1, "n" * 257],
+    (1, "n"),
+])
+def test_a_malformed_ballot_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        ballot_from_wire(bad)
+
+
+def test_the_largest_ballot_the_wire_allows_reads_back() -> None:
+    assert ballot_from_wire([2**64 - 1, "n" * 256]) == Version(2**64 - 1, "n" * 256)
+    assert ballot_from_wire([0, ""]) == ZERO
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], [True] * 5, [True] * 7, ["yes", [1, "a"], [0, ""], None, [0, ""], None],
+    [1, [1, "a"], [0, ""], None, [0, ""], None], [True, [1, "a"], "x", None, [0, ""], None],
+])
+def test_a_malformed_promise_is_refused(bad: object) -> None:
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        Promise.from_wire(bad)
+
+
+def test_no_answers_at_all_is_a_rejection_at_ballot_zero() -> None:
+    step = read_promises({}, 2)
+    assert isinstance(step, Rejected) and (step.granted, step.highest) == (0, ZERO)
+    none = count_accepts({}, 2)
+    assert isinstance(none, Rejected) and (none.granted, none.highest) == (0, ZERO)
+
+
+def test_an_accepted_value_without_a_commit_never_stands_for_the_committed_one() -> None:
+    """Only the record accepted under the committed ballot joins the current value; one merely
+    accepted (not chosen) under an older ballot must not."""
+    stale = rec("accepted, never chosen", 99, "z")
+    step = read_promises({"a": promise(accepted=B1, acc=stale, committed=B2, stored=rec("v", 5)),
+                          "b": promise(committed=B2, stored=rec("v", 5))}, 2)
+    assert isinstance(step, Current)
+    assert step.record is not None and step.record.content == "v"
