@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from spine.core.clock import Version
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.model import Record
+from spine.core.paxos import ballot_from_wire  # a malformed ballot: ValueError -> InvalidInput
 
 PROTOCOL_VERSION = 1
 
@@ -249,17 +250,19 @@ class Transfer:
         return cls(str(w[0]), str(w[1]), int(w[2]))
 
 
-def _ballot(w: Any) -> Version:
-    if (not isinstance(w, list) or len(w) != 2 or not isinstance(w[0], int)
-            or not isinstance(w[1], str) or not 0 <= w[0] < 2**64 or len(w[1]) > 256):
-        raise InvalidInput("a ballot must be [hlc, node]", field="ballot")
-    return Version(w[0], w[1])
-
-
 def _key(ns: Any, mid: Any) -> tuple[str, str]:
     if not isinstance(ns, str) or not isinstance(mid, str) or len(ns) > 256 or len(mid) > 512:
         raise InvalidInput("a key is two short strings", field="key")
     return ns, mid
+
+
+def _keyed_record(w: list[Any]) -> tuple[str, str, Version, Record]:
+    """An accept's or commit's body: the key, the ballot, and a record of that key."""
+    ns, mid = _key(w[0], w[1])
+    rec = Record.from_wire(w[3])
+    if (rec.namespace, rec.id) != (ns, mid):
+        raise InvalidInput("the record is of another key", field="record")
+    return ns, mid, ballot_from_wire(w[2]), rec
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,7 @@ class PaxosPrepare:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> PaxosPrepare:
-        return cls(*_key(w[0], w[1]), _ballot(w[2]))
+        return cls(*_key(w[0], w[1]), ballot_from_wire(w[2]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,11 +298,7 @@ class PaxosAccept:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> PaxosAccept:
-        ns, mid = _key(w[0], w[1])
-        rec = Record.from_wire(w[3])
-        if (rec.namespace, rec.id) != (ns, mid):
-            raise InvalidInput("the accepted record is of another key", field="record")
-        return cls(ns, mid, _ballot(w[2]), rec)
+        return cls(*_keyed_record(w))
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +317,7 @@ class PaxosCommit:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> PaxosCommit:
-        ns, mid = _key(w[0], w[1])
-        rec = Record.from_wire(w[3])
-        if (rec.namespace, rec.id) != (ns, mid):
-            raise InvalidInput("the committed record is of another key", field="record")
-        return cls(ns, mid, _ballot(w[2]), rec)
+        return cls(*_keyed_record(w))
 
 
 Message = (
