@@ -195,3 +195,20 @@ class SimCluster:
 
     def node(self, name: str) -> Node:
         return self.live[name].node
+
+    def boot(self, settle: float = 3.0) -> None:
+        """Start the first members and let membership settle for `settle` virtual seconds."""
+        async def go() -> None:
+            for name in self.first:
+                await self.start(name)
+            await self.loop.create_task(asyncio.sleep(settle))
+        self.run(go())
+
+    def call(self, name: str, fn: Callable[[Node], Coroutine[Any, Any, T]]) -> T:
+        """Run `fn(node)` as a task of node `name` (as its HTTP handler would) to its end."""
+        inc = self.live[name]
+
+        async def go() -> T:
+            return await self.loop.create_task(fn(inc.node), context=inc.endpoint.ctx)
+
+        return self.run(go())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,26 +41,16 @@ def cluster() -> Iterator[SimCluster]:
     with tempfile.TemporaryDirectory(prefix="simcoord-") as root:
         c = SimCluster(1, Path(root), nodes=5, spare=0)
 
-        async def boot() -> None:
-            for name in c.first:
-                await c.start(name)
-            await c.loop.create_task(asyncio.sleep(3.0))  # membership settles
-
-        c.run(boot())
+        c.boot()
         try:
             yield c
         finally:
             c.close()
 
 
-def on(c: SimCluster, name: str, fn: Callable[[Node], Awaitable[T]]) -> T:
-    """Run `fn(node)` as a task of node `name` (as its HTTP handler would)."""
-    inc = c.live[name]
-
-    async def go() -> T:
-        return await c.loop.create_task(fn(inc.node), context=inc.endpoint.ctx)  # type: ignore[arg-type]
-
-    return c.run(go())
+def on(c: SimCluster, name: str, fn: Callable[[Node], Coroutine[Any, Any, T]]) -> T:
+    """Run `fn(node)` as a task of node `name` (SimCluster.call)."""
+    return c.call(name, fn)
 
 
 def body(text: str) -> WriteBody:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -36,25 +36,16 @@ def cluster() -> Iterator[SimCluster]:
         c = SimCluster(3, Path(root), nodes=5, spare=0,
                        settings={"lifecycle": {"sweep_interval_ms": 200}})
 
-        async def boot() -> None:
-            for name in c.first:
-                await c.start(name)
-            await c.loop.create_task(asyncio.sleep(3.0))  # membership settles
-
-        c.run(boot())
+        c.boot()
         try:
             yield c
         finally:
             c.close()
 
 
-def on(c: SimCluster, name: str, fn: Callable[[Node], Awaitable[T]]) -> T:
-    inc = c.live[name]
-
-    async def go() -> T:
-        return await c.loop.create_task(fn(inc.node), context=inc.endpoint.ctx)  # type: ignore[arg-type]
-
-    return c.run(go())
+def on(c: SimCluster, name: str, fn: Callable[[Node], Coroutine[Any, Any, T]]) -> T:
+    """Run `fn(node)` as a task of node `name` (SimCluster.call)."""
+    return c.call(name, fn)
 
 
 def advance_to(c: SimCluster, wall_ms: int) -> None:
