@@ -119,6 +119,10 @@ class Replicator:
         one number for all records or one per record)."""
         acks = [0] * len(records)
         need = [w] * len(records) if isinstance(w, int) else list(w)
+        # When this node is a replica, its own commit is waited for too (as Riak's coordinating
+        # vnode writes first): a write it acknowledged is then in its store, so the next write
+        # through it builds on it (clock, created_at, 201 after a delete) and its local reads
+        # see it, even when two peers answered before the local commit ended.
         by_node: dict[str, list[int]] = {}
         for i, pl in enumerate(prefs):
             for node in pl:
@@ -129,15 +133,19 @@ class Replicator:
         local_error: list[SpineError] = []
         done = asyncio.Event()
         outstanding = len(by_node)
+        local_pending = local
+
+        def check() -> None:
+            if not local_pending and all(a >= n for a, n in zip(acks, need, strict=True)):
+                done.set()
 
         def ack(idxs: list[int]) -> None:
             for i in idxs:
                 acks[i] += 1
-            if all(a >= n for a, n in zip(acks, need, strict=True)):
-                done.set()
+            check()
 
         async def one(node: str, idxs: list[int]) -> None:
-            nonlocal outstanding
+            nonlocal outstanding, local_pending
             recs = [records[i] for i in idxs]
             try:
                 await self.send(node, recs)
@@ -155,6 +163,9 @@ class Replicator:
                 log.exception("replicate_failed", peer=node)
             finally:
                 outstanding -= 1
+                if node == self.node_id:
+                    local_pending = False
+                    check()
                 if outstanding == 0:
                     done.set()
 

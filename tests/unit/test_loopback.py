@@ -3,6 +3,7 @@ semantics; any other call goes to the wrapped transport (issue 18 §1)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,35 @@ async def test_our_own_disk_failing_is_never_reported_as_a_peer_failure(
     with pytest.raises(StorageFailed):
         await rep.read_one("n1", "ns", "a")
     assert live.failures == [] and remote.dropped == []
+
+
+@pytest.mark.asyncio
+async def test_a_write_through_a_replica_waits_for_its_own_commit_though_peers_answered_first(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CI failure this fixes: PUT, DELETE, PUT through n1 answered 200, not 201, because n2
+    # and n3 acknowledged the delete before n1's own commit ended and the next write read n1's
+    # store. W=2 is met by the peers here; the write still returns only after n1 has it.
+    live, remote = Watch(), Remote()
+    rep = _replicator(store, live, remote)
+    release = asyncio.Event()
+    real_apply = store.apply
+
+    async def slow(records: Any) -> Any:
+        await release.wait()
+        return await real_apply(records)
+
+    monkeypatch.setattr(store, "apply", slow)
+    task = asyncio.ensure_future(
+        rep.write([rec("a", 5)], [["n1", "n2", "n3"]], 2, hints_count=False, timeout=5.0)
+    )
+    for _ in range(50):  # the peers' acks arrive; the write must not end on them alone
+        await asyncio.sleep(0)
+    assert sorted(n for n, _, _ in remote.calls) == ["n2", "n3"]
+    assert not task.done()
+    release.set()
+    assert await asyncio.wait_for(task, 5.0) == [3]
+    assert store.get("ns", "a") == rec("a", 5)
 
 
 @pytest.mark.asyncio
