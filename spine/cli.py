@@ -266,7 +266,7 @@ def _lease_commands(sub: Any) -> None:
 
 
 def add_client_commands(sub: Any) -> None:
-    """put, get, rm, history, list, search, status, admin and keys."""
+    """put, get, rm, history, list, search, changes, status, admin and keys."""
     from spine import commands as cm
 
     def parser(name: str, help: str) -> argparse.ArgumentParser:
@@ -336,6 +336,24 @@ def add_client_commands(sub: Any) -> None:
     q.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     _client_args(q)
     q.set_defaults(fn=cm.cmd_search)
+
+    ch = parser("changes", "print a namespace's changes (writes, deletes, expiries) as JSON"
+                           " lines, then the cursor to resume from on stderr")
+    ch.add_argument("ns", help="namespace")
+    ch.add_argument("--cursor", help="resume after this cursor (what an earlier run printed);"
+                                     " default: from the beginning, every memory's latest change")
+    ch.add_argument("--from-now", action="store_true",
+                    help="only changes made from now on (instead of --cursor)")
+    ch.add_argument("--limit", type=int, default=100,
+                    help="changes per request, 1..1000 (default 100)")
+    ch.add_argument("--wait-s", type=float, metavar="SECONDS",
+                    help="when nothing is new, wait up to this long for a change, 0..30"
+                         " (default 0; 10 with --follow)")
+    ch.add_argument("--follow", action="store_true",
+                    help="keep following (long-polling) until Ctrl-C, across node failures;"
+                         " the cursor is printed on stderr when it stops")
+    _client_args(ch)
+    ch.set_defaults(fn=cm.cmd_changes)
 
     st = parser("status", "print the cluster as the first node that answers sees it")
     _client_args(st)

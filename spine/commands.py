@@ -1,5 +1,5 @@
 """The `spine` commands that talk to a running cluster: put, get, rm, list, history, search,
-lease, status, admin, and `keys hash` (which talks to nobody).
+changes, lease, status, admin, and `keys hash` (which talks to nobody).
 
 Every command builds one `spine.client.Client` over the URLs given (the client fails over
 between them) and keeps the session token it ends with. Parsing of the user's text (tags,
@@ -336,6 +336,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     if out.get("partial"):
         print(f"(partial: shards {out['missing_shards']} had no answering replica)")
     return 0
+
+
+def cmd_changes(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """The change feed as JSON lines, one change each: one request, or with --follow every
+    change until Ctrl-C (a node down or answering 503 is a line on stderr and another poll, at
+    another node, with the last cursor). The cursor to resume from goes to stderr at the end."""
+    from spine.explain import explain
+
+    out = out or sys.stdout
+    if args.cursor and args.from_now:
+        raise UsageError("--cursor and --from-now: give one (a cursor already says where)")
+    c = client(args)
+    if not args.follow:
+        page = c.changes(args.ns, args.cursor, from_now=args.from_now, limit=args.limit,
+                         wait_s=args.wait_s or 0)
+        for change in page.items:
+            print(json.dumps(change.public()), file=out)
+        print(f"cursor: {page.cursor}", file=sys.stderr)
+        return 0
+
+    def retrying(err: BaseException, wait: float) -> None:
+        print(f"spine {args.cmd}: {explain(err, urls_of(args)) or err}; polling again in"
+              f" {wait:.1f} s", file=sys.stderr)
+
+    feed = c.follow(args.ns, args.cursor, from_now=args.from_now, limit=args.limit,
+                    wait_s=10 if args.wait_s is None else args.wait_s, on_retry=retrying)
+    try:
+        for change in feed:
+            print(json.dumps(change.public()), file=out, flush=True)
+    except KeyboardInterrupt:
+        if feed.cursor:
+            print(f"cursor: {feed.cursor}", file=sys.stderr)
+        return 130
+    return 0  # not reached: the feed never ends
 
 
 # ------------------------------------------------------------------ leases

@@ -1,7 +1,8 @@
 """`spine mcp`: Spine's memory operations as MCP tools, on the official `mcp` SDK (an extra).
 
-Tools: write, read, search, list, delete, history, and lease_acquire, lease_release, lease_show
-for coordinating agents (DESIGN §12: `write` and `delete` take `if_match` and `fence`). Each MCP
+Tools: write, read, search, list, delete, history, changes (the change feed, DESIGN §15), and
+lease_acquire, lease_release, lease_show for coordinating agents (DESIGN §12: `write` and
+`delete` take `if_match` and `fence`). Each MCP
 session gets its own `spine.client.Client`, so the session token that client carries gives
 read-your-writes across the tool calls of that session and never leaks into another's. A stdio
 server serves exactly one session (its parent), so it keeps one client; over streamable HTTP the
@@ -32,6 +33,7 @@ from spine.explain import explain
 
 SESSION_HEADER = "mcp-session-id"  # the SDK's streamable-HTTP session id
 MAX_SESSIONS = 256  # Spine clients kept for streamable-HTTP sessions (each holds a pool)
+MAX_TOOL_WAIT_S = 10  # the longest long-poll a `changes` call holds a tool call (and a thread)
 
 INSTRUCTIONS = (
     "Spine is a shared memory store for agents. `write` stores a memory (text, tags, metadata)"
@@ -44,7 +46,8 @@ INSTRUCTIONS = (
     " since you read it; `lease_acquire` claims a named lease (e.g. task:42) for ttl_ms and"
     " returns a fencing token: pass `fence` = '<name>=<token>' on your writes, renew by calling"
     " lease_acquire again before ttl_ms has passed since you sent the last call, and"
-    " `lease_release` when done."
+    " `lease_release` when done. `changes` tells what changed since a cursor it returned (writes,"
+    " deletes, expiries), waiting up to wait_s seconds when nothing has yet."
 )
 
 
@@ -333,6 +336,30 @@ class SpineTools:
         out: dict[str, Any] = lease.public()
         return out
 
+    async def changes(
+        self, ctx: Context,
+        cursor: Annotated[str | None, Field(
+            description="the cursor the previous changes call returned; omitted: from the"
+                        " beginning (every memory's latest change)", max_length=4096)] = None,
+        from_now: Annotated[bool, Field(
+            description="only changes made after this call (instead of a cursor)")] = False,
+        limit: Annotated[int, Field(description="changes per call", ge=1, le=1000)] = 100,
+        wait_s: Annotated[float, Field(
+            description="when nothing is new, wait up to this many seconds for a change",
+            ge=0, le=MAX_TOOL_WAIT_S)] = 0,
+        namespace: Namespace = None,
+    ) -> dict[str, Any]:
+        """What changed in a namespace since `cursor`: {items: [{id, version, deleted,
+        record}], cursor}; pass `cursor` back next time, nothing is missed. Deleted and expired
+        memories come with deleted: true and record null. A change may come twice: (id,
+        version) identifies it."""
+        if cursor is not None and from_now:
+            raise ToolError("invalid: give cursor or from_now, not both (field: from_now)")
+        page = await self._call(ctx, "changes", self._ns(namespace), cursor, from_now=from_now,
+                                limit=limit, wait_s=wait_s)
+        out: dict[str, Any] = page.public()
+        return out
+
     async def history(self, id: MemoryId, ctx: Context,
                       namespace: Namespace = None) -> dict[str, Any]:
         """The versions kept for a memory, newest first (concurrent ones marked)."""
@@ -359,6 +386,7 @@ def build_server(settings: McpSettings,
         read_only_hint=False, destructive_hint=True, idempotent_hint=True,
         open_world_hint=False))
     server.add_tool(tools.history, name="history", annotations=reading)
+    server.add_tool(tools.changes, name="changes", annotations=reading)
     leasing = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
     server.add_tool(tools.lease_acquire, name="lease_acquire", annotations=leasing)
     server.add_tool(tools.lease_release, name="lease_release", annotations=leasing)

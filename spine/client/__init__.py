@@ -14,6 +14,7 @@ from spine.client.errors import (
     BatchFailed,
     ClockSkew,
     Conflict,
+    CursorExpired,
     Fenced,
     Forbidden,
     InsufficientStorage,
@@ -37,12 +38,15 @@ from spine.client.errors import (
     Unreachable,
     error_for,
 )
+from spine.client.feed import AsyncFollower, Follower
 from spine.client.leases import AsyncHeldLease, HeldLease, LeaseKeeper
 from spine.client.session import TokenStore, merge_tokens, token_keys
 from spine.client.sync import Client
 from spine.client.types import (
     BatchItemResult,
     BatchResult,
+    Change,
+    ChangesPage,
     Deleted,
     History,
     Lease,
@@ -55,12 +59,13 @@ from spine.client.types import (
 from spine.core.errors import SpineError
 
 __all__ = [
-    "BATCH_LIMIT", "BY_CODE", "AsyncClient", "AsyncHeldLease", "BatchFailed", "BatchItemResult",
-    "BatchResult", "Client", "ClockSkew", "Conflict", "Deleted", "Fenced", "Forbidden",
-    "HeldLease", "History", "InsufficientStorage", "InvalidInput", "Lease", "LeaseHeld",
-    "LeaseKeeper", "LeaseLost", "NotFound", "NotServing", "Overloaded", "Page",
-    "PeerUnavailable", "PreconditionFailed", "QuorumUnavailable", "Record", "Reply",
-    "RequestTimeout", "SearchHit", "SearchResult", "SessionUnavailable", "SpineError",
-    "SpineHTTPError", "StorageFailed", "Timeout", "TokenStore", "TooLarge", "TooManyNamespaces",
-    "Unauthorized", "Unreachable", "error_for", "merge_tokens", "tls_context", "token_keys",
+    "BATCH_LIMIT", "BY_CODE", "AsyncClient", "AsyncFollower", "AsyncHeldLease", "BatchFailed",
+    "BatchItemResult", "BatchResult", "Change", "ChangesPage", "Client", "ClockSkew", "Conflict",
+    "CursorExpired", "Deleted", "Fenced", "Follower", "Forbidden", "HeldLease", "History",
+    "InsufficientStorage", "InvalidInput", "Lease", "LeaseHeld", "LeaseKeeper", "LeaseLost",
+    "NotFound", "NotServing", "Overloaded", "Page", "PeerUnavailable", "PreconditionFailed",
+    "QuorumUnavailable", "Record", "Reply", "RequestTimeout", "SearchHit", "SearchResult",
+    "SessionUnavailable", "SpineError", "SpineHTTPError", "StorageFailed", "Timeout", "TokenStore",
+    "TooLarge", "TooManyNamespaces", "Unauthorized", "Unreachable", "error_for", "merge_tokens",
+    "tls_context", "token_keys",
 ]

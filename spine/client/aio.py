@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import httpx2 as httpx
@@ -14,9 +14,19 @@ from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
 from spine.client.calls import DedupLike, FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
+from spine.client.feed import AsyncFollower, FollowState
 from spine.client.leases import AsyncHeldLease
 from spine.client.session import TokenStore, merge_tokens
-from spine.client.types import BatchResult, Deleted, History, Lease, Page, Record, SearchResult
+from spine.client.types import (
+    BatchResult,
+    ChangesPage,
+    Deleted,
+    History,
+    Lease,
+    Page,
+    Record,
+    SearchResult,
+)
 
 
 class AsyncClient(Base):
@@ -207,6 +217,28 @@ class AsyncClient(Base):
         """Search; as `Client.search`."""
         return cast(SearchResult, await self._run(calls.search(ns, query, body, mode, recency),
                                                   consistency=consistency, timeout=timeout))
+
+    async def changes(self, ns: str, cursor: str | None = None, *, from_now: bool = False,
+                      limit: int = 100, wait_s: float = 0, timeout: float | None = None
+                      ) -> ChangesPage:
+        """One page of the change feed (as Client.changes)."""
+        call = calls.changes(ns, cursor, from_now, limit, wait_s)
+        t = (self.timeout if timeout is None else timeout) + wait_s
+        return ChangesPage.from_body(await self._run(call, timeout=t))
+
+    def follow(self, ns: str, cursor: str | None = None, *, from_now: bool = False,
+               wait_s: float = 10, limit: int = 100,
+               on_cursor: Callable[[str], None] | None = None,
+               on_retry: Callable[[BaseException, float], None] | None = None,
+               timeout: float | None = None) -> AsyncFollower:
+        """Every change after `cursor`, forever: `async for change in client.follow(ns):`
+        (as Client.follow; `.cursor` is the position to save)."""
+        async def fetch(cur: str | None, now: bool) -> ChangesPage:
+            return await self.changes(ns, cur, from_now=now, limit=limit, wait_s=wait_s,
+                                      timeout=timeout)
+
+        return AsyncFollower(ns, fetch, self._rt.sleep, self._rt.random, self.max_retry_wait,
+                             FollowState(cursor, from_now, on_cursor), on_retry)
 
     async def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:
         """GET /v1/cluster."""

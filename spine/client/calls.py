@@ -157,6 +157,20 @@ def search(ns: str, query: str | None, body: Mapping[str, Any], mode: str | None
     return Call("POST", ns_path(ns, "search"), payload, idempotent=True)
 
 
+def changes(ns: str, cursor: str | None, from_now: bool, limit: int, wait_s: float) -> Call:
+    """GET one page of the change feed (DESIGN §15): after `cursor`, else from now with
+    `from_now`, else from the beginning. A read: safe to retry, at any node (a cursor is valid
+    at every one). ValueError for a cursor and from_now together (they contradict)."""
+    if cursor is not None and from_now:
+        raise ValueError("changes: give a cursor or from_now, not both")
+    params: dict[str, Any] = {"limit": limit, "wait_s": wait_s}
+    if cursor is not None:
+        params["cursor"] = cursor
+    elif from_now:
+        params["from"] = "now"
+    return Call("GET", ns_path(ns, "changes"), params=params)
+
+
 def lease_acquire(ns: str, name: str, holder: str, ttl_ms: int) -> Call:
     """POST a lease: grant or renew. Safe to repeat: by the same holder it renews (or, once
     lapsed, grants anew with a new token, which the reply carries)."""

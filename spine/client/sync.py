@@ -14,9 +14,19 @@ from spine.client import calls
 from spine.client.base import Base, Call, cluster_error_ok, mint_id, sent_nothing
 from spine.client.calls import DedupLike, FenceLike, VersionLike
 from spine.client.errors import SpineHTTPError
+from spine.client.feed import Follower, FollowState
 from spine.client.leases import HeldLease
 from spine.client.session import TokenStore, merge_tokens
-from spine.client.types import BatchResult, Deleted, History, Lease, Page, Record, SearchResult
+from spine.client.types import (
+    BatchResult,
+    ChangesPage,
+    Deleted,
+    History,
+    Lease,
+    Page,
+    Record,
+    SearchResult,
+)
 
 
 class Client(Base):
@@ -240,6 +250,39 @@ class Client(Base):
         is vector, keyword or hybrid, `recency` {"half_life_s": H, "weight": w} (DESIGN §14)."""
         return cast(SearchResult, self._run(calls.search(ns, query, body, mode, recency),
                                             consistency=consistency, timeout=timeout))
+
+    def changes(self, ns: str, cursor: str | None = None, *, from_now: bool = False,
+                limit: int = 100, wait_s: float = 0, timeout: float | None = None
+                ) -> ChangesPage:
+        """One page of the namespace's change feed (DESIGN §15): the writes and deletes after
+        `cursor` (None: from the beginning, every key's latest change; `from_now`: only later
+        ones), at most `limit`, waiting up to `wait_s` seconds (0..30) for one when there are
+        none yet. Pass the page's `cursor` back for the next page, at any node. CursorExpired
+        when the cursor is too old to serve (start again). The read timeout is `timeout` (the
+        client's by default) plus `wait_s`."""
+        call = calls.changes(ns, cursor, from_now, limit, wait_s)
+        t = (self.timeout if timeout is None else timeout) + wait_s
+        return ChangesPage.from_body(self._run(call, timeout=t))
+
+    def follow(self, ns: str, cursor: str | None = None, *, from_now: bool = False,
+               wait_s: float = 10, limit: int = 100,
+               on_cursor: Callable[[str], None] | None = None,
+               on_retry: Callable[[BaseException, float], None] | None = None,
+               timeout: float | None = None) -> Follower:
+        """Every change of the namespace after `cursor` (as `changes`), forever:
+        `for change in client.follow(ns): ...`. Long-polls `wait_s` seconds at a time; when
+        no node answers (or all answer 503) it waits (backoff up to `max_retry_wait`, after
+        calling `on_retry(error, seconds)`; by default a logged warning) and polls again with
+        its last cursor, so nothing is missed. The iterator's `.cursor` (also passed to
+        `on_cursor` each time it moves) is the position to save: resuming there redelivers
+        whatever was not yet handed out. Raises CursorExpired, or any refusal (400, 401,
+        403)."""
+        def fetch(cur: str | None, now: bool) -> ChangesPage:
+            return self.changes(ns, cur, from_now=now, limit=limit, wait_s=wait_s,
+                                timeout=timeout)
+
+        return Follower(ns, fetch, self._sleep, self._rt.random, self.max_retry_wait,
+                        FollowState(cursor, from_now, on_cursor), on_retry)
 
     def cluster(self, *, timeout: float | None = None) -> dict[str, Any]:
         """GET /v1/cluster: the answering node's view."""

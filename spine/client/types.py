@@ -4,7 +4,7 @@ a record reply is a `Reply` (a dict that also carries the ETag), a lease a `Leas
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 
 class Reply(dict[str, Any]):
@@ -146,3 +146,61 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{value!r} is not an integer")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One item of the change feed (DESIGN §15): a key's `version` as of a write or a delete.
+    `record` is the record as GET answers it, None when `deleted` (a delete or an expiry).
+    `(id, version)` identifies a change: the feed may deliver one more than once."""
+
+    id: str
+    version: str
+    deleted: bool
+    record: Record | None
+
+    @classmethod
+    def from_body(cls, item: Any) -> Change:
+        """The change in one item of a feed reply; ValueError if it is not one."""
+        if not isinstance(item, dict):
+            raise ValueError(f"not a change: {item!r}")
+        mid, version, deleted = item.get("id"), item.get("version"), item.get("deleted")
+        record = item.get("record")
+        if (not isinstance(mid, str) or not isinstance(version, str)
+                or not isinstance(deleted, bool)
+                or not (record is None or isinstance(record, dict))):
+            raise ValueError(f"not a change: {item!r}")
+        return cls(mid, version, deleted, cast(Record, record) if record is not None else None)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """`(id, version)`: what tells a redelivered change from a new one."""
+        return self.id, self.version
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape (as the server sends it)."""
+        return {"id": self.id, "version": self.version, "deleted": self.deleted,
+                "record": self.record}
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPage:
+    """One reply of the change feed: the changes after the cursor sent (possibly none) and the
+    cursor to send next. The cursor is opaque and valid at any node."""
+
+    items: list[Change]
+    cursor: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> ChangesPage:
+        """The page in a feed reply; ValueError if the body is not one."""
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise ValueError(f"not a change feed reply: {body!r}")
+        cursor = body.get("cursor")
+        if not isinstance(cursor, str) or not cursor:
+            raise ValueError(f"change feed reply without a cursor: {body!r}")
+        return cls([Change.from_body(i) for i in body["items"]], cursor)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape (as the server sends it)."""
+        return {"items": [c.public() for c in self.items], "cursor": self.cursor}
