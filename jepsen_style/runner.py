@@ -53,6 +53,8 @@ class RunContext:
     urls: dict[str, str]
     out: Path
     options: dict[str, Any] = field(default_factory=dict)
+    #: The nemesis's fault timeline (the ``feed`` consumer moves to another node on each start).
+    timeline: Timeline | None = None
 
 
 @dataclass
@@ -292,7 +294,8 @@ class _Run:
             self.histories[name] = h
             ctx = RunContext(cluster=cluster, history=h, level=opts.level,
                              rng=random.Random(f"{self.seed}/{name}"), nodes=list(cluster.names),
-                             urls=cluster.urls, out=self.out, options=dict(options))
+                             urls=cluster.urls, out=self.out, options=dict(options),
+                             timeline=self.timeline)
             workloads[name] = w = self.registry[name](ctx)
             lvl = getattr(w, "level", None) or opts.level
             h.default_level = lvl if isinstance(lvl, str) else None

@@ -30,9 +30,10 @@ Versions are ``"<16 hex hlc>.<node>"`` and compare as ``(int(hlc, 16), node)``.
 Events are the feed workload's (:mod:`jepsen_style.workloads.feed`): ``put`` (key; value
 ``{"content"}``; ok value ``{"content", "version"}``), ``delete`` (key; ok value
 ``{"version"}``), and ``poll`` / ``drain`` (the consumer's polls while the load runs and after
-healing; invoke value ``{"epoch", "from", "limit", "wait_s"}``; ok value ``{"epoch", "items",
-"cursor"}``, each item ``{"id", "version", "deleted", "record"}`` with ``record`` ``{"id",
-"version", "content", ...}`` or None; a failed poll's completion carries its HTTP ``status``).
+healing; invoke value ``{"epoch", "from", "limit", "wait_s", "moved"}``; ok value
+``{"epoch", "items", "cursor"}``, each item ``{"id", "version", "deleted", "record"}`` with
+``record`` ``{"id", "version", "content", ...}`` or None; a failed poll's value is
+``{"status"}``, its HTTP status).
 """
 
 from __future__ import annotations
@@ -345,8 +346,8 @@ def check_feed(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     rejected = [{"node": p.complete.get("node") if p.complete else None, "time": round(p.t0, 3),
                  "error": p.error} for p in ops
                 if p.f in POLLS and p.outcome == "fail" and isinstance(p.value, Mapping)
-                and p.value.get("from") == "cursor" and p.complete is not None
-                and p.complete.get("status") == 400]
+                and p.value.get("from") == "cursor" and isinstance(p.result, Mapping)
+                and p.result.get("status") == 400]
     expired = sum(1 for p in ops if p.f in POLLS and p.error == "cursor_expired")
     malformed += [{"problem": "an acknowledged write named no parsable version", **b}
                   for b in bad_ack]
@@ -403,6 +404,9 @@ def check_feed(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "epochs": len({d.epoch for d in ds}),
         "polls": len(polls),
         "nodes_polled": sorted({str(p.invoke.get("node")) for p in polls}),
+        "moves": {why: sum(1 for p in polls if isinstance(p.value, Mapping)
+                           and p.value.get("moved") == why)
+                  for why in ("fault", "error")},
         "counts": _tally(ops),
         "errors": _errors(ops),
     }

@@ -66,10 +66,9 @@ class History:
                         node=node)
 
     def failed_poll(self, error: str, status: int | None, f: str = "poll") -> History:
-        self._op(CONSUMER, f, None, {"epoch": self.epoch, "from": "cursor", "limit": 200,
-                                     "wait_s": 1}, "fail", None, error)
-        self.events[-1]["status"] = status
-        return self
+        return self._op(CONSUMER, f, None, {"epoch": self.epoch, "from": "cursor",
+                                            "limit": 200, "wait_s": 1},
+                        "fail", {"status": status}, error)
 
     def drain(self) -> History:
         """The final drain's two empty polls."""
