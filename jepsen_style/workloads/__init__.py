@@ -11,11 +11,14 @@ does its after-healing reads in ``final()``, and judges the recorded history in 
 - ``cas-register``: strong reads and writes, ``If-Match`` compare-and-set and ``If-None-Match``
   creates on a few keys, checked for per-key linearizability (the cas-register model);
 - ``lock``: leases with fencing tokens: holders do fenced writes, sometimes after their lease ran
-  out; interleaved holders, stale tokens applied and overlapping grants are anomalies.
+  out; interleaved holders, stale tokens applied and overlapping grants are anomalies;
+- ``feed``: writers put and delete a few keys while one consumer follows the change feed, moved
+  to another node on each fault; lost, phantom, out-of-order and mis-flagged changes.
 """
 
 from jepsen_style.workloads.cas_register import CasRegister
 from jepsen_style.workloads.convergence import Convergence
+from jepsen_style.workloads.feed import Feed
 from jepsen_style.workloads.lock import Lock
 from jepsen_style.workloads.register import Register
 from jepsen_style.workloads.session import SessionWorkload
@@ -28,12 +31,14 @@ WORKLOADS: dict[str, type] = {
     "convergence": Convergence,
     "cas-register": CasRegister,
     "lock": Lock,
+    "feed": Feed,
 }
 
 __all__ = [
     "WORKLOADS",
     "CasRegister",
     "Convergence",
+    "Feed",
     "Lock",
     "Register",
     "SessionWorkload",
