@@ -25,6 +25,7 @@ from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
 from spine.cluster.expiry_sweep import ExpirySweep
 from spine.cluster.fanout import FanOut
+from spine.cluster.feed import FeedService
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.leases import Leases
@@ -37,7 +38,7 @@ from spine.cluster.replication import Replicator
 from spine.cluster.ringkeeper import RingKeeper
 from spine.cluster.rpc import RpcClient, RpcServer
 from spine.cluster.search import SearchService
-from spine.core.clock import HLC
+from spine.core.clock import HLC, hlc_from_ms
 from spine.core.config import Config
 from spine.core.consistency import Level
 from spine.core.errors import ConfigError
@@ -240,10 +241,21 @@ class Node:
             write_timeout=t.write_ms / 1000, sleep=self.rt.sleep,
         )
         self.store.subscribe(self.expiry.on_commit)
+        strong = cfg.policy().quorum(Level.STRONG)
+        self.feed = FeedService(
+            node_id, self.store, self.rpc, members=self._feed_members,
+            is_alive=self.liveness.is_alive, route=self._route, settle=self.coordinator.settle,
+            quorum_w=strong.w, now_hlc=self.hlc.now,
+            grace_hlc=hlc_from_ms(cfg.tombstone.grace_s * 1000), rpc_timeout=t.read_ms / 1000,
+            page_bytes=cfg.feed.page_bytes, max_waiters=cfg.feed.max_waiters,
+            rng=lambda: self.rt.rng.getrandbits(62),
+        )
+        self.store.subscribe(self.feed.on_commit)
         self.liveness.on_up.append(self.handoff.wake)
         handlers = build_handlers(node_id, self.store, self.replicator, self.coordinator,
                                   cfg.session.max_keys, self.search.local)
         handlers.update(self.acceptor.handlers())
+        handlers.update(self.feed.handlers())
         handlers.update(self.antientropy.handlers())
         handlers.update(self.keeper.handlers())
         handlers.update(self.rebalancer.handlers())
@@ -271,6 +283,12 @@ class Node:
     def placement(self) -> Placement:
         """The current ring, the next one while the ring changes, and the moves between."""
         return self.keeper.placement
+
+    def _feed_members(self) -> list[str]:
+        """Whose feed logs a change-feed poll reads: the members of the current ring and, while
+        it changes, of the next."""
+        p = self.placement()
+        return sorted(set(p.current.members) | set(p.next.members))
 
     def _route(self, namespace: str, mid: str) -> Route:
         """A key's route under the current placement, seen from this node."""
@@ -334,6 +352,7 @@ class Node:
             admin={a: functools.partial(self.rebalancer.admin, a)
                    for a in ("join", "decommission", "remove")},
             leases=self.leases, max_lease_ttl_ms=self.cfg.paxos.max_lease_ttl_ms,
+            feed=self.feed, feed_limits=self.cfg.feed,
         )
         await self._open_storage()
         host, rpc_port = self.me.rpc_address
@@ -395,6 +414,7 @@ class Node:
         log.info("index_recovered", how=how, seq=self.store.seq)
         await self.embed.ready()  # the model is loaded before the node takes its first write
         self.store.start()
+        await self.feed.start()
         self.indexer.start()
         self.antientropy.start()  # builds its trees in the background, then runs rounds
 

@@ -122,6 +122,13 @@ class RecordStore(Protocol):
         """Up to `limit` (records key, record) pairs of one shard with key > `after`."""
         ...
 
+    def feed_since(
+        self, namespace: str, after: int, limit: int, max_bytes: int = 0
+    ) -> tuple[list[tuple[int, Record]], int]:
+        """The namespace's feed log after change seq `after` (each key once, at its stored
+        version, in seq order), and the store's last change seq."""
+        ...
+
     def hint_counts(self) -> dict[str, int]:
         """Pending hints per target node."""
         ...

@@ -18,6 +18,7 @@ STATUS: dict[type[e.SpineError], int] = {
     e.PreconditionFailed: 412,
     e.Fenced: 409,
     e.LeaseHeld: 409,
+    e.CursorExpired: 410,
     e.TooLarge: 413,
     e.Overloaded: 429,
     e.TooManyNamespaces: 507,

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from spine.api import dedup
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
+from spine.api.changes import ChangeRoutes
 from spine.api.coordination import LeaseRoutes, condition_of, refuse_batch_conditions
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.limits import CLOSE_AFTER, HttpLimits, LimitedRequestHandler
@@ -26,6 +27,7 @@ from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
 from spine.core import validation as v
 from spine.core.conditions import Condition, etag
+from spine.core.config import FeedSection
 from spine.core.consistency import Level
 from spine.core.errors import (
     InvalidInput,
@@ -49,6 +51,7 @@ from spine.core.session import SessionToken
 from spine.runtime import Runtime
 
 if TYPE_CHECKING:
+    from spine.cluster.feed import FeedService
     from spine.cluster.leases import Leases
 
 log = structlog.get_logger("spine.api")
@@ -93,6 +96,8 @@ class Services:
     serves_clients: Callable[[], bool] = lambda: True
     leases: Leases | None = None  # the lease service (DESIGN §12)
     max_lease_ttl_ms: int = 600_000  # the longest ttl_ms a lease request may ask for
+    feed: FeedService | None = None  # the change feed (DESIGN §15)
+    feed_limits: FeedSection = field(default_factory=FeedSection)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -232,6 +237,7 @@ def build_app(svc: Services) -> web.Application:
     r.add_post("/v1/ns/{ns}/search", h.search)
     LeaseRoutes(svc.leases, svc.max_lease_ttl_ms, h._ns, h._admit_namespace,
                 _read_json).add_to(r)
+    ChangeRoutes(svc.feed, svc.feed_limits, h._ns).add_to(r)
     r.add_get("/v1/cluster", h.cluster)
     r.add_get("/v1/cluster/shards", h.shards)
     r.add_post("/v1/cluster/nodes/{node}/{action}", h.admin)

@@ -215,6 +215,26 @@ class Coordinator:
             raise self._failed(step)
         return step.record
 
+    async def settle(self, rec: Record) -> Record:
+        """A version the change feed is about to deliver, made safe to deliver (DESIGN §15): on
+        a quorum of its key's replicas, so no later quorum read returns anything older. The key
+        is read at the strong level (ABD: the newest a quorum holds, written back to a quorum);
+        if `rec` is newer still (its own replica alone holds it), `rec` itself is written to a
+        quorum. Returns what to deliver, the newer of the two; QuorumUnavailable if neither
+        could be made to hold."""
+        rt = self._route(rec.namespace, rec.id)
+        q = self.policy.quorum(Level.STRONG)
+        found = await self._strong_read(rec.namespace, rec.id, rt.owners, q.r, q.w, None)
+        if found is not None and found.version >= rec.version:
+            return found
+        need = q.w + rt.extra
+        acks = await self.rep.write([rec], [rt.write_to], need, hints_count=False,
+                                    timeout=self.write_timeout)
+        if acks[0] < need:
+            raise QuorumUnavailable("could not write the version to a quorum",
+                                    reached=acks[0], needed=need)
+        return rec
+
     async def _read_quorum(
         self, namespace: str, mid: str, step: ReadQuorum
     ) -> dict[str, Record | None]:

@@ -194,6 +194,26 @@ class PaxosSection:
 
 
 @dataclass(frozen=True)
+class FeedSection:
+    """The change feed (DESIGN §15): the longest long poll, the largest page, the stored bytes a
+    member's page may carry, and how many long polls one node lets wait at once."""
+
+    max_wait_s: int = 30
+    max_limit: int = 1000
+    page_bytes: int = 4 * 1024 * 1024
+    max_waiters: int = 256
+
+    def __post_init__(self) -> None:
+        bounds = {"max_wait_s": (0, 60), "max_limit": (1, 1000),
+                  "page_bytes": (1024, 64 * 1024 * 1024), "max_waiters": (0, 65536)}
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ConfigError(f"feed.{name}: must be an integer from {lo} to {hi}",
+                                  field=f"feed.{name}")
+
+
+@dataclass(frozen=True)
 class LifecycleSection:
     """Expiry (DESIGN §13): per-tag default TTLs, the longest TTL a write may ask for, and the
     background sweep that turns expired records into tombstones."""
@@ -337,6 +357,7 @@ class Config:
     clock: ClockSection = field(default_factory=ClockSection)
     paxos: PaxosSection = field(default_factory=PaxosSection)
     lifecycle: LifecycleSection = field(default_factory=LifecycleSection)
+    feed: FeedSection = field(default_factory=FeedSection)
     embedder: EmbedderSection = field(default_factory=EmbedderSection)
     index: IndexSection = field(default_factory=IndexSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)

@@ -78,6 +78,13 @@ class LeaseHeld(SpineError):
     code = "lease_held"
 
 
+class CursorExpired(SpineError):
+    """A change-feed cursor older than the tombstone grace: deletes after it may have been
+    purged, so the feed could no longer deliver every change after it; start again."""
+
+    code = "cursor_expired"
+
+
 class Overloaded(SpineError):
     """Too much work in flight; the client should back off and retry."""
 

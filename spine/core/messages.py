@@ -36,6 +36,7 @@ class Tag(enum.IntEnum):
     PAXOS_PREPARE = 12
     PAXOS_ACCEPT = 13
     PAXOS_COMMIT = 14
+    FEED = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,14 +321,81 @@ class PaxosCommit:
         return cls(*_keyed_record(w))
 
 
+MAX_FEED_LIMIT = 1000  # entries in one feed page
+MAX_FEED_WAIT_MS = 60_000
+MAX_FEED_BYTES = 64 * 1024 * 1024
+_MAX_SEQ = 2**63 - 1
+
+
+def _bounded_int(v: Any, lo: int, hi: int, name: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise InvalidInput(f"{name} must be an integer in {lo}..{hi}", field=name)
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRead:
+    """A page of this node's feed log of `namespace` after change seq `after` (DESIGN §15):
+    up to `limit` entries or `max_bytes` stored bytes (0: no bound), waiting up to `wait_ms`
+    for one when there is none. `after` counts in the log of `epoch` (0: from the beginning of
+    whichever log the node has; another epoch than the node's: its log was rebuilt, so from its
+    beginning too). The reply: `{"epoch": e, "entries": [[seq, record], ...], "next": seq}`."""
+
+    TAG: ClassVar[Tag] = Tag.FEED
+    namespace: str = ""
+    after: int = 0
+    limit: int = 100
+    max_bytes: int = 0
+    wait_ms: int = 0
+    epoch: int = 0
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.after, self.limit, self.max_bytes, self.wait_ms,
+                self.epoch]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> FeedRead:
+        if not isinstance(w[0], str) or not 0 < len(w[0]) <= 64:
+            raise InvalidInput("namespace must be a string of 1..64 characters", field="namespace")
+        return cls(w[0], _bounded_int(w[1], 0, _MAX_SEQ, "after"),
+                   _bounded_int(w[2], 0, MAX_FEED_LIMIT, "limit"),
+                   _bounded_int(w[3], 0, MAX_FEED_BYTES, "max_bytes"),
+                   _bounded_int(w[4], 0, MAX_FEED_WAIT_MS, "wait_ms"),
+                   _bounded_int(w[5], 0, _MAX_SEQ, "epoch"))
+
+
+def feed_page_from_wire(reply: Any, limit: int) -> tuple[int, list[tuple[int, Record]], int]:
+    """A peer's FeedRead reply, checked: its log's epoch, at most `limit` entries of (seq,
+    record) with rising seqs, and the seq its next page starts after. InvalidInput for anything
+    else."""
+    try:
+        epoch, entries, nxt = reply["epoch"], reply["entries"], reply["next"]
+        if not isinstance(entries, list) or len(entries) > limit:
+            raise InvalidInput("a feed page holds too many entries", field="entries")
+        out: list[tuple[int, Record]] = []
+        last = -1
+        for seq, rec in entries:
+            seq = _bounded_int(seq, 0, _MAX_SEQ, "seq")
+            if seq <= last:
+                raise InvalidInput("feed page seqs must rise", field="seq")
+            last = seq
+            out.append((seq, Record.from_wire(rec)))
+        return (_bounded_int(epoch, 1, _MAX_SEQ, "epoch"), out,
+                _bounded_int(nxt, 0, _MAX_SEQ, "next"))
+    except SpineError:
+        raise
+    except Exception as e:  # KeyError, TypeError, ValueError, ...
+        raise InvalidInput(f"bad feed page: {type(e).__name__}", field="body") from None
+
+
 Message = (
     Ping | Apply | Read | Forward | ListPage | History | Search | ShardTreeQuery | ShardFetch
-    | RingSync | Transfer | PaxosPrepare | PaxosAccept | PaxosCommit
+    | RingSync | Transfer | PaxosPrepare | PaxosAccept | PaxosCommit | FeedRead
 )
 
 _MESSAGES: tuple[Any, ...] = (
     Ping, Apply, Read, Forward, ListPage, History, Search, ShardTreeQuery, ShardFetch, RingSync,
-    Transfer, PaxosPrepare, PaxosAccept, PaxosCommit,
+    Transfer, PaxosPrepare, PaxosAccept, PaxosCommit, FeedRead,
 )
 
 

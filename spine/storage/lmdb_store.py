@@ -33,6 +33,7 @@ from spine.storage.ballots import Ballots
 from spine.storage.change_feed import ChangeFeed, Subscriber
 from spine.storage.changelog import ChangeLog
 from spine.storage.disk_guard import DiskGuard
+from spine.storage.feed_log import FeedLog
 from spine.storage.files import fsync_dir
 from spine.storage.group_commit import GroupCommit, WriterMode
 from spine.storage.hints import Hints
@@ -98,7 +99,7 @@ class Store:
         self.path = Path(path)
         self.env = lmdb.open(
             str(path),
-            max_dbs=8,
+            max_dbs=16,
             map_size=map_size_mb * 1024 * 1024,
             sync=sync,
             metasync=sync,
@@ -110,13 +111,15 @@ class Store:
                 fsync_dir(d)  # loss despite every commit's fsync (so could the new directories)
         read = self._begin_read
         self.changelog = ChangeLog(self.env, read)
+        self.feed_log = FeedLog(self.env, read)
         self.records = Records(self.env, read, shard_of=shard_of,
                                history=History(self.env, read, history_keep),
-                               changes=self.changelog)
+                               changes=self.changelog, feed=self.feed_log)
         self.hints = Hints(self.env, read)
         self.meta = Meta(self.env, read)
         self.ballots = Ballots(self.env, read)
         self._pos = self.meta.positions()
+        self._backfill_feed_log()
         self.feed = ChangeFeed()
         self.writer: GroupCommit[Write] = GroupCommit(
             self._commit, mode=writer, max_batch=max_batch, name="lmdb-writer")
@@ -228,6 +231,40 @@ class Store:
     def changes_since(self, seq: int, limit: int = 10_000) -> list[tuple[int, bytes]]:
         """(seq, records key) of the change log after `seq` (index catch-up after a crash)."""
         return self.changelog.since(seq, limit)
+
+    def feed_since(
+        self, namespace: str, after: int, limit: int, max_bytes: int = 0
+    ) -> tuple[list[tuple[int, Record]], int]:
+        """The feed log of `namespace` after change seq `after`: up to `limit` (seq, record) in
+        seq order, each key at its stored version (tombstones included), stopping once the
+        records reach `max_bytes` stored bytes (0: no bound); and this store's last change seq,
+        read in the same transaction (where a reader with nothing left to read resumes)."""
+        out: list[tuple[int, Record]] = []
+        size = 0
+        with self._begin_read(None) as txn:
+            head = self.meta.seq_in(txn)
+            for seq, rk in self.feed_log.since(txn, namespace, after, limit):
+                raw = txn.get(rk, db=self.records.db)
+                if raw is None:  # cannot happen: a purge removes the entry with the record
+                    continue
+                out.append((seq, decode_record(raw)))
+                size += len(raw)
+                if max_bytes and size >= max_bytes:
+                    break
+        return out, head
+
+    def _backfill_feed_log(self) -> None:
+        """A store written before the feed log existed: give every stored key an entry (new
+        change seqs, after every earlier one), once, at open."""
+        if not self.feed_log.empty() or self.records.count() == 0:
+            return
+        pos = replace(self._pos)
+        with self.env.begin(write=True) as txn:
+            for rk, _ in txn.cursor(db=self.records.db):
+                pos.seq += 1
+                self.feed_log.record(txn, bytes(rk), pos.seq)
+            self.meta.save_positions(txn, pos)
+        self._pos = pos
 
     def get_by_record_key(self, rk: bytes) -> Record | None:
         """A record by its raw records key."""

@@ -50,6 +50,11 @@ class Meta:
         seq, hint_seq, hlc = (0 if v is None else from_u64(v) for v in raw)
         return Positions(seq, hint_seq, hlc)
 
+    def seq_in(self, txn: Any) -> int:
+        """In a read transaction of the whole environment: the last change seq committed."""
+        raw = txn.get(_SEQ, db=self.db)
+        return 0 if raw is None else from_u64(raw)
+
     def save_positions(self, txn: Any, pos: Positions) -> None:
         """In a write transaction: persist the counters."""
         txn.put(_SEQ, u64(pos.seq), db=self.db)

@@ -4,7 +4,8 @@ Applying an incoming version merges it with the stored one (spine.core.model.mer
 version wins, clocks join). A newer version replaces the stored one, which moves to history; an
 older version that was concurrent with it goes to history as the conflict's loser; a version the
 store already has changes nothing but the joined clock. Every replacement and every purge takes a
-change seq in the change log, in the same transaction.
+change seq in the change log, in the same transaction, and moves the key's entry in the feed log
+(`feed_log.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from spine.core.model import Record, is_concurrent, merge
 from spine.storage.changelog import BeginRead, ChangeLog
+from spine.storage.feed_log import FeedLog
 from spine.storage.history import History
 from spine.storage.layout import (
     Applied,
@@ -38,6 +40,7 @@ class Records:
         shard_of: Callable[[str, str], int],
         history: History,
         changes: ChangeLog,
+        feed: FeedLog,
     ) -> None:
         self.db = env.open_db(b"records")
         self.by_ns = env.open_db(b"by_ns")
@@ -45,6 +48,7 @@ class Records:
         self._shard_of = shard_of
         self.history = history
         self.changes = changes
+        self.feed = feed
 
     def key_of(self, namespace: str, mid: str) -> bytes:
         """The records key of (namespace, id)."""
@@ -164,9 +168,11 @@ class Records:
         txn.delete(rk, db=self.db)
         txn.delete(by_ns_key(rec.namespace, rec.id), db=self.by_ns)
         self.changes.record(txn, seq, rk)
+        self.feed.forget(txn, rk)
         gone = replace(rec, deleted=True, vector=None)
         return Applied(Outcome.APPLIED, rec, gone, False, seq)
 
     def _put(self, txn: Any, rk: bytes, rec: Record, seq: int) -> None:
         txn.put(rk, encode_record(rec), db=self.db)
         self.changes.record(txn, seq, rk)
+        self.feed.record(txn, rk, seq)
