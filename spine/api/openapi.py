@@ -14,6 +14,7 @@ from typing import Any
 from spine.api import coordination as coord
 from spine.core import validation as v
 from spine.core.conditions import LEASE_NAME_RE
+from spine.core.config import FeedSection
 
 SESSION_FORMAT = "spine-session"
 """The `format` of the Spine-Session header: an opaque token this API handed out earlier."""
@@ -22,6 +23,10 @@ ETAG_FORMAT = "spine-etag"
 too; the format lets a generator that keeps header values to letters and digits draw one)."""
 FENCE_FORMAT = "spine-fence"
 """The `format` of the Spine-Fence header: `<lease>=<token>` (with its pattern, as for ETags)."""
+
+CURSOR_FORMAT = "spine-cursor"
+"""The `format` of a change-feed cursor (query `cursor`, header `Last-Event-ID`): opaque
+base64url text this API returned; a random string of that alphabet is not one (400)."""
 
 FLOAT32_MAX = 3.4e38
 _TINY = 1e-30  # a component this large survives float32 and normalisation (validation.vector)
@@ -70,6 +75,46 @@ _LEASE_NAME = {"name": "name", "in": "path", "required": True,
 _RELEASE_TOKEN = {"name": "token", "in": "query", "required": True,
                   "description": "the lease's current fencing token",
                   "schema": {"type": "integer", "minimum": 1, "maximum": coord.MAX_API_TOKEN}}
+
+# A cursor is opaque: no pattern or length is given, since text of the right alphabet and size
+# is still not a cursor (400); the format lets a test generator draw real ones.
+_CURSOR_SCHEMA = {"type": "string", "format": CURSOR_FORMAT,
+                  "description": "opaque base64url text this API returned (at most 4 KiB)"}
+
+
+def _feed_params(feed: FeedSection) -> list[dict[str, Any]]:
+    """The change feed's query (DESIGN §15) as this node's `feed` settings bound it. The query
+    is one form-exploded object so that the schema can say `cursor` and `from` exclude each
+    other; consistency and session headers are ignored there, so not declared."""
+    query = {
+        "cursor": {**_CURSOR_SCHEMA,
+                   "description": "resume after this cursor (a reply's `cursor`, an event's"
+                                  " `id`); absent: from the beginning (every key's latest"
+                                  " change)"},
+        "from": {"type": "string", "enum": ["now"],
+                 "description": "now: only changes made after this request (not with cursor)"},
+        "limit": {"type": "integer", "minimum": 1, "maximum": feed.max_limit,
+                  "description": "changes per reply (default 100)"},
+        "wait_s": {"type": "number", "minimum": 0, "maximum": feed.max_wait_s,
+                   "description": "when nothing is new, wait up to this many seconds for a"
+                                  " change (default 0)"},
+    }
+    return [
+        {"name": "feed", "in": "query", "required": False, "style": "form", "explode": True,
+         "description": "the query parameters cursor, from, limit and wait_s",
+         "schema": {"type": "object", "properties": query, "additionalProperties": False,
+                    "not": {"required": ["cursor", "from"]}}},
+        {"name": "Last-Event-ID", "in": "header", "required": False,
+         "description": "server-sent events: resume after this event id (a cursor), as an"
+                        " EventSource sends it on reconnecting",
+         "schema": _CURSOR_SCHEMA},
+    ]
+
+
+_SSE = {"type": "string",
+        "description": "with Accept: text/event-stream: events `change` whose data is one item"
+                       " (JSON) and whose last of each batch carries `id: <cursor>`;"
+                       " `: keep-alive` comments between batches"}
 
 
 def _resp(desc: str, schema: dict[str, Any] | None = None,
@@ -228,6 +273,13 @@ def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any
             ["id", "score", "record"], closed=False)},
             "partial": {"type": "boolean"}, "missing_shards": missing},
             ["results"], closed=False),
+        # DESIGN §15: `record` is what GET answers for the key, null for a delete or expiry
+        "Change": _obj({"id": {"type": "string"}, "version": {"type": "string"},
+                        "deleted": {"type": "boolean"},
+                        "record": {"anyOf": [_REC, {"type": "null"}]}},
+                       ["id", "version", "deleted", "record"], closed=False),
+        "Changes": _obj({"items": {"type": "array", "items": _ref("Change")},
+                         "cursor": _CURSOR_SCHEMA}, ["items", "cursor"], closed=False),
         "Status": _obj({"status": {"type": "string"}, "node": {"type": "string"}},
                        ["status"], closed=False),
         "LeaseRequest": _obj({
@@ -245,7 +297,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _paths(limits: v.Limits) -> dict[str, Any]:
+def _paths(limits: v.Limits, feed: FeedSection) -> dict[str, Any]:
     query = [
         {"name": "tag", "in": "query", "schema": _TAG},
         {"name": "agent_id", "in": "query", "schema": _AGENT},
@@ -309,6 +361,28 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
                                    "408": _WRITE_ERRORS["408"], "413": _WRITE_ERRORS["413"],
                                    **_READ_ERRORS}},
         },
+        "/v1/ns/{ns}/changes": {
+            "parameters": [_NS],
+            "get": {"summary": "The change feed: writes, deletes and expiries after a cursor,"
+                               " long-polled (wait_s) or as server-sent events",
+                    "description": "Every acknowledged write and delete after the cursor is"
+                                   " delivered at least once, unless a newer version of the"
+                                   " same key is delivered after it; per key, delivered"
+                                   " versions only increase. The cursor is valid at any node;"
+                                   " (id, version) identifies a change (duplicates possible).",
+                    "parameters": _feed_params(feed),
+                    "responses": {
+                        "200": {"description": "the changes after the cursor (maybe none) and"
+                                               " the cursor to send next",
+                                "content": {"application/json": {"schema": _ref("Changes")},
+                                            "text/event-stream": {"schema": _SSE}}},
+                        **_READ_ERRORS,
+                        "400": _resp("invalid: `cursor` (or Last-Event-ID) malformed, `limit`,"
+                                     " `wait_s`, or a cursor with from=now", _ERR),
+                        "410": _resp("cursor_expired: older than the tombstone grace (deletes"
+                                     " after it may be purged); start again", _ERR),
+                        "503": _resp("this node cannot serve the feed now; another may", _ERR)}},
+        },
         "/v1/ns/{ns}/leases/{name}": {
             "parameters": [_NS, _LEASE_NAME],
             "post": {"summary": "Acquire or renew a lease with a fencing token",
@@ -363,16 +437,16 @@ def _paths(limits: v.Limits) -> dict[str, Any]:
     }
 
 
-def openapi_document(dim: int, limits: v.Limits, max_lease_ttl_ms: int = 600_000
-                     ) -> dict[str, Any]:
-    """The API document for a node with vectors of `dim`, these validation limits and this
-    longest lease (`paxos.max_lease_ttl_ms`)."""
+def openapi_document(dim: int, limits: v.Limits, max_lease_ttl_ms: int = 600_000,
+                     feed: FeedSection | None = None) -> dict[str, Any]:
+    """The API document for a node with vectors of `dim`, these validation limits, this
+    longest lease (`paxos.max_lease_ttl_ms`) and these change-feed bounds (`feed`)."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "Spine", "version": "1",
                  "description": "A clustered memory store for fleets of AI agents."},
         "security": _SECURED,
-        "paths": _paths(limits),
+        "paths": _paths(limits, feed or FeedSection()),
         "components": {
             "schemas": _schemas(dim, limits, max_lease_ttl_ms),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -150,13 +150,10 @@ class NotServing(SpineHTTPError, core.NotServing):
     """503 not_serving: the node is draining, joining or gone; another node will serve."""
 
 
-class CursorExpired(SpineHTTPError):
+class CursorExpired(SpineHTTPError, core.CursorExpired):
     """410 cursor_expired: the change feed's cursor is older than the tombstone grace, so deletes
     after it may have been purged (DESIGN §15). Not retriable: start again without a cursor
     (every key's latest state) or from now."""
-
-    code = "cursor_expired"
-    retriable = False
 
 
 BY_CODE: dict[str, type[SpineHTTPError]] = {

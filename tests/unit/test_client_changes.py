@@ -30,6 +30,7 @@ from spine.client import (
     Unreachable,
 )
 from spine.client.feed import FollowState, backoff, retry_wait
+from spine.core import errors as core
 from spine.mcp import McpSettings, build_server
 from spine.runtime import Runtime
 
@@ -140,6 +141,7 @@ def test_410_is_cursor_expired_and_never_retried() -> None:
     e = info.value
     assert isinstance(e, SpineHTTPError) and e.status == 410 and e.field == "cursor"
     assert e.code == "cursor_expired" and not e.retriable
+    assert isinstance(e, core.CursorExpired)  # `except CursorExpired` works with either import
     assert len(feed.seen) == 1 and slept == []
 
 
@@ -390,3 +392,35 @@ def test_quorum_unavailable_is_still_what_one_page_raises() -> None:
         c.changes("ns")
     assert len(slept) == 1
 
+
+
+# ------------------------------------------------------------------ /openapi.json
+
+
+def test_openapi_declares_the_feed_with_this_nodes_bounds_and_both_media_types() -> None:
+    from openapi_spec_validator import validate
+
+    from spine.api.openapi import CURSOR_FORMAT, openapi_document
+    from spine.core.config import FeedSection
+    from spine.core.validation import Limits
+
+    doc = openapi_document(8, Limits(), feed=FeedSection(max_wait_s=5, max_limit=200))
+    validate(doc)
+    op = doc["paths"]["/v1/ns/{ns}/changes"]["get"]
+    query, header = op["parameters"]
+    assert (query["in"], query["style"], query["explode"]) == ("query", "form", True)
+    props = query["schema"]["properties"]
+    assert set(props) == {"cursor", "from", "limit", "wait_s"}
+    assert query["schema"]["not"] == {"required": ["cursor", "from"]}  # one or the other
+    assert props["wait_s"]["maximum"] == 5
+    assert (props["limit"]["minimum"], props["limit"]["maximum"]) == (1, 200)
+    assert props["from"]["enum"] == ["now"]
+    assert props["cursor"]["format"] == CURSOR_FORMAT and "pattern" not in props["cursor"]
+    assert (header["name"], header["in"]) == ("Last-Event-ID", "header")
+    assert set(op["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert {"400", "410", "429", "503"} <= set(op["responses"])
+    change = doc["components"]["schemas"]["Change"]
+    assert change["required"] == ["id", "version", "deleted", "record"]
+    default = openapi_document(8, Limits())["paths"]["/v1/ns/{ns}/changes"]["get"]
+    assert default["parameters"][0]["schema"]["properties"]["wait_s"]["maximum"] == (
+        FeedSection().max_wait_s)
