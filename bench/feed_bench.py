@@ -85,6 +85,12 @@ def pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
 
 
+def ms(xs: list[float], q: float) -> float | None:
+    """The q-quantile of sorted seconds `xs`, in milliseconds."""
+    v = pct(xs, q)
+    return None if v is None else 1000 * v
+
+
 def fmt(v: float | None, unit: str = "", digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:,.{digits}f}{unit}"
 
@@ -150,8 +156,8 @@ async def put_load(urls: list[str], ns: str, concurrency: int, duration: float, 
     latencies.sort()
     n = len(latencies)
     return {"puts": n, "duration_s": wall, "ops_per_s": n / wall if wall else 0.0,
-            "p50_ms": 1000 * pct(latencies, 0.5) if n else None,
-            "p99_ms": 1000 * pct(latencies, 0.99) if n else None,
+            "p50_ms": ms(latencies, 0.5),
+            "p99_ms": ms(latencies, 0.99),
             "errors": dict(errors), "acked_total": len(acked)}, acked
 
 
@@ -418,8 +424,8 @@ def feed_figures(d: Deliveries, acked: list[tuple[str, str, float]],
         "acked_not_delivered": len(missing),
         "acked_not_delivered_sample": missing[:10],
         "acked_superseded": superseded,
-        "lag_p50_ms": 1000 * pct(lags, 0.5) if lags else None,
-        "lag_p99_ms": 1000 * pct(lags, 0.99) if lags else None,
+        "lag_p50_ms": ms(lags, 0.5),
+        "lag_p99_ms": ms(lags, 0.99),
         "lag_max_ms": 1000 * lags[-1] if lags else None,
         "seen_before_ack": sum(1 for x in lags if x < 0),
         "consumer": d.consumer_stats,
