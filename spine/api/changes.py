@@ -47,22 +47,34 @@ class FeedRequest:
 def feed_request(
     query: Mapping[str, str], last_event_id: str | None, limits: FeedSection
 ) -> FeedRequest:
-    """The poll a query asks for; InvalidInput naming the parameter otherwise. `Last-Event-ID`
-    stands for `cursor` when the query gives none (an event stream reconnecting)."""
+    """The poll a query asks for; InvalidInput naming the parameter otherwise.
+
+    `Last-Event-ID` wins over `cursor` and `from`: an EventSource reconnects to the URL it was
+    opened with (`?from=now`, or its first `?cursor=`) and adds the last event id it received,
+    which is where it must resume."""
     for name in query:
         if name not in PARAMS:
             raise InvalidInput(f"unknown query parameter {name!r}", field=name)
-    raw = query.get("cursor", last_event_id)
-    cursor = None if raw is None else Cursor.decode(raw)
     start = query.get("from")
     if start is not None and start != "now":
         raise InvalidInput("from must be now (or leave it out: from the beginning)",
                            field="from")
+    if last_event_id is not None:
+        return FeedRequest(Cursor.decode(last_event_id, "Last-Event-ID"), False,
+                           _limit(query, limits), _wait(query, limits))
+    raw = query.get("cursor")
+    cursor = None if raw is None else Cursor.decode(raw)
     if start is not None and cursor is not None:
         raise InvalidInput("give cursor or from=now, not both", field="from")
-    limit = _number(query.get("limit", "100"), "limit", 1, limits.max_limit, integer=True)
-    wait_s = _number(query.get("wait_s", "0"), "wait_s", 0, limits.max_wait_s, integer=False)
-    return FeedRequest(cursor, start is not None, int(limit), wait_s)
+    return FeedRequest(cursor, start is not None, _limit(query, limits), _wait(query, limits))
+
+
+def _limit(query: Mapping[str, str], limits: FeedSection) -> int:
+    return int(_number(query.get("limit", "100"), "limit", 1, limits.max_limit, integer=True))
+
+
+def _wait(query: Mapping[str, str], limits: FeedSection) -> float:
+    return _number(query.get("wait_s", "0"), "wait_s", 0, limits.max_wait_s, integer=False)
 
 
 def _number(raw: str, name: str, lo: int, hi: int, *, integer: bool) -> float:

@@ -503,7 +503,8 @@ class _Handlers:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_document(self.svc.dim, self.svc.limits, self.svc.max_lease_ttl_ms))
+        return _json(openapi_document(self.svc.dim, self.svc.limits, self.svc.max_lease_ttl_ms,
+                                      feed=self.svc.feed_limits))
 
 
 def mint_id(wall_ms: Callable[[], int], rand: Callable[[int], bytes]) -> Callable[[], str]:

@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from spine.api.coordination import FENCE_RE, IF_MATCH_RE
 from spine.core.clock import Version
+from spine.core.feed import Cursor
 from spine.core.session import SessionToken
 
 SESSION_FORMAT = "spine-session"  # spine.api.openapi.SESSION_FORMAT
 ETAG_FORMAT = "spine-etag"  # spine.api.openapi.ETAG_FORMAT
 FENCE_FORMAT = "spine-fence"  # spine.api.openapi.FENCE_FORMAT
+CURSOR_FORMAT = "spine-cursor"  # the change feed's cursor, as spine.api.openapi declares it
 
 
 def _token(entries: list[tuple[int, int, str]], overflowed: bool) -> str:
@@ -39,4 +41,13 @@ schemathesis.openapi.format(SESSION_FORMAT, st.builds(
 # values to letters and digits unless a format strategy draws them (it would otherwise send a
 # negative value, such as `If-Match: 0`, in a case it calls positive).
 schemathesis.openapi.format(ETAG_FORMAT, st.from_regex(IF_MATCH_RE, fullmatch=True))
+
+# Change-feed cursors: opaque text the API hands out; these are well-formed ones (issued at
+# HLC 0, which never expires) over the cluster's members and any log positions.
+schemathesis.openapi.format(CURSOR_FORMAT, st.builds(
+    lambda positions: Cursor(positions, 0).encode(),
+    st.dictionaries(st.sampled_from(["n1", "n2", "n3"]),
+                    st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),
+                    max_size=3),
+))
 schemathesis.openapi.format(FENCE_FORMAT, st.from_regex(FENCE_RE, fullmatch=True))

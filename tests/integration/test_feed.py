@@ -213,3 +213,22 @@ def test_a_consumer_moved_off_a_killed_node_misses_nothing(cluster: LocalCluster
     more: list[dict[str, Any]] = []
     drain(c, "n3", ns, cursor, more)
     assert in_order(seen + more)
+
+
+@pytest.mark.timeout(60)
+def test_an_event_source_reconnecting_to_its_first_url_resumes_at_last_event_id(
+    shared_cluster: LocalCluster,
+) -> None:
+    # An EventSource opened with ?from=now (or a first ?cursor=) reconnects to that same URL and
+    # adds Last-Event-ID: the id wins, else it could never resume (or would restart each time).
+    c = shared_cluster
+    ns = "feed-sse-reconnect"
+    cursor = poll(c, "n1", ns, "?from=now")["cursor"]
+    put(c, "n1", ns, "a", "one")
+    first = sse_events(c.port("n2"), f"/v1/ns/{ns}/changes?from=now", {"Last-Event-ID": cursor},
+                       1)
+    assert '"id":"a"' in first[0]["data"], first
+    put(c, "n2", ns, "b", "two")
+    again = sse_events(c.port("n3"), f"/v1/ns/{ns}/changes?cursor={cursor}",
+                       {"Last-Event-ID": first[-1]["id"]}, 1)
+    assert '"id":"b"' in again[0]["data"], again

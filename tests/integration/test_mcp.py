@@ -69,7 +69,7 @@ async def _conversation(session: Any, run: str) -> None:
     mid, tag = f"incident-{run}", f"ops-{run}"
     tools = {t.name: t for t in (await session.list_tools()).tools}
     assert set(tools) == {"write", "read", "search", "list", "delete", "history",
-                          "lease_acquire", "lease_release", "lease_show"}
+                          "lease_acquire", "lease_release", "lease_show", "changes"}
     assert "query" in tools["search"].input_schema["properties"]
     assert "mode" in tools["search"].input_schema["properties"]
 

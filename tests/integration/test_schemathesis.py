@@ -48,6 +48,8 @@ def api_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
             # short vectors (the schema asks for exactly `dim` numbers); the hash embedder,
             # whose "no words in the query" the document's query pattern describes
             embedder={"name": "hash", "dim": 8},
+            # long polls of at most 1 s: the coverage phase sends the largest wait_s allowed
+            feed={"max_wait_s": 1},
         )
     finally:
         factory.close()

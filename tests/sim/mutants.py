@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from spine.cluster import coordinator, handoff, paxos, replication, ringkeeper
-from spine.core import abd, quorum, ring_change
+from spine.core import abd, feed, quorum, ring_change
 from spine.core.consistency import Level
 from spine.core.messages import PaxosCommit
 from spine.core.model import Record
@@ -133,7 +133,22 @@ def paxos_early_ack(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(paxos.Proposer, "_gather", gather)
 
 
+def feed_unsettled(mp: pytest.MonkeyPatch) -> None:
+    """The change feed delivers whatever version the logs show, settled on a quorum or not:
+    a replica that logs an old version late makes a key go back in time."""
+    mp.setattr(feed, "on_quorum", lambda state, write_set, need: True)
+
+
+def feed_skips_held(mp: pytest.MonkeyPatch) -> None:
+    """The change feed's positions move past a key it could not settle (no quorum), as past any
+    other: the change is never delivered."""
+    real = feed.advance
+    mp.setattr(feed, "advance", lambda start, pages, held: real(start, pages, set()))
+
+
 MUTANTS: dict[str, Mutant] = {
+    "feed_unsettled": feed_unsettled,
+    "feed_skips_held": feed_skips_held,
     "no_barrier": no_barrier,
     "no_trailing": no_trailing,
     "agree_live_only": agree_live_only,

@@ -26,6 +26,7 @@ from spine.core.consistency import Level
 from spine.core.ringmap import LEFT
 from tests.sim import invariants
 from tests.sim.cluster import SimCluster
+from tests.sim.feed_consumer import FeedConsumer, feed_violations
 from tests.sim.simnet import Faults
 from tests.sim.workload import Client, History
 
@@ -87,6 +88,8 @@ class Knobs:
     preload_cut: bool = False  # one member is cut off while they are written (so they miss it)
     # Convergence also waits for every live node's hints to drain (delivered or rerouted).
     drain_hints: bool = False
+    # A change-feed consumer follows the namespace through random nodes (tests/sim/feed_consumer).
+    feed: bool = False
 
 
 def run_seed(seed: int, knobs: Knobs | None = None, root: Path | None = None) -> Outcome:
@@ -144,6 +147,9 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
     r = c.config(c.first).policy().quorum(Level.SESSION).r
     removed: set[str] = set()
     work = [asyncio.ensure_future(cl.run(per_client, k.pause)) for cl in clients]
+    consumer = FeedConsumer(random.Random(rng.random()), clients[0].live, loop.time, c.log)
+    stop_feed = asyncio.Event()
+    following = asyncio.ensure_future(consumer.follow(stop_feed) if k.feed else stop_feed.wait())
     nemesis = asyncio.ensure_future(_nemesis(c, rng, k, out, removed))
     while not all(w.done() for w in work):
         await asyncio.sleep(k.check_every)
@@ -157,6 +163,8 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
         if isinstance(res, Exception):  # a client op raised what no client should ever see
             out.violations.append(f"client crashed: {res!r}")
     await nemesis
+    stop_feed.set()
+    await following
     for cl in clients:
         out.violations += cl.violations
     if out.violations:
@@ -183,6 +191,13 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
         return not gaps
     if not await _wait(c, converged, k.settle_deadline):
         out.violations += [f"no convergence by t={loop.time():.1f}: {g}" for g in gaps[:5]]
+        return
+    if k.feed:
+        if not await consumer.drain(k.settle_deadline):
+            out.violations.append(f"the feed did not drain by t={loop.time():.1f}")
+        out.violations += feed_violations(consumer, history)
+        c.log(f"feed: {len(consumer.delivered)} items in {consumer.polls} polls"
+              f" ({consumer.failures} failed)")
 
 
 def _nodes(c: SimCluster) -> dict[str, Any]:

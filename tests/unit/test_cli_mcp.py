@@ -67,7 +67,7 @@ def test_tools_send_what_they_are_given_through_one_client_per_session() -> None
         async with McpClient(server) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             assert names == {"write", "read", "search", "list", "delete", "history",
-                             "lease_acquire", "lease_release", "lease_show"}
+                             "lease_acquire", "lease_release", "lease_show", "changes"}
             r = await c.call_tool("write", {"content": "hi", "id": "m1", "tags": ["a"],
                                             "metadata": {"k": 1}, "agent_id": "bot"})
             assert not r.is_error and r.structured_content == {"call": "put"}
