@@ -191,7 +191,7 @@ def test_ci_short_schedule(tmp_path: Path) -> None:
     tail = (proc.stdout + proc.stderr)[-6000:]
     results = _outputs_ok(out)
     assert set(results["checkers"]) == {"register", "set", "session", "convergence",
-                                        "cas-register", "lock"}, tail
+                                        "cas-register", "lock", "feed"}, tail
     assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
 
 

@@ -123,8 +123,9 @@ def ctx_with(events: list[dict[str, Any]], **kw: Any) -> Ctx:
 # --------------------------------------------------------------------------- the registry
 
 
-def test_registry_names_the_six_workloads() -> None:
-    assert set(WORKLOADS) == {"register", "set", "session", "convergence", "cas-register", "lock"}
+def test_registry_names_the_seven_workloads() -> None:
+    assert set(WORKLOADS) == {"register", "set", "session", "convergence", "cas-register", "lock",
+                              "feed"}
     for name, registered in WORKLOADS.items():
         cls: Any = registered
         assert cls.name == name
@@ -135,7 +136,8 @@ def test_registry_names_the_six_workloads() -> None:
 
 def test_default_levels_and_the_level_override() -> None:
     expect = {"register": "strong", "set": "session", "session": "session",
-              "convergence": "eventual", "cas-register": "strong", "lock": "strong"}
+              "convergence": "eventual", "cas-register": "strong", "lock": "strong",
+              "feed": "session"}
     for name, cls in WORKLOADS.items():
         assert cls(ctx_with([])).level == expect[name]
         assert cls(ctx_with([], level="eventual")).level == "eventual"
