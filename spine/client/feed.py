@@ -12,6 +12,11 @@ handed out. It moves to a page's cursor when the page's last change is handed ou
 poll finds nothing), so a consumer that saves it after handling each change never saves a
 position past a change it has not handled.
 
+The feed delivers a change once per replica that logs it late, so a follower also drops a change
+it has already handed out: per key, a version no newer than the last one handed out (the feed
+never delivers an older one after a newer, so such an item is a repeat). It remembers the last
+`SEEN_KEYS` keys; a repeat of a key older than that is handed out again.
+
 `FollowState` and `retry_wait` are the pure part (no I/O, no clock); `Follower` and
 `AsyncFollower` drive them with a client's fetch and sleep.
 """
@@ -19,7 +24,7 @@ position past a change it has not handled.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 from spine.client.errors import CursorExpired, SpineHTTPError, Unreachable
@@ -29,6 +34,7 @@ from spine.core.errors import SpineError
 log = logging.getLogger("spine.client")
 
 BACKOFF_BASE_S = 0.5  # the first wait after a poll failed on every node
+SEEN_KEYS = 100_000  # keys whose last handed-out version a follower remembers (to drop repeats)
 
 
 def backoff(attempt: int, rand: float, cap: float, base: float = BACKOFF_BASE_S) -> float:
@@ -67,6 +73,8 @@ class FollowState:
         self.pending: deque[Change] = deque()
         self.failures = 0  # polls failed in a row (the backoff's attempt)
         self.retries = 0  # polls retried in all (for logs and tests)
+        self.repeats = 0  # changes dropped as already handed out
+        self._seen: OrderedDict[str, str] = OrderedDict()  # id -> last version handed out
         self._page_cursor: str | None = None
         self._on_cursor = on_cursor
 
@@ -78,11 +86,25 @@ class FollowState:
     def took(self, page: ChangesPage) -> None:
         """A poll answered `page`."""
         self.failures = 0
-        if page.items:
-            self.pending.extend(page.items)
+        fresh = [c for c in page.items if self._first(c)]
+        self.repeats += len(page.items) - len(fresh)
+        if fresh:
+            self.pending.extend(fresh)
             self._page_cursor = page.cursor
         else:
             self._advance(page.cursor)
+
+    def _first(self, change: Change) -> bool:
+        """Whether `change` is newer than what was handed out of its key (and remember it).
+        Version strings sort as the (hlc, node) pairs they encode."""
+        last = self._seen.get(change.id)
+        if last is not None and change.version <= last:
+            return False
+        self._seen[change.id] = change.version
+        self._seen.move_to_end(change.id)
+        if len(self._seen) > SEEN_KEYS:
+            self._seen.popitem(last=False)
+        return True
 
     def failed(self, err: BaseException, rand: float, cap: float) -> float:
         """A poll raised `err`: the seconds to wait before the next one; re-raises `err` when it

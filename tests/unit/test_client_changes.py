@@ -424,3 +424,19 @@ def test_openapi_declares_the_feed_with_this_nodes_bounds_and_both_media_types()
     default = openapi_document(8, Limits())["paths"]["/v1/ns/{ns}/changes"]["get"]
     assert default["parameters"][0]["schema"]["properties"]["wait_s"]["maximum"] == (
         FeedSection().max_wait_s)
+
+
+def test_a_follower_drops_a_change_it_already_handed_out() -> None:
+    # The feed repeats a change when another replica logs it later; per key it never goes back,
+    # so a version no newer than the last handed out is a repeat.
+    def ch(mid: str, hlc: int) -> Change:
+        return Change(mid, f"{hlc:016x}.n1", False, None)
+
+    state = FollowState(None, False)
+    state.took(ChangesPage([ch("a", 1), ch("b", 2)], "c1"))
+    assert [state.pop().id for _ in range(2)] == ["a", "b"] and state.cursor == "c1"
+    state.took(ChangesPage([ch("a", 1), ch("b", 2)], "c2"))  # nothing new: the cursor moves on
+    assert not state.pending and state.cursor == "c2" and state.repeats == 2
+    state.took(ChangesPage([ch("a", 1), ch("a", 3), ch("b", 16)], "c3"))
+    assert [(c.id, c.version) for c in state.pending] == [("a", f"{3:016x}.n1"),
+                                                         ("b", f"{16:016x}.n1")]
