@@ -245,7 +245,7 @@ class Node:
         self.feed = FeedService(
             node_id, self.store, self.rpc, members=self._feed_members,
             is_alive=self.liveness.is_alive, route=self._route, settle=self.coordinator.settle,
-            quorum_w=strong.w, now_hlc=self.hlc.now,
+            quorum_w=strong.w, metrics=self.metrics, now_hlc=self.hlc.now,
             grace_hlc=hlc_from_ms(cfg.tombstone.grace_s * 1000), rpc_timeout=t.read_ms / 1000,
             page_bytes=cfg.feed.page_bytes, max_waiters=cfg.feed.max_waiters,
             rng=lambda: self.rt.rng.getrandbits(62),

@@ -25,6 +25,7 @@ from spine.core import feed as rules
 from spine.core.errors import CursorExpired, NotServing, SpineError
 from spine.core.expiry import masked
 from spine.core.messages import FeedRead, Tag, feed_page_from_wire
+from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.routing import Route
 from spine.ports import RecordStore, Transport
@@ -51,6 +52,7 @@ class FeedService:
         route: Callable[[str, str], Route],
         settle: Callable[[Record], Awaitable[Record]],
         quorum_w: int,
+        metrics: SpineMetrics,
         now_hlc: Callable[[], int],
         grace_hlc: int,
         rpc_timeout: float,
@@ -66,6 +68,7 @@ class FeedService:
         self.route = route
         self.settle = settle
         self.quorum_w = quorum_w
+        self.metrics = metrics
         self.now_hlc = now_hlc
         self.grace_hlc = grace_hlc
         self.rpc_timeout = rpc_timeout
@@ -176,7 +179,12 @@ class FeedService:
                 deliver.append(state.newest)
             else:
                 unsettled.append(state.newest)
+        logged = len(deliver)
         held = await self._settle_all(unsettled, deliver)
+        self.metrics.feed_items.inc("logged", by=logged)
+        self.metrics.feed_items.inc("settled", by=len(deliver) - logged)
+        if held:
+            self.metrics.feed_held.inc(by=len(held))
         records = [masked(r, now) for r in rules.order_items(deliver)]
         return [r for r in records if r is not None], rules.Cursor(
             rules.advance(start, pages, held), now)

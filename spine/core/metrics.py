@@ -198,6 +198,13 @@ class SpineMetrics:
             "forwarded writes refused because they arrived after their deadline")
         self.session_waits = r.counter(
             "spine_session_escalations_total", "session reads that had to ask more replicas")
+        self.feed_items = r.counter(
+            "spine_feed_items_total", "change-feed items this node delivered to consumers, by how"
+            " each was made safe: logged (the logs showed it on a quorum), settled (a strong"
+            " read first)", ("how",))
+        self.feed_held = r.counter(
+            "spine_feed_held_total", "change-feed keys held back for a poll: no quorum could be"
+            " read or written for them (their positions stay)")
         self.paxos_rounds = r.counter(
             "spine_paxos_rounds_total",
             "Paxos rounds (strong and conditional writes, lease changes) by how they ended: "

@@ -71,8 +71,10 @@ def test_every_change_once_at_least_with_a_cursor_valid_at_any_node(
     ns = "feed-basic"
     latest = {f"k{i}": put(c, NODES[i % 3], ns, f"k{i}", f"first {i}") for i in range(30)}
     latest["k0"] = put(c, "n2", ns, "k0", "second")
+    before = c.metric("n1", "spine_feed_items_total")
     seen: list[dict[str, Any]] = []
     cursor = drain(c, "n1", ns, None, seen)
+    assert c.metric("n1", "spine_feed_items_total") - before == len(seen)
     got = {it["id"]: it["version"] for it in seen}
     assert got == latest or all(vkey(got[k]) >= vkey(v) for k, v in latest.items())
     assert set(got) == set(latest) and in_order(seen)
