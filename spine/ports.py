@@ -129,6 +129,12 @@ class RecordStore(Protocol):
         version, in seq order), and the store's last change seq."""
         ...
 
+    def feed_entries(
+        self, namespace: str, ids: Sequence[str]
+    ) -> list[tuple[Record | None, int]]:
+        """Per id: its stored version and the seq of its feed-log entry (None, 0: not stored)."""
+        ...
+
     def hint_counts(self) -> dict[str, int]:
         """Pending hints per target node."""
         ...

@@ -22,9 +22,17 @@ from typing import Any
 import structlog
 
 from spine.core import feed as rules
+from spine.core.clock import Version
 from spine.core.errors import CursorExpired, NotServing, SpineError
 from spine.core.expiry import masked
-from spine.core.messages import FeedRead, Tag, feed_page_from_wire
+from spine.core.messages import (
+    MAX_PROBE_IDS,
+    FeedProbe,
+    FeedRead,
+    Tag,
+    feed_page_from_wire,
+    feed_probe_from_wire,
+)
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.routing import Route
@@ -92,8 +100,16 @@ class FeedService:
         self.epoch = epoch
 
     def handlers(self) -> dict[Tag, Any]:
-        """The FeedRead handler."""
-        return {Tag.FEED: self.serve}
+        """The FeedRead and FeedProbe handlers."""
+        return {Tag.FEED: self.serve, Tag.FEED_PROBE: self.probe}
+
+    async def probe(self, _peer: str, msg: FeedProbe) -> dict[str, Any]:
+        """Per id: the version this node stores and its feed-log entry's seq (see FeedProbe)."""
+        if self.epoch == 0:
+            raise NotServing("the change feed is not started on this node")
+        entries = self.store.feed_entries(msg.namespace, msg.ids)
+        return {"epoch": self.epoch, "entries": [
+            [None if r is None else [r.version.hlc, r.version.node], seq] for r, seq in entries]}
 
     # ------------------------------------------------------------ serving a page of this log
 
@@ -180,14 +196,56 @@ class FeedService:
             else:
                 unsettled.append(state.newest)
         logged = len(deliver)
+        repeats = await self._repeats(namespace, unsettled, start)
+        unsettled = [r for r in unsettled if r.id not in repeats]
         held = await self._settle_all(unsettled, deliver)
         self.metrics.feed_items.inc("logged", by=logged)
         self.metrics.feed_items.inc("settled", by=len(deliver) - logged)
         if held:
             self.metrics.feed_held.inc(by=len(held))
+        if repeats:
+            self.metrics.feed_repeats.inc(by=len(repeats))
         records = [masked(r, now) for r in rules.order_items(deliver)]
         return [r for r in records if r is not None], rules.Cursor(
             rules.advance(start, pages, held), now)
+
+    async def _repeats(
+        self, namespace: str, records: list[Record], start: dict[str, rules.Position]
+    ) -> set[str]:
+        """The ids of `records` the consumer already has (or something newer of): asked of the
+        keys' live replicas, one FeedProbe per replica (`rules.delivered_before`)."""
+        asks: dict[str, list[str]] = {}
+        for rec in records:
+            for node in self.route(namespace, rec.id).write_to:
+                if node in start and self.is_alive(node):
+                    asks.setdefault(node, []).append(rec.id)
+        answers = await asyncio.gather(*(self._probe(n, namespace, ids)
+                                         for n, ids in asks.items()))
+        probes: dict[str, dict[str, rules.Probe]] = {}
+        for node, got in zip(asks, answers, strict=True):
+            if got is None:
+                continue
+            epoch, entries = got
+            for mid, (version, seq) in zip(asks[node], entries, strict=True):
+                probes.setdefault(mid, {})[node] = (epoch, version, seq)
+        return {r.id for r in records
+                if rules.delivered_before(r.version, probes.get(r.id, {}), start)}
+
+    async def _probe(
+        self, node: str, namespace: str, ids: list[str]
+    ) -> tuple[int, list[tuple[Version | None, int]]] | None:
+        out: list[tuple[Version | None, int]] = []
+        epoch = 0
+        for i in range(0, len(ids), MAX_PROBE_IDS):
+            chunk = ids[i:i + MAX_PROBE_IDS]
+            try:
+                reply = await self.rpc.call(node, FeedProbe(namespace, chunk), self.rpc_timeout)
+                epoch, entries = feed_probe_from_wire(reply, len(chunk))
+            except SpineError as e:
+                log.debug("feed_probe_failed", peer=node, error=e.code)
+                return None
+            out += entries
+        return epoch, out
 
     async def _settle_all(self, unsettled: list[Record], deliver: list[Record]) -> set[str]:
         """Settle each record (appending what to deliver); the ids that could not be."""

@@ -19,6 +19,11 @@ the newest back to a quorum. A later poll then reads at least that version from 
 so delivered versions of a key only increase. A key whose strong read fails (no quorum) is held:
 it is not delivered, and the positions of the members whose logs showed it stay before it.
 
+Most versions a lagging replica logs late were delivered already, from the replicas that logged
+them first: before settling one, the poll asks the key's replicas for their stored version and
+where its entry sits in their log, and drops it when the consumer's position shows it has that
+version or a newer one (`delivered_before`).
+
 A cursor older than the tombstone grace is refused (`cursor_expired`): deletes it has not seen
 may have been purged, so "at least once" could no longer hold.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from spine.core.clock import Version
 from spine.core.errors import InvalidInput
 from spine.core.model import Record
 
@@ -141,6 +147,27 @@ def on_quorum(state: KeyState, write_set: Sequence[str], need: int) -> bool:
     """Whether the logs showed the key's newest version on `need` members of its write set (so
     any later quorum read returns it or something newer): deliverable without a strong read."""
     return len(state.holders & set(write_set)) >= need
+
+
+Probe = tuple[int, Version | None, int]  # a member's (log epoch, stored version, its entry's seq)
+
+
+def delivered_before(
+    candidate: Version, probes: Mapping[str, Probe], start: Mapping[str, Position]
+) -> bool:
+    """Whether the consumer already has `candidate` or something newer of its key: some member
+    stores a version at least as new whose feed-log entry lies at or before the consumer's
+    position in that member's log. An entry stays at its seq until the record changes, and a
+    position only passes an entry that a poll read and delivered (a version at least as new),
+    or did not hold; so that version reached the consumer, and this one is a repeat (a replica
+    that logged the change late). Delivering it again would add nothing; not delivering it
+    breaks no promise."""
+    for node, (epoch, version, seq) in probes.items():
+        position = start.get(node)
+        if (position is not None and version is not None and version >= candidate
+                and 0 < seq <= after(position, epoch)):
+            return True
+    return False
 
 
 def advance(

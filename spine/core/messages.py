@@ -37,6 +37,7 @@ class Tag(enum.IntEnum):
     PAXOS_ACCEPT = 13
     PAXOS_COMMIT = 14
     FEED = 15
+    FEED_PROBE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,14 +389,60 @@ def feed_page_from_wire(reply: Any, limit: int) -> tuple[int, list[tuple[int, Re
         raise InvalidInput(f"bad feed page: {type(e).__name__}", field="body") from None
 
 
+MAX_PROBE_IDS = 1000
+MAX_PROBE_ID = 512
+
+
+@dataclass(frozen=True, slots=True)
+class FeedProbe:
+    """Per id of `namespace`: the version this node stores and the seq of its feed-log entry,
+    so a change-feed poll can tell a change the consumer already has (see spine.core.feed).
+    The reply: `{"epoch": e, "entries": [[[hlc, node] | None, seq], ...]}`, one per id."""
+
+    TAG: ClassVar[Tag] = Tag.FEED_PROBE
+    namespace: str = ""
+    ids: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.ids]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> FeedProbe:
+        if not isinstance(w[0], str) or not 0 < len(w[0]) <= 64:
+            raise InvalidInput("namespace must be a string of 1..64 characters", field="namespace")
+        ids = w[1]
+        if (not isinstance(ids, list) or len(ids) > MAX_PROBE_IDS
+                or not all(isinstance(i, str) and 0 < len(i) <= MAX_PROBE_ID for i in ids)):
+            raise InvalidInput(f"ids must be at most {MAX_PROBE_IDS} ids", field="ids")
+        return cls(w[0], ids)
+
+
+def feed_probe_from_wire(reply: Any, n: int) -> tuple[int, list[tuple[Version | None, int]]]:
+    """A peer's FeedProbe reply for `n` ids, checked: its log's epoch and, per id, the version
+    it stores (None: none) and its feed-log seq. InvalidInput for anything else."""
+    try:
+        epoch, entries = reply["epoch"], reply["entries"]
+        if not isinstance(entries, list) or len(entries) != n:
+            raise InvalidInput("a feed probe answers one entry per id", field="entries")
+        out: list[tuple[Version | None, int]] = []
+        for version, seq in entries:
+            v = None if version is None else ballot_from_wire(version)
+            out.append((v, _bounded_int(seq, 0, _MAX_SEQ, "seq")))
+        return _bounded_int(epoch, 1, _MAX_SEQ, "epoch"), out
+    except SpineError:
+        raise
+    except Exception as e:  # KeyError, TypeError, ValueError, ...
+        raise InvalidInput(f"bad feed probe: {type(e).__name__}", field="body") from None
+
+
 Message = (
     Ping | Apply | Read | Forward | ListPage | History | Search | ShardTreeQuery | ShardFetch
-    | RingSync | Transfer | PaxosPrepare | PaxosAccept | PaxosCommit | FeedRead
+    | RingSync | Transfer | PaxosPrepare | PaxosAccept | PaxosCommit | FeedRead | FeedProbe
 )
 
 _MESSAGES: tuple[Any, ...] = (
     Ping, Apply, Read, Forward, ListPage, History, Search, ShardTreeQuery, ShardFetch, RingSync,
-    Transfer, PaxosPrepare, PaxosAccept, PaxosCommit, FeedRead,
+    Transfer, PaxosPrepare, PaxosAccept, PaxosCommit, FeedRead, FeedProbe,
 )
 
 

@@ -202,6 +202,9 @@ class SpineMetrics:
             "spine_feed_items_total", "change-feed items this node delivered to consumers, by how"
             " each was made safe: logged (the logs showed it on a quorum), settled (a strong"
             " read first)", ("how",))
+        self.feed_repeats = r.counter(
+            "spine_feed_repeats_total", "change-feed items not sent again: a replica logged the"
+            " change late, and the consumer's cursor shows it has it already")
         self.feed_held = r.counter(
             "spine_feed_held_total", "change-feed keys held back for a poll: no quorum could be"
             " read or written for them (their positions stay)")

@@ -67,6 +67,11 @@ class FeedLog:
                 break
         return out
 
+    def seq_of(self, txn: Any, rk: bytes) -> int:
+        """In a read transaction: the seq of the entry of the record at `rk` (0: none)."""
+        raw = txn.get(rk, db=self.at)
+        return 0 if raw is None else from_u64(raw)
+
     def empty(self) -> bool:
         """Whether the log has no entry (a store written before it existed may need a backfill)."""
         with self._begin_read(self.at) as txn:

@@ -253,6 +253,22 @@ class Store:
                     break
         return out, head
 
+    def feed_entries(
+        self, namespace: str, ids: Sequence[str]
+    ) -> list[tuple[Record | None, int]]:
+        """Per id of `namespace`: its stored version and the seq of its feed-log entry (None and
+        0 when not stored), read in one transaction."""
+        out: list[tuple[Record | None, int]] = []
+        with self._begin_read(None) as txn:
+            for mid in ids:
+                rk = self.key_of(namespace, mid)
+                raw = txn.get(rk, db=self.records.db)
+                if raw is None:
+                    out.append((None, 0))
+                else:
+                    out.append((decode_record(raw), self.feed_log.seq_of(txn, rk)))
+        return out
+
     def _backfill_feed_log(self) -> None:
         """A store written before the feed log existed: give every stored key an entry (new
         change seqs, after every earlier one), once, at open."""

@@ -146,7 +146,17 @@ def feed_skips_held(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(feed, "advance", lambda start, pages, held: real(start, pages, set()))
 
 
+def feed_probe_any_holder(mp: pytest.MonkeyPatch) -> None:
+    """The change feed takes any replica holding a version as proof the consumer has it, not
+    only one whose entry lies at or before the consumer's position: a change seen first on one
+    replica is dropped as a repeat, and its position then passes it."""
+    def delivered_before(candidate: Any, probes: Mapping[str, Any], start: Any) -> bool:
+        return any(v is not None and v >= candidate for _, v, _ in probes.values())
+    mp.setattr(feed, "delivered_before", delivered_before)
+
+
 MUTANTS: dict[str, Mutant] = {
+    "feed_probe_any_holder": feed_probe_any_holder,
     "feed_unsettled": feed_unsettled,
     "feed_skips_held": feed_skips_held,
     "no_barrier": no_barrier,

@@ -85,6 +85,9 @@ TEETH: dict[str, Tooth] = {
     "feed_unsettled": Tooth((300, 301, 303), Knobs(feed=True), "feed order"),
     # The feed's positions moving past a key it could not settle (a partition): never delivered.
     "feed_skips_held": Tooth((301, 302, 306), Knobs(feed=True), "feed lost"),
+    # Any replica holding a version taken as proof the consumer has it (not only one whose
+    # entry lies behind the consumer's position): a change is dropped as a repeat, then passed.
+    "feed_probe_any_holder": Tooth((300, 301, 302), Knobs(feed=True), "feed lost"),
 }
 
 

@@ -12,7 +12,13 @@ import pytest
 from spine.core import feed as rules
 from spine.core.clock import Version
 from spine.core.errors import InvalidInput
-from spine.core.messages import FeedRead, decode, feed_page_from_wire
+from spine.core.messages import (
+    FeedProbe,
+    FeedRead,
+    decode,
+    feed_page_from_wire,
+    feed_probe_from_wire,
+)
 from spine.core.model import Record
 
 
@@ -136,3 +142,36 @@ def test_a_feed_page_decodes() -> None:
         {"epoch": 3, "entries": [[1, rec("a", 1).to_wire()], [4, rec("b", 2).to_wire()]],
          "next": 4}, 10)
     assert epoch == 3 and [s for s, _ in entries] == [1, 4] and nxt == 4
+
+
+def test_a_version_is_a_repeat_only_behind_the_consumers_position() -> None:
+    v5, v6 = Version(5, "n1"), Version(6, "n1")
+    start = {"n1": (7, 10), "n2": (8, 3)}
+    # n1 stores v5 at seq 9 <= its position 10: the consumer has v5 (or newer) already.
+    assert rules.delivered_before(v5, {"n1": (7, v5, 9)}, start)
+    assert rules.delivered_before(v5, {"n1": (7, v6, 10)}, start)  # a newer one: also had
+    assert not rules.delivered_before(v6, {"n1": (7, v5, 9)}, start)  # older than the candidate
+    assert not rules.delivered_before(v5, {"n1": (7, v5, 11)}, start)  # not read yet
+    assert not rules.delivered_before(v5, {"n1": (9, v5, 9)}, start)  # another log (rebuilt)
+    assert not rules.delivered_before(v5, {"n1": (7, None, 0)}, start)  # not stored
+    assert not rules.delivered_before(v5, {"n3": (1, v5, 1)}, start)  # not in the cursor
+    assert not rules.delivered_before(v5, {}, start)
+    assert rules.delivered_before(v5, {"n1": (7, v5, 11), "n2": (8, v5, 2)}, start)
+
+
+def test_a_feed_probe_round_trips_and_hostile_ones_are_refused() -> None:
+    msg = FeedProbe("ns", ["a", "b"])
+    assert decode(int(FeedProbe.TAG), msg.to_wire()) == msg
+    for body, field in [(["ns", ["a"] * 1001], "ids"), (["ns", [""]], "ids"),
+                        (["ns", ["x" * 513]], "ids"), (["ns", "a"], "ids"),
+                        (["", []], "namespace")]:
+        with pytest.raises(InvalidInput) as info:
+            decode(int(FeedProbe.TAG), body)
+        assert info.value.field == field
+    epoch, entries = feed_probe_from_wire({"epoch": 4, "entries": [[[5, "n1"], 9], [None, 0]]}, 2)
+    assert epoch == 4 and entries == [(Version(5, "n1"), 9), (None, 0)]
+    for reply, n in (({"epoch": 4, "entries": [[None, 0]]}, 2), ({"epoch": 0, "entries": []}, 0),
+                     ({"epoch": 4, "entries": [[[5, 7], 1]]}, 1),
+                     ({"epoch": 4, "entries": [[None, -1]]}, 1), ({"entries": []}, 0)):
+        with pytest.raises(InvalidInput):
+            feed_probe_from_wire(reply, n)

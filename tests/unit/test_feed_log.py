@@ -132,3 +132,14 @@ async def test_a_store_written_before_the_log_existed_is_backfilled_at_open(
         assert all(seq > before for seq, _ in items) and head == s.seq == before + 2
     finally:
         s.close()
+
+
+@pytest.mark.asyncio
+async def test_feed_entries_name_each_keys_version_and_entry_seq(store: Store) -> None:
+    await store.apply([rec("a", 1), rec("b", 2)])
+    await store.apply([rec("a", 3)])
+    items, _ = store.feed_since("ns", 0, 100)
+    seq = {r.id: s for s, r in items}
+    got = store.feed_entries("ns", ["a", "b", "missing"])
+    assert [(None if r is None else r.version.hlc, s) for r, s in got] == [
+        (3, seq["a"]), (2, seq["b"]), (None, 0)]
