@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from spine.core.config import load
+from spine.core.config import FeedSection, load
 from spine.core.secret_policy import check_secret_policy
 from tests.integration.debian import ensure
 
@@ -117,3 +117,7 @@ def test_haproxy_accepts_the_shipped_config() -> None:
     assert "balance roundrobin" in text and "option httpchk GET /readyz" in text
     assert not re.search(r"^\s*(cookie|stick|balance source|hash-type)", text, flags=re.M), \
         "no stickiness"
+    # The change feed's backend outwaits the longest long poll a node allows.
+    feed = text.split("backend spine_feed", 1)[1]
+    wait = re.search(r"timeout server (\d+)s", feed)
+    assert wait is not None and int(wait.group(1)) > FeedSection().max_wait_s + 5, feed

@@ -50,7 +50,8 @@ def render(cfg: str, lb_port: int, node_ports: list[int]) -> str:
                          rf"\1server spine{i} 127.0.0.1:{port} check", out, flags=re.M)
         servers += n
     # If the shipped file changes shape, this test must change with it, not run on a stale copy.
-    assert binds == 1 and servers == len(node_ports), "docker/haproxy.cfg changed shape"
+    backends = len(re.findall(r"^backend ", cfg, flags=re.M))
+    assert binds == 1 and servers == backends * len(node_ports), "docker/haproxy.cfg changed shape"
     assert "resolvers" not in out and "spine1:" not in out
     return out
 
@@ -250,3 +251,20 @@ def test_clients_through_haproxy_keep_their_writes_across_a_kill_and_a_pause(
     assert violations == [], violations[:10]
     assert lost == [], lost[:10]
     assert sum(len(r.acked) for r in runs) == CLIENTS * KEYS_PER_CLIENT
+
+
+def test_a_change_feed_long_poll_through_haproxy_outwaits_the_default_server_timeout(
+    balanced: tuple[LocalCluster, Haproxy],
+) -> None:
+    # docker/haproxy.cfg sends /changes to a backend whose server timeout is 40 s (15 s for
+    # the rest): a poll waiting 16 s for a change must come back 200, not haproxy's 504.
+    _, lb = balanced
+    ns = "through-lb"
+    start = http_request(lb.port, "GET", f"/v1/ns/{ns}/changes?from=now")
+    assert start.status == 200, start.body
+    cursor = start.json()["cursor"]
+    began = time.monotonic()
+    r = http_request(lb.port, "GET", f"/v1/ns/{ns}/changes?cursor={cursor}&wait_s=16",
+                     timeout=40)
+    assert r.status == 200, r.body
+    assert r.json()["items"] == [] and time.monotonic() - began >= 15.5
