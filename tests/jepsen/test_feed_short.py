@@ -93,7 +93,29 @@ def put_as_deletion(events: Events) -> None:
     item["deleted"], item["record"] = True, None
 
 
+def assert_feed_run_and_teeth(out: Path, results: dict[str, Any], fault_moves: int = 2) -> None:
+    """A run's feed verdict is VALID with a consumer really moved and fed, and each anomaly
+    planted in the run's own recorded deliveries makes the same history invalid with it. Used
+    by the CI short schedule (tests/jepsen/test_runner_short.py), which runs the feed among all
+    workloads, and by the feed-only schedule below."""
+    feed = results["checkers"]["feed"]
+    assert feed["valid"] is True and feed["drained"], feed["summary"]
+    assert feed["moves"]["fault"] >= fault_moves and len(feed["nodes_polled"]) >= 2, feed
+    assert feed["acknowledged"] >= 100 and feed["delivered_exact"] >= 50, feed["summary"]
+    events = [e for e in load_jsonl(out / "history.jsonl") if e.get("workload") == "feed"]
+    assert check_feed(events)["valid"] is True
+    plants: list[tuple[Callable[[Events], None], str]] = [
+        (drop_fresh_key, "lost_count"), (redeliver_old_version, "order_count"),
+        (rewrite_record, "phantom_count"), (put_as_deletion, "mismatch_count")]
+    for plant, count in plants:
+        planted = copy.deepcopy(events)
+        plant(planted)
+        r = check_feed(planted)
+        assert r["valid"] is False and r[count] >= 1, (plant.__name__, r["summary"])
+
+
 @pytest.mark.integration
+@pytest.mark.slow  # the CI short schedule runs the feed among all workloads, with these checks
 @pytest.mark.timeout(150)
 def test_feed_short_schedule(tmp_path: Path) -> None:
     out = tmp_path / "feed"
@@ -107,21 +129,7 @@ def test_feed_short_schedule(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     feed = results["checkers"]["feed"]
     assert proc.returncode == 0, f"exit {proc.returncode}: {feed.get('summary')}\n{tail}"
-    assert feed["valid"] is True and feed["drained"], feed["summary"]
-    # The consumer followed the feed across nodes, moved by faults, and was fed.
-    assert feed["moves"]["fault"] >= 2 and len(feed["nodes_polled"]) >= 2, feed
-    assert feed["acknowledged"] >= 100 and feed["delivered_exact"] >= 50, feed["summary"]
-
-    events = [e for e in load_jsonl(out / "history.jsonl") if e.get("workload") == "feed"]
-    assert check_feed(events)["valid"] is True
-    plants: list[tuple[Callable[[Events], None], str]] = [
-        (drop_fresh_key, "lost_count"), (redeliver_old_version, "order_count"),
-        (rewrite_record, "phantom_count"), (put_as_deletion, "mismatch_count")]
-    for plant, count in plants:
-        planted = copy.deepcopy(events)
-        plant(planted)
-        r = check_feed(planted)
-        assert r["valid"] is False and r[count] >= 1, (plant.__name__, r["summary"])
+    assert_feed_run_and_teeth(out, results)
 
 
 # --------------------------------------------------------------------------- against a fake

@@ -193,6 +193,11 @@ def test_ci_short_schedule(tmp_path: Path) -> None:
     assert set(results["checkers"]) == {"register", "set", "session", "convergence",
                                         "cas-register", "lock", "feed"}, tail
     assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
+    # The feed's consumer followed across nodes, was moved by faults and was fed; and the feed
+    # checker has teeth on this very run (tests/jepsen/test_feed_short.py plants each anomaly).
+    from tests.jepsen.test_feed_short import assert_feed_run_and_teeth
+    # Its 40 s bring two fault starts, the second near the end: one move is what it can promise.
+    assert_feed_run_and_teeth(out, results, fault_moves=1)
 
 
 @pytest.mark.integration
