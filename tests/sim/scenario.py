@@ -147,7 +147,9 @@ async def _run(c: SimCluster, rng: random.Random, k: Knobs, out: Outcome) -> Non
     r = c.config(c.first).policy().quorum(Level.SESSION).r
     removed: set[str] = set()
     work = [asyncio.ensure_future(cl.run(per_client, k.pause)) for cl in clients]
-    consumer = FeedConsumer(random.Random(rng.random()), clients[0].live, loop.time, c.log)
+    # Drawn only with a consumer: the seeds without one keep the schedules they always had.
+    consumer = FeedConsumer(random.Random(rng.random() if k.feed else 0), clients[0].live,
+                            loop.time, c.log)
     stop_feed = asyncio.Event()
     following = asyncio.ensure_future(consumer.follow(stop_feed) if k.feed else stop_feed.wait())
     nemesis = asyncio.ensure_future(_nemesis(c, rng, k, out, removed))
