@@ -33,7 +33,9 @@ Printed and written to bench/results/feed-<timestamp>.json: per phase, put ops/s
 of the id or a newer one; negative when the consumer saw it before the writer's ack arrived),
 duplicates delivered, per-key order violations, acknowledged changes never delivered (must be 0),
 the drain time, and node CPU per delivered change estimated as (node CPU of the `on` window -
-puts x the `off` phase's node CPU per put) / changes delivered. Asserts nothing.
+puts x the `off` phase's node CPU per put) / changes delivered, and the nodes' `spine_feed_*`
+counters over the phase (items delivered as logged on a quorum or settled by a strong read
+first; repeats not sent; keys held). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +324,27 @@ async def replay(urls: list[str], ns: str, limit: int, deadline_s: float) -> dic
             "complete": complete}
 
 
+# ----------------------------------------------------------------------------- node metrics
+
+
+def feed_counters(urls: list[str]) -> dict[str, float]:
+    """The nodes' `spine_feed_*` counters (from /metrics), summed over the nodes, by series."""
+    out: dict[str, float] = collections.defaultdict(float)
+    for url in urls:
+        with contextlib.suppress(OSError, ValueError), \
+                urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("spine_feed_") and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    out[name] += float(value)
+    return dict(out)
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in sorted(after.items())
+            if v - before.get(k, 0.0)}
+
+
 # ----------------------------------------------------------------------------- phases
 
 
@@ -345,6 +369,7 @@ def run_phase(args: argparse.Namespace, cluster: sb.Cluster, n: int,
     q: Any = ctx.Queue()
     ready, drain, stop = ctx.Event(), ctx.Event(), ctx.Event()
     proc = None
+    counters0 = feed_counters(cluster.urls) if consumer else {}
     if consumer:
         proc = ctx.Process(target=consumer_main, name="feed-consumer", daemon=True,
                            args=(cluster.urls, ns, args.consumer_node, args.limit, args.wait_s,
@@ -392,6 +417,9 @@ def run_phase(args: argparse.Namespace, cluster: sb.Cluster, n: int,
             proc.kill()
             proc.join(5)
     out.update(feed_figures(deliveries, acked, marks))
+    # how the nodes made each delivered item safe (logged on a quorum, or settled by a strong
+    # read), repeats suppressed and keys held: the counters' change over the phase
+    out["node_feed_counters"] = counter_delta(counters0, feed_counters(cluster.urls))
     return out, acked
 
 
@@ -448,6 +476,7 @@ def report_phase(r: dict[str, Any]) -> None:
     print(f"   acknowledged {r['acked']:,}, not delivered after the drain "
           f"({r['drain_s']:.1f} s): {r['acked_not_delivered']} (superseded by a delivered newer "
           f"version: {r['acked_superseded']}); consumer {r['consumer']}", flush=True)
+    print(f"   node feed counters over the phase: {r['node_feed_counters'] or 'none'}", flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -469,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-s", type=float, default=30.0)
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--base-port", type=int, default=40788)
+    ap.add_argument("--ready-s", type=float, default=180.0,
+                    help="how long the nodes may take to answer /readyz")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args(argv)
@@ -485,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         "phases": []}
     cluster = sb.Cluster(data, args.base_port)
     try:
+        # a longer wait than Cluster.start's 60 s: on the shared box three nodes can take longer
+        sb.wait_ready(cluster.urls, cluster.up, args.ready_s)
         cluster.start()
         on_ns = None
         for n, phase in enumerate(phases, 1):
