@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.sim.soak --seeds 10000          # seeds 0..9999, one worker a core
     .venv/bin/python -m tests.sim.soak --seeds 500 --first 20000
     .venv/bin/python -m tests.sim.soak --seed 25 --trace      # replay one seed, print its trace
+    .venv/bin/python -m tests.sim.soak --seeds 1000 --first 1000 --feed   # with a feed consumer
 
 Prints progress, every failing seed's report, and the rate in seeds per minute; exits 1 if any
 seed failed.
@@ -17,12 +18,12 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from tests.sim.scenario import Outcome, run_seed
+from tests.sim.scenario import Knobs, Outcome, run_seed
 
 
-def _one(seed: int) -> tuple[int, bool, str, float]:
+def _one(seed: int, feed: bool = False) -> tuple[int, bool, str, float]:
     t = time.perf_counter()
-    out: Outcome = run_seed(seed)
+    out: Outcome = run_seed(seed, Knobs(feed=feed))
     return seed, out.ok, "" if out.ok else out.report(), time.perf_counter() - t
 
 
@@ -34,9 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="run only this seed, in this process")
     p.add_argument("--trace", action="store_true", help="with --seed: print the whole trace")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--feed", action="store_true",
+                   help="a change-feed consumer follows the namespace in every seed, and what it"
+                        " got is checked (tests/sim/feed_consumer.py)")
     a = p.parse_args(argv)
     if a.seed is not None:
-        out = run_seed(a.seed)
+        out = run_seed(a.seed, Knobs(feed=a.feed))
         if a.trace:
             print("\n".join(out.trace))
         print(f"seed={a.seed} change={out.change} faults={out.faults} ok={out.ok}"
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(a.workers, mp_context=ctx) as ex:
-        for seed, ok, report, _took in ex.map(_one, seeds, chunksize=4):
+        for seed, ok, report, _took in ex.map(_one, seeds, [a.feed] * len(seeds), chunksize=4):
             done += 1
             if not ok:
                 failed.append(seed)
