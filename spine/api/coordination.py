@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
+from spine.core import bodies
 from spine.core import leases as lease_rules
 from spine.core.conditions import (
     LEASE_NAME_RE,
@@ -52,11 +53,11 @@ IF_MATCH_RE = re.compile(r'(?:W/)?"[0-9a-f]{16}\.[!#-~]{1,183}"')
 FENCE_RE = re.compile(f"{LEASE_NAME_RE.pattern}={TOKEN_DIGITS}")
 HOLDER_RE = lease_rules.HOLDER_RE  # printable ASCII, 1..128 characters
 TOKEN_RE = re.compile(TOKEN_DIGITS)
-LEASE_FIELDS = ("holder", "ttl_ms")
+LEASE_FIELDS = tuple(bodies.LeaseFields.__struct_fields__)
 
 NamespaceOf = Callable[[web.Request], str]
 Admit = Callable[[web.Request, str], None]
-ReadJson = Callable[[web.Request], Awaitable[Any]]
+ReadBody = Callable[[web.Request], Awaitable[bytes]]
 
 
 def _single(headers: Mapping[str, str], name: str) -> str | None:
@@ -98,19 +99,31 @@ def condition_of(headers: Mapping[str, str], method: str) -> Condition:
     return Condition(if_match=if_match, if_none_match=if_none, fence=fence)
 
 
-def refuse_batch_conditions(headers: Mapping[str, str], items: list[Any]) -> None:
-    """InvalidInput naming the header or item field when a `_batch` request carries a condition:
-    batches are applied item by item, so conditions are taken on single-key writes only."""
+def refuse_condition_headers(headers: Mapping[str, str]) -> None:
+    """InvalidInput naming the header when a `_batch` request carries a condition: batches are
+    applied item by item, so conditions are taken on single-key writes only."""
     for name in CONDITION_HEADERS:
         if name in headers:
             raise InvalidInput(f"_batch takes no {name}: send conditional writes one key at a"
                                " time (PUT/DELETE /v1/ns/{ns}/memories/{id})", field=name)
+
+
+def refuse_item_conditions(i: int, item: object) -> None:
+    """InvalidInput naming the field when `_batch` item `i` carries a condition."""
+    if isinstance(item, dict):
+        for key in BATCH_ITEM_CONDITIONS:
+            if key in item:
+                raise InvalidInput(f"a _batch item takes no {key}: send conditional writes"
+                                   " one key at a time", field=f"items[{i}].{key}")
+
+
+def refuse_batch_conditions(headers: Mapping[str, str], items: list[Any]) -> None:
+    """InvalidInput naming the header or item field when a `_batch` request carries a
+    condition (`validation.decode_batch` calls `refuse_item_conditions` on items that are not
+    writes, which an item with a condition never is)."""
+    refuse_condition_headers(headers)
     for i, item in enumerate(items):
-        if isinstance(item, dict):
-            for key in BATCH_ITEM_CONDITIONS:
-                if key in item:
-                    raise InvalidInput(f"a _batch item takes no {key}: send conditional writes"
-                                       " one key at a time", field=f"items[{i}].{key}")
+        refuse_item_conditions(i, item)
 
 
 def release_token(query: Mapping[str, str]) -> int:
@@ -122,20 +135,13 @@ def release_token(query: Mapping[str, str]) -> int:
     return int(raw)
 
 
-def lease_request(body: Any, max_ttl_ms: int) -> tuple[str, int]:
-    """The holder and ttl_ms of an acquire body `{"holder", "ttl_ms"}`, or InvalidInput naming
-    the field (unknown fields are refused, as in every other body)."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object", field="body")
-    for name in body:
-        if name not in LEASE_FIELDS:
-            raise InvalidInput(f"unknown field {name!r}", field=name)
-    holder, ttl_ms = body.get("holder"), body.get("ttl_ms")
-    if isinstance(holder, str) and not HOLDER_RE.fullmatch(holder):
-        raise InvalidInput("holder must be 1..128 printable ASCII characters", field="holder")
-    if isinstance(ttl_ms, float) and ttl_ms.is_integer():  # JSON has one number type: 5.0 is 5
-        ttl_ms = int(ttl_ms)
-    return lease_rules.check_request(holder, ttl_ms, max_ttl_ms)
+def lease_request(body: object, max_ttl_ms: int) -> tuple[str, int]:
+    """The holder and ttl_ms of an acquire body `{"holder", "ttl_ms"}` (the JSON bytes, or
+    Python values), decoded into `LeaseRequest`, or InvalidInput naming the field."""
+    kind = bodies.lease_type(max_ttl_ms)
+    got = (bodies.decode(body, kind) if isinstance(body, bytes)
+           else bodies.convert(body, kind))
+    return lease_rules.check_request(got.holder, int(got.ttl_ms), max_ttl_ms)
 
 
 def _reply(data: Any) -> web.Response:
@@ -146,12 +152,12 @@ class LeaseRoutes:
     """`POST|GET|DELETE /v1/ns/{ns}/leases/{name}`: acquire or renew, show, release."""
 
     def __init__(self, leases: Leases | None, max_ttl_ms: int, namespace: NamespaceOf,
-                 admit: Admit, read_json: ReadJson) -> None:
+                 admit: Admit, read_body: ReadBody) -> None:
         self.leases = leases
         self.max_ttl_ms = max_ttl_ms
         self.namespace = namespace  # validates the namespace and the caller's right to use it
         self.admit = admit  # the namespace quota, as for a memory write
-        self.read_json = read_json
+        self.read_body = read_body
 
     def add_to(self, router: web.UrlDispatcher) -> None:
         """Register the three routes."""
@@ -171,7 +177,7 @@ class LeaseRoutes:
     async def acquire(self, request: web.Request) -> web.Response:
         """Grant the lease to `holder` for `ttl_ms` (or renew it): 200, or 409 lease_held."""
         leases, ns, name = self._target(request)
-        holder, ttl_ms = lease_request(await self.read_json(request), self.max_ttl_ms)
+        holder, ttl_ms = lease_request(await self.read_body(request), self.max_ttl_ms)
         self.admit(request, ns)
         lease = await leases.acquire(ns, name, holder, ttl_ms)
         return _reply(lease.public())

@@ -34,13 +34,14 @@ node and release, and one that says nothing about equal content in other namespa
 from __future__ import annotations
 
 import hashlib
-import math
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from msgspec import UNSET
 
+from spine.core import bodies as b
 from spine.core import validation as v
 from spine.core.clock import Version
 from spine.core.conditions import Condition
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
 FIELD = "dedup"
 EXACT = "exact"
-SEMANTIC_FIELDS = ("min_score", "tags_all", "agent_id")
+SEMANTIC_FIELDS = tuple(b.DedupFields.__struct_fields__)
 ID_PREFIX = "sha256-"
 ID_HEX = 32  # 128 bits: collisions need ~2**64 distinct facts in one namespace
 _DOMAIN = b"spine-dedup-exact-v1\x00"
@@ -100,28 +101,24 @@ def exact_id(namespace: str, content: str) -> str:
     return ID_PREFIX + h.hexdigest()[:ID_HEX]
 
 
-def parse(value: object, limits: v.Limits) -> Dedup:
-    """A `dedup` value, or InvalidInput naming the field (`dedup`, `dedup.min_score`, ...)."""
+def spec_of(value: Any) -> Dedup | None:
+    """The dedup a decoded create body asks for (its `dedup` field: UNSET when absent, "exact"
+    or a decoded `DedupSpec`)."""
+    if value is UNSET:
+        return None
     if value == EXACT:
         return Exact()
-    if not isinstance(value, dict):
-        raise InvalidInput('dedup must be "exact" or {"min_score": s} with s in [0, 1]',
-                           field=FIELD)
-    for name in value:
-        if name not in SEMANTIC_FIELDS:
-            raise InvalidInput(f"unknown field {name!r}: dedup takes min_score, tags_all and"
-                               " agent_id", field=f"{FIELD}.{name}")
-    score = value.get("min_score")
-    if (isinstance(score, bool) or not isinstance(score, int | float)
-            or not math.isfinite(float(score)) or not 0.0 <= float(score) <= 1.0):
-        raise InvalidInput("dedup.min_score is required: a number in [0, 1]",
-                           field=f"{FIELD}.min_score")
-    agent = value.get("agent_id")
-    return Semantic(
-        min_score=float(score),
-        tags_all=v.tags(value.get("tags_all", []), limits, f"{FIELD}.tags_all"),
-        agent_id=None if agent is None else v.agent_id(agent, f"{FIELD}.agent_id"),
-    )
+    assert isinstance(value, b.DedupFields)
+    return Semantic(min_score=float(value.min_score),
+                    tags_all=tuple(sorted(set(value.tags_all))), agent_id=value.agent_id)
+
+
+def parse(value: object, limits: v.Limits) -> Dedup:
+    """A `dedup` value given as Python values, or InvalidInput naming the field (`dedup`,
+    `dedup.min_score`, ...): converted into the type a create body decodes it as."""
+    spec = spec_of(b.convert(value, b.dedup_union(limits), FIELD))
+    assert spec is not None
+    return spec
 
 
 def take(body: object, limits: v.Limits) -> tuple[Dedup | None, object]:
@@ -133,13 +130,17 @@ def take(body: object, limits: v.Limits) -> tuple[Dedup | None, object]:
     return parse(rest.pop(FIELD), limits), rest
 
 
+def on_put() -> InvalidInput:
+    """The 400 for a PUT body with `dedup`: a PUT names its id, which dedup would contradict
+    (exact dedup derives the id; semantic dedup may answer another one)."""
+    return InvalidInput("dedup applies to POST /v1/ns/{ns}/memories only: a PUT names its id;"
+                        " use If-None-Match: * to create a named id only if absent", field=FIELD)
+
+
 def refuse_on_put(body: object) -> object:
-    """`body` unchanged, or InvalidInput field dedup: a PUT names its id, which dedup would
-    contradict (exact dedup derives the id; semantic dedup may answer another one)."""
+    """`body` unchanged, or `on_put()` when it holds `dedup`."""
     if isinstance(body, dict) and FIELD in body:
-        raise InvalidInput("dedup applies to POST /v1/ns/{ns}/memories only: a PUT names its id;"
-                           " use If-None-Match: * to create a named id only if absent",
-                           field=FIELD)
+        raise on_put()
     return body
 
 

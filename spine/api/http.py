@@ -16,10 +16,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from spine.api import dedup
+from spine.api import decode, dedup
 from spine.api.auth import ANONYMOUS, Authenticator, Principal
 from spine.api.changes import ChangeRoutes
-from spine.api.coordination import LeaseRoutes, condition_of, refuse_batch_conditions
+from spine.api.coordination import LeaseRoutes, condition_of
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.limits import CLOSE_AFTER, HttpLimits, LimitedRequestHandler
 from spine.api.openapi import openapi_document
@@ -60,7 +60,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 UNCOUNTED = ("/healthz", "/readyz", "/metrics")  # probes: no slot, no per-client limit
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SearchFn = Callable[[str, dict[str, Any], SessionToken | None, Level | None], Awaitable[Any]]
+# the body: a decoded SearchBody, or Python values (semantic dedup's query)
+SearchFn = Callable[[str, Any, SessionToken | None, Level | None], Awaitable[Any]]
 
 
 @dataclass
@@ -119,19 +120,6 @@ async def read_body(request: web.Request, timeout: float) -> None:
                              " (limits.body_timeout_ms)", field="body") from None
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge("request body is past limits.body_bytes", field="body") from None
-
-
-async def _read_json(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise TooLarge("request body is past limits.body_bytes", field="body") from None
-    if not raw:
-        raise InvalidInput("a JSON body is required", field="body")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"malformed JSON: {e}", field="body") from None
 
 
 def _level(request: web.Request) -> Level | None:
@@ -236,7 +224,7 @@ def build_app(svc: Services) -> web.Application:
     r.add_get("/v1/ns/{ns}/memories", h.list)
     r.add_post("/v1/ns/{ns}/search", h.search)
     LeaseRoutes(svc.leases, svc.max_lease_ttl_ms, h._ns, h._admit_namespace,
-                _read_json).add_to(r)
+                decode.raw_body).add_to(r)
     ChangeRoutes(svc.feed, svc.feed_limits, h._ns).add_to(r)
     r.add_get("/v1/cluster", h.cluster)
     r.add_get("/v1/cluster/shards", h.shards)
@@ -323,8 +311,7 @@ class _Handlers:
         mid = v.memory_id(request.match_info["id"])
         include_vector = _flag(request, "include_vector")
         cond = condition_of(request.headers, "PUT")
-        raw = dedup.refuse_on_put(await _read_json(request))  # a PUT names its id: 400
-        body = v.write_body(raw, self.svc.limits, self.svc.dim)
+        body = decode.put_body(await decode.raw_body(request), self.svc.limits, self.svc.dim)
         self._admit_namespace(request, ns)
         item, token = await self._write_one(request, ns, WriteOp(mid, body), cond)
         assert item.result is not None
@@ -335,8 +322,8 @@ class _Handlers:
     async def create(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
         condition_of(request.headers, "POST")  # 400 for any: a minted id has no state to match
-        spec, raw = dedup.take(await _read_json(request), self.svc.limits)  # spine.api.dedup
-        body = v.write_body(raw, self.svc.limits, self.svc.dim)
+        body, spec = decode.create_body(await decode.raw_body(request), self.svc.limits,
+                                        self.svc.dim)
         self._admit_namespace(request, ns)
         if spec is not None:
             return await dedup.create(self, request, ns, body, spec)
@@ -406,34 +393,8 @@ class _Handlers:
 
     async def batch(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
-        body = await _read_json(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object", field="body")
-        for name in body:
-            if name != "items":
-                raise InvalidInput(f"unknown field {name!r}", field=name)
-        raw_items = body.get("items")
-        if not isinstance(raw_items, list) or not raw_items:
-            raise InvalidInput("items must be a non-empty list", field="items")
-        if len(raw_items) > self.svc.limits.batch_items:
-            raise TooLarge(f"at most {self.svc.limits.batch_items} items", field="items")
-        refuse_batch_conditions(request.headers, raw_items)
-        ops: list[WriteOp] = []
-        for i, raw in enumerate(raw_items):
-            where = f"items[{i}]"
-            if not isinstance(raw, dict):
-                raise InvalidInput("each item must be a JSON object", field=where)
-            fields = dict(raw)
-            mid = v.memory_id(fields.pop("id", None), f"{where}.id")
-            if fields.get("delete") is True:
-                if set(fields) != {"delete"}:
-                    raise InvalidInput("a delete item holds only id and delete", field=where)
-                ops.append(WriteOp(mid, None))
-            else:
-                if "delete" in fields:
-                    raise InvalidInput("delete must be true when present", field=f"{where}.delete")
-                ops.append(WriteOp(mid, v.write_body(fields, self.svc.limits, self.svc.dim,
-                                                     f"{where}.")))
+        ops = decode.batch_ops(await decode.raw_body(request), request.headers,
+                               self.svc.limits, self.svc.dim)
         if any(op.body is not None for op in ops):
             self._admit_namespace(request, ns)
         token = _token(request, self.svc.session_max_keys)
@@ -456,9 +417,7 @@ class _Handlers:
         ns = self._ns(request)
         if self.svc.search is None:
             raise InvalidInput("search is not available on this node", field="path")
-        body = await _read_json(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object", field="body")
+        body = v.decode_search(await decode.raw_body(request), self.svc.limits, self.svc.dim)
         token = _token(request, self.svc.session_max_keys)
         result = await self.svc.search(ns, body, token, _level(request))
         return self._reply(request, result, self._session(token))

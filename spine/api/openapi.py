@@ -1,10 +1,12 @@
 """The OpenAPI 3.1 document served at /openapi.json (DESIGN §11).
 
-The document is built from the node's limits and vector dimension, so every schema is exactly as
-strict as the server's validation (`spine.core.validation`): a request the schema allows is one
-the server accepts, and one it forbids the server refuses with a 4xx. schemathesis checks both
-directions in `make test` (tests/integration/test_schemathesis.py); a change to validation that
-is not mirrored here fails that test.
+Every request and reply body is a `$ref` to a schema generated from the structs of
+`spine.core.bodies`, the types the server decodes request bodies with, bound by this node's
+limits and vector dimension: a request the document allows is one the server accepts, and one it
+forbids the server refuses with a 4xx. Paths, parameters and headers are written here, from the
+same patterns the handlers match. schemathesis checks both directions in `make test`
+(tests/integration/test_schemathesis.py), and tests/unit/test_cli_api_docs.py checks the paths
+against the router.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from spine.api import coordination as coord
+from spine.core import bodies
 from spine.core import validation as v
 from spine.core.conditions import LEASE_NAME_RE
 from spine.core.config import FeedSection
@@ -24,12 +27,8 @@ too; the format lets a generator that keeps header values to letters and digits 
 FENCE_FORMAT = "spine-fence"
 """The `format` of the Spine-Fence header: `<lease>=<token>` (with its pattern, as for ETags)."""
 
-CURSOR_FORMAT = "spine-cursor"
-"""The `format` of a change-feed cursor (query `cursor`, header `Last-Event-ID`): opaque
-base64url text this API returned; a random string of that alphabet is not one (400)."""
-
-FLOAT32_MAX = 3.4e38
-_TINY = 1e-30  # a component this large survives float32 and normalisation (validation.vector)
+CURSOR_FORMAT = bodies.CURSOR_FORMAT
+"""The `format` of a change-feed cursor (query `cursor`, header `Last-Event-ID`)."""
 
 _ERR = {"$ref": "#/components/schemas/Error"}
 _REC = {"$ref": "#/components/schemas/Record"}
@@ -156,143 +155,6 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-def _obj(props: dict[str, Any], required: list[str] | None = None,
-         closed: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    if closed:
-        out["additionalProperties"] = False
-    return out
-
-
-def _vector(dim: int) -> dict[str, Any]:
-    """`dim` finite float32 numbers, not all (float32) zero: what validation.vector accepts."""
-    return {"type": "array", "minItems": dim, "maxItems": dim,
-            "items": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
-            "contains": {"anyOf": [{"type": "number", "minimum": _TINY},
-                                   {"type": "number", "maximum": -_TINY}]}}
-
-
-def _schemas(dim: int, limits: v.Limits, max_lease_ttl_ms: int) -> dict[str, Any]:
-    # Content is bounded in UTF-8 bytes and JSON Schema counts characters: the two agree on
-    # ASCII, and non-ASCII text reaches the byte limit (413) sooner.
-    content = {"type": "string", "maxLength": limits.content_bytes,
-               "description": f"<= {limits.content_bytes} bytes of UTF-8"}
-    tags = {"type": "array", "maxItems": limits.max_tags, "items": _TAG}
-    metadata = {"type": "object",
-                "description": f"<= {limits.metadata_bytes} bytes encoded, "
-                               f"<= {v.MAX_METADATA_DEPTH} levels deep"}
-    write_props = {"content": content, "tags": tags, "metadata": metadata,
-                   "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
-                   "agent_id": {"anyOf": [_AGENT, {"type": "null"}]},
-                   # DESIGN §13: whole seconds (5.0 is 5); null: the tags' default, else never
-                   "ttl_s": {"anyOf": [{"type": "integer", "minimum": 1,
-                                        "maximum": limits.max_ttl_s}, {"type": "null"}]}}
-    record_props = {
-        "namespace": {"type": "string"}, "id": {"type": "string"}, "content": {"type": "string"},
-        "tags": {"type": "array", "items": {"type": "string"}}, "metadata": {"type": "object"},
-        "agent_id": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-        "version": {"type": "string"}, "deleted": {"type": "boolean"},
-        "expires_at": {"type": ["string", "null"], "format": "date-time"},
-        "vector": {"type": ["array", "null"], "items": {"type": "number"}},
-    }
-    missing = {"type": "array", "items": {"type": "integer"}}
-    dedup = {"description": "DESIGN §13: \"exact\" (content-derived id, create only) or"
-                            " {min_score, tags_all?, agent_id?} (semantic, best effort)",
-             "oneOf": [{"type": "string", "enum": ["exact"]}, _obj({
-                 "min_score": {"type": "number", "minimum": 0, "maximum": 1},
-                 "tags_all": tags, "agent_id": {"anyOf": [_AGENT, {"type": "null"}]}},
-                 ["min_score"])]}
-    return {
-        "Error": _obj({"error": _obj({"code": {"type": "string"}, "message": {"type": "string"},
-                                      "field": {"type": "string"}},
-                                     ["code", "message"], closed=False)},
-                      ["error"], closed=False),
-        "WriteBody": _obj(write_props, ["content"]),
-        # POST only: a PUT names its id, which dedup would contradict (400 there)
-        "CreateBody": _obj({**write_props, "dedup": dedup}, ["content"]),
-        "Created": {"allOf": [_REC, _obj({"deduplicated": {"type": "boolean"}}, closed=False)]},
-        "BatchItem": {"oneOf": [
-            _obj({"id": _ID["schema"], **write_props}, ["id", "content"]),
-            _obj({"id": _ID["schema"], "delete": {"const": True}}, ["id", "delete"]),
-        ]},
-        "Record": _obj(record_props, list(record_props)[:-1], closed=False),
-        "Deleted": _obj({"id": {"type": "string"}, "version": {"type": "string"},
-                         "deleted": {"const": True}}, ["id", "version", "deleted"]),
-        "History": _obj({"versions": {"type": "array", "items": {"allOf": [_REC, _obj(
-            {"concurrent": {"type": "boolean"}}, ["concurrent"], closed=False)]}}},
-            ["versions"]),
-        "Page": _obj({"items": {"type": "array", "items": _REC},
-                      "next_cursor": {"type": ["string", "null"]},
-                      "partial": {"type": "boolean"}, "missing_shards": missing},
-                     ["items", "next_cursor"], closed=False),
-        "BatchResults": _obj({"results": {"type": "array", "items": _obj(
-            {"id": {"type": "string"}, "status": {"type": "integer"},
-             "version": {"type": "string"}, "error": {"type": "object"}},
-            ["id", "status"], closed=False)}}, ["results"]),
-        "SearchBody": {**_obj({
-            # a letter or digit: the hash embedder finds no word in punctuation alone (minilm
-            # would take any non-blank query; the document keeps the stricter rule for both)
-            "query": {"anyOf": [{"type": "string", "pattern": r"[^\W_]",
-                                 "maxLength": limits.content_bytes}, {"type": "null"}]},
-            "vector": {"anyOf": [_vector(dim), {"type": "null"}]},
-            "k": {"type": "integer", "minimum": 1, "maximum": limits.max_k},
-            "tags_all": tags, "tags_any": tags,
-            "agent_id": {"anyOf": [_AGENT, {"type": "null"}]},
-            "metadata": {"anyOf": [metadata, {"type": "null"}]},
-            "min_score": {"type": ["number", "null"]},
-            # DESIGN §14: the default is hybrid for text (vector with min_score), vector for a
-            # vector; keyword takes text only and no min_score (it bounds a similarity)
-            "mode": {"enum": ["vector", "keyword", "hybrid", None]},
-            # DESIGN §13: score = (1 - weight) * score + weight * 0.5 ** (age_s / half_life_s)
-            "recency": {"anyOf": [_obj({
-                "half_life_s": {"type": "number", "exclusiveMinimum": 0},
-                "weight": {"type": "number", "minimum": 0, "maximum": 1}},
-                ["half_life_s", "weight"]), {"type": "null"}]}}),
-            # query, vector or both (hybrid only), a null counting as absent
-            "anyOf": [
-                {"required": ["query"], "properties": {
-                    "query": {"type": "string"}, "vector": {"type": "null"},
-                    "mode": {"enum": ["vector", "hybrid", None]}}},
-                {"required": ["query", "mode"], "properties": {
-                    "query": {"type": "string"}, "vector": {"type": "null"},
-                    "mode": {"const": "keyword"}, "min_score": {"type": "null"}}},
-                {"required": ["vector"], "properties": {
-                    "vector": {"type": "array"}, "query": {"type": "null"},
-                    "mode": {"enum": ["vector", None]}}},
-                {"required": ["query", "vector"], "properties": {
-                    "query": {"type": "string"}, "vector": {"type": "array"},
-                    "mode": {"enum": ["hybrid", None]}}}]},
-        "SearchResults": _obj({"results": {"type": "array", "items": _obj(
-            {"id": {"type": "string"}, "score": {"type": "number"},
-             "scores": _obj({"vector": {"type": "number"}, "keyword": {"type": "number"}}),
-             "record": _REC},
-            ["id", "score", "record"], closed=False)},
-            "partial": {"type": "boolean"}, "missing_shards": missing},
-            ["results"], closed=False),
-        # DESIGN §15: `record` is what GET answers for the key, null for a delete or expiry
-        "Change": _obj({"id": {"type": "string"}, "version": {"type": "string"},
-                        "deleted": {"type": "boolean"},
-                        "record": {"anyOf": [_REC, {"type": "null"}]}},
-                       ["id", "version", "deleted", "record"], closed=False),
-        "Changes": _obj({"items": {"type": "array", "items": _ref("Change")},
-                         "cursor": _CURSOR_SCHEMA}, ["items", "cursor"], closed=False),
-        "Status": _obj({"status": {"type": "string"}, "node": {"type": "string"}},
-                       ["status"], closed=False),
-        "LeaseRequest": _obj({
-            "holder": {"type": "string", "pattern": _pattern(coord.HOLDER_RE.pattern)},
-            "ttl_ms": {"type": "integer", "minimum": 1, "maximum": max_lease_ttl_ms}},
-            ["holder", "ttl_ms"]),
-        "Lease": _obj({"name": {"type": "string"}, "holder": {"type": ["string", "null"]},
-                       "token": {"type": "integer"}, "ttl_ms": {"type": "integer"},
-                       "remaining_ms": {"type": "integer"}},
-                      ["name", "holder", "token", "ttl_ms", "remaining_ms"]),
-    }
-
-
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -347,9 +209,7 @@ def _paths(limits: v.Limits, feed: FeedSection) -> dict[str, Any]:
         "/v1/ns/{ns}/memories/_batch": {
             "parameters": [_NS, *_HEADERS],
             "post": {"summary": "Up to limits.batch_items upserts/deletes in one call",
-                     "requestBody": _body(_obj({"items": {
-                         "type": "array", "minItems": 1, "maxItems": limits.batch_items,
-                         "items": _ref("BatchItem")}}, ["items"])),
+                     "requestBody": _body(_ref("BatchBody")),
                      "responses": {"200": _resp("one result per item", _ref("BatchResults")),
                                    **_WRITE_ERRORS}},
         },
@@ -448,7 +308,7 @@ def openapi_document(dim: int, limits: v.Limits, max_lease_ttl_ms: int = 600_000
         "security": _SECURED,
         "paths": _paths(limits, feed or FeedSection()),
         "components": {
-            "schemas": _schemas(dim, limits, max_lease_ttl_ms),
+            "schemas": bodies.schemas(limits, dim, max_lease_ttl_ms),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -1,40 +1,35 @@
 """Input validation with DESIGN §1's limits: bad input never reaches storage.
 
-Every check raises `InvalidInput` or `TooLarge` naming the offending field, so the API layer can
-answer a 4xx that tells the client exactly what to fix.
+Request bodies are decoded into the structs of `spine.core.bodies`, which check their shape,
+types, patterns and bounds while the JSON is parsed (and give /openapi.json its schemas); this
+module is the second pass over a decoded body, for what no type can say: content's UTF-8 byte
+count, metadata's depth and encoded size, a vector that float32 turns to zeros, and which search
+fields go together. Every check raises `InvalidInput` or `TooLarge` naming the offending field,
+so the API layer can answer a 4xx that tells the client exactly what to fix.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
+from msgspec import Raw
 
+from spine.core import bodies as b
+
+# re-exported: these names were defined here before the bodies were
+from spine.core.bodies import AGENT_RE as AGENT_RE
+from spine.core.bodies import ID_RE as ID_RE
+from spine.core.bodies import MAX_METADATA_DEPTH as MAX_METADATA_DEPTH
+from spine.core.bodies import NAMESPACE_RE as NAMESPACE_RE
+from spine.core.bodies import TAG_RE as TAG_RE
+from spine.core.bodies import Limits as Limits
 from spine.core.errors import InvalidInput, TooLarge
-from spine.core.expiry import DEFAULT_MAX_TTL_S
-
-NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-TAG_RE = re.compile(r"[a-z0-9][a-z0-9:_.-]{0,63}")
-AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The size limits that input validation enforces (`limits.*` in cluster.yaml)."""
-
-    content_bytes: int = 64 * 1024
-    metadata_bytes: int = 16 * 1024
-    max_tags: int = 32
-    batch_items: int = 1000
-    max_k: int = 1000
-    list_limit: int = 1000
-    max_ttl_s: int = DEFAULT_MAX_TTL_S  # lifecycle.max_ttl_s: the longest ttl_s a write may ask
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +44,20 @@ class WriteBody:
     ttl_s: int | None = None  # seconds until it expires; None: the tags' default, or never
 
 
-MAX_METADATA_DEPTH = 32
-
-
 def _depth(value: object, limit: int = MAX_METADATA_DEPTH) -> int:
-    """Levels of nested objects and lists in a JSON value, counted up to `limit` + 1.
+    """Levels of nested objects and lists in a JSON value, counted up to `limit` + 1; one more
+    than `limit` too when a number in it is past the range a stored integer has
+    (`bodies.METADATA_NUMBERS`: JSON Schema cannot tell 1e20 from 100000000000000000000, so the
+    range holds for every number).
 
     Iterative, so a hostile 1,000-level document cannot exhaust Python's recursion limit.
     """
+    lo, hi = b.METADATA_NUMBERS
     depth, frontier = 0, [value]
     while depth <= limit:
+        if any(isinstance(v, int | float) and not isinstance(v, bool) and not lo <= v <= hi
+               for v in frontier):
+            return limit + 1
         nested = [v for v in frontier if isinstance(v, dict | list)]
         if not nested:
             break
@@ -67,7 +66,7 @@ def _depth(value: object, limit: int = MAX_METADATA_DEPTH) -> int:
     return depth
 
 
-WRITE_FIELDS = frozenset({"content", "tags", "metadata", "vector", "agent_id", "ttl_s"})
+WRITE_FIELDS = frozenset(b.WriteFields.__struct_fields__)
 
 
 def namespace(ns: object, field: str = "namespace") -> str:
@@ -112,7 +111,9 @@ def metadata(value: object, limits: Limits, field: str = "metadata") -> dict[str
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object", field=field)
     if _depth(value) > MAX_METADATA_DEPTH:
-        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels", field=field)
+        lo, hi = b.METADATA_NUMBERS
+        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels, or holds a"
+                           f" number outside {lo}..{hi}", field=field)
     try:
         encoded = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as e:
@@ -153,59 +154,119 @@ def vector(value: object, dim: int, field: str = "vector") -> list[float]:
     return out
 
 
-def ttl_s(value: object, limits: Limits, field: str = "ttl_s") -> int | None:
-    """A write's `ttl_s`: None (absent or null), or whole seconds in 1..limits.max_ttl_s
-    (`5.0` is 5: JSON has one number type)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput("ttl_s must be a whole number of seconds", field=field)
-    if not 1 <= value <= limits.max_ttl_s:
-        raise InvalidInput(f"ttl_s must be in 1..{limits.max_ttl_s} (lifecycle.max_ttl_s)",
-                           field=field)
-    return value
+def _nonzero(vec: list[float], field: str) -> list[float]:
+    """A decoded vector (`dim` numbers in float32's range) that float32 and normalisation do not
+    turn to zeros, or InvalidInput: what a type cannot say about it."""
+    as64 = np.asarray(vec, dtype=np.float64)
+    norm = float(np.linalg.norm(as64))
+    if not np.asarray(as64, dtype=np.float32).any() or not math.isfinite(norm) or norm == 0.0:
+        raise InvalidInput("vector must not be all zeros (in float32)", field=field)
+    if not (as64 / norm).astype(np.float32).any():
+        raise InvalidInput("vector cannot be normalised in float32", field=field)
+    return vec
+
+
+def _content(content: str, limits: Limits, field: str) -> str:
+    size = len(content.encode("utf-8", errors="surrogatepass"))
+    if size > limits.content_bytes:
+        raise TooLarge(f"content is {size} bytes, limit {limits.content_bytes}", field=field)
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("content is not valid UTF-8", field=field) from None
+    return content
+
+
+def check_write(body: b.WriteFields, limits: Limits, dim: int, prefix: str = "") -> WriteBody:
+    """The second pass over a decoded write body (`prefix`: where it sits, `items[3].`)."""
+    return WriteBody(
+        content=_content(body.content, limits, f"{prefix}content"),
+        tags=tuple(sorted(set(body.tags))),
+        metadata=metadata(body.metadata, limits, f"{prefix}metadata"),
+        agent_id=body.agent_id,
+        vector=None if body.vector is None else _nonzero(body.vector, f"{prefix}vector"),
+        ttl_s=None if body.ttl_s is None else int(body.ttl_s),
+    )
+
+
+def _plain(body: object, prefix: str) -> object:
+    """`body` when no field of it is a tuple: JSON has none, and msgspec.convert would take one
+    for a list (a Python caller's tuple of tags is refused, as it always was)."""
+    if isinstance(body, dict):
+        for name, value in body.items():
+            if isinstance(value, tuple):
+                raise InvalidInput(f"{name} must be a JSON value, not a tuple",
+                                   field=f"{prefix}{name}")
+    return body
 
 
 def write_body(body: object, limits: Limits, dim: int, prefix: str = "") -> WriteBody:
     """Validate a create/replace body `{content, tags?, metadata?, vector?, agent_id?,
-    ttl_s?}`."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object", field=prefix.rstrip(".") or "body")
-    for name in body:
-        if name not in WRITE_FIELDS:
-            raise InvalidInput(f"unknown field {name!r}", field=f"{prefix}{name}")
-    content = body.get("content")
-    if not isinstance(content, str):
-        raise InvalidInput("content is required and must be a string", field=f"{prefix}content")
-    size = len(content.encode("utf-8", errors="surrogatepass"))
-    if size > limits.content_bytes:
-        raise TooLarge(
-            f"content is {size} bytes, limit {limits.content_bytes}", field=f"{prefix}content"
-        )
+    ttl_s?}` given as Python values (`decode_write` takes the JSON bytes)."""
+    where = prefix.rstrip(".")
+    decoded = b.convert(_plain(body, prefix), b.write_type(limits, dim), where)
+    return check_write(decoded, limits, dim, prefix)
+
+
+def decode_write(raw: bytes, limits: Limits, dim: int) -> WriteBody:
+    """A PUT body: the JSON decoded into `WriteBody` and checked."""
+    return check_write(b.decode(raw, b.write_type(limits, dim)), limits, dim)
+
+
+def decode_create(raw: bytes, limits: Limits, dim: int) -> tuple[WriteBody, b.CreateFields]:
+    """A POST body: the checked write and the decoded body (whose `dedup` the API reads)."""
+    body = b.decode(raw, b.create_type(limits, dim))
+    return check_write(body, limits, dim), body
+
+
+RefuseItem = Callable[[int, object], None]
+
+
+def decode_batch(raw: bytes, limits: Limits, dim: int,
+                 refuse: RefuseItem | None = None) -> list[tuple[str, WriteBody | None]]:
+    """A `_batch` body as `(id, write)` pairs, a None write for a delete. Each item decodes as
+    a `BatchWrite`; one that does not and has a `delete` is a `BatchDelete` or refused naming
+    it. `refuse(i, item)`, when given, sees each item that is neither first (the API refuses
+    conditions on batch items with its own message)."""
+    items = b.decode(raw, b.batch_type(limits)).items
+    if not items:
+        raise InvalidInput("items must be a non-empty list", field="items")
+    writes = b.batch_write_type(limits, dim)
+    out: list[tuple[str, WriteBody | None]] = []
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        try:
+            body = b.decoder(writes).decode(item)
+        except msgspec.ValidationError as e:
+            out.append((_batch_delete(item, i, e, refuse), None))
+            continue
+        out.append((body.id, check_write(body, limits, dim, f"{where}.")))
+    return out
+
+
+def _batch_delete(item: Raw, i: int, err: msgspec.ValidationError,
+                  refuse: RefuseItem | None) -> str:
+    """The id of a `_batch` item that is not a write: a delete, else the 4xx naming why."""
+    where = f"items[{i}]"
+    parsed = msgspec.json.decode(item)
+    if refuse is not None:
+        refuse(i, parsed)
+    if not isinstance(parsed, dict) or "delete" not in parsed:
+        raise b.refusal(err, where)
+    if parsed["delete"] is not True:
+        raise InvalidInput("delete must be true when present", field=f"{where}.delete")
     try:
-        content.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("content is not valid UTF-8", field=f"{prefix}content") from None
-    raw_agent = body.get("agent_id")
-    raw_vector = body.get("vector")
-    return WriteBody(
-        content=content,
-        tags=tags(body.get("tags", []), limits, f"{prefix}tags"),
-        metadata=metadata(body.get("metadata", {}), limits, f"{prefix}metadata"),
-        agent_id=None if raw_agent is None else agent_id(raw_agent, f"{prefix}agent_id"),
-        vector=None if raw_vector is None else vector(raw_vector, dim, f"{prefix}vector"),
-        ttl_s=ttl_s(body.get("ttl_s"), limits, f"{prefix}ttl_s"),
-    )
+        deleted: b.BatchDelete = b.decoder(b.BatchDelete).decode(item)
+        return str(deleted.id)
+    except msgspec.ValidationError as e:
+        refused = b.refusal(e, where)
+        if refused.field is not None and refused.field.endswith(f"{where}.id"):
+            raise refused from None
+        raise InvalidInput("a delete item holds only id and delete", field=where) from None
 
 
-SEARCH_FIELDS = frozenset(
-    {"query", "vector", "k", "tags_all", "tags_any", "agent_id", "metadata", "min_score",
-     "mode", "recency"}
-)
+SEARCH_FIELDS = frozenset(b.SearchFields.__struct_fields__)
 SEARCH_MODES = ("vector", "keyword", "hybrid")
-RECENCY_FIELDS = frozenset({"half_life_s", "weight"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,32 +300,13 @@ class SearchQuery:
                 None if self.metadata is None else dict(self.metadata), self.min_score]
 
 
-def _number(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def _finite(value: float, field: str) -> float:
+    if not math.isfinite(value):
         raise InvalidInput(f"{field} must be a finite number", field=field)
-    return float(value)
+    return value
 
 
-def recency(raw: object) -> Recency:
-    """Validate `{"half_life_s": H > 0, "weight": w in [0, 1]}`."""
-    if not isinstance(raw, dict):
-        raise InvalidInput("recency must be an object {half_life_s, weight}", field="recency")
-    for name in raw:
-        if name not in RECENCY_FIELDS:
-            raise InvalidInput(f"unknown field {name!r}", field=f"recency.{name}")
-    for name in sorted(RECENCY_FIELDS):
-        if name not in raw:
-            raise InvalidInput(f"recency needs {name}", field=f"recency.{name}")
-    half_life = _number(raw["half_life_s"], "recency.half_life_s")
-    if half_life <= 0:
-        raise InvalidInput("half_life_s must be > 0", field="recency.half_life_s")
-    weight = _number(raw["weight"], "recency.weight")
-    if not 0.0 <= weight <= 1.0:
-        raise InvalidInput("weight must be in [0, 1]", field="recency.weight")
-    return Recency(half_life, weight)
-
-
-def search_mode(raw: object, query: object, vec: object, min_score: object) -> str:
+def search_mode(raw: str | None, query: str | None, vec: object, min_score: object) -> str:
     """The search's mode: as given, else hybrid for text and vector for a vector (and for a
     `min_score`, a bound on vector similarity, so `{query, min_score}` keeps meaning what it
     meant before modes existed)."""
@@ -272,9 +314,6 @@ def search_mode(raw: object, query: object, vec: object, min_score: object) -> s
         if query is not None and vec is None and min_score is None:
             return "hybrid"
         return "hybrid" if query is not None and vec is not None else "vector"
-    if raw not in SEARCH_MODES:
-        raise InvalidInput("mode must be one of vector, keyword, hybrid", field="mode")
-    assert isinstance(raw, str)
     if raw == "keyword":
         if query is None:
             raise InvalidInput("keyword search needs query text", field="query")
@@ -290,50 +329,44 @@ def search_mode(raw: object, query: object, vec: object, min_score: object) -> s
     return raw
 
 
-def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
-    """Validate `{query? | vector?, k, tags_all?, tags_any?, agent_id?, metadata?, min_score?,
-    mode?, recency?}` (query and vector together only in hybrid mode)."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body must be a JSON object", field="body")
-    for name in body:
-        if name not in SEARCH_FIELDS:
-            raise InvalidInput(f"unknown field {name!r}", field=name)
-    query, vec = body.get("query"), body.get("vector")
+def check_search(body: b.SearchFields, limits: Limits) -> SearchQuery:
+    """The second pass over a decoded search body: which fields go together (the document's
+    `SEARCH_COMBINATIONS`), the query's UTF-8 size, metadata, the vector's float32 norm."""
+    query, vec = body.query, body.vector
     if query is None and vec is None:
         raise InvalidInput("give query or vector", field="query")
-    mode = search_mode(body.get("mode"), query, vec, body.get("min_score"))
-    raw_recency = body.get("recency")
-    if query is not None and (not isinstance(query, str) or not query.strip()):
-        raise InvalidInput("query must be a non-empty string", field="query")
-    if isinstance(query, str) and len(query.encode()) > limits.content_bytes:
+    mode = search_mode(body.mode, query, vec, body.min_score)
+    if query is not None and len(query.encode("utf-8", errors="surrogatepass")) > (
+            limits.content_bytes):
         raise TooLarge(f"query is past {limits.content_bytes} bytes", field="query")
-    k = body.get("k", 10)
-    if isinstance(k, float) and k.is_integer():  # JSON has one number type: 10.0 is 10
-        k = int(k)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= limits.max_k:
-        raise InvalidInput(f"k must be an integer in 1..{limits.max_k}", field="k")
-    min_score = body.get("min_score")
-    if min_score is not None and (
-        isinstance(min_score, bool) or not isinstance(min_score, int | float)
-        or not math.isfinite(float(min_score))
-    ):
-        raise InvalidInput("min_score must be a number", field="min_score")
-    meta = body.get("metadata")
-    if meta is not None:
-        meta = metadata(meta, limits, "metadata")
-    raw_agent = body.get("agent_id")
+    rec = body.recency
     return SearchQuery(
         query=query,
-        vector=None if vec is None else vector(vec, dim, "vector"),
-        k=k,
-        tags_all=tags(body.get("tags_all", []), limits, "tags_all"),
-        tags_any=tags(body.get("tags_any", []), limits, "tags_any"),
-        agent_id=None if raw_agent is None else agent_id(raw_agent, "agent_id"),
-        metadata=meta,
-        min_score=None if min_score is None else float(min_score),
+        vector=None if vec is None else _nonzero(vec, "vector"),
+        k=int(body.k),
+        tags_all=tuple(sorted(set(body.tags_all))),
+        tags_any=tuple(sorted(set(body.tags_any))),
+        agent_id=body.agent_id,
+        metadata=None if body.metadata is None else metadata(body.metadata, limits, "metadata"),
+        min_score=None if body.min_score is None else _finite(body.min_score, "min_score"),
         mode=mode,
-        recency=None if raw_recency is None else recency(raw_recency),
+        recency=None if rec is None else Recency(
+            _finite(rec.half_life_s, "recency.half_life_s"), rec.weight),
     )
+
+
+def decode_search(raw: bytes, limits: Limits, dim: int) -> b.SearchFields:
+    """A search body's JSON decoded into `SearchBody` (`search_body` is its second pass)."""
+    return b.decode(raw, b.search_type(limits, dim))
+
+
+def search_body(body: object, limits: Limits, dim: int) -> SearchQuery:
+    """Validate `{query? | vector?, k, tags_all?, tags_any?, agent_id?, metadata?, min_score?,
+    mode?, recency?}` (query and vector together only in hybrid mode): a decoded `SearchBody`,
+    or Python values converted into one."""
+    if not isinstance(body, b.SearchFields):
+        body = b.convert(_plain(body, ""), b.search_type(limits, dim))
+    return check_search(body, limits)
 
 
 def matches(
