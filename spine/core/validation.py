@@ -55,14 +55,23 @@ def _depth(value: object, limit: int = MAX_METADATA_DEPTH) -> int:
     lo, hi = b.METADATA_NUMBERS
     depth, frontier = 0, [value]
     while depth <= limit:
-        if any(isinstance(v, int | float) and not isinstance(v, bool) and not lo <= v <= hi
-               for v in frontier):
-            return limit + 1
-        nested = [v for v in frontier if isinstance(v, dict | list)]
+        children: list[object] = []
+        nested = False
+        for v in frontier:  # one plain loop a level: this runs for every write
+            if isinstance(v, str):
+                continue
+            if isinstance(v, dict):
+                children.extend(v.values())
+                nested = True
+            elif isinstance(v, list):
+                children.extend(v)
+                nested = True
+            elif isinstance(v, int | float) and not isinstance(v, bool) and not lo <= v <= hi:
+                return limit + 1
         if not nested:
             break
         depth += 1
-        frontier = [c for v in nested for c in (v.values() if isinstance(v, dict) else v)]
+        frontier = children
     return depth
 
 
