@@ -188,15 +188,20 @@ class FeedService:
             pages = await self._pages(namespace, start, nodes, limit, int(wait_s * 1000))
         states = rules.newest_per_key(pages)
         deliver: list[Record] = []
+        partial: list[Record] = []  # on a quorum, but some live replica's page did not show it
         unsettled: list[Record] = []
         for mid, state in states.items():
             rt = self.route(namespace, mid)
-            if rules.on_quorum(state, rt.write_to, self.quorum_w + rt.extra):
-                deliver.append(state.newest)
-            else:
+            if not rules.on_quorum(state, rt.write_to, self.quorum_w + rt.extra):
                 unsettled.append(state.newest)
+            elif any(n in start and n not in state.holders and self.is_alive(n)
+                     for n in rt.write_to):
+                partial.append(state.newest)  # that replica may have shown it before
+            else:
+                deliver.append(state.newest)
+        repeats = await self._repeats(namespace, unsettled + partial, start)
+        deliver += [r for r in partial if r.id not in repeats]
         logged = len(deliver)
-        repeats = await self._repeats(namespace, unsettled, start)
         unsettled = [r for r in unsettled if r.id not in repeats]
         held = await self._settle_all(unsettled, deliver)
         self.metrics.feed_items.inc("logged", by=logged)

@@ -82,7 +82,7 @@ TEETH: dict[str, Tooth] = {
     "paxos_early_ack": Tooth((1, 3, 5), CONTENDED, "not linearizable"),
     # The change feed delivering a version no quorum holds yet: a replica that logs an older
     # version late makes the consumer see its key go back in time.
-    "feed_unsettled": Tooth((300, 301, 303), Knobs(feed=True), "feed order"),
+    "feed_unsettled": Tooth((302, 304, 307), Knobs(feed=True), "feed order"),
     # The feed's positions moving past a key it could not settle (a partition): never delivered.
     "feed_skips_held": Tooth((301, 302, 306), Knobs(feed=True), "feed lost"),
     # Any replica holding a version taken as proof the consumer has it (not only one whose
