@@ -1,7 +1,8 @@
 """Retrieval quality of the three search modes (DESIGN §14) on tests/data/retrieval_corpus.json,
 through bench/retrieval.py (the node's text index, an exact cosine scan, the coordinator's RRF):
 hybrid beats vector and keyword alone on recall@10 and on nDCG@10, with the hash embedder (3,000
-MiniLM embeddings take minutes on a small box; `python bench/retrieval.py` prints those too).
+MiniLM embeddings take minutes on a small box; `python bench/retrieval.py` prints those too:
+hybrid 0.998 / 0.837 against keyword's 0.906 / 0.831 and vector's 0.773 / 0.580).
 Each half's strength shows in its kind of query, so the win is not an accident of averaging.
 """
 
