@@ -168,6 +168,7 @@ class LeaseFields(Body, kw_only=True):
 # ------------------------------------------------------------------ requests: per configuration
 
 T = TypeVar("T", bound=Struct)
+_REQUIRED = object()  # a field of `_bound` without a default
 
 
 def _bound(name: str, base: type[T], fields: list[tuple[str, Any, Any]]) -> type[T]:
@@ -176,9 +177,6 @@ def _bound(name: str, base: type[T], fields: list[tuple[str, Any, Any]]) -> type
     made = msgspec.defstruct(name, spec, bases=(base,), kw_only=True, forbid_unknown_fields=True,
                              namespace={"__doc__": base.__doc__, "__module__": __name__})
     return cast(type[T], made)
-
-
-_REQUIRED = object()
 
 
 def _tags(limits: Limits) -> Any:
