@@ -24,7 +24,7 @@ from spine.api import decode
 from spine.api.errors import error_body
 from spine.api.openapi import openapi_document
 from spine.cluster.search import Candidate, _result
-from spine.core import bodies as b
+from spine.core import replies as r
 from spine.core import validation as v
 from spine.core.clock import Version
 from spine.core.errors import (
@@ -293,7 +293,7 @@ def test_the_bounds_come_from_the_configuration() -> None:
 
 def test_every_body_is_a_generated_component() -> None:
     schemas = DOC["components"]["schemas"]
-    made = {t.__name__ for t in b.REPLIES} | {
+    made = {t.__name__ for t in r.REPLIES} | {
         "WriteBody", "CreateBody", "BatchBody", "SearchBody", "LeaseRequest", "DedupSpec",
         "Recency"}
     for name in made:
@@ -327,8 +327,8 @@ def _record(**kw: Any) -> Record:
     {**_record().public(), "deduplicated": True},
 ])
 def test_a_record_reply_is_a_record(reply: dict[str, Any]) -> None:
-    got = msgspec.convert(reply, b.Created)
-    assert set(reply) <= set(b.Created.__struct_fields__)
+    got = msgspec.convert(reply, r.Created)
+    assert set(reply) <= set(r.Created.__struct_fields__)
     _checker("Created").validate(reply)
     _checker("Record").validate(reply)
     assert got.id == "m1"
@@ -337,14 +337,14 @@ def test_a_record_reply_is_a_record(reply: dict[str, Any]) -> None:
 def test_a_search_result_lease_and_error_are_their_replies() -> None:
     result = _result(Candidate(_record(), vector=0.9, keyword=None), 0.9)
     reply = {"results": [result], "partial": False, "missing_shards": []}
-    msgspec.convert(reply, b.SearchResults)
+    msgspec.convert(reply, r.SearchResults)
     _checker("SearchResults").validate(reply)
     lease = LeaseView("l", None, 3, 1000, 0).public()
-    msgspec.convert(lease, b.Lease)
+    msgspec.convert(lease, r.Lease)
     _checker("Lease").validate(lease)
     for err in (NotFound("gone", field="id"), LeaseHeld("held", holder="a", remaining_ms=5,
                                                          token=2),
                 PreconditionFailed("no", current=None)):
         body = error_body(err)
-        msgspec.convert(body, b.Error)
+        msgspec.convert(body, r.Error)
         _checker("Error").validate(body)
