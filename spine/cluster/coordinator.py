@@ -183,11 +183,21 @@ class Coordinator:
                 return rec
             self.metrics.session_waits.inc()
         r = 1 if enough else q.r
-        answers = await self.rep.read(
-            namespace, mid, live(prefs, self.liveness.is_alive), r, timeout=self.read_timeout,
-            floor=floor,
-        )
+        asked = live(prefs, self.liveness.is_alive)
+        answers = await self.rep.read(namespace, mid, asked, r, timeout=self.read_timeout,
+                                      floor=floor)
         tally = tally_read(answers, r, floor)
+        doubted = [p for p in prefs if p not in asked]
+        if tally.error is not None and doubted:
+            # This node's failure verdicts may be stale (it was paused or cut off, and SWIM has
+            # not heard the others since): before refusing, ask the owners it holds down too.
+            met = floor is None or any(meets_floor(x, floor) for x in answers.values())
+            more = await self.rep.read(
+                namespace, mid, doubted, max(1, r - len(answers)), timeout=self.read_timeout,
+                floor=None if met else floor, doubted=True,
+            )
+            answers = {**answers, **more}
+            tally = tally_read(answers, r, floor)
         if isinstance(tally.error, QuorumUnavailable):
             self.metrics.quorum_failures.inc("read", level.label)
         if tally.error is not None:

@@ -189,8 +189,10 @@ class Replicator:
         timeout: float,
         floor: Version | None = None,
         repair: bool = True,
+        doubted: bool = False,
     ) -> dict[str, Record | None]:
         """Ask `nodes` for a key; return once `r` answered (and one meets `floor`) or all did.
+        `doubted`: ask them even if liveness holds them down (a verdict that may be stale).
 
         When every answer is in, replicas that answered with an older version are repaired.
         """
@@ -207,7 +209,7 @@ class Replicator:
         async def one(node: str) -> None:
             nonlocal outstanding
             try:
-                answers[node] = await self.read_one(node, namespace, mid)
+                answers[node] = await self.read_one(node, namespace, mid, doubted=doubted)
                 if enough():
                     done.set()
             except PeerUnavailable:
@@ -230,9 +232,12 @@ class Replicator:
             self.spawn(self._repair_after(tasks, answers, timeout))
         return snapshot
 
-    async def read_one(self, node: str, namespace: str, mid: str) -> Record | None:
-        """What `node` stores for a key (this node's through its own Read handler)."""
-        if not self.liveness.is_alive(node):
+    async def read_one(
+        self, node: str, namespace: str, mid: str, *, doubted: bool = False
+    ) -> Record | None:
+        """What `node` stores for a key (this node's through its own Read handler); `doubted`:
+        ask even if liveness holds it down."""
+        if not doubted and not self.liveness.is_alive(node):
             raise PeerUnavailable(f"{node} is down", node=node)
         try:
             reply = await self.rpc.call(node, Read([(namespace, mid)]), self.rpc_timeout)
