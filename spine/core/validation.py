@@ -154,13 +154,7 @@ def vector(value: object, dim: int, field: str = "vector") -> list[float]:
         if not math.isfinite(f) or abs(f) > 3.4e38:
             raise InvalidInput("vector holds a NaN, infinite or out-of-range value", field=field)
         out.append(f)
-    as64 = np.asarray(out, dtype=np.float64)
-    norm = float(np.linalg.norm(as64))
-    if not np.asarray(out, dtype=np.float32).any() or not math.isfinite(norm) or norm == 0.0:
-        raise InvalidInput("vector must not be all zeros (in float32)", field=field)
-    if not (as64 / norm).astype(np.float32).any():
-        raise InvalidInput("vector cannot be normalised in float32", field=field)
-    return out
+    return _nonzero(out, field)
 
 
 def _nonzero(vec: list[float], field: str) -> list[float]:
