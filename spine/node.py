@@ -52,7 +52,7 @@ from spine.core.secret_policy import check_secret_policy
 from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import auto_threads, make_embedder
-from spine.storage.indexer import Indexer
+from spine.storage.indexer import BuildPolicy, Indexer
 from spine.storage.lmdb_store import Store
 from spine.tls import HttpsSite, build_contexts
 
@@ -109,9 +109,10 @@ class Node:
         data_dir = Path(cfg.storage.path) / node_id
         emb = cfg.embedder
         # 0 = auto: this host's cores shared by the nodes configured on it, so co-located nodes
-        # (spine up, the test harness) never oversubscribe the cores with model threads.
-        self.embed_threads = emb.threads or auto_threads(
+        # (spine up, the test harness) never oversubscribe the cores with model or build threads.
+        host_share = auto_threads(
             len(os.sched_getaffinity(0)), sum(1 for n in cfg.nodes if n.host == self.me.host))
+        self.embed_threads = emb.threads or host_share
         self.embedder = make_embedder(emb.name, emb.dim, self.embed_threads,
                                       cache_dir=Path(cfg.storage.path) / "embedder-cache")
         self.embed = EmbedBatcher(self.embedder, queue_texts=emb.queue_texts,
@@ -131,7 +132,10 @@ class Node:
             self.store, data_dir / "index", dim=cfg.embedder.dim, m=ix.m,
             ef_construction=ix.ef_construction, ef_search=ix.ef_search,
             fingerprint=self.embedder.fingerprint, persist_interval=ix.persist_interval_s,
-            sleep=self.rt.sleep,
+            sleep=self.rt.sleep, monotonic=self.rt.monotonic, exact_max=ix.exact_max,
+            build=BuildPolicy(
+                threads=ix.build_threads or host_share, batch_ms=ix.build_batch_ms,
+                busy_pct=ix.build_busy_pct, backlog_max=ix.build_backlog_max),
         )
         # Derived structures follow every LMDB commit, in commit order: the store's change feed.
         self.store.subscribe(self.indexer.on_commit)

@@ -259,6 +259,11 @@ class IndexSection:
     ef_construction: int = 200
     ef_search: int = 128
     persist_interval_s: int = 30
+    exact_max: int = 2048  # a namespace or filtered set this small is searched exactly
+    build_threads: int = 0  # hnswlib threads per graph build; 0: cores / co-located nodes
+    build_batch_ms: int = 20  # longest a build batch holds a namespace's index (searches wait)
+    build_busy_pct: int = 50  # share of time the builder builds while the backlog is small
+    build_backlog_max: int = 20000  # records waiting per namespace past which it builds flat out
 
 
 @dataclass(frozen=True)

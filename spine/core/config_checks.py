@@ -155,6 +155,12 @@ def validate(cfg: Config) -> Config:
         if not low <= getattr(cfg.embedder, setting) <= high:
             raise ConfigError(f"embedder.{setting}: must be an integer from {low} to {high}",
                               field=f"embedder.{setting}")
+    for setting, low, high in (("exact_max", 0, 1 << 24), ("build_threads", 0, 256),
+                               ("build_batch_ms", 1, 10_000), ("build_busy_pct", 1, 100),
+                               ("build_backlog_max", 1, 1 << 30)):
+        if not low <= getattr(cfg.index, setting) <= high:
+            raise ConfigError(f"index.{setting}: must be an integer from {low} to {high}",
+                              field=f"index.{setting}")
     if cfg.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level: must be debug, info, warning or error", field="log.level")
     for i, key in enumerate(cfg.auth.keys):

@@ -10,18 +10,29 @@ A namespace costs little until it outgrows exact search: it holds its vectors in
 records, so a node can hold many small namespaces (an empty hnswlib graph preallocates its whole
 capacity: ~2.6 MiB per namespace at 1,024 slots and 384 dimensions).
 
+Indexing is off the write path (as Qdrant's appendable segments and Milvus's growing segments):
+an upsert only stores the vector and marks its label *pending*; `build` inserts pending labels
+into the graph later, in batches, on hnswlib's threads (the indexer's builder calls it, throttled).
+A search asks the graph for what it holds and scans the pending labels exactly, so a fresh write
+is found at once with recall 1.0 for it, whatever the graph's backlog.
+
 Invariants kept by `VectorIndex` (all under its lock):
 - `_index` is None (no graph yet) or holds every label in `[0, len(_keys))` with the capacity of
   `_vecs`; `_keys[label]` is its memory id, or None when the label is free (marked deleted in
   hnswlib, if there is a graph) and waits in `_free` for reuse;
 - `_labels` is the exact inverse of the non-None part of `_keys`;
-- `_vecs[label]` is the (L2-normalised) vector hnswlib holds for a live label. The copy costs
-  `4 * dim` bytes per slot and buys exact brute force for selective filters without
-  `get_items` (which round-trips through Python lists).
+- `_vecs[label]` is the (L2-normalised) vector of a live label. The copy costs `4 * dim` bytes
+  per slot and buys exact brute force for selective filters and the pending labels without
+  `get_items` (which round-trips through Python lists);
+- `_pending` holds the live labels whose current vector the graph does not hold as a live point
+  (every live label while there is no graph); `_graphed[label]` says hnswlib has the label at all
+  (live, or marked deleted). A live label not pending is in the graph, unmarked, with `_vecs`'s
+  vector; every other label hnswlib has is marked deleted.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +48,7 @@ from spine.storage.rwlock import RWLock
 
 __all__ = ["IndexCorrupt", "VectorIndex"]
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2 adds the pending labels; 1 (every live label in the graph) still loads
 _META = "meta.json"
 _MAX_K = 10_000
 
@@ -63,12 +74,13 @@ class VectorIndex:
     inside `upsert` take it exclusively, because hnswlib's resize and updates are not safe beside
     queries. `search` predicates run under the shared lock and must not call back into the index.
 
-    The hnswlib graph is built only when the namespace first holds more than `exact_max` live
-    records (and kept after). Search is exact brute force (numpy) while the namespace has at
-    most `exact_max` live records,
-    and for a predicate estimated to match at most `max(exact_max, 2k)` of them; otherwise HNSW
-    with hnswlib's in-graph filter, falling back to exact whenever HNSW finds fewer than k. So a
-    filtered search returns k results whenever k live records match.
+    The hnswlib graph is created only when the namespace first holds more than `exact_max` live
+    records (and kept after); `build` fills it. Search is exact brute force (numpy) while the
+    namespace has at most `exact_max` live records, and for a predicate estimated to match at
+    most `max(exact_max, 2k)` of them; otherwise HNSW over the graph (with hnswlib's in-graph
+    filter) merged with an exact scan of the pending labels, falling back to exact over every
+    match whenever HNSW finds fewer than k. So a filtered search returns k results whenever k
+    live records match.
     """
 
     def __init__(
@@ -91,8 +103,10 @@ class VectorIndex:
         self.exact_max = exact_max
         self._seed = seed
         self._lock = RWLock()
-        self._index: Any = None  # built by _build_graph once the namespace outgrows exact_max
+        self._index: Any = None  # created once the namespace outgrows exact_max; `build` fills it
         self._vecs: FloatArray = np.zeros((initial_capacity, dim), dtype=np.float32)
+        self._graphed: npt.NDArray[np.bool_] = np.zeros(initial_capacity, dtype=np.bool_)
+        self._pending: set[int] = set()
         self._keys: list[str | None] = []
         self._labels: dict[str, int] = {}
         self._free: list[int] = []
@@ -131,6 +145,17 @@ class VectorIndex:
         with self._lock.read():
             return self._index is not None
 
+    @property
+    def pending(self) -> int:
+        """Live records the graph does not hold yet (searched exactly meanwhile)."""
+        with self._lock.read():
+            return len(self._pending)
+
+    @property
+    def needs_build(self) -> bool:
+        """Whether `build` has work: a graph exists and some live labels wait for it."""
+        return self._index is not None and bool(self._pending)
+
     def vector(self, key: str) -> FloatArray | None:
         """A copy of the normalised vector indexed for `key`, or None."""
         with self._lock.read():
@@ -144,32 +169,27 @@ class VectorIndex:
 
         attrs must be JSON-serialisable for `save` (e.g. tags and agent id for predicates).
         """
-        self._apply([key], self._prepare_rows(vector, 1), [attrs], num_threads=1)
+        self._apply([key], self._prepare_rows(vector, 1), [attrs])
 
     def upsert_many(
         self,
         keys: Sequence[str],
         vectors: npt.ArrayLike,
         attrs: Sequence[object | None] | None = None,
-        *,
-        num_threads: int = -1,
     ) -> None:
-        """Upsert a batch (rebuild, catch-up) in one exclusive section; a repeated key keeps
-        its last row. hnswlib inserts on `num_threads` threads (-1: every core; 1 builds the
-        same graph every time)."""
+        """Upsert a batch in one exclusive section; a repeated key keeps its last row. The rows
+        wait for `build` to enter the graph; `num_threads` is kept for callers' sake and unused."""
         if attrs is not None and len(attrs) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(attrs)} attrs")
         if len(keys) == 0:
             return
-        self._apply(keys, self._prepare_rows(vectors, len(keys)), attrs, num_threads=num_threads)
+        self._apply(keys, self._prepare_rows(vectors, len(keys)), attrs)
 
     def _apply(
         self,
         keys: Sequence[str],
         mat: FloatArray,
         attrs: Sequence[object | None] | None,
-        *,
-        num_threads: int,
     ) -> None:
         last = {key: i for i, key in enumerate(keys)}
         rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
@@ -193,10 +213,13 @@ class VectorIndex:
                 self._grow(max(2 * capacity, len(self._keys) + fresh))
             new_keys = sum(1 for key in last if key not in self._labels)
             if self._index is None and len(self._labels) + new_keys > self.exact_max:
-                self._build_graph(num_threads)
+                self._new_graph()
             if self._index is not None:
-                self._index.add_items(mat[rows], labels.astype(np.uint64),
-                                      num_threads=num_threads)
+                # A replaced vector leaves the graph until `build` inserts the new one.
+                for key in last:
+                    label = self._labels.get(key)
+                    if label is not None and self._graphed[label] and label not in self._pending:
+                        self._index.mark_deleted(label)
             del self._free[n_free - reused :]
             self._keys.extend([None] * fresh)
             for j, key in enumerate(last):
@@ -209,6 +232,7 @@ class VectorIndex:
                 else:
                     self._attrs[key] = value
             self._vecs[labels] = mat[rows]
+            self._pending.update(labels.tolist())
 
     def delete(self, key: str) -> bool:
         """Remove `key`; False when it was not there (replays during catch-up are no-ops)."""
@@ -216,8 +240,9 @@ class VectorIndex:
             label = self._labels.get(key)
             if label is None:
                 return False
-            if self._index is not None:
+            if self._graphed[label] and label not in self._pending:
                 self._index.mark_deleted(label)
+            self._pending.discard(label)
             del self._labels[key]
             self._keys[label] = None
             self._free.append(label)
@@ -234,21 +259,36 @@ class VectorIndex:
                 self._index.set_ef(ef_search)
             self.ef_search = ef_search
 
-    def _build_graph(self, num_threads: int) -> None:
-        """Under the write lock: build the hnswlib graph over every label held so far."""
-        capacity = int(self._vecs.shape[0])
+    def build(self, max_items: int | None = None, num_threads: int = 1) -> int:
+        """Insert up to `max_items` pending labels (all when None) into the graph, on
+        `num_threads` hnswlib threads (1 builds the same graph every time); how many it inserted.
+
+        Holds the write lock throughout (hnswlib inserts are not safe beside queries), so a
+        caller that must keep searches flowing passes a small `max_items` and calls again.
+        """
+        with self._lock.write():
+            if self._index is None or not self._pending:
+                return 0
+            if max_items is None or max_items >= len(self._pending):
+                chosen = sorted(self._pending)
+            else:
+                chosen = sorted(itertools.islice(self._pending, max(1, max_items)))
+            labels = np.asarray(chosen, dtype=np.int64)
+            # hnswlib's add_items on a label it holds (marked deleted) replaces and unmarks it.
+            self._index.add_items(self._vecs[labels], labels.astype(np.uint64),
+                                  num_threads=num_threads)
+            self._graphed[labels] = True
+            self._pending.difference_update(chosen)
+            return len(chosen)
+
+    def _new_graph(self) -> None:
+        """Under the write lock: an empty hnswlib graph; every live label is pending already."""
         index: Any = hnswlib.Index(space="ip", dim=self.dim)
-        index.init_index(max_elements=capacity, M=self.m, ef_construction=self.ef_construction,
-                         random_seed=self._seed)
+        index.init_index(max_elements=int(self._vecs.shape[0]), M=self.m,
+                         ef_construction=self.ef_construction, random_seed=self._seed)
         # hnswlib searches with max(ef, k), so one global ef serves every k without set_ef races.
         index.set_ef(self.ef_search)
         index.set_num_threads(1)
-        n = len(self._keys)
-        if n:
-            index.add_items(self._vecs[:n], np.arange(n, dtype=np.uint64),
-                            num_threads=num_threads)
-            for label in self._free:
-                index.mark_deleted(label)
         self._index = index
 
     def _grow(self, capacity: int) -> None:
@@ -258,6 +298,9 @@ class VectorIndex:
         vecs = np.zeros((capacity, self.dim), dtype=np.float32)
         vecs[: self._vecs.shape[0]] = self._vecs
         self._vecs = vecs
+        graphed = np.zeros(capacity, dtype=np.bool_)
+        graphed[: self._graphed.shape[0]] = self._graphed
+        self._graphed = graphed
 
     def _prepare_rows(self, vectors: npt.ArrayLike, n: int) -> FloatArray:
         """Validate n vectors of `dim` floats and L2-normalise a private copy (zero rows stay)."""
@@ -293,21 +336,32 @@ class VectorIndex:
             live = len(self._labels)
             if live == 0:
                 return []
+            in_graph = live - len(self._pending)
             if predicate is None:
-                if live <= self.exact_max or self._index is None:
+                if live <= self.exact_max or in_graph == 0:
                     return self._exact(q, k, self._live_labels())
-                found = self._hnsw(q, min(k, live), None)
-                return found if found is not None else self._exact(q, k, self._live_labels())
-            if (live <= self.exact_max or self._index is None
+                found = self._hnsw(q, min(k, in_graph), None)
+                if found is None:
+                    return self._exact(q, k, self._live_labels())
+                return _best(found, self._exact(q, k, self._pending_labels(None)), k)
+            if (live <= self.exact_max or in_graph == 0
                     or self._estimate(predicate) <= max(self.exact_max, 2 * k)):
                 return self._exact(q, k, self._matching_labels(predicate))
             found = self._hnsw(q, k, predicate)
-            if found is not None:
-                return found
-            return self._exact(q, k, self._matching_labels(predicate))
+            if found is None:
+                return self._exact(q, k, self._matching_labels(predicate))
+            return _best(found, self._exact(q, k, self._pending_labels(predicate)), k)
 
     def _live_labels(self) -> npt.NDArray[np.int64]:
         return np.fromiter(self._labels.values(), dtype=np.int64, count=len(self._labels))
+
+    def _pending_labels(self, predicate: Predicate | None) -> npt.NDArray[np.int64]:
+        keys = self._keys
+        if predicate is None:
+            return np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        return np.fromiter(
+            (label for label in self._pending if predicate(keys[label] or "")), dtype=np.int64
+        )
 
     def _matching_labels(self, predicate: Predicate) -> npt.NDArray[np.int64]:
         return np.fromiter(
@@ -400,6 +454,7 @@ class VectorIndex:
                 "vectors": vecs_name,
                 "keys": list(self._keys),
                 "attrs": dict(self._attrs),
+                "pending": sorted(self._pending),
             }
             try:
                 body = json.dumps(meta, separators=(",", ":")).encode()
@@ -425,7 +480,7 @@ class VectorIndex:
         """Load what `save` wrote; IndexCorrupt when it is missing or inconsistent."""
         try:
             meta = json.loads((directory / _META).read_bytes())
-            if meta["format"] != INDEX_FORMAT:
+            if meta["format"] not in (1, INDEX_FORMAT):
                 raise IndexCorrupt(f"{directory}: unknown index format {meta['format']!r}")
             keys: list[str | None] = meta["keys"]
             attrs: dict[str, object] = meta["attrs"]
@@ -449,10 +504,18 @@ class VectorIndex:
                 index.load_index(str(directory / meta["graph"]), max_elements=capacity)
                 index.set_ef(ef_search)
                 index.set_num_threads(1)
-                if index.get_current_count() != n:
-                    raise IndexCorrupt(
-                        f"{directory}: graph holds {index.get_current_count()} labels, sidecar {n}"
-                    )
+            pending = meta.get("pending", [])
+            if not isinstance(pending, list) or not all(
+                isinstance(label, int) and 0 <= label < n and keys[label] is not None
+                for label in pending
+            ):
+                raise IndexCorrupt(f"{directory}: malformed pending labels")
+            graphed = np.zeros(capacity, dtype=np.bool_)
+            if index is not None:
+                ids = np.asarray(index.get_ids_list(), dtype=np.int64)
+                if ids.size and (ids.min() < 0 or ids.max() >= n):
+                    raise IndexCorrupt(f"{directory}: the graph holds a label past the sidecar's")
+                graphed[ids] = True
             vecs = np.load(directory / meta["vectors"], allow_pickle=False)
             if vecs.shape != (n, out.dim) or vecs.dtype != np.float32:
                 raise IndexCorrupt(f"{directory}: vectors have shape {vecs.shape}, {vecs.dtype}")
@@ -463,15 +526,33 @@ class VectorIndex:
         out._index = index
         out._vecs = np.zeros((capacity, out.dim), dtype=np.float32)
         out._vecs[:n] = vecs
+        out._graphed = graphed
         out._keys = keys
         out._labels = {key: label for label, key in enumerate(keys) if key is not None}
         out._free = [label for label, key in enumerate(keys) if key is None]
         out._attrs = {k: v for k, v in attrs.items() if k in out._labels}
         if len(out._labels) + len(out._free) != n:
             raise IndexCorrupt(f"{directory}: a memory id appears under two labels")
-        if out._index is None and len(out._labels) > exact_max:  # saved under a larger exact_max
-            out._build_graph(num_threads=1)
+        if index is None:
+            out._pending = set(out._labels.values())
+            if len(out._labels) > exact_max:  # saved under a larger exact_max: `build` fills it
+                out._new_graph()
+        else:
+            out._pending = set(pending)
+            ungraphed = [label for label in out._labels.values()
+                         if not graphed[label] and label not in out._pending]
+            if ungraphed:
+                raise IndexCorrupt(f"{directory}: {len(ungraphed)} live labels are in no graph")
         return out
+
+
+def _best(
+    a: list[tuple[str, float]], b: list[tuple[str, float]], k: int
+) -> list[tuple[str, float]]:
+    """The k best of two result lists (no key is in both), best first."""
+    if not b:
+        return a
+    return sorted(a + b, key=lambda hit: -hit[1])[:k]
 
 
 def _generation(meta_path: Path) -> int:

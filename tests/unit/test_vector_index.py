@@ -45,11 +45,13 @@ def top(index: VectorIndex, q: object, k: int = 1) -> list[tuple[str, float]]:
 
 
 def filled(n: int, dim: int, seed: int, **kw: int) -> tuple[VectorIndex, Mat, list[str]]:
+    """An index of n random rows, its graph (if it has one) built: nothing pending."""
     rng = np.random.default_rng(seed)
     data = unit_rows(rng, n, dim)
     keys = [f"m{i}" for i in range(n)]
     index = VectorIndex(dim, **kw)
-    index.upsert_many(keys, data, num_threads=1)
+    index.upsert_many(keys, data)
+    index.build()
     return index, data, keys
 
 
@@ -285,8 +287,12 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     for i in range(0, 3000, 4):
         index.delete(keys[i])
     index.upsert("tagged", data[1], attrs={"tags": ["a", "b"], "agent": "x"})
+    index.upsert("fresh", data[2])  # left pending: the snapshot keeps it so
+    index.build(max_items=1)
+    assert index.pending == 1
     index.save(tmp_path / "ns")
     loaded = VectorIndex.load(tmp_path / "ns", ef_search=50, exact_max=0)
+    assert loaded.pending == 1
 
     assert len(loaded) == len(index)
     assert sorted(loaded.keys()) == sorted(index.keys())
@@ -300,7 +306,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
     # The loaded index keeps working: freed labels are reused, growth still possible.
     capacity = loaded.capacity
-    for i in range(749):  # 750 deleted, one slot retaken by "tagged"
+    for i in range(748):  # 750 deleted, two slots retaken by "tagged" and "fresh"
         loaded.upsert(f"post{i}", data[i])
     assert loaded.capacity == capacity
     loaded.upsert("one-more", data[0])
@@ -418,7 +424,7 @@ def test_concurrent_search_while_inserting_and_deleting() -> None:
     data = unit_rows(rng, 3000, dim)
     queries = unit_rows(rng, 400, dim)
     index = VectorIndex(dim, initial_capacity=16, exact_max=256)  # many resizes, both paths
-    index.upsert_many([f"m{i}" for i in range(100)], data[:100], num_threads=1)
+    index.upsert_many([f"m{i}" for i in range(100)], data[:100])
     all_keys = {f"m{i}" for i in range(3000)}
     done = threading.Event()
     errors: list[BaseException] = []
@@ -449,11 +455,21 @@ def test_concurrent_search_while_inserting_and_deleting() -> None:
             if finished:
                 return checked
 
+    def builder() -> None:
+        try:
+            while not done.is_set():
+                index.build(max_items=64)
+        except BaseException as exc:
+            errors.append(exc)
+
     t = threading.Thread(target=writer)
+    b = threading.Thread(target=builder)
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(reader, q) for q in queries[:4]]
+        b.start()
         t.start()
         t.join()
+        b.join()
         counts = [f.result() for f in futures]
     assert not errors
     assert all(c >= 2 for c in counts)
@@ -476,7 +492,8 @@ def test_recall_at_10_against_brute_force() -> None:
     data = unit_rows(rng, n, dim)
     queries = unit_rows(rng, 100, dim)
     index = VectorIndex(dim, m=32, ef_construction=100, ef_search=400, exact_max=0)
-    index.upsert_many([str(i) for i in range(n)], data, num_threads=1)
+    index.upsert_many([str(i) for i in range(n)], data)
+    index.build(num_threads=-1)
     truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
     hits = 0
     for q, want in zip(queries, truth, strict=True):
@@ -495,11 +512,13 @@ def test_small_namespace_has_no_graph_until_it_outgrows_exact_search() -> None:
     assert index.capacity == 1  # 384 floats, not 1,024 x 384
     rng = np.random.default_rng(5)
     data = unit_rows(rng, 6, 384)
-    index.upsert_many([f"m{i}" for i in range(3)], data[:3], num_threads=1)
+    index.upsert_many([f"m{i}" for i in range(3)], data[:3])
     assert not index.has_graph  # 4 live records: still exact
     index.delete("m0")
-    index.upsert_many([f"m{i}" for i in range(3, 6)], data[3:], num_threads=1)
-    assert index.has_graph  # 6 live > exact_max: the graph now holds every label
+    index.upsert_many([f"m{i}" for i in range(3, 6)], data[3:])
+    assert index.has_graph  # 6 live > exact_max: the graph exists, every label pending
+    assert index.pending == 6
+    assert index.build() == 6 and index.pending == 0
     assert [key for key, _ in index.search(data[4], 1)] == ["m4"]
     index.upsert("m0", data[0])  # reuses the freed label through hnswlib
     assert [key for key, _ in index.search(data[0], 1)] == ["m0"]
@@ -516,5 +535,82 @@ def test_graphless_index_saves_and_loads_without_a_graph_file(tmp_path: Path) ->
     assert loaded.search(data[3], 1)[0][0] == keys[3]
     # Loaded under a smaller threshold it builds the graph it now needs.
     small = VectorIndex.load(tmp_path / "ns", exact_max=5)
-    assert small.has_graph
+    assert small.has_graph and small.pending == 10
+    assert small.search(data[7], 1)[0][0] == keys[7]  # exact over the pending labels
+    small.build()
     assert small.search(data[7], 1)[0][0] == keys[7]
+
+
+# -- indexing off the write path ---------------------------------------------------------------
+
+
+def test_fresh_writes_are_found_exactly_before_the_graph_holds_them() -> None:
+    # The graph holds 3,000 rows; 500 more (and 200 replaced vectors) wait for `build`.
+    # Every query's top 10 must equal brute force over all of them for the pending rows.
+    dim = 32
+    rng = np.random.default_rng(31)
+    data = unit_rows(rng, 3500, dim)
+    keys = [f"m{i}" for i in range(3500)]
+    index = VectorIndex(dim, exact_max=0, ef_search=200)
+    index.upsert_many(keys[:3000], data[:3000])
+    assert index.build() == 3000 and index.pending == 0
+    index.upsert_many(keys[3000:], data[3000:])
+    moved = unit_rows(rng, 200, dim)
+    index.upsert_many(keys[:200], moved)  # replaced: out of the graph until rebuilt
+    now = data.copy()
+    now[:200] = moved
+    assert index.pending == 700
+    queries = np.concatenate([data[3000:3050], moved[:50]])
+    for q in queries:
+        want = brute_force(now, keys, q, 10)
+        got = index.search(q, 10)
+        assert got[0][0] == want[0][0]  # each query is a pending row: found first
+        pending_want = {k for k, _ in want if int(k[1:]) >= 3000 or int(k[1:]) < 200}
+        assert pending_want <= set(ids(got))  # every pending row of the true top 10
+    # A replaced vector never answers with its old position.
+    old_hits = [index.search(data[i], 1)[0][0] for i in range(5)]
+    assert all(hit != keys[i] or np.dot(moved[i], data[i]) > 0.99
+               for i, hit in enumerate(old_hits))
+    # Built in small batches, the answers stay right and nothing stays pending.
+    while index.build(max_items=100):
+        pass
+    assert index.pending == 0
+    assert index.search(data[3001], 1)[0][0] == "m3001"
+    assert index.search(moved[7], 1)[0][0] == "m7"
+
+
+def test_deleting_pending_and_graphed_labels() -> None:
+    dim = 16
+    rng = np.random.default_rng(32)
+    data = unit_rows(rng, 40, dim)
+    index = VectorIndex(dim, exact_max=0)
+    index.upsert_many([f"m{i}" for i in range(20)], data[:20])
+    index.build()
+    index.upsert_many([f"m{i}" for i in range(20, 40)], data[20:])
+    assert index.delete("m3") and index.delete("m25")  # one graphed, one pending
+    assert index.pending == 19
+    index.upsert("m3", data[3])  # back, in a reused label, pending again
+    assert index.pending == 20
+    assert index.build() == 20
+    assert index.search(data[3], 1)[0][0] == "m3"
+    assert "m25" not in ids(index.search(data[25], 40))
+    assert len(index) == 39
+
+
+def test_format_1_snapshot_loads_with_nothing_pending(tmp_path: Path) -> None:
+    index, data, _ = filled(300, 8, seed=33, exact_max=0)
+    index.save(tmp_path / "ns")
+    meta = json.loads((tmp_path / "ns" / "meta.json").read_text())
+    meta["format"] = 1
+    del meta["pending"]
+    (tmp_path / "ns" / "meta.json").write_text(json.dumps(meta))
+    loaded = VectorIndex.load(tmp_path / "ns", exact_max=0)
+    assert loaded.pending == 0 and loaded.search(data[9], 1)[0][0] == "m9"
+    # A sidecar that names a live label the graph lacks, and does not call it pending, is corrupt.
+    index.upsert("new", data[0])
+    index.save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    meta["pending"] = []
+    (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexCorrupt):
+        VectorIndex.load(tmp_path / "b", exact_max=0)
