@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Spine core benchmark: a local 3-node cluster driven by wrk.
+"""Spine core benchmark: a local 3-node cluster (or --nodes N) driven by wrk.
 
     python bench/run_bench.py [--duration 20] [--connections 64] [--threads 3]
                               [--base-port 18788] [--keep] [--quick] [--no-sync]
-                              [--only get_session,mix_90_10]
+                              [--only get_session,mix_90_10] [--nodes 6]
 
 Starts `spine up --nodes 3` on a temporary data dir, waits for /readyz on every node, preloads
 keys with POST .../_batch, runs each scenario (bench/lua/*.lua) for --duration seconds and
@@ -372,6 +372,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=3,
                     help="wrk threads; rounded up to a multiple of the node count (3)")
     ap.add_argument("--base-port", type=int, default=18788)
+    ap.add_argument("--nodes", type=int, default=NODES,
+                    help="nodes `spine up` starts (N=3 replicas each key; 6 measures scaling)")
     ap.add_argument("--keys", type=int, default=20_000, help="keys preloaded for the gets/mix")
     ap.add_argument("--put-keys", type=int, default=100_000, help="id space of the put scenarios")
     ap.add_argument("--quick", action="store_true", help="5 s per scenario (smoke check)")
@@ -386,7 +388,7 @@ def main() -> int:
                     help="seconds to wait before each scenario (e.g. to attach a profiler)")
     args = ap.parse_args()
     duration = 5 if args.quick else args.duration
-    args.threads = -(-max(1, args.threads) // NODES) * NODES
+    args.threads = -(-max(1, args.threads) // args.nodes) * args.nodes
     args.connections = max(args.threads, args.connections // args.threads * args.threads)
 
     wrk = ensure_wrk()
@@ -394,9 +396,9 @@ def main() -> int:
     spine = REPO / ".venv" / "bin" / "spine"
     spine_cmd = [str(spine)] if spine.exists() else [sys.executable, "-m", "spine"]
     data = Path(tempfile.mkdtemp(prefix="spine-bench-"))
-    ports = [args.base_port + i for i in range(NODES)]
+    ports = [args.base_port + i for i in range(args.nodes)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    up_cmd = spine_cmd + ["up", "--nodes", str(NODES), "--base-port", str(args.base_port),
+    up_cmd = spine_cmd + ["up", "--nodes", str(args.nodes), "--base-port", str(args.base_port),
                           "--data", str(data)] + (["--no-sync"] if args.no_sync else [])
     todo = scenarios(args.keys, args.put_keys)
     if args.only:
@@ -412,8 +414,9 @@ def main() -> int:
     try:
         wait_ready(urls, up)
         node_pids = children_of(up.pid)
-        if len(node_pids) != NODES:
-            raise RuntimeError(f"expected {NODES} node processes under {up.pid}, got {node_pids}")
+        if len(node_pids) != args.nodes:
+            raise RuntimeError(
+                f"expected {args.nodes} node processes under {up.pid}, got {node_pids}")
         print(f"# nodes ready: pids {node_pids}; preloading {args.keys} keys...", flush=True)
         took = preload(urls, args.keys)
         print(f"# preload {args.keys} keys in {took:.1f}s ({args.keys / took:.0f}/s); "
@@ -475,7 +478,7 @@ def main() -> int:
                         "python": platform.python_version()},
             "wrk": wrk_version, "threads": args.threads, "connections": args.connections,
             "duration_s": duration, "keys": args.keys, "put_keys": args.put_keys,
-            "fsync": not args.no_sync,
+            "fsync": not args.no_sync, "nodes": args.nodes,
         }
         out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
         print(f"\n# figures written to {out.relative_to(REPO)}")
