@@ -6,7 +6,8 @@ HashEmbedder's throughput. Prints figures; asserts nothing.
 
 `--data random` (the default) draws i.i.d. unit vectors: no structure, HNSW's worst case.
 `--data clustered` draws vectors near a random `--intrinsic-dim`-dimensional subspace, closer to
-what sentence embedders produce. Query timings are single-threaded (BLAS pinned to one thread
+what sentence embedders produce. (`--sweep` also has `blobs`: a mixture of `--clusters` unit
+centres with isotropic noise of norm `--spread` around each.) Query timings are single-threaded (BLAS pinned to one thread
 unless --blas-threads says otherwise); the build uses `--build-threads` hnswlib threads.
 
 `--sweep` measures the index parameters against recall and cost, on hnswlib directly with the
@@ -62,7 +63,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("--sweep")
     g.add_argument("--sweep", action="store_true", help="parameter sweep to JSON (see above)")
-    g.add_argument("--sweep-data", default="random,clustered")
+    g.add_argument(
+        "--sweep-data", default="random,clustered", help="random, clustered (a subspace), blobs"
+    )
+    g.add_argument("--clusters", type=int, default=100, help="blobs: mixture components")
+    g.add_argument("--spread", type=float, default=1.0, help="blobs: noise norm / centre norm")
     g.add_argument("--sweep-n", default="3000", help="comma-separated index sizes")
     g.add_argument("--sweep-m", default="16,24,32")
     g.add_argument("--sweep-efc", default="64,100,200", help="ef_construction values")
@@ -273,6 +278,11 @@ def _sweep(args: argparse.Namespace) -> None:
         rng = np.random.default_rng(args.seed)
         if kind == "random":
             return unit(rng.standard_normal((rows, dim)))
+        if kind == "blobs":  # a mixture: unit centres, isotropic spread around each
+            centres = unit(rng.standard_normal((args.clusters, dim)))
+            which = rng.integers(0, args.clusters, rows)
+            noise = rng.standard_normal((rows, dim)).astype(np.float32)
+            return unit(centres[which] + args.spread / np.sqrt(dim) * noise)
         basis = rng.standard_normal((args.intrinsic_dim, dim))
         out_rows = np.empty((rows, dim), dtype=np.float32)
         for i in range(0, rows, 20_000):  # chunks: float64 temporaries stay small
