@@ -372,6 +372,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=3,
                     help="wrk threads; rounded up to a multiple of the node count (3)")
     ap.add_argument("--base-port", type=int, default=18788)
+    ap.add_argument("--embedder", default="hash",
+                    help="the nodes' embedder: hash (the default here: the write path, not the"
+                         " model) or minilm (spine up's own default)")
     ap.add_argument("--nodes", type=int, default=NODES,
                     help="nodes `spine up` starts (N=3 replicas each key; 6 measures scaling)")
     ap.add_argument("--keys", type=int, default=20_000, help="keys preloaded for the gets/mix")
@@ -398,8 +401,11 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="spine-bench-"))
     ports = [args.base_port + i for i in range(args.nodes)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
+    extra = data / "bench-extra.json"  # YAML is a superset of JSON
+    extra.write_text(json.dumps({"embedder": {"name": args.embedder, "dim": 384}}))
     up_cmd = spine_cmd + ["up", "--nodes", str(args.nodes), "--base-port", str(args.base_port),
-                          "--data", str(data)] + (["--no-sync"] if args.no_sync else [])
+                          "--data", str(data), "--config", str(extra)] + \
+        (["--no-sync"] if args.no_sync else [])
     todo = scenarios(args.keys, args.put_keys)
     if args.only:
         names = set(args.only.split(","))
@@ -479,6 +485,7 @@ def main() -> int:
             "wrk": wrk_version, "threads": args.threads, "connections": args.connections,
             "duration_s": duration, "keys": args.keys, "put_keys": args.put_keys,
             "fsync": not args.no_sync, "nodes": args.nodes,
+            "embedder": args.embedder,
         }
         out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
         print(f"\n# figures written to {out.relative_to(REPO)}")
