@@ -156,7 +156,8 @@ class VectorBench:
             g["chroma"] = self.chroma.pids
         return g
 
-    def run(self, kind: str) -> list[dict[str, Any]]:
+    def run(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Appends each row as it is measured (an interrupted run keeps what it measured)."""
         a = self.args
         t0 = time.monotonic()
         data, queries = dataset(kind, a.records, a.queries, a.seed)
@@ -170,10 +171,11 @@ class VectorBench:
             ct = ChromaTarget(self.chroma.api, f"vec-{kind}")
             self.extra["chroma_hnsw"] = ct.settings
             targets.append((ct, self.chroma.pids))
-        rows = [self.ingest(kind, t, pids, data) for t, pids in targets]
+        for t, pids in targets:
+            rows.append(self.ingest(kind, t, pids, data))
         if "search" in a.only:
-            rows += [self.search(kind, t, pids, queries, truth) for t, pids in targets]
-        return rows
+            for t, pids in targets:
+                rows.append(self.search(kind, t, pids, queries, truth))
 
     def ingest(self, kind: str, target: Target, pids: list[int],
                data: np.ndarray) -> dict[str, Any]:
@@ -191,13 +193,17 @@ class VectorBench:
                "ops_per_s": r["ops_per_s"], "p50_ms": percentile_ms(lat, 0.5),
                "p99_ms": percentile_ms(lat, 0.99),
                "cpu_us_per_op": round(cpu.result[f"{target.name}_cpu_s"] / len(data) * 1e6, 1),
-               "recall": None, "errors": r["failed_batches"],
+               "recall": None, "errors": r["failed_tries"],
                "other_cores": round(cpu.result["other_cores"], 2),
                "raw": {**r, "settle_before_s": round(waited, 1),
                        "busy_cores": round(cpu.result["busy_cores"], 2),
                        "other_cores": round(cpu.result["other_cores"], 2),
                        "latency_unit": "one batch call"}}
         print(line(row) + "  (latency of one batch call)", flush=True)
+        if r["failed_tries"]:
+            print(f"# {target.name} {kind}: {r['failed_tries']} batch calls failed and were sent "
+                  f"again ({r['lost_batches']} batches never applied); first: {r['errors'][:2]}",
+                  flush=True)
         if isinstance(target, SpineTarget):
             assert self.spine is not None
             found = wait_spine_indexed(target, data, 5, a.index_timeout)
@@ -353,7 +359,7 @@ def main() -> int:
             disk0 = {"spine": du_mb(spine.data), "chroma": du_mb(chroma.data) if chroma else 0.0}
             vb = VectorBench(args, spine, chroma)
             for kind in args.datasets:
-                rows += vb.run(kind)
+                vb.run(kind, rows)
             cdf = vb.cdf
             meta["chroma_hnsw"] = vb.extra["chroma_hnsw"]
             # Spine saves each namespace's graph every index.persist_interval_s (30 s): let

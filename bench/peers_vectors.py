@@ -147,40 +147,55 @@ class ChromaTarget(Target):
 
 # ---------------------------------------------------------------------------------- ingest
 
-async def ingest(target: Target, data: np.ndarray, batch: int,
-                 concurrency: int) -> dict[str, Any]:
+async def ingest(target: Target, data: np.ndarray, batch: int, concurrency: int,
+                 tries: int = 5) -> dict[str, Any]:
     """Every record in batches of `batch`, `concurrency` calls in flight; records/s over the
-    whole ingest. Bodies are encoded before the clock starts."""
+    whole ingest, counting only records applied. A batch that fails (or any item of which
+    fails) is sent again, up to `tries` times in all (upserts by id are idempotent), so that
+    the data searched is complete. Bodies are encoded before the clock starts."""
     bodies = []
     for n, start in enumerate(range(0, len(data), batch)):
         ids = [f"m{i}" for i in range(start, min(len(data), start + batch))]
         bodies.append(target.ingest_request(n, ids, data[start:start + len(ids)]))
     queue = list(range(len(bodies)))
     queue.reverse()
+    sent = [0] * len(bodies)
     latencies: list[float] = []
     errors: list[str] = []
+    lost: list[int] = []  # batches that failed every try
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn,
                                      timeout=aiohttp.ClientTimeout(total=600)) as http:
 
         async def worker() -> None:
             while queue:
-                url, body = bodies[queue.pop()]
+                n = queue.pop()
+                url, body = bodies[n]
+                sent[n] += 1
                 t0 = time.perf_counter()
-                async with http.post(url, data=body, headers=JSON) as r:
-                    raw = await r.read()
-                    status = r.status
+                try:
+                    async with http.post(url, data=body, headers=JSON) as r:
+                        raw = await r.read()
+                        status = r.status
+                    problem = target.ingest_ok(status, raw)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    problem = f"{type(e).__name__}: {e}"
                 latencies.append(time.perf_counter() - t0)
-                problem = target.ingest_ok(status, raw)
                 if problem:
-                    errors.append(problem)
+                    errors.append(f"batch {n} try {sent[n]}: {problem}")
+                    if sent[n] < tries:
+                        queue.insert(0, n)  # again, after the others
+                    else:
+                        lost.append(n)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"records": len(data), "batch": batch, "concurrency": concurrency,
-            "wall_s": round(wall, 2), "ops_per_s": round(len(data) / wall, 1),
-            "latencies_s": latencies, "errors": errors[:5], "failed_batches": len(errors)}
+    applied = len(data) - sum(min(batch, len(data) - n * batch) for n in lost)
+    return {"records": len(data), "applied": applied, "batch": batch,
+            "concurrency": concurrency, "wall_s": round(wall, 2),
+            "ops_per_s": round(applied / wall, 1), "latencies_s": latencies,
+            "errors": errors[:5], "failed_tries": len(errors), "lost_batches": len(lost)}
 
 
 def wait_spine_indexed(target: SpineTarget, data: np.ndarray, last: int, deadline_s: float,
