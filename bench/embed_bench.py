@@ -14,8 +14,10 @@ the threads each node reports in /v1/cluster, and the model's own CPU µs per em
 in this process on one thread (30-word texts and 5-word queries).
 
 Quality: embeds tests/data/paraphrase_corpus.json (80 memories, 40 queries whose answer is a
-paraphrase) with hash, minilm and, where installed, minilm-torch, and prints recall@10, nDCG@10,
-the paraphrase's rank for "a kitten watching sparrows", CPU µs per embedding and RSS growth.
+paraphrase) with hash, minilm-static, minilm, minilm-int8 and, where installed, minilm-torch, and
+prints recall@10, nDCG@10, the paraphrase's rank for "a kitten watching sparrows", vector-mode
+recall@10 / nDCG@10 on tests/data/retrieval_corpus.json (bench/retrieval.py), the cosine to
+minilm's vectors over both corpora's texts (min and mean), CPU µs per embedding and RSS growth.
 The box is shared: figures move with whatever else runs (the load average is printed).
 """
 
@@ -113,28 +115,54 @@ def rss_mib() -> float:
     return float("nan")
 
 
+def corpus_texts() -> list[str]:
+    """Every memory and query text of the paraphrase and retrieval corpora."""
+    import retrieval
+
+    memories, queries = load_corpus()
+    rc = retrieval.load()
+    return [*memories.values(), *(q["query"] for q in queries), *rc["memories"].values(),
+            *(q["query"] for q in rc["queries"])]
+
+
 def quality() -> None:
     import importlib.util
 
+    import numpy as np
+    import retrieval
+
     from spine.storage.embedders import make_embedder
 
-    names = ["hash", "minilm-static", "minilm"]
+    names = ["minilm", "minilm-int8", "minilm-static", "hash"]  # minilm first: the cosines' reference
     if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("torch"):
         names.append("minilm-torch")
     print(f"corpus: {CORPUS.relative_to(REPO)}; load average {os.getloadavg()[0]:.2f} "
           f"(shared box)")
+    texts = corpus_texts()
+    rcorpus = retrieval.load()
+    print(f"paraphrase: recall@10 / nDCG@10 on it; retrieval: vector-mode on "
+          f"{len(rcorpus['memories'])} memories; cos: to minilm over {len(texts)} texts")
     print(f"{'embedder':<14}{'recall@10':>10}{'nDCG@10':>9}{'kitten rank':>12}"
+          f"{'ret R@10':>9}{'ret nDCG':>9}{'cos min':>9}{'cos mean':>9}"
           f"{'µs/30w':>9}{'µs/5w':>8}{'+RSS MiB':>9}")
+    ref = None
     for name in names:
         before = rss_mib()
         emb = make_embedder(name, 384, 1, cache_dir=CACHE)
         r = evaluate(emb)
         grown = rss_mib() - before
+        vec = retrieval.evaluate(rcorpus, emb.embed)["vector"]["all"]
+        vecs = emb.embed(texts)
+        if name == "minilm":
+            ref = vecs
+        cos = np.sum(vecs * ref, axis=1) if ref is not None else None
+        cos_s = (f"{cos.min():>9.4f}{cos.mean():>9.4f}" if cos is not None
+                 else f"{'-':>9}{'-':>9}")
         us30 = cpu_us_per_embedding(emb, 30)
         us5 = cpu_us_per_embedding(emb, 5)
         print(f"{name:<14}{r['recall@10']:>10.3f}{r['ndcg@10']:>9.3f}"
-              f"{r['ranks']['a kitten watching sparrows']:>12}{us30:>9.0f}{us5:>8.0f}"
-              f"{grown:>9.0f}")
+              f"{r['ranks']['a kitten watching sparrows']:>12}{vec.recall:>9.3f}{vec.ndcg:>9.3f}"
+              f"{cos_s}{us30:>9.0f}{us5:>8.0f}{grown:>9.0f}", flush=True)
 
 
 # ----------------------------------------------------------------------------- load
@@ -282,7 +310,7 @@ def load(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quality", action="store_true", help="retrieval quality per embedder")
-    ap.add_argument("--embedder", default="minilm", choices=["hash", "minilm", "minilm-static", "minilm-torch"])
+    ap.add_argument("--embedder", default="minilm", choices=["hash", "minilm", "minilm-int8", "minilm-static", "minilm-torch"])
     ap.add_argument("--threads", type=int, default=0, help="embedder.threads (0: auto)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     ap.add_argument("--clients", type=int, default=8)
