@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         dim, m=args.m, ef_construction=args.ef_construction, exact_max=0, initial_capacity=n
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    index.upsert_many(keys, data, num_threads=args.build_threads)
+    index.upsert_many(keys, data)
+    index.build(num_threads=args.build_threads)  # the graph, as the node's builder makes it
     build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
         f"build: {build_s:.1f} s wall ({n / build_s:,.0f} vectors/s), "

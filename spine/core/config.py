@@ -255,11 +255,11 @@ class EmbedderSection:
 
 @dataclass(frozen=True)
 class IndexSection:
-    m: int = 16
-    ef_construction: int = 200
+    m: int = 24
+    ef_construction: int = 64
     ef_search: int = 128
     persist_interval_s: int = 30
-    exact_max: int = 2048  # a namespace or filtered set this small is searched exactly
+    exact_max: int = 10_000  # a namespace or filtered set this small is searched exactly
     build_threads: int = 0  # hnswlib threads per graph build; 0: cores / co-located nodes
     build_batch_ms: int = 20  # longest a build batch holds a namespace's index (searches wait)
     build_busy_pct: int = 50  # share of time the builder builds while the backlog is small

@@ -90,7 +90,7 @@ class Indexer:
         persist_interval: float,
         sleep: Callable[[float], Awaitable[None]],
         monotonic: Callable[[], float] = time.monotonic,
-        exact_max: int = 2048,
+        exact_max: int = 10_000,
         build: BuildPolicy | None = None,
     ) -> None:
         self.store = store

@@ -93,6 +93,8 @@ class VectorIndex:
         initial_capacity: int = 1,
         exact_max: int = 2048,
         seed: int = 100,
+        recall_target_pct: int = 95,
+        probe_every: int = 64,
     ) -> None:
         if dim < 1 or m < 2 or ef_construction < 1 or ef_search < 1 or initial_capacity < 1:
             raise ValueError("dim, ef_* and initial_capacity must be ≥ 1 and m ≥ 2")
@@ -101,6 +103,10 @@ class VectorIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.exact_max = exact_max
+        self.recall_target = recall_target_pct / 100
+        self.probe_every = probe_every
+        self.recall: float | None = None  # the graph's recall@k, measured by probes (EWMA)
+        self._searches = 0
         self._seed = seed
         self._lock = RWLock()
         self._index: Any = None  # created once the namespace outgrows exact_max; `build` fills it
@@ -339,12 +345,16 @@ class VectorIndex:
             in_graph = live - len(self._pending)
             if predicate is None:
                 if live <= self.exact_max or in_graph == 0:
-                    return self._exact(q, k, self._live_labels())
+                    return self._exact(q, k, None)
+                probe = self._probe_due()
+                if self.poor_recall and not probe:
+                    return self._exact(q, k, None)
                 found = self._hnsw(q, min(k, in_graph), None)
                 if found is None:
-                    return self._exact(q, k, self._live_labels())
-                return _best(found, self._exact(q, k, self._pending_labels(None)), k)
-            if (live <= self.exact_max or in_graph == 0
+                    return self._exact(q, k, None)
+                found = _best(found, self._exact(q, k, self._pending_labels(None)), k)
+                return self._checked(found, self._exact(q, k, None)) if probe else found
+            if (live <= self.exact_max or in_graph == 0 or self.poor_recall
                     or self._estimate(predicate) <= max(self.exact_max, 2 * k)):
                 return self._exact(q, k, self._matching_labels(predicate))
             found = self._hnsw(q, k, predicate)
@@ -352,8 +362,28 @@ class VectorIndex:
                 return self._exact(q, k, self._matching_labels(predicate))
             return _best(found, self._exact(q, k, self._pending_labels(predicate)), k)
 
-    def _live_labels(self) -> npt.NDArray[np.int64]:
-        return np.fromiter(self._labels.values(), dtype=np.int64, count=len(self._labels))
+    @property
+    def poor_recall(self) -> bool:
+        """Whether probes measured the graph's recall below the target: data without structure
+        (i.i.d. random vectors, say) defeats HNSW, and the namespace is then searched exactly."""
+        return self.recall is not None and self.recall < self.recall_target
+
+    def _probe_due(self) -> bool:
+        """Every `probe_every`-th unfiltered graph search (the first included) is also run
+        exactly, to measure the graph's recall."""
+        if self.probe_every <= 0:
+            return False
+        self._searches += 1
+        return self._searches % self.probe_every == 1 or self.probe_every == 1
+
+    def _checked(
+        self, found: list[tuple[str, float]], truth: list[tuple[str, float]]
+    ) -> list[tuple[str, float]]:
+        """Fold one probe into the recall estimate; answer with the exact result."""
+        if truth:
+            hit = len({key for key, _ in found} & {key for key, _ in truth}) / len(truth)
+            self.recall = hit if self.recall is None else 0.8 * self.recall + 0.2 * hit
+        return truth
 
     def _pending_labels(self, predicate: Predicate | None) -> npt.NDArray[np.int64]:
         keys = self._keys
@@ -378,12 +408,33 @@ class VectorIndex:
         return hits / len(sample) * len(self._labels)
 
     def _exact(
-        self, q: FloatArray, k: int, labels: npt.NDArray[np.int64]
+        self, q: FloatArray, k: int, labels: npt.NDArray[np.int64] | None
     ) -> list[tuple[str, float]]:
-        if labels.shape[0] == 0:
+        """Brute force over `labels` (None: every live label), best k first.
+
+        A contiguous matmul over every slot costs a fifth of a gather of the same rows
+        (`_vecs[labels]` copies them), so a large share of the slots is scored whole and
+        the wanted rows picked from the scores; a small share is gathered.
+        """
+        n = len(self._keys)
+        if labels is not None and labels.shape[0] == 0:
             return []
-        scores = self._vecs[labels] @ q
-        if labels.shape[0] > k:
+        if labels is None or 4 * labels.shape[0] > n:
+            every = self._vecs[:n] @ q
+            if labels is None:
+                if self._free:
+                    every[np.asarray(self._free, dtype=np.int64)] = -np.inf
+                labels = np.arange(n, dtype=np.int64)
+                scores = every
+            else:
+                scores = every[labels]
+        else:
+            scores = self._vecs[labels] @ q
+        live = len(self._labels) if labels.shape[0] == n else labels.shape[0]
+        k = min(k, live)
+        if k <= 0:
+            return []
+        if scores.shape[0] > k:
             top = np.argpartition(-scores, k - 1)[:k]
             order = top[np.argsort(-scores[top], kind="stable")]
         else:

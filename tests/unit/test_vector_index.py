@@ -491,7 +491,8 @@ def test_recall_at_10_against_brute_force() -> None:
     rng = np.random.default_rng(17)
     data = unit_rows(rng, n, dim)
     queries = unit_rows(rng, 100, dim)
-    index = VectorIndex(dim, m=32, ef_construction=100, ef_search=400, exact_max=0)
+    index = VectorIndex(dim, m=32, ef_construction=100, ef_search=400, exact_max=0,
+                        probe_every=0)  # the graph alone
     index.upsert_many([str(i) for i in range(n)], data)
     index.build(num_threads=-1)
     truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
@@ -614,3 +615,43 @@ def test_format_1_snapshot_loads_with_nothing_pending(tmp_path: Path) -> None:
     (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexCorrupt):
         VectorIndex.load(tmp_path / "b", exact_max=0)
+
+
+def test_a_graph_that_misses_the_recall_target_is_replaced_by_exact_search() -> None:
+    # i.i.d. random vectors and a starved graph: HNSW's recall@10 is far below 0.95. The first
+    # search probes (graph and exact side by side), finds it so, and from then on the namespace
+    # is searched exactly: every answer equals brute force.
+    dim, n = 64, 3000
+    rng = np.random.default_rng(41)
+    data = unit_rows(rng, n, dim)
+    keys = [f"m{i}" for i in range(n)]
+    queries = unit_rows(rng, 30, dim)
+    weak = dict(m=4, ef_construction=8, ef_search=8, exact_max=0)
+    index = VectorIndex(dim, **weak, probe_every=16)
+    index.upsert_many(keys, data)
+    index.build()
+    for q in queries:
+        assert ids(index.search(q, 10)) == ids(brute_force(data, keys, q, 10))
+    assert index.recall is not None and index.recall < 0.95 and index.poor_recall
+
+    # Without probes the same graph answers from HNSW, and misses: the probe is what helps.
+    blind = VectorIndex(dim, **weak, probe_every=0)
+    blind.upsert_many(keys, data)
+    blind.build()
+    misses = sum(ids(blind.search(q, 10)) != ids(brute_force(data, keys, q, 10)) for q in queries)
+    assert misses > len(queries) // 2 and blind.recall is None
+
+
+def test_a_graph_that_meets_the_recall_target_keeps_serving() -> None:
+    # Vectors near a few directions (structure HNSW can use): probes measure a good recall.
+    dim, n = 32, 3000
+    rng = np.random.default_rng(42)
+    centres = unit_rows(rng, 8, dim)
+    data = centres[rng.integers(0, 8, n)] + 0.3 * unit_rows(rng, n, dim)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    index = VectorIndex(dim, exact_max=0, probe_every=4)
+    index.upsert_many([f"m{i}" for i in range(n)], data)
+    index.build()
+    for q in unit_rows(rng, 40, dim):
+        assert len(index.search(q, 10)) == 10
+    assert index.recall is not None and index.recall >= 0.95 and not index.poor_recall
