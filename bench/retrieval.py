@@ -125,7 +125,8 @@ def report(name: str, res: dict[str, dict[str, Scores]], seconds: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Print the table for each embedder asked for (default: hash, and MiniLM if installed)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--embedder", action="append", choices=["hash", "minilm", "minilm-static"])
+    ap.add_argument("--embedder", action="append", choices=["hash", "minilm", "minilm-int8",
+                                                               "minilm-static"])
     args = ap.parse_args(argv)
     names = args.embedder or (["hash", "minilm"] if minilm_available() else ["hash"])
     corpus = load()

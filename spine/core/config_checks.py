@@ -144,8 +144,10 @@ def validate(cfg: Config) -> Config:
     if not 64 * 1024 <= cfg.rpc.max_frame_bytes < 2**32:
         raise ConfigError("rpc.max_frame_bytes: must be between 65536 and 4294967295",
                           field="rpc.max_frame_bytes")
-    if cfg.embedder.name not in ("hash", "minilm", "minilm-static", "minilm-torch"):
-        raise ConfigError("embedder.name: must be hash, minilm, minilm-static or minilm-torch",
+    if cfg.embedder.name not in ("hash", "minilm", "minilm-int8", "minilm-static",
+                                 "minilm-torch"):
+        raise ConfigError("embedder.name: must be hash, minilm, minilm-int8, minilm-static or"
+                          " minilm-torch",
                           field="embedder.name")
     if cfg.embedder.name != "hash" and cfg.embedder.dim != 384:
         raise ConfigError("embedder.dim: must be 384 for the minilm embedders",
