@@ -153,9 +153,9 @@ class VectorIndex:
 
     @property
     def pending(self) -> int:
-        """Live records the graph does not hold yet (searched exactly meanwhile)."""
-        with self._lock.read():
-            return len(self._pending)
+        """Live records the graph does not hold yet (searched exactly meanwhile). Read without
+        the lock (a set's length is one atomic read), so /metrics never waits for a build."""
+        return len(self._pending)
 
     @property
     def needs_build(self) -> bool:
