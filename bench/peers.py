@@ -47,6 +47,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -293,12 +294,72 @@ def table(rows: list[dict[str, Any]]) -> str:
                    if any("redis-benchmark" in r["generator"] for r in rows) else "")
 
 
+def spine_code() -> dict[str, Any]:
+    """The commit the nodes run, and the files of spine/ changed in the work tree beside it
+    (the nodes import the work tree as it is when they start)."""
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True)
+        return r.stdout.strip()
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": git("status", "--porcelain", "--", "spine").splitlines()}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 15's targets that this run measures, each with the figure and ok / MISS."""
+    by = {(r["shape"], r["system"]): r for r in rows}
+    out: list[dict[str, Any]] = []
+
+    def check(what: str, value: float | None, ok: bool | None) -> None:
+        out.append({"target": what, "value": value,
+                    "verdict": "-" if ok is None or value is None else ("ok" if ok else "MISS")})
+
+    def ratio(shape: str, system: str, peer: str) -> float | None:
+        r = by.get((shape, system))
+        v = (r or {}).get("vs", {})
+        return next((x["ops_ratio"] for p, x in v.items() if p.startswith(peer)), None)
+
+    put, strong = by.get(("put", "spine session")), by.get(("put", "spine strong"))
+    if put:
+        check("session put >= 3,000/s", put["ops_per_s"], put["ops_per_s"] >= 3000)
+        x = ratio("put", "spine session", "etcd")
+        check("session put >= 0.65x etcd put", x, x is not None and x >= 0.65)
+    if strong:
+        x = ratio("put", "spine strong", "etcd")
+        check("strong put >= 0.5x etcd put", x, x is not None and x >= 0.5)
+    for r in (put, strong):
+        if r:
+            check(f"{r['system']} put p99 <= 50 ms", r["p99_ms"], r["p99_ms"] <= 50)
+    mix = by.get(("mix", "spine session, tokens updated"))
+    if mix:
+        check("90/10 mix, tokens updated >= 8,000/s", mix["ops_per_s"], mix["ops_per_s"] >= 8000)
+    get = by.get(("get", "spine session+token"))
+    if get:
+        check("session get p99 <= 10 ms", get["p99_ms"], get["p99_ms"] <= 10)
+    for r in rows:
+        if r["system"] != "spine":
+            continue
+        if r["shape"].startswith("batch"):
+            check(f"{r['shape']}: _batch (vectors given) >= 10,000 records/s", r["ops_per_s"],
+                  r["ops_per_s"] >= 10_000)
+            idle = r["raw"].get("nodes_idle_after_s")
+            check(f"{r['shape']}: index caught up (nodes idle) <= 30 s after the ingest",
+                  idle, idle is not None and idle <= 30)
+        if r["shape"].startswith("search"):
+            check(f"{r['shape']}: recall@10 >= 0.95", r["recall"],
+                  r["recall"] is not None and r["recall"] >= 0.95)
+            x = ratio(r["shape"], "spine", "chroma")
+            check(f"{r['shape']}: QPS >= 2x chroma", x, x is not None and x >= 2)
+    return out
+
+
 # ---------------------------------------------------------------------------------- main
 
 def main() -> int:
     args = parse_args()
     started = dt.datetime.now(dt.UTC)
     t_start = time.monotonic()
+    code = spine_code()
     tools = ensure_installed(not args.no_install)
     if not tools["wrk"]:
         sys.exit("wrk is missing: apt-get install -y wrk")
@@ -323,7 +384,9 @@ def main() -> int:
     rc = 0
     try:
         print(f"# {started:%Y-%m-%d %H:%M} UTC; temp dir {root}; {os.cpu_count()} CPUs, shared "
-              "with the load generators (and with any other work on this box)", flush=True)
+              "with the load generators (and with any other work on this box); spine at "
+              f"{code['commit']}" + (f" with {len(code['dirty'])} files of spine/ changed"
+                                     if code["dirty"] else ""), flush=True)
         spine = Spine(root, ports, args.embedder)
         spine.start()
         print(f"# spine: {spine.urls} (node pids {spine.pids}), fsync on, embedder "
@@ -409,6 +472,13 @@ def main() -> int:
     wall = time.monotonic() - t_start
     print()
     print(table(rows))
+    checks = targets(rows)
+    if checks:
+        print("\nissue 15 targets, as measured in this run:")
+        for c in checks:
+            v = c["value"]
+            print(f"  {c['verdict']:<4} {c['target']}: "
+                  f"{fmt(v, '.0f' if v is not None and v >= 100 else '.3g')}")
     if resources:
         print(f"\nRSS MiB per server process: {resources.get('rss_mb')}")
         if "disk_per_100k_records_mb" in resources:
@@ -429,8 +499,10 @@ def main() -> int:
         "duration_s": args.duration, "warmup_s": args.warmup, "records": args.records,
         "queries": args.queries, "k": K, "connections": args.connections,
         "search_concurrency": args.concurrency, "embedder": args.embedder, "fsync": True,
+        "spine_code": code,
         "wall_s": round(wall, 1)})
-    out.write_text(json.dumps({"meta": meta, "results": rows, "resources": resources},
+    out.write_text(json.dumps({"meta": meta, "results": rows, "targets": checks,
+                               "resources": resources},
                               indent=2))
     print(f"# figures written to {out}")
     if not args.no_charts:
