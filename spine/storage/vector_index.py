@@ -369,17 +369,20 @@ class VectorIndex:
         return self.recall is not None and self.recall < self.recall_target
 
     def _probe_due(self) -> bool:
-        """Every `probe_every`-th unfiltered graph search (the first included) is also run
-        exactly, to measure the graph's recall."""
-        if self.probe_every <= 0:
+        """Whether this unfiltered graph search is also run exactly, to measure the graph's
+        recall: the first 8 searches once the graph holds at least 90 % of the records (a
+        half-built graph's answers are mostly the exact scan of its backlog), then every
+        `probe_every`-th."""
+        if self.probe_every <= 0 or 10 * len(self._pending) > len(self._labels):
             return False
         self._searches += 1
-        return self._searches % self.probe_every == 1 or self.probe_every == 1
+        return self._searches <= 8 or self._searches % self.probe_every == 0
 
     def _checked(
         self, found: list[tuple[str, float]], truth: list[tuple[str, float]]
     ) -> list[tuple[str, float]]:
-        """Fold one probe into the recall estimate; answer with the exact result."""
+        """Fold one probe into the recall estimate (a running average over about the last
+        five probes); answer with the exact result."""
         if truth:
             hit = len({key for key, _ in found} & {key for key, _ in truth}) / len(truth)
             self.recall = hit if self.recall is None else 0.8 * self.recall + 0.2 * hit

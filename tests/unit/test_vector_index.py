@@ -629,6 +629,9 @@ def test_a_graph_that_misses_the_recall_target_is_replaced_by_exact_search() -> 
     weak = dict(m=4, ef_construction=8, ef_search=8, exact_max=0)
     index = VectorIndex(dim, **weak, probe_every=16)
     index.upsert_many(keys, data)
+    index.build(max_items=n // 2)  # half built: answers are mostly the exact backlog scan
+    index.search(queries[0], 10)
+    assert index.recall is None  # so no probe measures a graph that is not there yet
     index.build()
     for q in queries:
         assert ids(index.search(q, 10)) == ids(brute_force(data, keys, q, 10))
