@@ -106,6 +106,7 @@ class Indexer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-build")
         self._build_task: asyncio.Task[None] | None = None
+        self._built_unsaved = False  # graph inserts since the last snapshot
         self.attrs: dict[str, dict[str, Attrs]] = {}  # every live record's filter attributes
         self.texts = TextIndexSet()
         self._text_broken = False  # a text commit failed: rebuild it from LMDB at catch-up
@@ -327,7 +328,16 @@ class Indexer:
             if not any(index.needs_build for index in self._graphs()):
                 await self._wake.wait()
                 continue
-            built, elapsed, backlog = await loop.run_in_executor(self._builder, self._build_batch)
+            try:
+                built, elapsed, backlog = await loop.run_in_executor(
+                    self._builder, self._build_batch)
+            except Exception:  # searches stay exact over the backlog meanwhile
+                self.update_failures += 1
+                log.exception("index_build_failed", pending=self.pending())
+                await self.sleep(1.0)
+                continue
+            if built:
+                self._built_unsaved = True
             if built and backlog <= self.build.backlog_max:
                 busy = self.build.busy_pct / 100
                 await self.sleep(elapsed * (1 - busy) / busy)
@@ -361,6 +371,8 @@ class Indexer:
             return sum(ix.build(num_threads=self.build.threads) for ix in self._graphs())
 
         built: int = await loop.run_in_executor(self._builder, run)
+        if built:
+            self._built_unsaved = True
         return built
 
     # ------------------------------------------------------------ search
@@ -463,6 +475,7 @@ class Indexer:
         return watermark
 
     def _save(self) -> int:
+        self._built_unsaved = False  # cleared first: a build during the save sets it again
         watermark = self.indexed_seq
         self.indexes.save_all(self.directory, watermark)
         return watermark
@@ -473,7 +486,7 @@ class Indexer:
             if self.behind:
                 with contextlib.suppress(Exception):  # counted and logged by _catch_up
                     await self.catch_up()
-            if self.indexed_seq != self.persisted_seq:
+            if self.indexed_seq != self.persisted_seq or self._built_unsaved:
                 try:
                     await self.persist()
                 except Exception:
@@ -487,7 +500,7 @@ class Indexer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         with contextlib.suppress(Exception):
-            if self.indexed_seq != self.persisted_seq:
+            if self.indexed_seq != self.persisted_seq or self._built_unsaved:
                 await self.persist()
         self._writer.shutdown(wait=True)
         self._builder.shutdown(wait=True)

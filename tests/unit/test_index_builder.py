@@ -125,3 +125,31 @@ async def test_builder_drains_and_a_mid_build_snapshot_recovers(tmp_path: Path) 
     finally:
         await indexer.stop()
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_finished_build_is_saved_at_stop_so_a_restart_rebuilds_nothing(
+        tmp_path: Path) -> None:
+    nrng = np.random.default_rng(9)
+    model = Model()
+    store = open_store(tmp_path)
+    indexer = builder_indexer(store, tmp_path, BuildPolicy(threads=1, batch_ms=1, busy_pct=1))
+    store.subscribe(indexer.on_commit)
+    indexer.recover()
+    store.start()
+    indexer.start()
+    try:
+        await apply(store, indexer, [model.put("alpha", f"m{i}", unit(nrng)) for i in range(200)])
+        await indexer.persist()  # a snapshot with a backlog
+        assert indexer.pending() > 0
+        await indexer.build_all()  # no commit since: only the graph moved
+    finally:
+        await indexer.stop()  # saves again, because the graph moved
+    fresh = builder_indexer(store, tmp_path, BuildPolicy(threads=1))
+    try:
+        fresh.recover()
+        assert fresh.pending() == 0
+        assert_index_matches(fresh, store, model)
+    finally:
+        await fresh.stop()
+        store.close()
