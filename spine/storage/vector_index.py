@@ -184,7 +184,7 @@ class VectorIndex:
         attrs: Sequence[object | None] | None = None,
     ) -> None:
         """Upsert a batch in one exclusive section; a repeated key keeps its last row. The rows
-        wait for `build` to enter the graph; `num_threads` is kept for callers' sake and unused."""
+        are searchable at once and wait, pending, for `build` to enter the graph."""
         if attrs is not None and len(attrs) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(attrs)} attrs")
         if len(keys) == 0:
