@@ -136,6 +136,7 @@ class Node:
             build=BuildPolicy(
                 threads=ix.build_threads or host_share, batch_ms=ix.build_batch_ms,
                 busy_pct=ix.build_busy_pct, backlog_max=ix.build_backlog_max),
+            recall_target_pct=ix.recall_target_pct, probe_every=ix.probe_every,
         )
         # Derived structures follow every LMDB commit, in commit order: the store's change feed.
         self.store.subscribe(self.indexer.on_commit)

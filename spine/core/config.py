@@ -264,6 +264,8 @@ class IndexSection:
     build_batch_ms: int = 20  # longest a build batch holds a namespace's index (searches wait)
     build_busy_pct: int = 50  # share of time the builder builds while the backlog is small
     build_backlog_max: int = 20000  # records waiting per namespace past which it builds flat out
+    recall_target_pct: int = 95  # a graph whose probed recall@k is below this is searched exactly
+    probe_every: int = 64  # every n-th graph search is also run exactly to probe recall; 0: never
 
 
 @dataclass(frozen=True)

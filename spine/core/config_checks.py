@@ -159,7 +159,8 @@ def validate(cfg: Config) -> Config:
                               field=f"embedder.{setting}")
     for setting, low, high in (("exact_max", 0, 1 << 24), ("build_threads", 0, 256),
                                ("build_batch_ms", 1, 10_000), ("build_busy_pct", 1, 100),
-                               ("build_backlog_max", 1, 1 << 30)):
+                               ("build_backlog_max", 1, 1 << 30), ("recall_target_pct", 1, 100),
+                               ("probe_every", 0, 1 << 20)):
         if not low <= getattr(cfg.index, setting) <= high:
             raise ConfigError(f"index.{setting}: must be an integer from {low} to {high}",
                               field=f"index.{setting}")

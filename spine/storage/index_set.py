@@ -48,6 +48,8 @@ class IndexSet:
         ef_search: int = 64,
         initial_capacity: int = 1,
         exact_max: int = 2048,
+        recall_target_pct: int = 95,
+        probe_every: int = 64,
         fingerprint: str = "",
     ) -> None:
         self.dim = dim
@@ -58,6 +60,8 @@ class IndexSet:
             "ef_search": ef_search,
             "initial_capacity": initial_capacity,
             "exact_max": exact_max,
+            "recall_target_pct": recall_target_pct,
+            "probe_every": probe_every,
         }
         self._indexes: dict[str, VectorIndex] = {}
         self._lock = threading.Lock()
@@ -166,6 +170,8 @@ class IndexSet:
                     snap / ns,
                     ef_search=self._params["ef_search"],
                     exact_max=self._params["exact_max"],
+                    recall_target_pct=self._params["recall_target_pct"],
+                    probe_every=self._params["probe_every"],
                 )
                 for ns in manifest["namespaces"]
             }

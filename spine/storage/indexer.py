@@ -92,12 +92,15 @@ class Indexer:
         monotonic: Callable[[], float] = time.monotonic,
         exact_max: int = 10_000,
         build: BuildPolicy | None = None,
+        recall_target_pct: int = 95,
+        probe_every: int = 64,
     ) -> None:
         self.store = store
         self.directory = directory
         self.indexes = IndexSet(
             dim, m=m, ef_construction=ef_construction, ef_search=ef_search,
-            exact_max=exact_max, fingerprint=fingerprint,
+            exact_max=exact_max, recall_target_pct=recall_target_pct, probe_every=probe_every,
+            fingerprint=fingerprint,
         )
         self.build = build or BuildPolicy()
         self.monotonic = monotonic

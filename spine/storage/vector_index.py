@@ -530,7 +530,10 @@ class VectorIndex:
                 stale.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, directory: Path, *, ef_search: int = 64, exact_max: int = 2048) -> VectorIndex:
+    def load(
+        cls, directory: Path, *, ef_search: int = 64, exact_max: int = 2048,
+        recall_target_pct: int = 95, probe_every: int = 64,
+    ) -> VectorIndex:
         """Load what `save` wrote; IndexCorrupt when it is missing or inconsistent."""
         try:
             meta = json.loads((directory / _META).read_bytes())
@@ -551,6 +554,8 @@ class VectorIndex:
                 ef_search=ef_search,
                 initial_capacity=1,
                 exact_max=exact_max,
+                recall_target_pct=recall_target_pct,
+                probe_every=probe_every,
             )
             index: Any = None
             if meta["graph"] is not None:

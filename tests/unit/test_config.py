@@ -300,3 +300,27 @@ def test_gossip_section_is_checked() -> None:
     e = bad({"gossip": {"protocol_period_ms": 400, "ping_timeout_ms": 200}})
     assert e.field == "gossip.ping_timeout_ms" and "half" in e.message
     assert from_dict({"gossip": {"protocol_period_ms": 401, "ping_timeout_ms": 200}})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("exact_max", -1), ("build_threads", 257), ("build_batch_ms", 0), ("build_busy_pct", 0),
+    ("build_busy_pct", 101), ("build_backlog_max", 0), ("recall_target_pct", 0),
+    ("recall_target_pct", 101), ("probe_every", -1),
+])
+def test_index_build_and_probe_settings_are_range_checked(key: str, value: int) -> None:
+    assert bad({"index": {key: value}}).field == f"index.{key}"
+
+
+def test_index_probe_settings_reach_every_index_and_survive_a_snapshot(tmp_path: Path) -> None:
+    import numpy as np
+
+    from spine.storage.index_set import IndexSet
+
+    indexes = IndexSet(4, exact_max=0, recall_target_pct=60, probe_every=0)
+    indexes.get("ns").upsert_many(["a", "b"], np.eye(2, 4, dtype=np.float32))
+    indexes.save_all(tmp_path, watermark=7)
+    again = IndexSet(4, exact_max=0, recall_target_pct=60, probe_every=0)
+    assert again.load_all(tmp_path) == 7
+    for s in (indexes, again):
+        index = s.peek("ns")
+        assert index is not None and (index.recall_target, index.probe_every) == (0.6, 0)
