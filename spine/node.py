@@ -52,7 +52,8 @@ from spine.core.secret_policy import check_secret_policy
 from spine.ports import GossipNetFactory, Transport
 from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
 from spine.storage.embedders import auto_threads, make_embedder
-from spine.storage.indexer import BuildPolicy, Indexer
+from spine.storage.graph_builder import BuildPolicy
+from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Store
 from spine.tls import HttpsSite, build_contexts
 

@@ -16,14 +16,12 @@ index does not replay the backlog on every commit) and from the persist loop —
 holds every commit again. `spine_index_update_failures` counts failed updates and replays;
 `spine_index_behind` is 1 while the index waits for a catch-up.
 
-Graph inserts are off that path too (DESIGN §6; Qdrant's appendable segments and optimizer): the
-index thread only stores each vector and marks it pending, which costs microseconds; a builder
-task inserts pending vectors into each namespace's HNSW graph in batches on `build_threads`
-hnswlib threads, each batch holding the namespace's index for at most about `build_batch_ms`,
-and pauses between batches so it builds `build_busy_pct` of the time while a namespace's backlog
-is below `build_backlog_max` (flat out above it). Searches scan the pending vectors exactly, so
-a fresh write is findable at once; a snapshot records which labels are pending, so a restart
-rebuilds only those. `spine_index_pending` exports the backlog.
+Graph inserts are off that path too: the index thread only stores each vector and marks it
+pending, which costs microseconds, and a `GraphBuilder` (spine.storage.graph_builder) inserts
+pending vectors into the HNSW graphs in the background. Searches scan the pending vectors
+exactly, so a fresh write is findable at once; a snapshot records which labels are pending (and
+is taken again when only the graph moved), so a restart rebuilds only those.
+`spine_index_pending` exports the backlog.
 
 Beside each vector index the indexer keeps the namespace's full-text index (DESIGN §14,
 spine.storage.text_index), updated from the same batches on the same thread. It lives in RAM:
@@ -43,7 +41,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +51,7 @@ from spine.core.clock import ZERO
 from spine.core.metrics import Registry
 from spine.core.model import Record
 from spine.core.validation import matches
+from spine.storage.graph_builder import BuildPolicy, GraphBuilder
 from spine.storage.index_set import IndexSet
 from spine.storage.lmdb_store import Applied, Store, split_record_key
 from spine.storage.text_index import TextIndex, TextIndexSet, record_tokens, tokens
@@ -62,16 +60,6 @@ from spine.storage.vector_index import VectorIndex
 log = structlog.get_logger("spine.indexer")
 
 Attrs = tuple[frozenset[str], str | None, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class BuildPolicy:
-    """How the builder spends CPU on graph inserts (config `index.build_*`)."""
-
-    threads: int = 1  # hnswlib threads per batch
-    batch_ms: int = 20  # a batch's target length: searches of that namespace wait this long
-    busy_pct: int = 50  # share of wall time spent building while the backlog is small
-    backlog_max: int = 20_000  # a namespace's pending records past which it builds flat out
 
 
 class Indexer:
@@ -102,14 +90,8 @@ class Indexer:
             exact_max=exact_max, recall_target_pct=recall_target_pct, probe_every=probe_every,
             fingerprint=fingerprint,
         )
-        self.build = build or BuildPolicy()
-        self.monotonic = monotonic
-        self._item_s = 0.001  # the builder's estimate of one graph insert's wall time
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-build")
-        self._build_task: asyncio.Task[None] | None = None
-        self._built_unsaved = False  # graph inserts since the last snapshot
+        self.builder = GraphBuilder(self._graphs, build or BuildPolicy(), sleep=sleep,
+                                    monotonic=monotonic, on_failure=self._build_failed)
         self.attrs: dict[str, dict[str, Attrs]] = {}  # every live record's filter attributes
         self.texts = TextIndexSet()
         self._text_broken = False  # a text commit failed: rebuild it from LMDB at catch-up
@@ -300,83 +282,20 @@ class Indexer:
             index = self.indexes.get(ns)
             index.upsert_many([r.id for r in recs], mat)
             if index.needs_build:
-                self._wake_builder()
+                self.builder.wake()
 
     # ------------------------------------------------------------ graph builds
 
     def pending(self) -> int:
         """Records waiting for a graph insert, over every namespace."""
-        return sum(index.pending for index in map(self.indexes.peek, self.indexes.namespaces())
-                   if index is not None)
-
-    def _wake_builder(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None or wake.is_set():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            wake.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to wake
-                loop.call_soon_threadsafe(wake.set)
-
-    async def _build_loop(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            self._wake.clear()
-            if not any(index.needs_build for index in self._graphs()):
-                await self._wake.wait()
-                continue
-            try:
-                built, elapsed, backlog = await loop.run_in_executor(
-                    self._builder, self._build_batch)
-            except Exception:  # searches stay exact over the backlog meanwhile
-                self.update_failures += 1
-                log.exception("index_build_failed", pending=self.pending())
-                await self.sleep(1.0)
-                continue
-            if built:
-                self._built_unsaved = True
-            if built and backlog <= self.build.backlog_max:
-                busy = self.build.busy_pct / 100
-                await self.sleep(elapsed * (1 - busy) / busy)
-            else:
-                await self.sleep(0)
+        return self.builder.pending()
 
     def _graphs(self) -> list[VectorIndex]:
         return [index for index in map(self.indexes.peek, self.indexes.namespaces())
                 if index is not None]
 
-    def _build_batch(self) -> tuple[int, float, int]:
-        """One batch into the namespace with the longest backlog: (inserted, seconds, the
-        longest backlog left)."""
-        waiting = [index for index in self._graphs() if index.needs_build]
-        if not waiting:
-            return 0, 0.0, 0
-        index = max(waiting, key=lambda ix: ix.pending)
-        items = int(self.build.batch_ms / 1000 / max(self._item_s, 1e-6))
-        start = self.monotonic()
-        built = index.build(max(8, min(items, 4096)), num_threads=self.build.threads)
-        elapsed = max(0.0, self.monotonic() - start)
-        if built:
-            self._item_s = 0.7 * self._item_s + 0.3 * (elapsed / built)
-        return built, elapsed, max((ix.pending for ix in waiting), default=0)
-
-    async def build_all(self) -> int:
-        """Insert every pending record into its graph now (tests, benchmarks); how many."""
-        loop = asyncio.get_running_loop()
-
-        def run() -> int:
-            return sum(ix.build(num_threads=self.build.threads) for ix in self._graphs())
-
-        built: int = await loop.run_in_executor(self._builder, run)
-        if built:
-            self._built_unsaved = True
-        return built
+    def _build_failed(self) -> None:
+        self.update_failures += 1
 
     # ------------------------------------------------------------ search
 
@@ -464,9 +383,7 @@ class Indexer:
     def start(self) -> None:
         """Start the periodic snapshot loop and the graph builder."""
         self._task = asyncio.create_task(self._persist_loop())
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._build_task = asyncio.create_task(self._build_loop())
+        self.builder.start()
 
     async def persist(self) -> int:
         """Save a snapshot (on the index thread, between updates) and prune the change log."""
@@ -478,7 +395,7 @@ class Indexer:
         return watermark
 
     def _save(self) -> int:
-        self._built_unsaved = False  # cleared first: a build during the save sets it again
+        self.builder.unsaved = False  # cleared first: a build during the save sets it again
         watermark = self.indexed_seq
         self.indexes.save_all(self.directory, watermark)
         return watermark
@@ -489,7 +406,7 @@ class Indexer:
             if self.behind:
                 with contextlib.suppress(Exception):  # counted and logged by _catch_up
                     await self.catch_up()
-            if self.indexed_seq != self.persisted_seq or self._built_unsaved:
+            if self.indexed_seq != self.persisted_seq or self.builder.unsaved:
                 try:
                     await self.persist()
                 except Exception:
@@ -497,16 +414,15 @@ class Indexer:
 
     async def stop(self) -> None:
         """Stop the loop and save a final snapshot."""
-        for task in (self._task, self._build_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.builder.stop()
         with contextlib.suppress(Exception):
-            if self.indexed_seq != self.persisted_seq or self._built_unsaved:
+            if self.indexed_seq != self.persisted_seq or self.builder.unsaved:
                 await self.persist()
         self._writer.shutdown(wait=True)
-        self._builder.shutdown(wait=True)
         self._queries.shutdown(wait=True)
         self.texts.close()
 
