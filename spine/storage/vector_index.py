@@ -33,8 +33,8 @@ Invariants kept by `VectorIndex` (all under its lock):
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +42,23 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from spine.core.errors import InvalidInput, SpineError
-from spine.storage.files import fsync_file, write_atomic
+from spine.core.errors import InvalidInput
+from spine.storage.index_snapshot import (
+    INDEX_FORMAT,
+    IndexCorrupt,
+    IndexState,
+    load_snapshot,
+    save_snapshot,
+)
 from spine.storage.rwlock import RWLock
 
-__all__ = ["IndexCorrupt", "VectorIndex"]
+# INDEX_FORMAT and IndexCorrupt belong to index_snapshot; re-exported for existing importers.
+__all__ = ["INDEX_FORMAT", "IndexCorrupt", "VectorIndex"]
 
-INDEX_FORMAT = 2  # 2 adds the pending labels; 1 (every live label in the graph) still loads
-_META = "meta.json"
 _MAX_K = 10_000
 
 Predicate = Callable[[str], bool]
 FloatArray = npt.NDArray[np.float32]
-
-
-class IndexCorrupt(SpineError):
-    """A saved index is missing, truncated or inconsistent; rebuild it from LMDB."""
-
-    code = "index_corrupt"
 
 
 class VectorIndex:
@@ -482,52 +481,24 @@ class VectorIndex:
             out.append((key, min(1.0, max(-1.0, 1.0 - float(dist)))))
         return out
 
-    # -- persistence -----------------------------------------------------------------------------
+    # -- persistence (the format is index_snapshot's) -------------------------------------------
 
-    def save(self, directory: Path) -> None:
-        """Persist into `directory`: the hnswlib graph (if built), the vectors and `meta.json`.
-
-        Data files carry a fresh generation number and `meta.json` (replaced atomically, last)
-        names them, so a crash mid-save leaves the previous save readable. Writers wait while
-        the graph is written; searches go on.
-        """
-        directory.mkdir(parents=True, exist_ok=True)
-        gen = _generation(directory / _META) + 1
-        graph_name, vecs_name = f"graph-{gen:08d}.hnsw", f"vectors-{gen:08d}.npy"
+    @contextmanager
+    def frozen(self) -> Iterator[IndexState]:
+        """The state for a snapshot, held still until the context exits: under the shared lock,
+        so writers wait and searches go on. Arrays and graph are the live ones: read only."""
         with self._lock.read():
             n = len(self._keys)
-            graph = self._index
-            meta = {
-                "format": INDEX_FORMAT,
-                "generation": gen,
-                "dim": self.dim,
-                "m": self.m,
-                "ef_construction": self.ef_construction,
-                "capacity": int(self._vecs.shape[0]),
-                "graph": graph_name if graph is not None else None,
-                "vectors": vecs_name,
-                "keys": list(self._keys),
-                "attrs": dict(self._attrs),
-                "pending": sorted(self._pending),
-            }
-            try:
-                body = json.dumps(meta, separators=(",", ":")).encode()
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"index attrs are not JSON-serialisable: {exc}") from exc
-            if graph is not None:
-                graph.save_index(str(directory / graph_name))
-            with open(directory / vecs_name, "wb") as f:
-                np.save(f, self._vecs[:n], allow_pickle=False)
-        if graph is not None:
-            fsync_file(directory / graph_name)
-        fsync_file(directory / vecs_name)
-        write_atomic(directory / _META, body)
-        for stale in directory.iterdir():
-            if stale.name.startswith(("graph-", "vectors-")) and stale.name not in (
-                graph_name,
-                vecs_name,
-            ):
-                stale.unlink(missing_ok=True)
+            yield IndexState(
+                dim=self.dim, m=self.m, ef_construction=self.ef_construction,
+                capacity=int(self._vecs.shape[0]), graph=self._index, vectors=self._vecs[:n],
+                graphed=self._graphed[:n], keys=list(self._keys), attrs=dict(self._attrs),
+                pending=sorted(self._pending),
+            )
+
+    def save(self, directory: Path) -> None:
+        """Persist into `directory` (`index_snapshot.save_snapshot`)."""
+        save_snapshot(self, directory)
 
     @classmethod
     def load(
@@ -535,73 +506,40 @@ class VectorIndex:
         recall_target_pct: int = 95, probe_every: int = 64,
     ) -> VectorIndex:
         """Load what `save` wrote; IndexCorrupt when it is missing or inconsistent."""
+        state = load_snapshot(directory)
         try:
-            meta = json.loads((directory / _META).read_bytes())
-            if meta["format"] not in (1, INDEX_FORMAT):
-                raise IndexCorrupt(f"{directory}: unknown index format {meta['format']!r}")
-            keys: list[str | None] = meta["keys"]
-            attrs: dict[str, object] = meta["attrs"]
-            if not isinstance(keys, list) or not isinstance(attrs, dict):
-                raise IndexCorrupt(f"{directory}: malformed sidecar")
-            if not all(key is None or isinstance(key, str) for key in keys):
-                raise IndexCorrupt(f"{directory}: a memory id is not a string")
-            n = len(keys)
-            capacity = max(int(meta["capacity"]), n, 1)
-            out = cls(
-                int(meta["dim"]),
-                m=int(meta["m"]),
-                ef_construction=int(meta["ef_construction"]),
-                ef_search=ef_search,
-                initial_capacity=1,
-                exact_max=exact_max,
-                recall_target_pct=recall_target_pct,
-                probe_every=probe_every,
-            )
-            index: Any = None
-            if meta["graph"] is not None:
-                index = hnswlib.Index(space="ip", dim=out.dim)
-                index.load_index(str(directory / meta["graph"]), max_elements=capacity)
-                index.set_ef(ef_search)
-                index.set_num_threads(1)
-            pending = meta.get("pending", [])
-            if not isinstance(pending, list) or not all(
-                isinstance(label, int) and 0 <= label < n and keys[label] is not None
-                for label in pending
-            ):
-                raise IndexCorrupt(f"{directory}: malformed pending labels")
-            graphed = np.zeros(capacity, dtype=np.bool_)
-            if index is not None:
-                ids = np.asarray(index.get_ids_list(), dtype=np.int64)
-                if ids.size and (ids.min() < 0 or ids.max() >= n):
-                    raise IndexCorrupt(f"{directory}: the graph holds a label past the sidecar's")
-                graphed[ids] = True
-            vecs = np.load(directory / meta["vectors"], allow_pickle=False)
-            if vecs.shape != (n, out.dim) or vecs.dtype != np.float32:
-                raise IndexCorrupt(f"{directory}: vectors have shape {vecs.shape}, {vecs.dtype}")
-        except IndexCorrupt:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise IndexCorrupt(f"{directory}: cannot load index: {exc}") from exc
-        out._index = index
-        out._vecs = np.zeros((capacity, out.dim), dtype=np.float32)
-        out._vecs[:n] = vecs
-        out._graphed = graphed
-        out._keys = keys
-        out._labels = {key: label for label, key in enumerate(keys) if key is not None}
-        out._free = [label for label, key in enumerate(keys) if key is None]
-        out._attrs = {k: v for k, v in attrs.items() if k in out._labels}
-        if len(out._labels) + len(out._free) != n:
-            raise IndexCorrupt(f"{directory}: a memory id appears under two labels")
-        if index is None:
+            return cls.restore(state, ef_search=ef_search, exact_max=exact_max,
+                               recall_target_pct=recall_target_pct, probe_every=probe_every)
+        except ValueError as exc:  # parameters the constructor refuses (m < 2, say)
+            raise IndexCorrupt(f"{directory}: {exc}") from exc
+
+    @classmethod
+    def restore(
+        cls, state: IndexState, *, ef_search: int = 64, exact_max: int = 2048,
+        recall_target_pct: int = 95, probe_every: int = 64,
+    ) -> VectorIndex:
+        """An index that takes over `state`, consistent as `load_snapshot` checks it. Without a
+        graph every live record is pending, and past `exact_max` an empty graph waits for
+        `build` (the snapshot was saved under a larger exact_max)."""
+        out = cls(state.dim, m=state.m, ef_construction=state.ef_construction,
+                  ef_search=ef_search, initial_capacity=state.capacity, exact_max=exact_max,
+                  recall_target_pct=recall_target_pct, probe_every=probe_every)
+        n = len(state.keys)
+        out._vecs[:n] = state.vectors
+        out._graphed[:n] = state.graphed
+        out._keys = list(state.keys)
+        out._labels = {key: label for label, key in enumerate(out._keys) if key is not None}
+        out._free = [label for label, key in enumerate(out._keys) if key is None]
+        out._attrs = {k: v for k, v in state.attrs.items() if k in out._labels}
+        if state.graph is None:
             out._pending = set(out._labels.values())
-            if len(out._labels) > exact_max:  # saved under a larger exact_max: `build` fills it
+            if len(out._labels) > exact_max:
                 out._new_graph()
         else:
-            out._pending = set(pending)
-            ungraphed = [label for label in out._labels.values()
-                         if not graphed[label] and label not in out._pending]
-            if ungraphed:
-                raise IndexCorrupt(f"{directory}: {len(ungraphed)} live labels are in no graph")
+            out._pending = set(state.pending)
+            state.graph.set_ef(ef_search)
+            state.graph.set_num_threads(1)
+            out._index = state.graph
         return out
 
 
@@ -613,9 +551,3 @@ def _best(
         return a
     return sorted(a + b, key=lambda hit: -hit[1])[:k]
 
-
-def _generation(meta_path: Path) -> int:
-    try:
-        return int(json.loads(meta_path.read_bytes())["generation"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
