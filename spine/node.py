@@ -191,6 +191,7 @@ class Node:
             max_keys_per_s=ae.max_keys_per_s, grace_ms=cfg.tombstone.grace_s * 1000,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms, monotonic=self.rt.monotonic,
             sleep=self.rt.sleep, rng=self.rt.rng, enabled=ae.enabled,
+            settlement=self.replicator.settlement,
         )
         self.store.subscribe(self.antientropy.on_commit)
         quorum = cfg.policy().quorum(cfg.policy().default)
@@ -358,6 +359,7 @@ class Node:
             admin={a: functools.partial(self.rebalancer.admin, a)
                    for a in ("join", "decommission", "remove")},
             leases=self.leases, max_lease_ttl_ms=self.cfg.paxos.max_lease_ttl_ms,
+            settlement=self.replicator.settlement,
             feed=self.feed, feed_limits=self.cfg.feed,
         )
         await self._open_storage()

@@ -48,6 +48,7 @@ from spine.core.readiness import NotReady
 from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
 from spine.core.session import SessionToken
+from spine.core.settlement import Settlement
 from spine.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class Services:
     max_lease_ttl_ms: int = 600_000  # the longest ttl_ms a lease request may ask for
     feed: FeedService | None = None  # the change feed (DESIGN §15)
     feed_limits: FeedSection = field(default_factory=FeedSection)
+    # What this node knows every owner holds: reply tokens leave those versions out.
+    settlement: Settlement = field(default_factory=Settlement)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -273,7 +276,12 @@ class _Handlers:
         return principal.name if self.svc.auth.enabled and principal.role == "agent" else None
 
     def _session(self, token: SessionToken | None) -> SessionToken:
-        return token if token is not None else SessionToken(self.svc.session_max_keys)
+        """The reply's token: the request's, less the entries settled since (held by every
+        owner: `spine.core.settlement`), or a new one."""
+        if token is None:
+            return SessionToken(self.svc.session_max_keys)
+        token.forgotten.clear()  # a client's echo of an earlier reply's list means nothing here
+        return self.svc.settlement.prune(token)
 
     def _reply(
         self, request: web.Request, data: Any, token: SessionToken, status: int = 200,
@@ -346,12 +354,12 @@ class _Handlers:
         mid = v.memory_id(request.match_info["id"])
         include_vector = _flag(request, "include_vector")
         token = _token(request, self.svc.session_max_keys)
-        rec, level, coordinator = await self.c.get(ns, mid, _level(request), token)
-        request["level"] = level.label
-        request["coordinator"] = coordinator
+        got = await self.c.read(ns, mid, _level(request), token)
+        rec = got.record
+        request["level"] = got.level.label
+        request["coordinator"] = got.coordinator
         out = self._session(token)
-        if rec is not None:
-            out.observe(f"{ns}/{mid}", rec.version)
+        got.merge_into(out, f"{ns}/{mid}")
         if rec is None or rec.deleted:
             err = NotFound(f"no memory {mid!r} in namespace {ns!r}", field="id")
             return error_response(err, {SESSION: out.encode()})

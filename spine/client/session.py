@@ -32,8 +32,9 @@ def _decode(text: str) -> SessionToken | None:
 
 
 def merge_tokens(mine: str | None, theirs: str | None) -> str | None:
-    """The token that holds, per key, the newer version of the two (overflowed if either is);
-    a malformed reply token is ignored, a malformed own token is replaced."""
+    """The token that holds, per key, the newer version of the two (overflowed if either is),
+    less the entries the reply dropped as settled (held by every owner); a malformed reply token
+    is ignored, a malformed own token is replaced."""
     if not theirs:
         return mine
     b = _decode(theirs)
@@ -41,10 +42,10 @@ def merge_tokens(mine: str | None, theirs: str | None) -> str | None:
         return mine
     a = _decode(mine) if mine else None
     if a is None:
+        b.forgotten.clear()
         return b.encode()
-    a.overflowed = a.overflowed or b.overflowed
-    for key, version in b.entries.items():
-        a.observe(key, version)
+    a.merge(b)
+    a.forgotten.clear()  # what a reply dropped is news for this merge only
     return a.encode()
 
 

@@ -52,6 +52,7 @@ from spine.core.messages import ShardFetch, ShardTreeQuery, Tag
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.ring import Ring
+from spine.core.settlement import Settlement
 from spine.ports import RecordStore, Transport
 from spine.storage.lmdb_store import Applied, split_record_key
 
@@ -95,8 +96,10 @@ class AntiEntropy:
         enabled: bool = True,
         fanout: int = 16,
         depth: int = 3,
+        settlement: Settlement | None = None,
     ) -> None:
         self.node_id = node_id
+        self.settlement = settlement  # told which shards every owner matched (see run_round)
         self.store = store
         self.rep = replicator
         self.rpc = rpc
@@ -231,9 +234,15 @@ class AntiEntropy:
             exchanged += moved
         differing = 0
         for s in picked:
-            shard_views = [views[p].get(s) for p in ring.preference_list(s) if p != self.node_id]
+            owners = ring.preference_list(s)
+            shard_views = [views[p].get(s) for p in owners if p != self.node_id]
             if any(v is not None and not v.equal for v in shard_views):
                 differing += 1
+            agreed = [v.seq for v in shard_views if v is not None and v.equal]
+            if (self.settlement is not None and len(agreed) == len(shard_views)
+                    and self.node_id in owners):
+                # Every other owner held what this node held up to the smallest of those seqs.
+                self.settlement.note_shard(s, owners, min(agreed, default=self.trees.seq))
             if candidates[s]:
                 await self._purge(s, candidates[s], shard_views, now)
         self.differing.set(float(differing))
@@ -280,7 +289,7 @@ class AntiEntropy:
                     if r is None:
                         continue  # the peer is still building its trees: no view
                     if self.trees.tree(s).root() == r[0]:
-                        views[s] = PeerView(True)
+                        views[s] = PeerView(True, seq=self.trees.seq)
                     else:
                         descents[s] = Descent(self.trees.tree(s), r[0])
             while pending := [s for s, d in descents.items() if not d.done]:

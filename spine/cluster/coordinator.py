@@ -22,7 +22,7 @@ and the Forward handler do before they answer.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from spine.cluster.liveness import Liveness
@@ -53,6 +53,28 @@ from spine.core.session import SessionToken
 from spine.core.validation import normalise
 from spine.core.versioning import mint, seen_hlc
 from spine.ports import RecordStore, Transport
+
+
+@dataclass(frozen=True, slots=True)
+class Got:
+    """What a read returns: the record (None: absent), the level used, the coordinating node,
+    and whether every owner holds the record's version (so a session token need not carry it)."""
+
+    record: Record | None
+    level: Level
+    coordinator: str
+    settled: bool = False
+
+    def merge_into(self, token: SessionToken, key: str) -> None:
+        """What the read saw, into `token`: a settled version drops the key's entry (no floor is
+        needed), any other becomes the key's floor."""
+        if self.record is None:
+            return
+        if self.settled:
+            token.forget(key, self.record.version)
+        else:
+            token.observe(key, self.record.version)
+
 
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
@@ -139,8 +161,22 @@ class Coordinator:
         *,
         forwarded: bool = False,
     ) -> tuple[Record | None, Level, str]:
-        """Read a key: (stored version or None, level used, coordinating node). `token` (read
-        only) holds the session's floors; merge the returned record's version into it.
+        """Read a key: (stored version or None, level used, coordinating node); see `read`."""
+        got = await self.read(namespace, mid, requested, token, forwarded=forwarded)
+        return got.record, got.level, got.coordinator
+
+    async def read(
+        self,
+        namespace: str,
+        mid: str,
+        requested: Level | None,
+        token: SessionToken | None,
+        *,
+        forwarded: bool = False,
+    ) -> Got:
+        """Read a key. `token` (read only) holds the session's floors; merge the returned
+        record's version into it (`Got.merge_into`: unless the version is settled, held by every
+        owner (`spine.core.settlement`), when the token's entry for the key goes instead).
 
         An expired version (DESIGN §13) comes back as a tombstone view of itself (`masked`,
         judged on this node's HLC now): absent to the caller, yet its version still counts
@@ -152,35 +188,43 @@ class Coordinator:
             reply = await self._forward(list(rt.coordinators), msg)
             if reply is not None:
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
-                return masked(rec, self.hlc.now()), Level(reply["level"]), reply["coordinator"]
+                return Got(masked(rec, self.hlc.now()), Level(reply["level"]),
+                           reply["coordinator"], reply.get("settled") is True)
         level = self.policy.read_level(requested)
-        rec = await self._read_at(namespace, mid, rt.owners, level, token)
+        rec, settled = await self._read_at(namespace, mid, rt, level, token)
         if rec is not None:
             stronger = self.policy.escalate(level, rec.tags)
             if stronger is not None:
                 level = stronger
-                rec = await self._read_at(namespace, mid, rt.owners, level, token)
-        return masked(rec, self.hlc.now()), level, self.node_id
+                rec, settled = await self._read_at(namespace, mid, rt, level, token)
+        return Got(masked(rec, self.hlc.now()), level, self.node_id, settled)
 
     async def _read_at(
         self,
         namespace: str,
         mid: str,
-        prefs: tuple[str, ...],
+        rt: Route,
         level: Level,
         token: SessionToken | None,
-    ) -> Record | None:
+    ) -> tuple[Record | None, bool]:
+        """The record a read at `level` returns, and whether it is settled (only judged for a
+        read this node answers alone: a quorum's answer is simply tracked)."""
         key = f"{namespace}/{mid}"
+        prefs = rt.owners
         floor = token.floor(key) if token is not None else None
         local = self.node_id in prefs
         q = self.policy.quorum(level)
         if level is Level.STRONG:
-            return await self._strong_read(namespace, mid, prefs, q.r, q.w, floor)
+            return await self._strong_read(namespace, mid, prefs, q.r, q.w, floor), False
         enough = one_is_enough(level, token, key)
         if enough and local:
-            rec = self.store.get(namespace, mid)
+            rec, seq = self.store.feed_entries(namespace, [mid])[0]
             if meets_floor(rec, floor):
-                return rec
+                settled = rec is not None and self.rep.settlement.settled(
+                    key, rec.version, rt.shard, rt.owners, rt.write_to, seq)
+                if settled:
+                    self.metrics.settled_reads.inc()
+                return rec, settled
             self.metrics.session_waits.inc()
         r = 1 if enough else q.r
         asked = live(prefs, self.liveness.is_alive)
@@ -202,7 +246,7 @@ class Coordinator:
             self.metrics.quorum_failures.inc("read", level.label)
         if tally.error is not None:
             raise tally.error
-        return tally.outcome.newest
+        return tally.outcome.newest, False
 
     async def _strong_read(
         self,

@@ -42,7 +42,8 @@ def build_handlers(
         return node_id
 
     async def apply(_peer: str, msg: Apply) -> list[bool]:
-        applied = await replicator.apply_local(msg.records)
+        applied = await replicator.apply_local(msg.records) if msg.records else []
+        replicator.noticed(msg.notices)
         return [a.outcome is Outcome.APPLIED for a in applied]
 
     async def read(_peer: str, msg: Read) -> list[Any]:
@@ -58,12 +59,12 @@ def build_handlers(
         level = None if msg.level is None else Level(msg.level)
         out: dict[str, Any] = {"coordinator": node_id}
         if msg.op == "get":
-            rec, used, _ = await coordinator.get(
-                msg.namespace, msg.id, level, token, forwarded=True
-            )
-            out.update(record=None if rec is None else rec.to_wire(), level=int(used))
-            if token is not None and rec is not None:
-                token.observe(f"{msg.namespace}/{msg.id}", rec.version)
+            got = await coordinator.read(msg.namespace, msg.id, level, token, forwarded=True)
+            rec = got.record
+            out.update(record=None if rec is None else rec.to_wire(), level=int(got.level),
+                       settled=got.settled)
+            if token is not None:
+                got.merge_into(token, f"{msg.namespace}/{msg.id}")
         elif msg.op == "write":
             ops = [WriteOp(i, None if b is None else body_from_wire(b)) for i, b in msg.body]
             items = await coordinator.write(

@@ -43,6 +43,7 @@ class HashTrees:
         self._digests: dict[int, ShardDigest] = {}
         self._purged_while_building: dict[bytes, bytes] = {}
         self._ready = False
+        self._seq = 0  # every commit up to this change seq is in the digests (once ready)
         self._empty = ShardTree(fanout, depth)  # stands in for a shard we hold nothing of
 
     def __len__(self) -> int:
@@ -52,6 +53,12 @@ class HashTrees:
     def ready(self) -> bool:
         """True once the digests reflect the whole store."""
         return self._ready
+
+    @property
+    def seq(self) -> int:
+        """The change seq up to which every commit is in the digests (0 before the build ends);
+        read with ``lock`` held, beside the tree it vouches for."""
+        return self._seq if self._ready else 0
 
     def tree(self, shard: int) -> ShardTree:
         """The shard's tree (an empty one when nothing is held); call with ``lock`` held."""
@@ -69,6 +76,8 @@ class HashTrees:
     def on_commit(self, applied: list[Applied]) -> None:
         """Commit hook (LMDB writer thread): move each committed key's pair in its tree."""
         with self.lock:
+            if applied:
+                self._seq = max(self._seq, max(a.seq for a in applied))
             for a in applied:
                 if a.outcome is not Outcome.APPLIED:
                     continue
@@ -89,6 +98,8 @@ class HashTrees:
 
     def build(self, shards: int, stopping: Callable[[], bool]) -> None:
         """Scan the store shard by shard into the digests (blocking: an executor thread)."""
+        with self.lock:  # every commit so far is in what the scan reads; later ones, the hook's
+            self._seq = max(self._seq, self.store.seq)
         for shard in range(shards):
             after: bytes | None = None
             while not stopping():

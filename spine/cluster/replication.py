@@ -4,6 +4,9 @@
 returns as soon as every record has `w` acknowledgements (or every answer is in, or the deadline
 passes). A replica that is down or fails the call gets a hint, kept durably here for handoff.
 Calls still in flight after the reply go on in owned background tasks (never fire-and-forget).
+When every node of a record's write set has acknowledged it, the version is settled
+(`spine.core.settlement`): this node notes it, and tells the others on the next `Apply` it sends
+them (or on an empty one `NOTICE_DELAY` later), so their readers need not track it in tokens.
 `read` asks replicas for a key and reports what they hold; stale ones are read-repaired.
 """
 
@@ -23,10 +26,14 @@ from spine.core.messages import Apply, Read, records_from_wire
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.quorum import meets_floor, resolve
+from spine.core.settlement import MAX_NOTICES, Notice, Settlement
 from spine.ports import RecordStore, Transport
 from spine.storage.lmdb_store import Applied
 
 log = structlog.get_logger("spine.replication")
+
+# How long a settle notice waits for an Apply to the same peer before it goes in an empty one.
+NOTICE_DELAY = 0.02
 
 
 class Replicator:
@@ -53,6 +60,8 @@ class Replicator:
         self.wall_ms = wall_ms
         self.hints_enabled = hints_enabled
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.settlement = Settlement()
+        self._outbox: dict[str, list[Notice]] = {}  # notices per peer, not yet sent
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as an owned background task (cancelled by `stop`)."""
@@ -85,11 +94,43 @@ class Replicator:
         if not self.liveness.is_alive(node):
             raise PeerUnavailable(f"{node} is down", node=node)
         try:
-            await self.rpc.call(node, Apply(list(records)), self.rpc_timeout)
+            await self.rpc.call(node, Apply(list(records), self._take_notices(node)),
+                                self.rpc_timeout)
         except PeerUnavailable as e:
             self._failed(node, e)
             raise
         self.liveness.report_success(node)
+
+    # ------------------------------------------------------------ settle notices
+
+    def _settled(self, record: Record, write_set: Sequence[str]) -> None:
+        """Every node of `write_set` acknowledged `record`: note it here, tell the others."""
+        self.settlement.note(f"{record.namespace}/{record.id}", record.version)
+        notice = (record.namespace, record.id, record.version)
+        for node in write_set:
+            if node == self.node_id:
+                continue
+            box = self._outbox.get(node)
+            if box is None:
+                box = self._outbox[node] = []
+                self.spawn(self._flush_later(node))
+            if len(box) < MAX_NOTICES:  # beyond: dropped, which only keeps versions in tokens
+                box.append(notice)
+
+    def _take_notices(self, node: str) -> list[Notice]:
+        return self._outbox.pop(node, []) if node != self.node_id else []
+
+    async def _flush_later(self, node: str) -> None:
+        """Send `node` its notices in an empty Apply unless another Apply took them first."""
+        await asyncio.sleep(NOTICE_DELAY)
+        if node in self._outbox:
+            with contextlib.suppress(SpineError):
+                await self.send(node, [])
+
+    def noticed(self, notices: Sequence[Notice]) -> None:
+        """A peer's notices (from its Apply): those versions are on every node of their sets."""
+        for namespace, mid, version in notices:
+            self.settlement.note(f"{namespace}/{mid}", version)
 
     async def hint(self, nodes: Sequence[str], record: Record) -> None:
         """Keep `record` durably for `nodes`, which did not take it (handoff replays it when
@@ -118,6 +159,7 @@ class Replicator:
         """Replicate each record to its nodes; acks per record (≥ its `w` means success; `w` is
         one number for all records or one per record)."""
         acks = [0] * len(records)
+        held = [0] * len(records)  # acknowledgements by the node itself (no hint): settling
         need = [w] * len(records) if isinstance(w, int) else list(w)
         # When this node is a replica, its own commit is waited for too (as Riak's coordinating
         # vnode writes first): a write it acknowledged is then in its store, so the next write
@@ -139,9 +181,10 @@ class Replicator:
             if not local_pending and all(a >= n for a, n in zip(acks, need, strict=True)):
                 done.set()
 
-        def ack(idxs: list[int]) -> None:
+        def ack(idxs: list[int], *, hinted: bool = False) -> None:
             for i in idxs:
                 acks[i] += 1
+                held[i] += not hinted
             check()
 
         async def one(node: str, idxs: list[int]) -> None:
@@ -156,7 +199,7 @@ class Replicator:
                     await self.store.add_hints([(node, now, r) for r in recs])
                     self.metrics.hints_written.inc(by=len(recs))
                     if hints_count:
-                        ack(idxs)
+                        ack(idxs, hinted=True)
             except (InsufficientStorage, StorageFailed) as e:  # our own disk refused the commit
                 local_error.append(e)
             except Exception:
@@ -168,6 +211,9 @@ class Replicator:
                     check()
                 if outstanding == 0:
                     done.set()
+                    for i, pl in enumerate(prefs):
+                        if held[i] == len(pl):
+                            self._settled(records[i], pl)
 
         if not by_node:
             return acks

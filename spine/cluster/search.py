@@ -234,9 +234,9 @@ class SearchService:
             if have is not None and have.record.version >= floor:
                 continue
             try:
-                rec, _, _ = await self.coordinator.get(namespace, mid, level, token)
-                if rec is not None:
-                    token.observe(key, rec.version)
+                got = await self.coordinator.read(namespace, mid, level, token)
+                rec = got.record
+                got.merge_into(token, key)
             except (QuorumUnavailable, SessionUnavailable):
                 # No replica can say what the session wrote here: report the shard as missing
                 # (partial), as a search without the token would, rather than fail the search.

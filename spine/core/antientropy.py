@@ -161,7 +161,8 @@ class ShardDigest:
 class PeerView:
     """What one round learned about one peer replica of a shard.
 
-    ``equal``: the roots matched. Otherwise ``differing`` names the leaves the descent found
+    ``equal``: the roots matched, when this node's tree held every commit up to change seq
+    ``seq``. Otherwise ``differing`` names the leaves the descent found
     (``None`` when it could not tell), ``exchanged`` the leaves whose listings were compared and
     ``listed`` the peer's pairs in those leaves.
     """
@@ -170,6 +171,7 @@ class PeerView:
     differing: frozenset[int] | None = None
     exchanged: frozenset[int] = frozenset()
     listed: Listing = field(default_factory=dict)
+    seq: int = 0
 
 
 def purgeable(

@@ -15,6 +15,7 @@ from spine.core.clock import Version
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.model import Record
 from spine.core.paxos import ballot_from_wire  # a malformed ballot: ValueError -> InvalidInput
+from spine.core.settlement import Notice, notices_from_wire, notices_to_wire
 
 PROTOCOL_VERSION = 1
 
@@ -61,13 +62,15 @@ class Apply:
 
     TAG: ClassVar[Tag] = Tag.APPLY
     records: list[Record] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)  # versions settled (spine.core.settlement)
 
     def to_wire(self) -> list[Any]:
-        return [[r.to_wire() for r in self.records]]
+        return [[r.to_wire() for r in self.records], notices_to_wire(self.notices)]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Apply:
-        return cls([Record.from_wire(x) for x in w[0]])
+        notices = notices_from_wire(w[1]) if len(w) > 1 else []
+        return cls([Record.from_wire(x) for x in w[0]], notices)
 
 
 @dataclass(frozen=True, slots=True)

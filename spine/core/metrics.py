@@ -198,6 +198,10 @@ class SpineMetrics:
             "forwarded writes refused because they arrived after their deadline")
         self.session_waits = r.counter(
             "spine_session_escalations_total", "session reads that had to ask more replicas")
+        self.settled_reads = r.counter(
+            "spine_session_settled_reads_total",
+            "reads answered by this replica alone with a version every owner holds (left out of "
+            "the session token)")
         self.feed_items = r.counter(
             "spine_feed_items_total", "change-feed items this node delivered to consumers, by how"
             " each was made safe: logged (the logs showed it on a quorum), settled (a strong"

@@ -4,6 +4,10 @@ A leaderless store has no per-shard log position to carry (as Cosmos DB does), s
 versions per key, bounded to `max_keys` (newest kept). A token that had to drop entries is marked
 `overflowed`; from then on reads of keys it does not hold go to a quorum, so read-your-writes never
 silently lapses.
+
+A version every owner of its key holds (settled, `spine.core.settlement`) needs no entry: a node
+leaves such versions out and drops the entries they cover (`forget`). A reply's token lists what
+it dropped (`forgotten`), so a client that merges reply tokens into its own drops them too.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ TOKEN_FORMAT = 1
 HEADER = "Spine-Session"
 
 
-# Raw bytes a token may hold before base64 (≈ 4 KiB as a header, well under aiohttp's 8 KiB).
+# Raw bytes a token may hold before base64 (≈ 4 KiB as a header, well under aiohttp's 8 KiB),
+# and, besides, what its list of forgotten entries may take (≈ 1.4 KiB more).
 MAX_TOKEN_BYTES = 3072
+MAX_FORGOTTEN_BYTES = 1024
 
 
 def _entry_size(key: str, v: Version) -> int:
@@ -36,6 +42,7 @@ class SessionToken:
     max_keys: int = 32
     entries: dict[str, Version] = field(default_factory=dict)
     overflowed: bool = False
+    forgotten: dict[str, Version] = field(default_factory=dict)
 
     def floor(self, key: str) -> Version | None:
         """The version a read of `key` must at least return, if the token knows one."""
@@ -63,16 +70,39 @@ class SessionToken:
             self.entries = kept
             self.overflowed = True
 
+    def forget(self, key: str, settled: Version) -> None:
+        """`settled` (or newer) of `key` is on every owner: drop the key's entry if it is no newer,
+        and list it as forgotten for a client merging this token into its own."""
+        old = self.entries.get(key)
+        if old is not None and old <= settled:
+            del self.entries[key]
+            size = 8 + sum(_entry_size(k, v) for k, v in self.forgotten.items())
+            if (len(self.forgotten) < self.max_keys
+                    and size + _entry_size(key, old) <= MAX_FORGOTTEN_BYTES):
+                self.forgotten[key] = old  # else a merging client keeps it: safe, only larger
+
+    def merge(self, reply: SessionToken) -> None:
+        """Take a reply's token in: its forgotten entries go, its entries are observed."""
+        self.overflowed = self.overflowed or reply.overflowed
+        for key, version in reply.forgotten.items():
+            old = self.entries.get(key)
+            if old is not None and old <= version:
+                del self.entries[key]
+        for key, version in reply.entries.items():
+            self.observe(key, version)
+
     def _size(self) -> int:
         return 8 + sum(_entry_size(k, v) for k, v in self.entries.items())
 
     def encode(self) -> str:
         """The opaque header value (URL-safe base64 of msgpack)."""
-        body = [
+        body: list[object] = [
             TOKEN_FORMAT,
             self.overflowed,
             [[k, v.hlc, v.node] for k, v in self.entries.items()],
         ]
+        if self.forgotten:
+            body.append([[k, v.hlc, v.node] for k, v in self.forgotten.items()])
         return base64.urlsafe_b64encode(msgpack.packb(body)).decode().rstrip("=")
 
     @classmethod
@@ -80,14 +110,20 @@ class SessionToken:
         """Parse a header value; a malformed token is a 400 naming the header."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            fmt, overflowed, items = msgpack.unpackb(raw)
-            if fmt != TOKEN_FORMAT or not isinstance(items, list):
+            fmt, overflowed, items, *rest = msgpack.unpackb(raw)
+            gone = rest[0] if len(rest) == 1 else []
+            if (fmt != TOKEN_FORMAT or not isinstance(items, list) or len(rest) > 1
+                    or not isinstance(gone, list)):
                 raise ValueError("format")
             tok = cls(max_keys=max_keys, overflowed=bool(overflowed))
             for k, hlc, node in items:
                 if not isinstance(k, str) or not isinstance(hlc, int) or not isinstance(node, str):
                     raise ValueError("entry")
                 tok.observe(k, Version(hlc, node))
+            for k, hlc, node in gone[:max_keys]:
+                if not isinstance(k, str) or not isinstance(hlc, int) or not isinstance(node, str):
+                    raise ValueError("entry")
+                tok.forgotten[k] = Version(hlc, node)
             return tok
         except (ValueError, TypeError, binascii.Error, msgpack.UnpackException):
             raise InvalidInput("malformed session token", field=HEADER) from None

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from spine.client import Client, SpineHTTPError
+from spine.core.session import SessionToken
 from tests.integration.cluster import LocalCluster
 from tests.integration.conftest import WEAK_OK, ClusterFactory
 
@@ -277,3 +278,37 @@ def test_read_your_writes_survives_the_loss_of_the_writing_node(cluster: LocalCl
     for mid, content in expected.items():
         assert survivors.get("sess-crash", mid)["content"] == content
         assert survivors.get("sess-crash", mid)["content"] == content  # and on the other node
+
+
+@pytest.mark.timeout(120)
+def test_reading_many_settled_keys_keeps_the_token_small_and_reads_local(
+    cluster: LocalCluster,
+) -> None:
+    # Versions every owner holds (settled) need no entry in the token: a client that reads far
+    # more keys than session.max_keys (32) keeps a token that never overflows, so its reads stay
+    # R=1 (answered by one replica) instead of going to a quorum once it would have overflowed.
+    ns = "sess-settled"
+    writer = cluster.client()
+    for i in range(80):
+        writer.put(ns, f"k{i}", f"v{i}")
+    before = sum(cluster.metric(n, "spine_session_settled_reads_total") for n in NODES)
+    reader = cluster.client()
+    reader.get(ns, "k0")  # a first token
+    deadline = time.monotonic() + 30
+    while True:  # the writes' settle notices reach every node within tens of milliseconds
+        settled = sum(cluster.metric(n, "spine_session_settled_reads_total") for n in NODES)
+        if settled > before or time.monotonic() > deadline:
+            break
+        reader.get(ns, "k0")
+    for i in range(80):
+        assert reader.get(ns, f"k{i}")["content"] == f"v{i}"
+    token = SessionToken.decode(reader.session or "", 1024)
+    assert not token.overflowed, "the token overflowed: settled versions were tracked"
+    assert len(token.entries) < 32, token.entries
+    settled = sum(cluster.metric(n, "spine_session_settled_reads_total") for n in NODES)
+    assert settled - before >= 70, (before, settled)
+    # Read-your-writes still holds for what it writes now, read through another node.
+    for i in range(20):
+        written = reader.put(ns, f"k{i}", f"w{i}")
+        got = reader.get(ns, f"k{i}")
+        assert got["version"] >= written["version"] and got["content"] == f"w{i}"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from spine.cluster import coordinator, handoff, paxos, replication, ringkeeper
-from spine.core import abd, feed, quorum, ring_change
+from spine.core import abd, feed, quorum, ring_change, settlement
 from spine.core.consistency import Level
 from spine.core.messages import PaxosCommit
 from spine.core.model import Record
@@ -155,7 +155,36 @@ def feed_probe_any_holder(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(feed, "delivered_before", delivered_before)
 
 
+def settled_at_w(mp: pytest.MonkeyPatch) -> None:
+    """A version taken as settled (held by every owner, so tokens drop it) as soon as its write
+    reached W replicas, not once every node of its write set acknowledged it."""
+    real = replication.Replicator.write
+
+    async def write(self: replication.Replicator, records: Sequence[Record],
+                    prefs: Sequence[Sequence[str]], w: int | Sequence[int], **kw: Any
+                    ) -> list[int]:
+        acks = await real(self, records, prefs, w, **kw)
+        for rec, pl, a in zip(records, prefs, acks, strict=True):
+            if a > 0:
+                self._settled(rec, pl)
+        return acks
+    mp.setattr(replication.Replicator, "write", write)
+
+
+def settled_any_seq(mp: pytest.MonkeyPatch) -> None:
+    """Anti-entropy's proof stretched: once a shard's trees matched every other owner's, every
+    record of the shard is taken as settled, whatever it was written after the match."""
+    real = settlement.Settlement.settled
+
+    def settled(self: settlement.Settlement, key: str, version: Any, shard: int,
+                owners: Sequence[str], write_set: Sequence[str], seq: int) -> bool:
+        return real(self, key, version, shard, owners, write_set, min(seq, 1))
+    mp.setattr(settlement.Settlement, "settled", settled)
+
+
 MUTANTS: dict[str, Mutant] = {
+    "settled_at_w": settled_at_w,
+    "settled_any_seq": settled_any_seq,
     "feed_probe_any_holder": feed_probe_any_holder,
     "feed_unsettled": feed_unsettled,
     "feed_skips_held": feed_skips_held,

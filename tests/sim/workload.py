@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spine.cluster.coordinator import Got
 from spine.core.clock import Version
 from spine.core.conditions import Condition
 from spine.core.consistency import Level
@@ -126,12 +127,14 @@ class Client:
         # The request runs as a task of the node (as a handler in its process would): a crash
         # of the node cancels it, and the client sees the connection drop.
         loop = asyncio.get_running_loop()
+        got: Got | None = None
         try:
             if kind == "read":
-                task = loop.create_task(node.coordinator.get(NS, key, self.level, call_token),
+                task = loop.create_task(node.coordinator.read(NS, key, self.level, call_token),
                                         context=ctx)
                 task.add_done_callback(_consume)
-                rec, _, _ = await asyncio.wait_for(asyncio.shield(task), self.timeout)
+                got = await asyncio.wait_for(asyncio.shield(task), self.timeout)
+                rec = got.record
                 op.value, op.version = content_of(rec), None if rec is None else rec.version
             else:
                 body = None if value is None else WriteBody(value, (), {}, None, None)
@@ -153,8 +156,15 @@ class Client:
             # may have applied anyway.
             op.ok = False if kind == "read" or op.error == "precondition_failed" else None
         op.end = self.now()
-        if token is not None and op.ok and op.version is not None:
-            token.observe(f"{NS}/{key}", op.version)  # as the HTTP layer merges a reply's
+        if token is not None and call_token is not None and op.ok:
+            # The reply's token as the HTTP layer makes it (the request's, less what this node
+            # knows settled, plus what the call saw), merged as spine.client merges it.
+            node.replicator.settlement.prune(call_token)
+            if got is not None:
+                got.merge_into(call_token, f"{NS}/{key}")
+            elif op.version is not None:
+                call_token.observe(f"{NS}/{key}", op.version)
+            token.merge(call_token)
         if op.ok:
             self.check_session(op)
             if self.level is Level.STRONG and op.version is not None:

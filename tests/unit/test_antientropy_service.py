@@ -167,6 +167,7 @@ async def test_a_purge_seen_during_the_build_is_not_undone_by_the_scan(world: Wo
 
     class Stale:  # replays the pre-purge scan, as a scan racing the commit hook would see it
         key_of = staticmethod(store.key_of)
+        seq = 0
 
         @staticmethod
         def scan_shard(shard: int, after: bytes | None = None, limit: int = 1000) -> Any:

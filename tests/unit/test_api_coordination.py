@@ -23,6 +23,7 @@ from spine.api import coordination as coord
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app
 from spine.api.openapi import openapi_document
+from spine.cluster.coordinator import Got
 from spine.core.clock import Version
 from spine.core.conditions import Condition, Fence, etag
 from spine.core.consistency import Level
@@ -247,6 +248,10 @@ class FakeCoordinator:
     async def get(self, ns: str, mid: str, requested: Level | None,
                   token: SessionToken | None) -> tuple[Record | None, Level, str]:
         return self.stored, Level.STRONG, "n1"
+
+    async def read(self, ns: str, mid: str, requested: Level | None,
+                   token: SessionToken | None) -> Got:
+        return Got(self.stored, Level.STRONG, "n1")
 
 
 class FakeLeases:

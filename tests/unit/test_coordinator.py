@@ -196,3 +196,50 @@ async def test_a_non_owner_forwards_to_the_first_live_owner(tmp_path: Path) -> N
     finally:
         await node.replicator.stop()
         node.store.close()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+def notices_to(peers: Peers, node: str) -> list[tuple[str, str, Version]]:
+    return [n for p, m in peers.calls if p == node and isinstance(m, Apply) for n in m.notices]
+
+
+@pytest.mark.asyncio
+async def test_a_write_every_replica_took_is_settled_and_the_others_are_told(
+    three: tuple[Node, Peers],
+) -> None:
+    node, peers = three
+    (item,) = await node.coordinator.write(
+        NS, [WriteOp("k", WriteBody("v", (), {}, None, None))], Level.SESSION, None, None)
+    assert item.result is not None
+    version = item.result.record.version
+    await wait_for(lambda: bool(notices_to(peers, "n2")) and bool(notices_to(peers, "n3")))
+    assert notices_to(peers, "n2") == notices_to(peers, "n3") == [(NS, "k", version)]
+    got = await node.coordinator.read(NS, "k", Level.SESSION, SessionToken())
+    assert got.record is not None and got.record.version == version and got.settled
+    tok = SessionToken()
+    got.merge_into(tok, f"{NS}/k")
+    assert tok.entries == {}  # nothing to carry: every owner holds it
+    assert node.metrics.settled_reads.get() == 1
+
+
+@pytest.mark.asyncio
+async def test_a_write_one_replica_did_not_take_stays_in_the_token(
+    three: tuple[Node, Peers],
+) -> None:
+    node, peers = three
+    peers.hang.add("n3")
+    (item,) = await node.coordinator.write(
+        NS, [WriteOp("k", WriteBody("v", (), {}, None, None))], Level.SESSION, None, None)
+    assert item.result is not None  # n1 and n2: W=2
+    got = await node.coordinator.read(NS, "k", Level.SESSION, SessionToken())
+    assert got.record is not None and not got.settled
+    tok = SessionToken()
+    got.merge_into(tok, f"{NS}/k")
+    assert tok.entries == {f"{NS}/k": item.result.record.version}
+    assert notices_to(peers, "n2") == []

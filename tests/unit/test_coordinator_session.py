@@ -85,5 +85,9 @@ async def test_the_forward_handler_answers_with_the_token_and_what_it_saw(node: 
     back = SessionToken.decode(reply["token"], 8)
     assert back.entries == {"ns/other": Version(1, "n0"), **versions}
     got = await forward("n2", Forward("get", "ns", "a", None, None, back.encode()))
-    assert SessionToken.decode(got["token"], 8).entries == back.entries
+    # Every replica (this one node) took "a": the read says so, and its entry leaves the token.
+    assert got["settled"] is True
+    after = SessionToken.decode(got["token"], 8)
+    assert after.entries == {k: v for k, v in back.entries.items() if k != "ns/a"}
+    assert after.forgotten == {"ns/a": back.entries["ns/a"]}
     assert got["record"] is not None
