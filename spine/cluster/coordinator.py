@@ -5,18 +5,20 @@
   token (asking more replicas until one is as new as the token requires), R=quorum without one.
 - strong: a write is one round of per-key Paxos (`spine.cluster.paxos`), as every conditional write
   (`If-Match`, `If-None-Match`, `Spine-Fence`) is, so strong and conditional writes are linearizable
-  together; a read is ABD's (Attiya, Bar-Noy, Dolev 1995): the newest of a quorum, written back to
-  a quorum first. A committed Paxos change is an ordinary record on a quorum, which that read sees.
+  together; a read is ABD's (`spine.cluster.strong_reads`): the newest of a quorum, written back
+  to a quorum first. A committed Paxos change is an ordinary record on a quorum, which that read
+  sees.
 
 The coordinator of a key is a live replica of it; a node that is not one forwards the request.
 The decisions are pure: routing in `spine.core.routing`, tallies per level in `spine.core.quorum`,
-a batch's levels and creates in `spine.core.batch`, ABD's phases in `spine.core.abd`; this class
-carries them out.
+a batch's levels and creates in `spine.core.batch`, which versions are settled (held by every
+owner) in `spine.core.settlement`; this class carries them out.
 
 A session token passed in is read, never changed: it gives each key's floor. What the session has
 seen through a call is what the call returns — a read's record, each written item's record — and
-the caller merges those versions into its own token (`SessionToken.observe`), as the HTTP layer
-and the Forward handler do before they answer.
+the caller merges those versions into its own token (`SessionToken.observe`; a read's through
+`Got.merge_into`, which leaves a settled version out), as the HTTP layer and the Forward handler
+do before they answer.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from typing import Any
 from spine.cluster.liveness import Liveness
 from spine.cluster.paxos import Proposer
 from spine.cluster.replication import Replicator
+from spine.cluster.strong_reads import StrongReads
 from spine.cluster.version_history import gather_history
-from spine.core.abd import Failed, ReadQuorum, StrongRead, WriteQuorum
 from spine.core.batch import by_level, creates
-from spine.core.clock import HLC, Version, hlc_from_ms, hlc_ms
+from spine.core.clock import HLC, hlc_from_ms, hlc_ms
 from spine.core.conditions import Condition, check, fences_after
 from spine.core.consistency import Level, Policy
 from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
@@ -121,6 +123,8 @@ class Coordinator:
         self.proposer = proposer
         self.ignore_fences = ignore_fences  # test-only tooth: paxos.unsafe_ignore_fences
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        self.strong = StrongReads(self._route, replicator, liveness, policy, metrics,
+                                  read_timeout=read_timeout, write_timeout=write_timeout)
 
     # ------------------------------------------------------------ routing
 
@@ -215,7 +219,7 @@ class Coordinator:
         local = self.node_id in prefs
         q = self.policy.quorum(level)
         if level is Level.STRONG:
-            return await self._strong_read(namespace, mid, prefs, q.r, q.w, floor), False
+            return await self.strong.read(namespace, mid, prefs, q.r, q.w, floor), False
         enough = one_is_enough(level, token, key)
         if enough and local:
             rec, seq = self.store.feed_entries(namespace, [mid])[0]
@@ -248,68 +252,10 @@ class Coordinator:
             raise tally.error
         return tally.outcome.newest, False
 
-    async def _strong_read(
-        self,
-        namespace: str,
-        mid: str,
-        prefs: tuple[str, ...],
-        r: int,
-        w: int,
-        floor: Version | None,
-    ) -> Record | None:
-        abd = StrongRead(live(prefs, self.liveness.is_alive), r, w, floor)
-        answers = await self._read_quorum(namespace, mid, abd.start())
-        rt = self._route(namespace, mid)
-        step = abd.on_answers(answers, (rt.write_to, rt.extra))
-        if isinstance(step, WriteQuorum):
-            step = abd.on_acks(await self._write_quorum(step))
-            if abd.repaired:
-                self.metrics.read_repairs.inc(by=abd.repaired)
-        if isinstance(step, Failed):
-            raise self._failed(step)
-        return step.record
-
     async def settle(self, rec: Record) -> Record:
-        """A version the change feed is about to deliver, made safe to deliver (DESIGN §15): on
-        a quorum of its key's replicas, so no later quorum read returns anything older. The key
-        is read at the strong level (ABD: the newest a quorum holds, written back to a quorum);
-        if `rec` is newer still (its own replica alone holds it), `rec` itself is written to a
-        quorum. Returns what to deliver, the newer of the two; QuorumUnavailable if neither
-        could be made to hold."""
-        rt = self._route(rec.namespace, rec.id)
-        q = self.policy.quorum(Level.STRONG)
-        found = await self._strong_read(rec.namespace, rec.id, rt.owners, q.r, q.w, None)
-        if found is not None and found.version >= rec.version:
-            return found
-        need = q.w + rt.extra
-        acks = await self.rep.write([rec], [rt.write_to], need, hints_count=False,
-                                    timeout=self.write_timeout)
-        if acks[0] < need:
-            raise QuorumUnavailable("could not write the version to a quorum",
-                                    reached=acks[0], needed=need)
-        return rec
-
-    async def _read_quorum(
-        self, namespace: str, mid: str, step: ReadQuorum
-    ) -> dict[str, Record | None]:
-        """ABD's read phase: what a quorum of `step.nodes` holds (no read repair: the write-back
-        is ABD's own)."""
-        return await self.rep.read(
-            namespace, mid, step.nodes, step.r, timeout=self.read_timeout, repair=False
-        )
-
-    async def _write_quorum(self, step: WriteQuorum) -> int:
-        """ABD's write phase: how many of `step.nodes` acknowledged (hints do not count)."""
-        acks = await self.rep.write(
-            [step.record], [step.nodes], step.need, hints_count=False,
-            timeout=self.write_timeout,
-        )
-        return acks[0]
-
-    def _failed(self, step: Failed) -> SpineError:
-        if step.metric is not None:
-            self.metrics.quorum_failures.inc(*step.metric)
-        return step.error
+        """A version the change feed is about to deliver, made safe to deliver: see
+        `StrongReads.settle`."""
+        return await self.strong.settle(rec)
 
     # ------------------------------------------------------------ writes
 
