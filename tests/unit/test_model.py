@@ -228,3 +228,12 @@ def test_vector_to_list() -> None:
     raw = np.array([1.0, -2.5, 0.25], dtype=np.float32).tobytes()
     assert vector_to_list(raw) == [1.0, -2.5, 0.25]
     assert all(type(x) is float for x in vector_to_list(raw) or [])
+
+
+@pytest.mark.parametrize("ms", [0, 1, 999, 1000, 1001, T0, T0 + 876, 4_102_444_799_999])
+def test_rfc3339_names_the_millisecond_it_is_given(ms: int) -> None:
+    text = rfc3339(ms)
+    assert RFC3339.fullmatch(text)
+    parsed = dt.datetime.fromisoformat(text)
+    assert round(parsed.timestamp() * 1000) == ms
+    assert rfc3339(ms) == text  # the second's cached prefix gives the same text again
