@@ -7,12 +7,21 @@ apt inside two tests. When the run has collected a test that needs one, the inst
 background thread as soon as collection ends, in the order the tests will need them, while the
 tests before them run; a test's own `ensure` call then finds the tool, or waits on the same lock
 for the install under way. A failed install here is left for that call to retry and report.
+
+Under pytest-xdist every worker is a process of its own, and dpkg refuses a second apt-get
+instead of waiting for the first: so every install, in any worker, waits its turn on one file
+lock (`apt_turn`), and a test of a module that needs a tool takes its turn before it starts
+(installing what is still missing), so that its own `ensure` finds the tool in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +40,7 @@ NEEDS: dict[str, list[tuple[str, str]]] = {
 }
 
 _PREFETCH = pytest.StashKey[threading.Thread]()
+APT_LOCK = Path(tempfile.gettempdir()) / "spine-tests-apt.lock"
 
 
 def tools_needed(nodeids: list[str]) -> list[tuple[str, str]]:
@@ -44,9 +54,22 @@ def tools_needed(nodeids: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+@contextlib.contextmanager
+def apt_turn() -> Iterator[None]:
+    """Exclusive among every process on the machine (flock on a fresh descriptor, so threads
+    of one process exclude each other too): one apt-get at a time."""
+    fd = os.open(APT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _install(tools: list[tuple[str, str]]) -> None:
     for command, package in tools:
-        with contextlib.suppress(Exception):  # the test's own ensure() retries and reports
+        # The test's own ensure() retries and reports a failure.
+        with apt_turn(), contextlib.suppress(Exception):
             ensure(command, package)
 
 
@@ -56,6 +79,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         t = threading.Thread(target=_install, args=(tools,), name="apt-prefetch", daemon=True)
         t.start()
         session.config.stash[_PREFETCH] = t
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs a tool waits for any install under way, here or in another worker."""
+    _install(NEEDS.get(item.nodeid.split("::", 1)[0], []))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
