@@ -24,10 +24,27 @@ up: $(STAMP)
 # PYTHONDONTWRITEBYTECODE is emptied for pytest: with it set (as some environments do), every
 # node process the tests start (hundreds), every seed worker and pytest's assertion rewriting
 # compile their modules from source again, about 0.2 s of CPU per node start.
+#
+# Two pytest runs side by side. The process tests (tests/integration, tests/jepsen: real nodes,
+# mostly waiting on sockets and timers) run on two pytest-xdist workers, a whole file per worker
+# (`--dist loadfile`: a module's shared cluster starts once and its tests keep their order);
+# their report is printed when both runs are done. Everything else (unit, property, sim) runs in
+# one process, whose simulation seeds start in a worker of their own as soon as it has collected
+# (tests/sim/seed_pool.py), not in each xdist worker. That run is CPU work without deadlines, so it
+# runs at a lower priority (nice 10): it fills what the process tests leave idle, and their
+# timeouts (forwarded writes, failure detection) see no more contention than before.
+PROC_TESTS := tests/integration tests/jepsen
 test: $(STAMP)
 	$(BIN)/ruff check spine tests bench jepsen_style
 	$(BIN)/mypy
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m "not slow" --durations=15
+	@log=$$(mktemp); \
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m "not slow" -n 2 --dist loadfile --durations=15 \
+		$(PROC_TESTS) >"$$log" 2>&1 & procs=$$!; \
+	PYTHONDONTWRITEBYTECODE= nice -n 10 $(BIN)/pytest -q -m "not slow" --durations=15 \
+		$(foreach d,$(PROC_TESTS),--ignore=$(d)); rest=$$?; \
+	wait $$procs; status=$$?; \
+	echo "--- $(PROC_TESTS) (2 workers) ---"; cat "$$log"; rm -f "$$log"; \
+	test $$rest -eq 0 && test $$status -eq 0
 
 test-all: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q
