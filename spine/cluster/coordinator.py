@@ -222,10 +222,9 @@ class Coordinator:
             return await self.strong.read(namespace, mid, prefs, q.r, q.w, floor), False
         enough = one_is_enough(level, token, key)
         if enough and local:
-            rec, seq = self.store.feed_entries(namespace, [mid])[0]
+            rec = self.store.get(namespace, mid)
             if meets_floor(rec, floor):
-                settled = rec is not None and self.rep.settlement.settled(
-                    key, rec.version, rt.shard, rt.owners, rt.write_to, seq)
+                settled = rec is not None and self._settled(key, rec, rt)
                 if settled:
                     self.metrics.settled_reads.inc()
                 return rec, settled
@@ -256,6 +255,12 @@ class Coordinator:
         """A version the change feed is about to deliver, made safe to deliver: see
         `StrongReads.settle`."""
         return await self.strong.settle(rec)
+
+    def _settled(self, key: str, rec: Record, rt: Route) -> bool:
+        """Whether every owner holds `rec` (this node's stored version of `key`, just read)."""
+        return self.rep.settlement.settled(
+            key, rec.version, rt.shard, rt.owners, rt.write_to,
+            lambda: self.store.feed_entries(rec.namespace, [rec.id])[0][1])
 
     # ------------------------------------------------------------ writes
 

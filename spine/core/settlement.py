@@ -29,7 +29,7 @@ Pure: no I/O and no clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from spine.core.clock import Version
@@ -77,20 +77,30 @@ class Settlement:
         known = self._noticed.get(key)
         return known is not None and known >= version
 
+    def matched(self, shard: int, owners: Sequence[str], write_set: Sequence[str]) -> int:
+        """The change seq up to which anti-entropy found every owner holding this node's records
+        of `shard` (0: none). `owners` and `write_set` are a key's route now: a write set larger
+        than the owners (a ring change under way) or other owners than the match's rule it
+        out."""
+        kept = self._shards.get(shard)
+        owners = tuple(owners)
+        if kept is None or tuple(write_set) != owners or kept[0] != owners:
+            return 0
+        return kept[1]
+
     def settled(
         self, key: str, version: Version, shard: int, owners: Sequence[str],
-        write_set: Sequence[str], seq: int,
+        write_set: Sequence[str], seq_of: Callable[[], int],
     ) -> bool:
-        """Whether this node's stored `version` of `key` (its change seq `seq`) is held by every
-        owner. `owners` and `write_set` are the key's route now; a write set larger than the
-        owners (a ring change) rules out what anti-entropy found, not what a notice said (a
-        notice counted the pending owners too)."""
+        """Whether this node's stored `version` of `key` is held by every owner: by a notice
+        (which counted pending owners too, so it holds through a ring change), or by a match
+        (`matched`) up to at least the key's change seq, which `seq_of` reads only then. (A
+        version stored meanwhile has a later seq: it can only say no, or yes for a version
+        newer than `version`, which every owner then holds.)"""
         if self.noticed(key, version):
             return True
-        kept = self._shards.get(shard)
-        if kept is None or seq <= 0 or tuple(write_set) != tuple(owners):
-            return False
-        return kept[0] == tuple(owners) and seq <= kept[1]
+        upto = self.matched(shard, owners, write_set)
+        return upto > 0 and 0 < seq_of() <= upto
 
     def prune(self, token: SessionToken) -> SessionToken:
         """Drop the token's entries whose version is settled by a notice (they need no floor:

@@ -62,10 +62,10 @@ TEETH: dict[str, Tooth] = {
     "no_trailing": Tooth((2, 0, 3, 4), AT_SETTLE, "is missing on"),
     # A member cut off for the whole join is skipped; back with its old map it coordinates
     # writes acked by old owners only, short of a quorum of the settled map's owners.
-    # Rare: of seeds 6-24 only 8 catches it (the cut-off node must coordinate a write in the
-    # moment between its return and its next ring sync); the claimant's unit test
-    # (tests/unit/test_rebalance_claimant.py) kills it on every run.
-    "agree_live_only": Tooth((8, 3), CUT_OFF, "is missing on"),
+    # Rare: of seeds 3-26, 7, 10, 14, 15, 20 and 25 catch it (the cut-off node must coordinate
+    # a write in the moment between its return and its next ring sync); the claimant's unit
+    # test (tests/unit/test_rebalance_claimant.py) kills it on every run.
+    "agree_live_only": Tooth((7, 10, 14), CUT_OFF, "is missing on"),
     # Acknowledged at the first replica's ack: a quorum read misses the write.
     "early_ack": Tooth((0, 5, 1, 3), Knobs(), "is missing on"),
     # The repairs spread the OLDEST version: a strong read returns a value older than one a
@@ -93,7 +93,7 @@ TEETH: dict[str, Tooth] = {
     "paxos_early_ack": Tooth((1, 3, 5), CONTENDED, "not linearizable"),
     # The change feed delivering a version no quorum holds yet: a replica that logs an older
     # version late makes the consumer see its key go back in time.
-    "feed_unsettled": Tooth((302, 304, 307), Knobs(feed=True), "feed order"),
+    "feed_unsettled": Tooth((313, 317, 306, 320), Knobs(feed=True), "feed order"),
     # The feed's positions moving past a key it could not settle (a partition): never delivered.
     "feed_skips_held": Tooth((301, 302, 306), Knobs(feed=True), "feed lost"),
     # Any replica holding a version taken as proof the consumer has it (not only one whose

@@ -44,28 +44,41 @@ def test_notices_are_kept_for_the_last_max_keys_keys() -> None:
 def test_a_matching_anti_entropy_round_settles_records_up_to_its_seq() -> None:
     s = Settlement()
     s.note_shard(7, OWNERS, 100)
-    assert s.settled("ns/a", V1, 7, OWNERS, OWNERS, 100)
-    assert s.settled("ns/a", V1, 7, OWNERS, OWNERS, 1)
-    assert not s.settled("ns/a", V1, 7, OWNERS, OWNERS, 101)  # written after the match
-    assert not s.settled("ns/a", V1, 7, OWNERS, OWNERS, 0)  # no change seq: never
-    assert not s.settled("ns/a", V1, 8, OWNERS, OWNERS, 5)  # another shard
-    assert not s.settled("ns/a", V1, 7, ("n1", "n2", "n4"), ("n1", "n2", "n4"), 5)  # new owners
+    assert s.settled("ns/a", V1, 7, OWNERS, OWNERS, lambda: 100)
+    assert s.settled("ns/a", V1, 7, OWNERS, OWNERS, lambda: 1)
+    assert not s.settled("ns/a", V1, 7, OWNERS, OWNERS, lambda: 101)  # written after the match
+    assert not s.settled("ns/a", V1, 7, OWNERS, OWNERS, lambda: 0)  # no change seq: never
+    assert not s.settled("ns/a", V1, 8, OWNERS, OWNERS, lambda: 5)  # another shard
+    other = ("n1", "n2", "n4")
+    assert not s.settled("ns/a", V1, 7, other, other, lambda: 5)  # other owners
     # A ring change under way (pending owners in the write set): the match proves nothing.
-    assert not s.settled("ns/a", V1, 7, OWNERS, (*OWNERS, "n4"), 5)
+    assert not s.settled("ns/a", V1, 7, OWNERS, (*OWNERS, "n4"), lambda: 5)
     # A notice holds whatever the ring does (it counted the whole write set).
     s.note("ns/a", V1)
-    assert s.settled("ns/a", V1, 7, OWNERS, (*OWNERS, "n4"), 500)
+    assert s.settled("ns/a", V1, 7, OWNERS, (*OWNERS, "n4"), lambda: 500)
+
+
+def test_the_seq_is_read_only_when_a_match_could_vouch() -> None:
+    s = Settlement()
+    s.note("ns/a", V2)
+
+    def never() -> int:
+        raise AssertionError("the seq was read")
+    assert s.settled("ns/a", V1, 7, OWNERS, OWNERS, never)  # noticed
+    assert not s.settled("ns/b", V1, 7, OWNERS, OWNERS, never)  # no match for the shard
+    s.note_shard(7, OWNERS, 10)
+    assert not s.settled("ns/b", V1, 7, OWNERS, (*OWNERS, "n4"), never)  # a ring change
 
 
 def test_shard_matches_only_move_forward_for_the_same_owners() -> None:
     s = Settlement()
     s.note_shard(1, OWNERS, 50)
     s.note_shard(1, OWNERS, 40)  # a later round whose tree was read earlier: keep 50
-    assert s.settled("ns/a", V1, 1, OWNERS, OWNERS, 50)
+    assert s.settled("ns/a", V1, 1, OWNERS, OWNERS, lambda: 50)
     s.note_shard(1, ("n1", "n2", "n4"), 10)  # other owners: start over
-    assert not s.settled("ns/a", V1, 1, OWNERS, OWNERS, 5)
-    assert not s.settled("ns/a", V1, 1, ("n1", "n2", "n4"), ("n1", "n2", "n4"), 11)
-    assert s.settled("ns/a", V1, 1, ("n1", "n2", "n4"), ("n1", "n2", "n4"), 10)
+    assert not s.settled("ns/a", V1, 1, OWNERS, OWNERS, lambda: 5)
+    assert not s.settled("ns/a", V1, 1, ("n1", "n2", "n4"), ("n1", "n2", "n4"), lambda: 11)
+    assert s.settled("ns/a", V1, 1, ("n1", "n2", "n4"), ("n1", "n2", "n4"), lambda: 10)
 
 
 def test_prune_drops_noticed_entries_and_lists_them_for_a_merging_client() -> None:
