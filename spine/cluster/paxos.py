@@ -21,7 +21,14 @@
   before; a promise held only in memory is written out before its key's state leaves memory.
 - `Proposer`: a round from any node: prepare, complete an interrupted change, judge the
   condition, accept, commit; retried with a higher ballot and a random back-off under contention
-  until the deadline.
+  until the deadline. The accept goes first to a quorum only ("thrifty": the replicas that
+  promised, this node first), and to the other replicas when one of those refuses or fails, or
+  has not answered after `hedge` seconds: Paxos's safety never depends on whom an accept is sent
+  to, only on a quorum of acceptances, and a replica left out still gets the commit (the record,
+  as every replica does). Prepares and commits go to every replica: a prepare sent to a quorum
+  only would leave the others' acceptors unaware of competing ballots, so under contention a
+  proposer's own acceptor would take a value its rivals had already overtaken, and the round
+  end in a 504 (measured: 82 and 133 against 19 and 26 in the contended benchmark case).
 
 A change the proposer sent for acceptance and then could not see through is *indeterminate*: a
 later round may still complete it. The proposer says so (504 timeout) rather than answer 503,
@@ -275,6 +282,7 @@ class Proposer:
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         metrics: SpineMetrics,
         hint: Callable[[Sequence[str], Record], Awaitable[None]] | None = None,
+        hedge: float | None = None,
     ) -> None:
         self.node_id = node_id
         self.metrics = metrics
@@ -286,6 +294,10 @@ class Proposer:
         self.rpc_timeout = rpc_timeout
         self.spawn = spawn
         self.hint = hint  # keeps a committed record for the replicas the commit did not reach
+        # How long a thrifty accept waits for its quorum before asking the other replicas too
+        # (a replica that fails or refuses brings them in at once). 100 ms fired on most
+        # rounds of a saturated node, so its saving was lost; a quarter of the RPC timeout.
+        self.hedge = rpc_timeout / 4 if hedge is None else hedge
 
     async def run(self, namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
         """Carry out one change of a key: the record committed, or the error (412/409 from
@@ -298,14 +310,18 @@ class Proposer:
         while True:
             attempt += 1
             rt = self.route(namespace, mid)
-            nodes = live(rt.write_to, self.liveness.is_alive)
+            # this node first: its own acceptor answers without a round trip
+            nodes = sorted(live(rt.write_to, self.liveness.is_alive),
+                           key=lambda n: n != self.node_id)
             need = quorum_size(len(rt.owners), rt.extra)
             budget = end - loop.time()
             if len(nodes) < need or budget <= 0:
                 raise self._gave_up(mine, len(nodes), need)
             ballot = Version(self.hlc.now(), self.node_id)
-            step = read_promises(await self._prepare(nodes, namespace, mid, ballot, need,
-                                                     budget), need)
+            promises = await self._prepare(nodes, namespace, mid, ballot, need, budget)
+            step = read_promises(promises, need)
+            # the accept goes first to the replicas that promised
+            nodes.sort(key=lambda n: not (n in promises and promises[n].ok))
             if isinstance(step, Rejected):
                 await self._contended(step, attempt, end)
                 continue
@@ -410,8 +426,10 @@ class Proposer:
         missed: Callable[[str], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """Send `msg` to `nodes`; return the parsed answers once `need` are good, or every node
-        answered, or `timeout` passed. Calls still out go on in owned tasks; `missed(node)` runs
-        for each whose call fails for want of the peer (even after the return)."""
+        asked answered, or `timeout` passed. Calls still out go on in owned tasks; `missed(node)`
+        runs for each whose call fails for want of the peer (even after the return). An accept
+        is thrifty: asked of the first `need` nodes, and of the others once one of those fails or
+        answers no good, or after `hedge` seconds."""
         answers: dict[str, Any] = {}
         loop = asyncio.get_running_loop()
         # A future and a timer rather than an Event under wait_for: no extra task per phase.
@@ -421,8 +439,19 @@ class Proposer:
             if not done.done():
                 done.set_result(None)
 
-        outstanding = len(nodes)
+        thrifty = isinstance(msg, PaxosAccept)
+        first = list(nodes[:need]) if thrifty else list(nodes)
+        rest = list(nodes[len(first):])
+        outstanding = len(first)
         ok = 0
+
+        def expand() -> None:
+            nonlocal outstanding, rest
+            if rest and not done.done():
+                ask, rest = rest, []
+                outstanding += len(ask)
+                for n in ask:
+                    self.spawn(one(n))
 
         async def one(node: str) -> None:
             nonlocal outstanding, ok
@@ -434,7 +463,10 @@ class Proposer:
                     ok += 1
                     if ok >= need:
                         finish()
+                else:
+                    expand()
             except PeerUnavailable as e:
+                expand()
                 if "code" not in e.details:
                     self.liveness.report_failure(node)
                     self.rpc.drop(node)
@@ -442,23 +474,28 @@ class Proposer:
                     with contextlib.suppress(SpineError):  # our own disk refused: logged there
                         await missed(node)
             except (ValueError, TypeError, IndexError, KeyError) as e:  # a malformed answer
+                expand()
                 log.warning("paxos_bad_reply", peer=node, error=str(e)[:200])
             except SpineError as e:
+                expand()
                 log.debug("paxos_call_failed", peer=node, code=e.code)
             finally:
                 outstanding -= 1
-                if outstanding == 0:
+                if outstanding == 0 and not rest:
                     finish()
 
         if not nodes:
             return answers
-        for n in nodes:
+        for n in first:
             self.spawn(one(n))
         timer = loop.call_later(max(timeout, 0.001), finish)
+        hedge = loop.call_later(self.hedge, expand) if rest else None
         try:
             await done
         finally:
             timer.cancel()
+            if hedge is not None:
+                hedge.cancel()
         return dict(answers)
 
 

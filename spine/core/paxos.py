@@ -61,7 +61,10 @@ def ballot_from_wire(w: Any) -> Ballot:
 
 @dataclass(frozen=True, slots=True)
 class AcceptorState:
-    """What one replica remembers about one key's rounds (durable before it answers)."""
+    """What one replica remembers about one key's rounds, durable before it answers: accepted
+    values and commits as this state, a promise through the shell's promise bound (an upper
+    bound on every promise kept in memory, taken as the promise of every key after a restart:
+    `spine.cluster.paxos`)."""
 
     promised: Ballot = ZERO
     accepted: Ballot = ZERO
