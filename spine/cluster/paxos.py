@@ -7,8 +7,9 @@
   `ballots` table, so the copy is exact), so a message reads and decodes nothing from the store.
 - **Promises are durable through a bound, not one write each** (the prepare was one of the three
   persisted phases of a round: one fewer LMDB write and fsync wait per replica and round).
-  Paxos needs an acceptor never to take a ballot below one it promised, across a crash too. Here the acceptor keeps a durable *promise bound* (HLC, its `ballots` table under
-  a reserved key) and makes a promise in memory only while the ballot's HLC is below the bound;
+  Paxos needs an acceptor never to take a ballot below one it promised, across a crash too.
+  Here the acceptor keeps a durable *promise bound* (HLC, its `ballots` table under a reserved
+  key) and makes a promise in memory only while the ballot's HLC is below the bound;
   a prepare at or past it first raises the bound to its HLC + `bound_margin` (250 ms of HLC: one
   write a quarter second under load) and waits for that write. At start the acceptor reads the
   bound and treats every key as promised up to it (`_floor`), which is above every promise the
