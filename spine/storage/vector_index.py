@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from spine.core.errors import InvalidInput
+from spine.core.recall_probe import RecallProbe
 from spine.storage.index_snapshot import (
     INDEX_FORMAT,
     IndexCorrupt,
@@ -102,10 +103,7 @@ class VectorIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.exact_max = exact_max
-        self.recall_target = recall_target_pct / 100
-        self.probe_every = probe_every
-        self.recall: float | None = None  # the graph's recall@k, measured by probes (EWMA)
-        self._searches = 0
+        self.probe = RecallProbe(recall_target_pct, probe_every)
         self._seed = seed
         self._lock = RWLock()
         self._index: Any = None  # created once the namespace outgrows exact_max; `build` fills it
@@ -345,14 +343,18 @@ class VectorIndex:
             if predicate is None:
                 if live <= self.exact_max or in_graph == 0:
                     return self._exact(q, k, None)
-                probe = self._probe_due()
+                probe = self.probe.due(len(self._pending), live)
                 if self.poor_recall and not probe:
                     return self._exact(q, k, None)
                 found = self._hnsw(q, min(k, in_graph), None)
                 if found is None:
                     return self._exact(q, k, None)
                 found = _best(found, self._exact(q, k, self._pending_labels(None)), k)
-                return self._checked(found, self._exact(q, k, None)) if probe else found
+                if not probe:
+                    return found
+                truth = self._exact(q, k, None)
+                self.probe.fold(found, truth)
+                return truth
             if (live <= self.exact_max or in_graph == 0 or self.poor_recall
                     or self._estimate(predicate) <= max(self.exact_max, 2 * k)):
                 return self._exact(q, k, self._matching_labels(predicate))
@@ -362,30 +364,15 @@ class VectorIndex:
             return _best(found, self._exact(q, k, self._pending_labels(predicate)), k)
 
     @property
+    def recall(self) -> float | None:
+        """The graph's recall@k as probes measured it (None before the first probe)."""
+        return self.probe.recall
+
+    @property
     def poor_recall(self) -> bool:
-        """Whether probes measured the graph's recall below the target: data without structure
-        (i.i.d. random vectors, say) defeats HNSW, and the namespace is then searched exactly."""
-        return self.recall is not None and self.recall < self.recall_target
-
-    def _probe_due(self) -> bool:
-        """Whether this unfiltered graph search is also run exactly, to measure the graph's
-        recall: the first 8 searches once the graph holds at least 90 % of the records (a
-        half-built graph's answers are mostly the exact scan of its backlog), then every
-        `probe_every`-th."""
-        if self.probe_every <= 0 or 10 * len(self._pending) > len(self._labels):
-            return False
-        self._searches += 1
-        return self._searches <= 8 or self._searches % self.probe_every == 0
-
-    def _checked(
-        self, found: list[tuple[str, float]], truth: list[tuple[str, float]]
-    ) -> list[tuple[str, float]]:
-        """Fold one probe into the recall estimate (a running average over about the last
-        five probes); answer with the exact result."""
-        if truth:
-            hit = len({key for key, _ in found} & {key for key, _ in truth}) / len(truth)
-            self.recall = hit if self.recall is None else 0.8 * self.recall + 0.2 * hit
-        return truth
+        """Whether probes measured the graph's recall below the target: the namespace is then
+        searched exactly (`spine.core.recall_probe`)."""
+        return self.probe.poor
 
     def _pending_labels(self, predicate: Predicate | None) -> npt.NDArray[np.int64]:
         keys = self._keys

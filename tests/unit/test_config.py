@@ -323,4 +323,4 @@ def test_index_probe_settings_reach_every_index_and_survive_a_snapshot(tmp_path:
     assert again.load_all(tmp_path) == 7
     for s in (indexes, again):
         index = s.peek("ns")
-        assert index is not None and (index.recall_target, index.probe_every) == (0.6, 0)
+        assert index is not None and (index.probe.target, index.probe.every) == (0.6, 0)
