@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKDIR = ROOT / "runs" / "mutation"
 
-SERVICES = ["coordinator", "replication", "rebalance", "ringkeeper", "handoff", "fanout",
-            "antientropy"]
+SERVICES = ["coordinator", "strong_reads", "replication", "rebalance", "ringkeeper", "handoff",
+            "fanout", "antientropy"]
 # The pure decision halves first (the order they run in), then the services.
 DEFAULT = ["quorum", "abd", "routing", "ring_change", "session", "ringmap", *SERVICES]
 

@@ -20,6 +20,7 @@ from spine.api.http import Services, build_app, mint_id
 from spine.api.limits import HttpLimits, LimitedRunner
 from spine.api.readiness import readiness, serves_clients
 from spine.api.views import cluster_view, shards_view
+from spine.cluster.acceptor import Acceptor
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.embedding import EmbedBatcher
@@ -32,7 +33,7 @@ from spine.cluster.leases import Leases
 from spine.cluster.liveness import ProbeLiveness
 from spine.cluster.loopback import Loopback
 from spine.cluster.membership import Gossip, identity_meta, swim_config
-from spine.cluster.paxos import Acceptor, Proposer
+from spine.cluster.paxos import Proposer
 from spine.cluster.rebalance import Rebalancer
 from spine.cluster.replication import Replicator
 from spine.cluster.ringkeeper import RingKeeper

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from spine.cluster import coordinator, handoff, paxos, replication, ringkeeper
+from spine.cluster import acceptor, coordinator, handoff, paxos, replication, ringkeeper
 from spine.core import abd, feed, quorum, ring_change, settlement
 from spine.core.consistency import Level
 from spine.core.messages import PaxosCommit
@@ -111,12 +111,12 @@ def stale_ballot(mp: pytest.MonkeyPatch) -> None:
     """Issue 10's tooth: an acceptor promises and accepts any ballot, however stale (what
     `paxos.unsafe_accept_any_ballot` does in a real cluster): two rounds both read the same
     version and both commit over it."""
-    real = paxos.Acceptor.__init__
+    real = acceptor.Acceptor.__init__
 
-    def init(self: paxos.Acceptor, *a: Any, **kw: Any) -> None:
+    def init(self: acceptor.Acceptor, *a: Any, **kw: Any) -> None:
         real(self, *a, **{**kw, "any_ballot": True})
 
-    mp.setattr(paxos.Acceptor, "__init__", init)
+    mp.setattr(acceptor.Acceptor, "__init__", init)
 
 
 def paxos_early_ack(mp: pytest.MonkeyPatch) -> None:

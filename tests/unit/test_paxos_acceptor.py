@@ -1,4 +1,4 @@
-"""spine.cluster.paxos.Acceptor on a real LMDB store: answers only once durable, decides each
+"""spine.cluster.acceptor.Acceptor on a real LMDB store: answers only once durable, decides each
 message on the newest state even while an earlier one is being written, keeps its state across a
 reopen, and keeps promises in memory under a durable bound that outlives the process."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgpack
 
-from spine.cluster.paxos import BOUND_KEY, Acceptor
+from spine.cluster.acceptor import BOUND_KEY, Acceptor
 from spine.core.clock import Version, hlc_from_ms
 from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare
 from spine.core.model import Record

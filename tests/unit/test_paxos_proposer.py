@@ -9,7 +9,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from spine.cluster.paxos import Acceptor, Proposer
+from spine.cluster.acceptor import Acceptor
+from spine.cluster.paxos import Proposer
 from spine.core.clock import HLC, Version
 from spine.core.errors import PeerUnavailable, SpineError
 from spine.core.messages import Message, PaxosAccept, PaxosCommit, PaxosPrepare
