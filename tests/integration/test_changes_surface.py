@@ -273,11 +273,12 @@ def test_the_cli_prints_json_lines_and_follows_until_ctrl_c(
         line = json.loads(_readline(proc, time.monotonic() + 30))
         assert (line["id"], line["version"], line["deleted"]) == ("z", version, False)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)  # one CI run on a loaded box took over 30 s
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # reaps it and closes its pipes (no leak into the
+            # next test of this worker, where their finaliser would fail it)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
