@@ -27,24 +27,27 @@ up: $(STAMP)
 #
 # Two pytest runs side by side. The process tests (tests/integration, tests/jepsen: real nodes,
 # mostly waiting on sockets and timers) run on two pytest-xdist workers, a whole file per worker
-# (`--dist loadfile`: a module's shared cluster starts once and its tests keep their order);
-# their report is printed when both runs are done. Everything else (unit, property, sim) runs in
-# one process, whose simulation seeds start in a worker of their own as soon as it has collected
-# (tests/sim/seed_pool.py), not in each xdist worker. That run is CPU work without deadlines, so it
-# runs at a lower priority (nice 10): it fills what the process tests leave idle, and their
-# timeouts (forwarded writes, failure detection) see no more contention than before.
+# (`--dist loadfile`: a module's shared cluster starts once and its tests keep their order).
+# Everything else (unit, property, sim) runs in one process, whose simulation seeds start in a
+# worker of their own as soon as it has collected (tests/sim/seed_pool.py), not in each xdist
+# worker. That run is CPU work without deadlines, so it runs at a lower priority (nice 10): it
+# fills what the process tests leave idle, and their timeouts (forwarded writes, failure
+# detection) see no more contention than before. It is the one sent to the background, and its
+# report is printed after the other's: a shell's background job ignores SIGINT, and so would
+# every process it starts, which the process tests' Ctrl-C of `spine changes --follow` needs.
 PROC_TESTS := tests/integration tests/jepsen
 test: $(STAMP)
 	$(BIN)/ruff check spine tests bench jepsen_style
 	$(BIN)/mypy
 	@log=$$(mktemp); \
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m "not slow" -n 2 --dist loadfile --durations=15 \
-		$(PROC_TESTS) >"$$log" 2>&1 & procs=$$!; \
 	PYTHONDONTWRITEBYTECODE= nice -n 10 $(BIN)/pytest -q -m "not slow" --durations=15 \
-		$(foreach d,$(PROC_TESTS),--ignore=$(d)); rest=$$?; \
-	wait $$procs; status=$$?; \
-	echo "--- $(PROC_TESTS) (2 workers) ---"; cat "$$log"; rm -f "$$log"; \
-	test $$rest -eq 0 && test $$status -eq 0
+		$(foreach d,$(PROC_TESTS),--ignore=$(d)) >"$$log" 2>&1 & rest_pid=$$!; \
+	trap 'kill $$rest_pid 2>/dev/null' INT TERM; \
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m "not slow" -n 2 --dist loadfile --durations=15 \
+		$(PROC_TESTS); procs=$$?; \
+	wait $$rest_pid; rest=$$?; \
+	echo "--- unit, property, sim (one process, nice 10) ---"; cat "$$log"; rm -f "$$log"; \
+	test $$rest -eq 0 && test $$procs -eq 0
 
 test-all: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q
