@@ -20,6 +20,7 @@ from spine.core.requests import WriteOp
 from spine.core.session import SessionToken
 from spine.core.validation import WriteBody
 from spine.node import Node
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -198,13 +199,6 @@ async def test_a_non_owner_forwards_to_the_first_live_owner(tmp_path: Path) -> N
         node.store.close()
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 def notices_to(peers: Peers, node: str) -> list[tuple[str, str, Version]]:
     return [n for p, m in peers.calls if p == node and isinstance(m, Apply) for n in m.notices]
 
@@ -218,7 +212,7 @@ async def test_a_write_every_replica_took_is_settled_and_the_others_are_told(
         NS, [WriteOp("k", WriteBody("v", (), {}, None, None))], Level.SESSION, None, None)
     assert item.result is not None
     version = item.result.record.version
-    await wait_for(lambda: bool(notices_to(peers, "n2")) and bool(notices_to(peers, "n3")))
+    await until(lambda: bool(notices_to(peers, "n2")) and bool(notices_to(peers, "n3")))
     assert notices_to(peers, "n2") == notices_to(peers, "n3") == [(NS, "k", version)]
     got = await node.coordinator.read(NS, "k", Level.SESSION, SessionToken())
     assert got.record is not None and got.record.version == version and got.settled

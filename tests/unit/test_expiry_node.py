@@ -4,7 +4,6 @@ forward by its Runtime's offset (no sleeps)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from spine.core.requests import WriteOp
 from spine.core.session import SessionToken
 from spine.core.validation import WriteBody
 from spine.node import Node
+from tests.polling import until
 from tests.unit.test_coordinator import Peers
 
 pytestmark = pytest.mark.timeout(30)
@@ -61,16 +61,6 @@ async def write(node: Node, mid: str, b: WriteBody | None,
     rec = item.result.record
     await until(lambda: (h := node.store.get(NS, mid)) is not None and h.version >= rec.version)
     return rec
-
-
-async def until(cond: Callable[[], bool], deadline_s: float = 10.0) -> None:
-    """Poll `cond` until it holds, failing after `deadline_s`: a write answers once enough
-    replicas acknowledged, and the others (n1's own disk among them) finish just after."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not cond():
-        assert loop.time() < end, "condition never held"
-        await asyncio.sleep(0.005)
 
 
 def skip(node: Node, seconds: float) -> None:

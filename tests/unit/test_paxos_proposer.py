@@ -5,7 +5,9 @@ and commit to every replica, and a refusal, a failure or a silent replica brings
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.routing import Route
 from spine.storage.lmdb_store import Store
+from tests.polling import until
 
 NODES = ("n1", "n2", "n3")
 
@@ -68,7 +71,12 @@ class Alive:
         pass
 
 
-def setup(tmp_path: Path, *, hedge: float = 0.05) -> tuple[Proposer, Net, list[Store]]:
+@contextlib.asynccontextmanager
+async def setup(
+    tmp_path: Path, *, hedge: float = 0.05
+) -> AsyncIterator[tuple[Proposer, Net, list[Store]]]:
+    """A proposer on n1 over three acceptors; the round's leftover calls are cancelled and the
+    stores closed however the test ends."""
     stores = [Store(tmp_path / n, shard_of=lambda ns, mid: 0, sync=False, writer="loop")
               for n in NODES]
     for s in stores:
@@ -87,7 +95,14 @@ def setup(tmp_path: Path, *, hedge: float = 0.05) -> tuple[Proposer, Net, list[S
     p = Proposer("n1", lambda ns, mid: route, net, Alive(), HLC(lambda: wall[0], 500),
                  random.Random(1), rpc_timeout=0.5, spawn=spawn, metrics=SpineMetrics(),
                  hedge=hedge)
-    return p, net, stores
+    try:
+        yield p, net, stores
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in stores:
+            s.close()
 
 
 def write(content: str) -> Any:
@@ -98,51 +113,40 @@ def write(content: str) -> Any:
     return decide
 
 
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
 def test_the_accept_asks_a_quorum_and_prepare_and_commit_ask_everyone(tmp_path: Path) -> None:
     async def run() -> None:
-        p, net, stores = setup(tmp_path)
-        rec = await p.run("ns", "k", write("v"), 2.0)
-        await settle()
-        assert net.asked("PaxosPrepare") == ["n1", "n2", "n3"]
-        assert net.asked("PaxosAccept") == ["n1", "n2"]
-        assert sorted(net.asked("PaxosCommit")) == list(NODES)
-        got = stores[2].get("ns", "k")  # the replica left out of the round has the record
-        assert got is not None and got.version == rec.version
-        for s in stores:
-            s.close()
+        async with setup(tmp_path) as (p, net, stores):
+            rec = await p.run("ns", "k", write("v"), 2.0)
+            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            assert net.asked("PaxosPrepare") == ["n1", "n2", "n3"]
+            assert net.asked("PaxosAccept") == ["n1", "n2"]
+            assert sorted(net.asked("PaxosCommit")) == list(NODES)
+            got = stores[2].get("ns", "k")  # the replica left out of the round has the record
+            assert got is not None and got.version == rec.version
 
     asyncio.run(run())
 
 
 def test_a_down_replica_brings_the_third_in(tmp_path: Path) -> None:
     async def run() -> None:
-        p, net, stores = setup(tmp_path)
-        net.down.add("n2")
-        await p.run("ns", "k", write("v"), 2.0)
-        assert net.asked("PaxosAccept") == ["n1", "n3"]  # the promisers first
-        for s in stores:
-            s.close()
+        async with setup(tmp_path) as (p, net, _):
+            net.down.add("n2")
+            await p.run("ns", "k", write("v"), 2.0)
+            assert net.asked("PaxosAccept") == ["n1", "n3"]  # the promisers first
 
     asyncio.run(run())
 
 
 def test_a_silent_replica_is_hedged_after_the_hedge_delay(tmp_path: Path) -> None:
     async def run() -> None:
-        p, net, stores = setup(tmp_path, hedge=0.02)
-        net.silent.add("n2")
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        await p.run("ns", "k", write("v"), 2.0)
-        took = loop.time() - t0
-        assert "n3" in net.asked("PaxosAccept")
-        assert took < 0.4, f"the round waited {took:.2f}s, not the 0.02 s hedge"  # rpc 0.5 s
-        for s in stores:
-            s.close()
+        async with setup(tmp_path, hedge=0.02) as (p, net, _):
+            net.silent.add("n2")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await p.run("ns", "k", write("v"), 2.0)
+            took = loop.time() - t0
+            assert "n3" in net.asked("PaxosAccept")
+            assert took < 0.4, f"the round waited {took:.2f}s, not the 0.02 s hedge"  # rpc 0.5
 
     asyncio.run(run())
 
@@ -151,15 +155,13 @@ def test_a_refusal_brings_the_third_in_and_a_quorum_decides(tmp_path: Path) -> N
     """n2 promises our ballot, then a higher one before our accept: it refuses, n3 is asked and
     the round is chosen by n1 and n3."""
     async def run() -> None:
-        p, net, stores = setup(tmp_path)
-        net.overtaken.add("n2")
-        rec = await p.run("ns", "k", write("v"), 2.0)
-        await settle()
-        assert net.asked("PaxosAccept") == ["n1", "n2", "n3"]
-        for n, s in zip(NODES, stores, strict=True):
-            got = s.get("ns", "k")
-            assert got is not None and got.version == rec.version, n
-        for s in stores:
-            s.close()
+        async with setup(tmp_path) as (p, net, stores):
+            net.overtaken.add("n2")
+            rec = await p.run("ns", "k", write("v"), 2.0)
+            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            assert net.asked("PaxosAccept") == ["n1", "n2", "n3"]
+            for n, s in zip(NODES, stores, strict=True):
+                got = s.get("ns", "k")
+                assert got is not None and got.version == rec.version, n
 
     asyncio.run(run())

@@ -1,0 +1,15 @@
+"""Waiting in tests for something to happen: a poll with a deadline, never a bare sleep."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `cond` on the running loop until it holds; fail once `timeout` seconds passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"not reached in {timeout} s{': ' + what if what else ''}"
+        await asyncio.sleep(0.005)
