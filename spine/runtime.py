@@ -12,6 +12,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import structlog
+
+from spine.core.links import MAX_FILE_BYTES, Link, LinkFileError, parse_links
+
+log = structlog.get_logger("spine.runtime")
+
 
 @dataclass
 class Runtime:
@@ -54,4 +60,53 @@ async def follow_clock_file(rt: Runtime, path: str, interval: float = 0.05) -> N
                 rt.wall_offset_ms = int(f.read().strip() or 0)
         except (OSError, ValueError):
             rt.wall_offset_ms = 0
+        await asyncio.sleep(interval)
+
+
+LINK_FILE_ENV = "SPINE_TEST_LINK_FILE"
+
+
+class LinkTable:
+    """Test-only per-link delay and loss (`spine.core.links`): what this node's outgoing RPC
+    requests and gossip packets to each peer wait, or whether they are dropped. Jitter and loss
+    draw from the runtime's rng, and only on links that have them."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self.links: dict[str, Link] = {}
+        self.error: str | None = None  # why the last file read was refused (None: it was not)
+
+    def delay_for(self, peer: str) -> float | None:
+        """Seconds to hold one message to `peer` before sending it, or None to drop it."""
+        link = self.links.get(peer)
+        if link is None:
+            return 0.0
+        rng = self._rt.rng
+        loss_u = rng.random() if link.loss else 1.0
+        return link.draw(rng.random() if link.jitter_ms else 0.0, loss_u)
+
+    async def sleep(self, seconds: float) -> None:
+        """Hold a message for `seconds` (the runtime's sleep)."""
+        await self._rt.sleep(seconds)
+
+    def load(self, path: str) -> None:
+        """Follow the file at `path` once: its links, or none if it is missing or refused."""
+        try:
+            with open(path, "rb") as f:
+                text = f.read(MAX_FILE_BYTES + 1)
+            links, error = parse_links(text), None
+        except FileNotFoundError:
+            links, error = {}, None
+        except (OSError, LinkFileError) as e:
+            links, error = {}, str(e)
+        if error is not None and error != self.error:
+            log.warning("test_link_file_refused", file=path, error=error)
+        self.links, self.error = links, error
+
+
+async def follow_link_file(table: LinkTable, path: str, interval: float = 0.05) -> None:
+    """Test-only link control (the harness's `set_link`, `regions`): keep `table` equal to the
+    link file at `path`, read every `interval`; a missing or malformed file means no delay."""
+    while True:
+        table.load(path)
         await asyncio.sleep(interval)
