@@ -43,16 +43,18 @@ def format_status(
     """The cluster like `nodetool status`: a two-letter code (Up/Down, then
     Normal/Joining/Leaving/left(X)/Removed/Standby), id, address, records stored, effective
     ownership (shard replicas held / shards, so N×100% is spread over the nodes), pending shards,
-    zone. A node the operator removed keeps its row, marked R, so it is never taken for a
-    member that is merely down."""
+    region and zone ('-' where none is configured). A node the operator removed keeps its row,
+    marked R, so it is never taken for a member that is merely down."""
     total = len(shards["shards"]) or 1
     owns = ownership(shards)
     ring = shards.get("ring", {})
+    wide = max([len("region"), *(len(m.get("region") or "") for m in cluster["members"])]) + 2
     lines = [
         f"Cluster: {cluster.get('cluster')}  (seen from {cluster['node']};"
         f" ring {ring.get('digest')}{', changing' if ring.get('changing') else ''})",
         "Status=Up/Down  State=Normal/Joining/Leaving/X(left)/R(removed)/Standby",
-        f"{'--':<4}{'id':<8}{'address':<24}{'records':>10}{'owns':>9}{'pending':>9}  zone",
+        f"{'--':<4}{'id':<8}{'address':<24}{'records':>10}{'owns':>9}{'pending':>9}"
+        f"  {'region':<{wide}}zone",
     ]
     for m in cluster["members"]:
         state = "R" if m.get("removed") else _CODES.get(m["state"], "?")
@@ -62,7 +64,7 @@ def format_status(
         lines.append(
             f"{code:<4}{m['id']:<8}{m['address'] or '-':<24}"
             f"{'?' if rec is None else int(rec):>10}{100 * own / total:>8.1f}%"
-            f"{pend:>9}  {m.get('zone') or '-'}")
+            f"{pend:>9}  {m.get('region') or '-':<{wide}}{m.get('zone') or '-'}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ def cluster_view(node: Node) -> dict[str, Any]:
         "liveness": "probe" if node.gossip is None else "gossip",
         "members": members_view(node),
         "ring": {"shards": node.cfg.ring.shards, "vnodes": node.cfg.ring.vnodes,
-                 "n": node.cfg.replication.n},
+                 "n": node.cfg.replication.n, "n_by_region": dict(node.cfg.replication.regions)},
         "embedder": {"name": emb.name, "dim": emb.dim,
                      "fingerprint": node.embedder.fingerprint,
                      "threads": node.embed_threads},
@@ -26,7 +26,8 @@ def cluster_view(node: Node) -> dict[str, Any]:
 
 
 def members_view(node: Node) -> list[dict[str, Any]]:
-    """Each node of the ring map (and any other node gossip knows of): its ring `state`
+    """Each node of the ring map (and any other node gossip knows of): its `zone` and `region`
+    ("" when none), ring `state`
     (joining | active | leaving | left, or standby outside the map), whether the operator
     `removed` it (ring map members only), `alive` verdict, and
     with gossip SWIM's `gossip` state (alive | suspect | dead | left | unknown) and
@@ -34,7 +35,7 @@ def members_view(node: Node) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for member, e in sorted(node.keeper.map.entries.items()):
         out.append({"id": member, "address": f"{e.host}:{e.port}", "zone": e.zone,
-                    "state": e.state, "removed": e.removed,
+                    "region": e.region, "state": e.state, "removed": e.removed,
                     "alive": node.liveness.is_alive(member)})
     if node.gossip is None:
         return out
@@ -42,6 +43,7 @@ def members_view(node: Node) -> list[dict[str, Any]]:
     for extra in sorted(set(by_id) - set(node.keeper.map.entries)):
         meta = by_id[extra].meta_dict()
         out.append({"id": extra, "address": "", "zone": meta.get("zone", ""),
+                    "region": meta.get("region", ""),
                     "state": meta.get("ring", "standby"),
                     "alive": node.liveness.is_alive(extra)})
     for entry in out:

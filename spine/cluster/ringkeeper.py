@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from spine.cluster.liveness import Liveness
 from spine.cluster.rpc import Handler
 from spine.core.errors import InvalidInput, SpineError
 from spine.core.messages import RingSync, Tag
-from spine.core.ring import Ring
+from spine.core.ring import Replicas, Ring, total_replicas
 from spine.core.ringmap import JOINING, LEFT, Entry, Placement, RingMap
 from spine.ports import RecordStore, Transport
 
@@ -49,7 +50,7 @@ class RingKeeper:
         me: Entry,
         shards: int,
         vnodes: int,
-        n: int,
+        n: Replicas,
         interval: float,
         rpc_timeout: float,
         now_version: Callable[[], int],
@@ -61,12 +62,14 @@ class RingKeeper:
     ) -> None:
         """`trailing_window`: how long after a settle writes still go to the previous owners
         (nodes that have not heard of the settle yet read from them). `sleep`, `monotonic` and
-        `rng` (which peer each round syncs with) are the node's Runtime's."""
+        `rng` (which peer each round syncs with) are the node's Runtime's. `n`:
+        `replication.n`, an int or a map region → N; `shape` holds the total N."""
         self.node_id = node_id
         self.store = store
         self.rpc = rpc
         self.liveness = liveness
-        self.shape = (shards, vnodes, n)
+        self.shape = (shards, vnodes, total_replicas(n))
+        self.replicas: Replicas = n
         self.interval = interval
         self.rpc_timeout = rpc_timeout
         self.now_version = now_version
@@ -99,9 +102,9 @@ class RingKeeper:
     # ------------------------------------------------------------------ queries
 
     def _place(self, m: RingMap) -> Placement:
-        shards, vnodes, n = self.shape
+        shards, vnodes, _ = self.shape
         trailing = self._trailing if self.monotonic() < self._trailing_until else None
-        return Placement(m, shards=shards, vnodes=vnodes, n=n, trailing=trailing)
+        return Placement(m, shards=shards, vnodes=vnodes, n=self.replicas, trailing=trailing)
 
     def state(self, node: str | None = None) -> str | None:
         """A node's ring state (this node's by default); None when not in the map."""
@@ -181,12 +184,10 @@ class RingKeeper:
 
     async def start_join(self) -> None:
         """Add this node to the map as `joining` (a new version) and tell every live peer."""
-        me = Entry(self._me.node, JOINING, self.now_version(), self._me.zone, self._me.host,
-                   self._me.port, self._me.rpc_port, self._me.gossip_port)
+        me = replace(self._me, state=JOINING, version=self.now_version(), removed=False)
         old = self.map.get(self.node_id)
         if old is not None and not me.newer_than(old):
-            me = Entry(me.node, JOINING, old.version + 1, me.zone, me.host, me.port,
-                       me.rpc_port, me.gossip_port)
+            me = replace(me, version=old.version + 1)
         await self.adopt([me])
         log.info("ring_joining", digest=self.map.digest())
         self.push()

@@ -21,12 +21,14 @@ from spine.core.config_env import overlay_env
 from spine.core.consistency import Level, Policy, Quorum
 from spine.core.errors import ConfigError
 from spine.core.expiry import DEFAULT_MAX_TTL_S, HARD_MAX_TTL_S, Lifecycle
+from spine.core.ring import Replicas
 from spine.core.validation import TAG_RE, Limits
 
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """One member: id, listen address, HTTP / RPC / gossip ports, zone."""
+    """One member: id, listen address, HTTP / RPC / gossip ports, zone and region (failure
+    domains: a zone inside a region; "" when not configured)."""
 
     id: str
     host: str = "127.0.0.1"
@@ -34,6 +36,7 @@ class NodeConfig:
     rpc_port: int = 0
     gossip_port: int = 0
     zone: str = ""
+    region: str = ""
 
     @property
     def rpc_address(self) -> tuple[str, int]:
@@ -71,7 +74,23 @@ class RingSection:
 
 @dataclass(frozen=True)
 class ReplicationSection:
-    n: int = 3
+    """`n` in cluster.yaml: the replicas of every key, an integer or a map region → replicas in
+    that region (Cassandra's NetworkTopologyStrategy). Read back, `n` is always the total N (what
+    quorum sizes are computed on) and `regions` the map ({} for an integer)."""
+
+    n: int = field(default=3, metadata={"per_region": True})
+    regions: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        raw: object = self.n
+        if isinstance(raw, Mapping):
+            object.__setattr__(self, "regions", {str(k): v for k, v in raw.items()})
+            object.__setattr__(self, "n", sum(raw.values()))
+
+    @property
+    def replicas(self) -> Replicas:
+        """What the ring places by: the region map when there is one, else N."""
+        return dict(self.regions) if self.regions else self.n
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# Zone and region names: what a cloud calls them (eu-west-1, us-east1-b), bounded.
+SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SITE_RULE = "letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit"
+
 _POSITIVE = {
     "ring.shards", "ring.vnodes", "replication.n", "storage.map_size_mb", "storage.max_batch",
     "limits.content_bytes", "limits.metadata_bytes", "limits.body_bytes", "limits.batch_items",
@@ -51,12 +55,15 @@ def build(cls: type[T], data: object, path: str) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: must be a mapping", field=path)
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name: f for f in fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in known:
             raise ConfigError(f"{where}: unknown key", field=where)
+        if known[key].metadata.get("per_region") and isinstance(value, dict):
+            kwargs[key] = _per_region(value, where)
+            continue
         kwargs[key] = _coerce(hints[key], value, where)
     for name, f in known.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
@@ -100,6 +107,59 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _per_region(value: dict[Any, Any], where: str) -> dict[str, int]:
+    """A map region → count (`replication.n` as NetworkTopologyStrategy takes it); each count
+    an integer >= 1, refused naming its key (`replication.n.eu-west`)."""
+    if not value:
+        raise ConfigError(f"{where}: an integer, or a map region -> replicas with at least one"
+                          " region", field=where)
+    out: dict[str, int] = {}
+    for region, count in value.items():
+        key = f"{where}.{region}"
+        if not isinstance(region, str) or not SITE_RE.fullmatch(region):
+            raise ConfigError(f"{key}: {region!r} is not a region name ({SITE_RULE})", field=key)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{key}: must be an integer >= 1", field=key)
+        out[region] = count
+    return out
+
+
+def _validate_topology(cfg: Config) -> None:
+    """Zone and region names well formed; a region map names only regions that have nodes,
+    asks no region for more replicas than it has nodes, and covers every node's region."""
+    for i, nd in enumerate(cfg.nodes):
+        for part in ("zone", "region"):
+            name = getattr(nd, part)
+            if name and not SITE_RE.fullmatch(name):
+                where = f"nodes[{i}].{part}"
+                raise ConfigError(f"{where}: {name!r} is not a {part} name ({SITE_RULE})",
+                                  field=where)
+    by_region = cfg.replication.regions
+    if not by_region:
+        return
+    counts: dict[str, int] = {}
+    for nd in cfg.nodes:
+        counts[nd.region] = counts.get(nd.region, 0) + 1
+    zones = {nd.zone for nd in cfg.nodes if nd.zone}
+    known = ", ".join(repr(r) for r in sorted(counts) if r) or "none: no node has a region"
+    for region, want in by_region.items():
+        where = f"replication.n.{region}"
+        if region not in counts:
+            what = "a zone, not a region" if region in zones else "no node's region"
+            raise ConfigError(f"{where}: {region!r} is {what} (regions: {known})", field=where)
+        if want > counts[region]:
+            raise ConfigError(f"{where}: {want} replicas, but region {region!r} has"
+                              f" {counts[region]} node{'s' if counts[region] != 1 else ''}",
+                              field=where)
+    for i, nd in enumerate(cfg.nodes):
+        if nd.region not in by_region:
+            where = f"nodes[{i}].region"
+            shown = repr(nd.region) if nd.region else "none"
+            raise ConfigError(f"{where}: {shown}, but replication.n places replicas only in"
+                              f" {', '.join(sorted(by_region))}: name this node's region there",
+                              field=where)
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field checks that a single value cannot express."""
     levels = {"eventual", "session", "strong"}
@@ -124,6 +184,7 @@ def validate(cfg: Config) -> Config:
         if q2.w + q2.r <= n:
             where = f"consistency.levels.{level.label}"
             raise ConfigError(f"{where}: w + r must exceed n for {level.label}", field=where)
+    _validate_topology(cfg)
     ids = [nd.id for nd in cfg.nodes]
     if len(set(ids)) != len(ids):
         raise ConfigError("nodes: node ids must be unique", field="nodes")

@@ -7,7 +7,7 @@ with arithmetic (groupcache's `consistenthash` does the same).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import xxhash
 from sortedcontainers import SortedDict
@@ -26,11 +26,84 @@ def shard_of(namespace: str, mid: str, shards: int, h: Hash64 = hash64) -> int:
     return h(f"{namespace}/{mid}".encode()) % shards
 
 
-class Ring:
-    """Tokens of every member on a 64-bit ring and, per shard, its preference list of N nodes.
+Replicas = int | Mapping[str, int]
+"""`replication.n`: a count over the whole ring, or region → count (NetworkTopologyStrategy)."""
 
-    `members` maps node id → zone (empty string when zones are not configured). Preference lists
-    are computed once at construction: a ring is immutable, a membership change builds a new one.
+
+def total_replicas(n: Replicas) -> int:
+    """N: the replicas of every shard, summed over the regions when `n` is a map."""
+    return n if isinstance(n, int) else sum(n.values())
+
+
+def spread(order: Sequence[str], n: int, tiers: Sequence[Callable[[str], object]]) -> list[str]:
+    """Up to `n` of `order`'s nodes: for each tier in turn (coarse to fine, e.g. region then
+    zone), the nodes whose tier value no pick holds yet, in `order`; then the rest in `order`.
+    A failure domain takes a second replica only when the domains of that tier run out."""
+    picked: list[str] = []
+    chosen: set[str] = set()
+    for tier in tiers:
+        used = {tier(p) for p in picked}
+        for node in order:
+            if len(picked) >= n:
+                return picked
+            if node not in chosen and tier(node) not in used:
+                used.add(tier(node))
+                chosen.add(node)
+                picked.append(node)
+    for node in order:
+        if len(picked) >= n:
+            break
+        if node not in chosen:
+            chosen.add(node)
+            picked.append(node)
+    return picked
+
+
+def place(
+    order: Sequence[str], zones: Mapping[str, str], regions: Mapping[str, str], n: Replicas
+) -> tuple[str, ...]:
+    """A preference list from the ring walk `order` (every member, clockwise from the shard's
+    point). Pure: the placement rule in one place.
+
+    - `n` an int: N nodes, distinct regions first, then distinct zones, then ring order. With
+      one region (none configured) this is the zone rule Spine always had.
+    - `n` a map region → N_r (Cassandra's NetworkTopologyStrategy): N_r nodes of each region r
+      (all of them when it has fewer), distinct zones of that region first, then ring order;
+      nodes of a region the map does not name hold no replica. The list is in ring order.
+    """
+
+    def region(node: str) -> str:
+        return regions.get(node, "")
+
+    def site(node: str) -> tuple[str, str]:
+        return region(node), zones.get(node, "")
+
+    if isinstance(n, int):
+        if len({site(m) for m in order}) <= 1:
+            return tuple(order[:n])
+        return tuple(spread(order, n, (region, site)))
+    picked: set[str] = set()
+    for r in sorted(n):
+        local = [m for m in order if region(m) == r]
+        picked.update(spread(local, n[r], (site,)))
+    return tuple(m for m in order if m in picked)
+
+
+def owners_in_region(owners: Sequence[str], region: str,
+                     regions: Mapping[str, str]) -> tuple[str, ...]:
+    """The nodes of `owners` (a preference list) in `region`, in the list's order;
+    `regions` maps node → region (a node it does not name is in region "")."""
+    return tuple(o for o in owners if regions.get(o, "") == region)
+
+
+class Ring:
+    """Tokens of every member on a 64-bit ring and, per shard, its preference list.
+
+    `members` maps node id → zone (empty string when zones are not configured), `regions` node
+    id → region (a member it does not name is in region "", the one implicit region). `n` is
+    `replication.n`: an int, or a map region → replicas in that region (see `place`). Preference
+    lists are computed once at construction: a ring is immutable, a membership change builds a
+    new one.
     """
 
     def __init__(
@@ -39,13 +112,16 @@ class Ring:
         *,
         shards: int,
         vnodes: int,
-        n: int,
+        n: Replicas,
         h: Hash64 = hash64,
+        regions: Mapping[str, str] | None = None,
     ) -> None:
         self.members = dict(members)
+        self.regions = {m: r for m, r in (regions or {}).items() if m in self.members and r}
         self.shards = shards
         self.vnodes = vnodes
-        self.n = n
+        self.replicas: Replicas = n if isinstance(n, int) else dict(n)
+        self.n = total_replicas(n)  # quorum sizes are computed on the total N
         self._hash = h
         self._tokens: SortedDict = SortedDict()
         for node in sorted(self.members):
@@ -58,7 +134,8 @@ class Ring:
         return shard_of(namespace, mid, self.shards, self._hash)
 
     def preference_list(self, shard: int) -> tuple[str, ...]:
-        """The N distinct nodes (fewer in a smaller cluster) that own `shard`, in ring order."""
+        """The nodes that own `shard`: N distinct nodes (fewer in a smaller cluster), or with
+        a region map N_r of each region; see `place` for the order."""
         return self._prefs[shard]
 
     def walk_order(self, shard: int) -> list[str]:
@@ -68,6 +145,14 @@ class Ring:
     def shards_of(self, node: str) -> list[int]:
         """The shards whose preference list holds `node`."""
         return [s for s, pref in enumerate(self._prefs) if node in pref]
+
+    def region_of(self, node: str) -> str:
+        """The region of a member ("" when regions are not configured)."""
+        return self.regions.get(node, "")
+
+    def owners_in_region(self, owners: Sequence[str], region: str) -> tuple[str, ...]:
+        """The nodes of `owners` in `region`, in the list's order."""
+        return owners_in_region(owners, region, self.regions)
 
     def _distinct_clockwise(self, start: int) -> list[str]:
         order: list[str] = []
@@ -87,26 +172,7 @@ class Ring:
         return order
 
     def _walk(self, shard: int) -> tuple[str, ...]:
-        order = self.walk_order(shard)
-        zones = {self.members[m] for m in order}
-        if len(zones) <= 1:
-            return tuple(order[: self.n])
-        # Distinct zones first (in ring order), then the rest in ring order: as Cassandra's
-        # NetworkTopologyStrategy does, a zone holds a second replica only when zones run out.
-        picked: list[str] = []
-        used: set[str] = set()
-        for node in order:
-            if len(picked) == self.n:
-                break
-            if self.members[node] not in used:
-                used.add(self.members[node])
-                picked.append(node)
-        for node in order:
-            if len(picked) == self.n:
-                break
-            if node not in picked:
-                picked.append(node)
-        return tuple(picked)
+        return place(self.walk_order(shard), self.members, self.regions, self.replicas)
 
 
 def covering_set(ring: Ring, live: Iterable[str], prefer: str | None = None) -> list[str]:

@@ -1,10 +1,11 @@
 """Who is in the ring, and what a ring change moves (DESIGN §2, §9). Pure: no I/O, no clock.
 
 The **ring map** holds one entry per node that was ever a member: its ring state
-(`joining | active | leaving | left`), its addresses and zone, and the version (an HLC value) of
-its last change. Maps merge entry by entry, the larger `(version, state rank)` winning, so they
-form a join-semilattice: nodes exchange maps in any order, any number of times, and agree once
-every change has reached everyone (Riak core gossips its ring the same way).
+(`joining | active | leaving | left`), its addresses, zone and region, and the version (an HLC
+value) of its last change. Maps merge entry by entry, the larger `(version, state rank)`
+winning, so they form a join-semilattice: nodes exchange maps in any order, any number of
+times, and agree once every change has reached everyone (Riak core gossips its ring the same
+way).
 
 Placement is a pure function of the map:
 
@@ -23,19 +24,22 @@ everywhere; see :class:`~spine.cluster.rebalance.Rebalancer`, which drives it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import xxhash
 
-from spine.core.ring import Hash64, Ring, hash64
+from spine.core.ring import Hash64, Replicas, Ring, hash64, owners_in_region
 
 JOINING, ACTIVE, LEAVING, LEFT = "joining", "active", "leaving", "left"
 STATES = (JOINING, ACTIVE, LEAVING, LEFT)
 _RANK = {s: i for i, s in enumerate(STATES)}
 _CURRENT = (ACTIVE, LEAVING)
 _NEXT = (ACTIVE, JOINING)
+# The longest zone or region name an entry from the wire may carry: gossip bounds a member's meta
+# values (its zone among them) the same way (`swim_messages.MAX_META_VALUE`).
+MAX_SITE = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class Entry:
     # Taken out by the operator (`remove`: it was down) rather than decommissioned: the only
     # member a ring change may settle without, and never a trailing owner.
     removed: bool = False
+    # Last, so that entries built positionally before regions existed still mean the same.
+    region: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in _RANK:
@@ -65,24 +71,33 @@ class Entry:
         return (self.version, _RANK[self.state], self._tail()) > (
             other.version, _RANK[other.state], other._tail())
 
-    def _tail(self) -> tuple[str, str, int, int, int, bool]:
-        return (self.zone, self.host, self.port, self.rpc_port, self.gossip_port, self.removed)
+    def _tail(self) -> tuple[str, str, int, int, int, bool, str]:
+        return (self.zone, self.host, self.port, self.rpc_port, self.gossip_port, self.removed,
+                self.region)
 
     def to_wire(self) -> list[Any]:
-        return [self.node, self.state, self.version, self.zone, self.host, self.port,
-                self.rpc_port, self.gossip_port, self.removed]
+        """9 fields, and a 10th (the region) only when the node has one: a map without regions
+        reads the same on nodes that predate them, and keeps its digest."""
+        w = [self.node, self.state, self.version, self.zone, self.host, self.port,
+             self.rpc_port, self.gossip_port, self.removed]
+        return [*w, self.region] if self.region else w
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Entry:
-        """From 9 fields (8: a map stored before `removed` existed, read as not removed)."""
-        if not isinstance(w, list | tuple) or len(w) not in (8, 9):
-            raise ValueError("a ring entry is a list of 9 fields")
+        """From 10 fields; 9: no region (""); 8: a map stored before `removed` existed, read as
+        not removed."""
+        if not isinstance(w, list | tuple) or len(w) not in (8, 9, 10):
+            raise ValueError("a ring entry is a list of 8 to 10 fields")
         try:
-            removed = len(w) == 9 and w[8]
+            removed = len(w) >= 9 and w[8]
             if not isinstance(removed, bool):
                 raise TypeError("removed is not a boolean")
-            return cls(str(w[0]), str(w[1]), int(w[2]), str(w[3]), str(w[4]), int(w[5]),
-                       int(w[6]), int(w[7]), removed)
+            region = w[9] if len(w) == 10 else ""
+            for name, site in (("zone", w[3]), ("region", region)):
+                if not isinstance(site, str) or len(site) > MAX_SITE:
+                    raise TypeError(f"{name} is not a string of at most {MAX_SITE} characters")
+            return cls(str(w[0]), str(w[1]), int(w[2]), w[3], str(w[4]), int(w[5]),
+                       int(w[6]), int(w[7]), removed, region)
         except TypeError as e:
             raise ValueError(f"bad ring entry {w!r}: {e}") from None
 
@@ -158,6 +173,10 @@ class RingMap:
         want = set(states)
         return {n: e.zone for n, e in self.entries.items() if e.state in want}
 
+    def regions(self) -> dict[str, str]:
+        """node → region of every node in the map that has one."""
+        return {n: e.region for n, e in self.entries.items() if e.region}
+
     @property
     def changing(self) -> bool:
         """Whether a join, decommission or remove is under way."""
@@ -179,7 +198,8 @@ def genesis(nodes: Iterable[Mapping[str, Any]]) -> RingMap:
     version 0 (so any later change, made at an HLC value, wins over it)."""
     return RingMap(
         Entry(str(n["id"]), ACTIVE, 0, str(n.get("zone", "")), str(n.get("host", "")),
-              int(n.get("port", 0)), int(n.get("rpc_port", 0)), int(n.get("gossip_port", 0)))
+              int(n.get("port", 0)), int(n.get("rpc_port", 0)), int(n.get("gossip_port", 0)),
+              region=str(n.get("region", "")))
         for n in nodes
     )
 
@@ -198,18 +218,22 @@ class Placement:
     """The current and next rings of a ring map, and the moves between them."""
 
     def __init__(
-        self, ringmap: RingMap, *, shards: int, vnodes: int, n: int, h: Hash64 = hash64,
+        self, ringmap: RingMap, *, shards: int, vnodes: int, n: Replicas, h: Hash64 = hash64,
         trailing: Ring | None = None,
     ) -> None:
-        """`trailing`: the current ring before the change that just settled. For a while after
+        """`n`: `replication.n`, an int or a map region → N (see `spine.core.ring.place`).
+        `trailing`: the current ring before the change that just settled. For a while after
         a settle some nodes may still read with the old owners, so writes keep going to them
         too (see `write_set`)."""
         self.map = ringmap
         self.trailing = trailing
         self.shards = shards
-        self.current = Ring(ringmap.members(_CURRENT), shards=shards, vnodes=vnodes, n=n, h=h)
+        self.regions = ringmap.regions()
+        self.current = Ring(ringmap.members(_CURRENT), shards=shards, vnodes=vnodes, n=n, h=h,
+                            regions=self.regions)
         if ringmap.changing:
-            self.next = Ring(ringmap.members(_NEXT), shards=shards, vnodes=vnodes, n=n, h=h)
+            self.next = Ring(ringmap.members(_NEXT), shards=shards, vnodes=vnodes, n=n, h=h,
+                             regions=self.regions)
         else:
             self.next = self.current
         self._pending: list[tuple[str, ...]] = [
@@ -232,6 +256,15 @@ class Placement:
     def owners(self, shard: int) -> tuple[str, ...]:
         """The current preference list: who answers reads and counts toward a quorum."""
         return self.current.preference_list(shard)
+
+    def region_of(self, node: str) -> str:
+        """The region of any node in the map ("" when it has none, or is not in the map)."""
+        return self.regions.get(node, "")
+
+    def owners_in_region(self, owners: Sequence[str], region: str) -> tuple[str, ...]:
+        """The nodes of `owners` (e.g. `owners(shard)` or a write set) in `region`, in order:
+        what a region-local quorum counts."""
+        return owners_in_region(owners, region, self.regions)
 
     def pending(self, shard: int) -> tuple[str, ...]:
         """Nodes that will own `shard` once the change settles: they take writes already."""
