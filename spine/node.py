@@ -27,6 +27,7 @@ from spine.cluster.embedding import EmbedBatcher
 from spine.cluster.expiry_sweep import ExpirySweep
 from spine.cluster.fanout import FanOut
 from spine.cluster.feed import FeedService
+from spine.cluster.gossip_transport import GossipSockets
 from spine.cluster.handlers import build_handlers
 from spine.cluster.handoff import Handoff
 from spine.cluster.leases import Leases
@@ -51,7 +52,14 @@ from spine.core.ringmap import JOINING, Entry, Placement, genesis
 from spine.core.routing import Route, route
 from spine.core.secret_policy import check_secret_policy
 from spine.ports import GossipNetFactory, Transport
-from spine.runtime import CLOCK_FILE_ENV, Runtime, follow_clock_file
+from spine.runtime import (
+    CLOCK_FILE_ENV,
+    LINK_FILE_ENV,
+    LinkTable,
+    Runtime,
+    follow_clock_file,
+    follow_link_file,
+)
 from spine.storage.embedders import auto_threads, make_embedder
 from spine.storage.graph_builder import BuildPolicy
 from spine.storage.indexer import Indexer
@@ -145,13 +153,18 @@ class Node:
         self.indexer.register_metrics(self.metrics.registry)
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
+        # Test-only link delay and loss, from the file the harness names (`set_link`).
+        self._link_file = os.environ.get(LINK_FILE_ENV) or None
+        self.links = LinkTable(self.rt) if self._link_file else None
+        if self.links is not None and self._link_file is not None:
+            self.links.load(self._link_file)  # in force before the first packet
         self.rpc_client: Transport = transport if transport is not None else RpcClient(
             node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
             ssl=self.tls.rpc_client,
             token_bytes=self.rt.token_bytes, max_frame=cfg.rpc.max_frame_bytes,
-            registry=self.metrics.registry,
+            registry=self.metrics.registry, links=self.links,
         )
         # Calls to this node itself are answered from its own handler table (built last).
         self.rpc: Transport = Loopback(node_id, self.rpc_client, lambda: self.handlers)
@@ -160,6 +173,9 @@ class Node:
         self.liveness: Gossip | ProbeLiveness
         if cfg.gossip.enabled:
             self.liveness = self.gossip = self._make_gossip(gossip_net)
+            if self.links is not None and isinstance(self.gossip.net, GossipSockets):
+                self.gossip.net.use_links(self.links, {
+                    "{}:{}".format(*n.gossip_address): n.id for n in cfg.nodes})
         else:
             self.liveness = ProbeLiveness(
                 node_id, [n.id for n in cfg.nodes], self._probe,
@@ -279,6 +295,17 @@ class Node:
         self.auth = Authenticator(cfg.auth.keys, agents_see_cluster=cfg.auth.agents_see_cluster)
         self._runner: web.AppRunner | None = None
         self._clock_task: asyncio.Task[None] | None = None
+        self._link_task: asyncio.Task[None] | None = None
+        if self.links is not None:
+            links = self.links
+            self.metrics.registry.gauge(
+                "spine_test_link_delay_ms", "test-only: the delay this node adds to what it"
+                " sends each peer (SPINE_TEST_LINK_FILE)", ("peer",),
+                lambda: {(p,): lk.delay_ms for p, lk in links.links.items()})
+            self.metrics.registry.gauge(
+                "spine_test_link_loss", "test-only: the share of what this node sends each peer"
+                " that it drops (SPINE_TEST_LINK_FILE)", ("peer",),
+                lambda: {(p,): lk.loss for p, lk in links.links.items()})
         self.draining = False  # /readyz answers 503 from the first moment of a shutdown
         register_gauges(self)
 
@@ -371,6 +398,9 @@ class Node:
         if clock_file:
             self._clock_task = asyncio.create_task(follow_clock_file(self.rt, clock_file))
             log.warning("test_clock_control", file=clock_file)
+        if self.links is not None and self._link_file is not None:
+            self._link_task = asyncio.create_task(follow_link_file(self.links, self._link_file))
+            log.warning("test_link_control", file=self._link_file)
         self._runner = LimitedRunner(
             build_app(self._services), self._services.http, access_log=None, handle_signals=False
         )
@@ -451,6 +481,8 @@ class Node:
             self._runner = None
         if self._clock_task is not None:
             self._clock_task.cancel()
+        if self._link_task is not None:
+            self._link_task.cancel()
         await self.rebalancer.stop()
         await self.keeper.stop()
         await self.handoff.stop()

@@ -38,6 +38,7 @@ from spine.core.swim_messages import (
     decode,
     encode,
 )
+from spine.runtime import LinkTable
 
 log = structlog.get_logger("spine.gossip")
 
@@ -52,6 +53,7 @@ MAX_FRAME = 16 * 1024 * 1024  # the most any caller may allow; anything larger i
 MAX_DATAGRAM_IN = 16 * 1024  # ours are ~1.4 KB; a bigger one is dropped before its MAC
 _MEMBER_BYTES = 512  # a generous encoded member record (a real one is ~150 bytes)
 _MAX_NAMES = 1024  # host names resolved and remembered
+_MAX_HELD = 4096  # datagrams held back by link delays at once; past it they are dropped
 
 
 def frame_limit(max_members: int) -> int:
@@ -232,6 +234,42 @@ class GossipSockets:
         self._resolved: dict[str, tuple[str, int]] = {}  # host names only, capped
         self._resolving: set[str] = set()
         self._inbound = 0
+        # Test-only link delay and loss (`use_links`): off unless a node follows a link file.
+        self._links: LinkTable | None = None
+        self._link_peers: dict[str, str] = {}
+        self._held: set[asyncio.TimerHandle] = set()
+
+    def use_links(self, links: LinkTable, peers: dict[str, str]) -> None:
+        """Delay or drop what is sent to a peer as `links` says (test-only); `peers` maps the
+        gossip addresses of the peers it names to their node ids (others are never delayed).
+        One-way: push-pull replies and what we receive are not delayed."""
+        self._links, self._link_peers = links, dict(peers)
+
+    def _link_delay(self, address: str) -> float | None:
+        """Seconds to hold a packet to `address`, or None to drop it."""
+        if self._links is None:
+            return 0.0
+        peer = self._link_peers.get(address)
+        return 0.0 if peer is None else self._links.delay_for(peer)
+
+    def _send_later(self, delay: float, data: bytes, target: tuple[str, int]) -> None:
+        if len(self._held) >= _MAX_HELD:
+            return  # a full queue drops, as a router's would
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._held.discard(handle)
+            if self._transport is not None:
+                self._transport.sendto(data, target)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._held.add(handle)
+
+    def _sendto(self, delay: float, data: bytes, target: tuple[str, int]) -> None:
+        if delay > 0:
+            self._send_later(delay, data, target)
+        elif self._transport is not None:
+            self._transport.sendto(data, target)
 
     async def start(self) -> None:
         """Bind UDP and TCP on (host, port)."""
@@ -252,6 +290,9 @@ class GossipSockets:
         """Stop serving, cancel every exchange in flight, close both sockets."""
         if self._server is not None:
             self._server.close()
+        for handle in self._held:
+            handle.cancel()
+        self._held.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -331,14 +372,17 @@ class GossipSockets:
         except ValueError as e:
             log.warning("gossip_bad_address", address=address, error=repr(e))
             return
+        delay = self._link_delay(address)
+        if delay is None:
+            return  # lost on its link (test-only)
         data = self.codec.seal(Channel.DATAGRAM, msg)
         if target is not None:
-            self._transport.sendto(data, target)
+            self._sendto(delay, data, target)
         elif address not in self._resolving:
             self._resolving.add(address)
-            self._spawn(self._resolve_and_send(address, data))
+            self._spawn(self._resolve_and_send(address, data, delay))
 
-    async def _resolve_and_send(self, address: str, data: bytes) -> None:
+    async def _resolve_and_send(self, address: str, data: bytes, delay: float = 0.0) -> None:
         try:
             target = await asyncio.wait_for(resolve(address), self.io_timeout)
         except (OSError, ValueError, TimeoutError) as e:
@@ -349,17 +393,23 @@ class GossipSockets:
         if len(self._resolved) >= _MAX_NAMES:
             self._resolved.clear()
         self._resolved[address] = target
-        if self._transport is not None:
-            self._transport.sendto(data, target)
+        self._sendto(delay, data, target)
 
     def push_pull(self, address: str, msg: PushPull, local_host: str | None) -> None:
         """Start a push-pull exchange with `address` unless one is in flight."""
-        if address not in self._pulling:
-            self._spawn(self._push_pull(address, msg, local_host))
+        if address in self._pulling:
+            return
+        delay = self._link_delay(address)
+        if delay is not None:  # None: lost on its link (test-only)
+            self._spawn(self._push_pull(address, msg, local_host, delay))
 
-    async def _push_pull(self, address: str, msg: PushPull, local_host: str | None) -> None:
+    async def _push_pull(
+        self, address: str, msg: PushPull, local_host: str | None, delay: float = 0.0
+    ) -> None:
         self._pulling.add(address)
         try:
+            if delay > 0 and self._links is not None:
+                await self._links.sleep(delay)
             data, mac = self.codec.seal_with_mac(Channel.REQUEST, msg)
             raw = await asyncio.wait_for(
                 request(address, data, not msg.is_reply, local_host, self.frame_limit,

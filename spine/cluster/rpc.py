@@ -43,6 +43,7 @@ from spine.core.errors import (
 )
 from spine.core.messages import Message, Tag, decode
 from spine.core.metrics import Registry
+from spine.runtime import LinkTable
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "ERROR", "HANDSHAKE_MAX", "REPLY", "REQUEST", "Handler", "RpcClient",
@@ -310,7 +311,9 @@ class RpcClient:
         ssl: _ssl.SSLContext | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         registry: Registry | None = None,
+        links: LinkTable | None = None,
     ) -> None:
+        """`links`: test-only per-peer delay and loss of outgoing requests (`LinkTable`)."""
         self.node_id = node_id
         self._root = rpc_handshake.root_key(keyring[0])
         self._hlc = hlc
@@ -320,6 +323,7 @@ class RpcClient:
         self._token_bytes = token_bytes
         self._ssl = ssl
         self._max_frame = max_frame
+        self.links = links
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Future[_Connection]] = {}
         reg = registry if registry is not None else Registry()
@@ -334,8 +338,9 @@ class RpcClient:
         A failure after the request was written carries `sent=True`: the peer may have acted
         on it (the outcome is unknown)."""
         sent: list[bool] = []
+        call = self._call if self.links is None else self._linked_call
         try:
-            return await asyncio.wait_for(self._call(node, msg, sent), timeout)
+            return await asyncio.wait_for(call(node, msg, sent), timeout)
         except TimeoutError:
             raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node,
                                   **_sent(sent)) from None
@@ -345,6 +350,20 @@ class RpcClient:
             if sent and "code" not in e.details:
                 e.details["sent"] = True
             raise
+
+    async def _linked_call(self, node: str, msg: Message, sent: list[bool]) -> Any:
+        """`_call` after the link's delay (test-only, `LinkTable`). The wait holds nothing: no
+        connection, no request id, no lock, so calls on undelayed links pass it by. A lost
+        request was, as far as the caller can tell, written: it waits out its timeout and
+        fails with `sent`, as after a frame the network dropped. Replies are not delayed."""
+        assert self.links is not None
+        delay = self.links.delay_for(node)
+        if delay is None:
+            sent.append(True)
+            await asyncio.get_running_loop().create_future()  # until the caller's timeout
+        elif delay > 0:
+            await self.links.sleep(delay)
+        return await self._call(node, msg, sent)
 
     async def _call(self, node: str, msg: Message, sent: list[bool]) -> Any:
         conn = await self._connection(node)

@@ -7,6 +7,12 @@ plain signals to that group: `kill` (SIGKILL), `stop` (SIGTERM), `pause`/`resume
 (SIGSTOP/SIGCONT); `start` restarts a node on its data directory and ports. Nothing sleeps to
 stand in for synchronisation: every wait polls a condition against a deadline (`wait_until`).
 
+Latency without netem: every node follows its own link file (`SPINE_TEST_LINK_FILE`,
+`spine.core.links`), and `set_link` / `set_links` / `regions` write them: what a node sends a
+peer waits that link's delay, or is dropped at its loss rate (one-way: replies come back
+undelayed, so an RPC round trip pays the caller's link once). `wait_links` polls until every
+running node applies what was written; `clear_links` removes every delay.
+
 `close()` SIGKILLs whatever is left and reaps every process; an `atexit` hook closes every
 cluster still open if the harness itself dies first. The two harnesses specialise it:
 `tests.integration.cluster.LocalCluster` and `jepsen_style.cluster.JepsenCluster`.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import random
 import signal
@@ -31,6 +38,7 @@ import yaml
 
 from spine.core.config import local_cluster
 from spine.core.config_env import merge_settings
+from spine.runtime import LINK_FILE_ENV
 from tests.harness.http_client import Reply, http_request, parse_metrics
 from tests.harness.ports import GOSSIP_OFFSET, HOST, RPC_OFFSET, free_base_port
 from tests.harness.wait import StopWaiting, WaitTimeout, wait_until
@@ -77,6 +85,7 @@ class ProcessCluster:
     start_timeout = START_TIMEOUT  # seconds a node has to answer /healthz once spawned
     restart_waits_for_peers = True  # `start` waits until the running nodes see each other
     poll_interval = 0.05  # seconds between polls of the peers' views (`wait_peers_alive`)
+    link_control = True  # every node follows a link file (`set_link`); empty until written
 
     def __init__(
         self,
@@ -104,6 +113,8 @@ class ProcessCluster:
         self.base = 0
         self.config: dict[str, Any] = {}
         self._rng = rng or random.Random()
+        # What each node's link file says: src -> dst -> {"delay_ms", "jitter_ms", "loss"}.
+        self.links: dict[str, dict[str, dict[str, float]]] = {n: {} for n in self.names}
         self._lock = threading.RLock()
         self._closed = False
         with _LIVE_LOCK:
@@ -136,6 +147,10 @@ class ProcessCluster:
 
     def log_path(self, node: str) -> Path:
         return self.log_dir / f"{node}.log"
+
+    def link_file(self, node: str) -> Path:
+        """The link file `node` follows (what it sends each peer waits, or is dropped)."""
+        return self.root / f"links-{node}.json"
 
     # ------------------------------------------------------------ configuration
 
@@ -199,13 +214,17 @@ class ProcessCluster:
             if proc is not None and proc.poll() is None:
                 raise ClusterError(f"{node} is already running (pid {proc.pid})")
             args = self.node_args.get(node, ["--config", str(self.config_path)])
+            env = self._node_env(node)
+            if self.link_control:
+                env = dict(os.environ if env is None else env)
+                env[LINK_FILE_ENV] = str(self.link_file(node))
             with self.log_path(node).open("ab") as log:
                 log.write(f"--- harness: starting {node} at {time.time():.3f}\n".encode())
                 log.flush()
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "spine", "serve", *args, "--node", node],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root,
-                    env=self._node_env(node), start_new_session=True,
+                    env=env, start_new_session=True,
                 )
             self.procs[node] = proc
             self.paused.discard(node)
@@ -328,6 +347,9 @@ class ProcessCluster:
             self._closed = True
         try:
             self._kill_all()
+            for n in self.names:
+                with contextlib.suppress(OSError):
+                    self.link_file(n).unlink(missing_ok=True)
             self._released()
         finally:
             with _LIVE_LOCK:
@@ -345,6 +367,84 @@ class ProcessCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------ link delay and loss
+
+    def _write_links(self, node: str) -> None:
+        """Replace `node`'s link file atomically (it never reads a half-written one)."""
+        path = self.link_file(node)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.links[node], sort_keys=True))
+        tmp.replace(path)
+
+    def set_link(
+        self, src: str, dst: str, delay_ms: float, loss: float = 0.0, jitter_ms: float = 0.0
+    ) -> None:
+        """What `src` sends `dst` waits `delay_ms` (+ uniform [0, `jitter_ms`)), or is dropped
+        with probability `loss`; one direction only (call it again swapped for both). The
+        node follows within ~50 ms (`wait_links` waits for it)."""
+        with self._lock:
+            link = {"delay_ms": float(delay_ms), "jitter_ms": float(jitter_ms),
+                    "loss": float(loss)}
+            if any(link.values()):
+                self.links[src][dst] = link
+            else:
+                self.links[src].pop(dst, None)
+            self._write_links(src)
+
+    def set_links(self, matrix: Mapping[str, Mapping[str, float | Mapping[str, float]]]) -> None:
+        """Replace every link: `matrix[src][dst]` is a delay in ms, or a mapping with
+        `delay_ms`, `jitter_ms` and `loss`; links not named lose their delay."""
+        with self._lock:
+            for src in self.names:
+                self.links[src] = {}
+                for dst, spec in (matrix.get(src) or {}).items():
+                    link = ({"delay_ms": float(spec)} if isinstance(spec, int | float)
+                            else {k: float(v) for k, v in spec.items()})
+                    if any(link.values()):
+                        self.links[src][dst] = link
+                self._write_links(src)
+
+    def clear_links(self) -> None:
+        """No delay or loss on any link."""
+        self.set_links({})
+
+    def regions(
+        self, groups: list[list[str]], delay_ms: float, jitter_ms: float = 0.0
+    ) -> dict[str, dict[str, float | Mapping[str, float]]]:
+        """Delay every link between two of `groups` (both ways) by `delay_ms` (+ jitter), and
+        none within a group; replaces every other link. An RPC between regions then takes
+        `delay_ms` more (the request waits, the reply does not). Returns the matrix."""
+        where = {n: i for i, g in enumerate(groups) for n in g}
+        unknown = sorted(set(where) - set(self.names))
+        if unknown:
+            raise ValueError(f"regions name unknown nodes {unknown}")
+        matrix: dict[str, dict[str, float | Mapping[str, float]]] = {
+            a: {b: {"delay_ms": float(delay_ms), "jitter_ms": float(jitter_ms)}
+                for b in where if where[b] != where[a]}
+            for a in where
+        }
+        self.set_links(matrix)
+        return matrix
+
+    def links_applied(self, node: str) -> bool:
+        """Whether `node` applies what its link file says (its `spine_test_link_*` gauges)."""
+        want = self.links[node]
+        got: dict[str, dict[str, float]] = {}
+        for name, lbl, v in self.metrics(node):
+            if name in ("spine_test_link_delay_ms", "spine_test_link_loss"):
+                got.setdefault(lbl.get("peer", ""), {})[name] = v
+        return got == {
+            peer: {"spine_test_link_delay_ms": link.get("delay_ms", 0.0),
+                   "spine_test_link_loss": link.get("loss", 0.0)}
+            for peer, link in want.items()
+        }
+
+    def wait_links(self, timeout: float = 10.0, nodes: list[str] | None = None) -> None:
+        """Wait until every one of `nodes` (default: the running ones) applies its link file."""
+        todo = list(nodes) if nodes is not None else self.running()
+        wait_until(lambda: all(self.links_applied(n) for n in todo), timeout,
+                   self.poll_interval, f"{todo} to apply their link files")
 
     # ------------------------------------------------------------ observation
 
