@@ -18,9 +18,10 @@ never a stale answer". So:
   Jepsen's unknown-outcome rule lets such a write land at any time, so this is not counted as a
   stale read; but it reorders one session's writes. Seen when a node paused with the request in
   its socket buffer resumes after the client gave up and wrote again elsewhere: the node stamps
-  the old request's version when it finally runs it. The README does not promise monotonic
-  writes, so these are reported but make the history invalid only with the option
-  ``monotonic_writes`` set true;
+  the old request's version when it finally runs it. Each write carries the process's number for
+  it (``Spine-Write-Seq: p<process>:<value>``), with which Spine promises monotonic writes
+  (DESIGN §4), so these make the history invalid unless the option ``monotonic_writes`` is set
+  false (then they are only reported);
 - ``503 session_unavailable`` is the promised refusal: counted, not a violation.
 
 Each key has one writer and no deletes, so "older" is plain integer order on the values.
@@ -52,12 +53,13 @@ from jepsen_style.workloads.common import (
 )
 
 _SHOWN = 10
+WRITE_SEQ_HEADER = "Spine-Write-Seq"
 
 
 class SessionWorkload:
     """Options: ``keys_per_client`` (2), ``write_fraction`` (0.4), ``own_read_fraction`` (0.3;
     the rest read other clients' keys), ``delay`` (0.01 s), ``timeout`` (3 s),
-    ``monotonic_writes`` (false; true: reordered writes make the history invalid)."""
+    ``monotonic_writes`` (true; false: reordered writes are reported, not a violation)."""
 
     name = "session"
     default_level = "session"
@@ -100,7 +102,8 @@ class SessionWorkload:
         h = self.ctx.history.invoke(process, "write", key, value, node)
         reply = await http.call(node, "PUT", memory_path(self.ns, key),
                                 json={"content": str(value)},
-                                headers=headers(self.level, self.tokens.get(process)))
+                                headers={**headers(self.level, self.tokens.get(process)),
+                                         WRITE_SEQ_HEADER: f"p{process}:{value}"})
         kind, error = write_outcome(reply)
         if kind == "ok":
             self._written.add(key)
@@ -140,11 +143,11 @@ class SessionWorkload:
     def check(self) -> dict[str, Any]:
         """Read-your-writes and monotonic-read violations (see the module)."""
         return check_session(self.ctx.history.events, self.level,
-                             bool(option(self.ctx, "session", "monotonic_writes", False)))
+                             bool(option(self.ctx, "session", "monotonic_writes", True)))
 
 
 def check_session(
-    events: Iterable[Mapping[str, Any]], level: str | None = None, monotonic_writes: bool = False
+    events: Iterable[Mapping[str, Any]], level: str | None = None, monotonic_writes: bool = True
 ) -> dict[str, Any]:
     """The session checker on a list of events (``read`` and ``write``). ``monotonic_writes``:
     whether reordered writes (see the module) make the history invalid."""

@@ -47,7 +47,7 @@ from spine.core.ratelimit import ClientLimiter
 from spine.core.readiness import NotReady
 from spine.core.requests import ItemResult, WriteOp
 from spine.core.session import HEADER as SESSION
-from spine.core.session import SessionToken
+from spine.core.session import WRITE_SEQ_HEADER, SessionToken, WriteSeq
 from spine.core.settlement import Settlement
 from spine.runtime import Runtime
 
@@ -133,6 +133,11 @@ def _level(request: web.Request) -> Level | None:
 def _token(request: web.Request, max_keys: int) -> SessionToken | None:
     raw = request.headers.get(SESSION)
     return None if raw is None else SessionToken.decode(raw, max_keys)
+
+
+def _write_seq(request: web.Request) -> WriteSeq | None:
+    raw = request.headers.get(WRITE_SEQ_HEADER)
+    return None if raw is None else WriteSeq.parse(raw)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -299,17 +304,19 @@ class _Handlers:
         """One write: a consensus round when `cond` holds a condition, else the quorum path."""
         requested = _level(request)
         token = _token(request, self.svc.session_max_keys)
+        by = _write_seq(request)
         if cond:  # a conditional write is always strong: the level header is only validated
-            item = await self.c.conditional(ns, op, cond, token, self._agent(request))
+            item = await self.c.conditional(ns, op, cond, token, self._agent(request), by)
         else:
-            item = (await self.c.write(ns, [op], requested, token, self._agent(request)))[0]
+            item = (await self.c.write(ns, [op], requested, token, self._agent(request),
+                                       by=by))[0]
         if item.error is not None:
             raise item.error
         assert item.result is not None
         request["level"] = item.result.level.label
         request["coordinator"] = item.result.coordinator or self.svc.node_id
         out = self._session(token)
-        out.observe(f"{ns}/{op.id}", item.result.record.version)
+        out.wrote(f"{ns}/{op.id}", item.result.record.version, by)
         return item, out
 
     # -------------------------------------------------------------- memories
@@ -406,13 +413,14 @@ class _Handlers:
         if any(op.body is not None for op in ops):
             self._admit_namespace(request, ns)
         token = _token(request, self.svc.session_max_keys)
-        items = await self.c.write(ns, ops, _level(request), token, self._agent(request))
+        by = _write_seq(request)
+        items = await self.c.write(ns, ops, _level(request), token, self._agent(request), by=by)
         out = self._session(token)
         results = []
         for item in items:
             if item.result is not None:
                 rec = item.result.record
-                out.observe(f"{ns}/{item.id}", rec.version)
+                out.wrote(f"{ns}/{item.id}", rec.version, by)
                 results.append({"id": item.id, "status": 201 if item.result.created else 200,
                                 "version": rec.version.encode()})
             else:

@@ -61,7 +61,7 @@ class AsyncClient(Base):
                    headers: Mapping[str, str] | None = None) -> Any:
         http = await self._client()
         content, params, t = self._content(call), self._params(call), self._timeout(timeout)
-        extra = {**call.headers, **(headers or {})}
+        extra = self._numbered(call, {**call.headers, **(headers or {})})
         attempt = 0
         while True:
             tried: builtins.list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from urllib.parse import quote
 import httpx2 as httpx
 
 from spine.client.errors import SpineHTTPError, Unreachable, error_for
-from spine.client.session import HEADER, merge_tokens
+from spine.client.session import HEADER, WRITE_SEQ_HEADER, merge_tokens
 from spine.client.types import Reply
 from spine.runtime import Runtime
 
@@ -141,8 +142,12 @@ class Base:
         self._ssl = tls_context(verify)
         self._transport = transport
         self._rt = runtime or Runtime()
-        self._lock = threading.Lock()  # guards the token and the round-robin position
+        self._lock = threading.Lock()  # guards the token, write numbers, round-robin position
         self._next = 0
+        # Monotonic writes (DESIGN §4): this client's writes are numbered, so one that times out
+        # and lands late cannot undo a later one. A retry of one call keeps its number.
+        self.writer = secrets.token_urlsafe(12)
+        self._writes = 0
         self._cluster: str | None = None
 
     def _order(self) -> list[str]:
@@ -164,6 +169,15 @@ class Base:
             headers["Spine-Consistency"] = level
         headers.update(extra or {})
         return headers
+
+    def _numbered(self, call: Call, extra: dict[str, str]) -> dict[str, str]:
+        """`extra` plus the call's Spine-Write-Seq when it writes memories."""
+        if call.method == "GET" or "/memories" not in call.path:
+            return extra
+        with self._lock:
+            self._writes += 1
+            n = self._writes
+        return {WRITE_SEQ_HEADER: f"{self.writer}:{n}", **extra}
 
     def _absorb(self, resp: httpx.Response) -> None:
         """Merge the reply's token into ours (under the lock: replies race each other)."""

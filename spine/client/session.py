@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 from spine.core.errors import InvalidInput
-from spine.core.session import HEADER, SessionToken
+from spine.core.session import HEADER, WRITE_SEQ_HEADER, SessionToken
 
-__all__ = ["HEADER", "TokenStore", "merge_tokens"]
+__all__ = ["HEADER", "WRITE_SEQ_HEADER", "TokenStore", "merge_tokens"]
 
 # The client keeps up to this many keys (the header's byte bound usually bites first); a node
 # keeps its own session.max_keys of them and marks the token overflowed, so reads of the keys it

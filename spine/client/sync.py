@@ -68,7 +68,7 @@ class Client(Base):
     def _run(self, call: Call, *, consistency: str | None = None, timeout: float | None = None,
              headers: Mapping[str, str] | None = None) -> Any:
         content, params, t = self._content(call), self._params(call), self._timeout(timeout)
-        extra = {**call.headers, **(headers or {})}
+        extra = self._numbered(call, {**call.headers, **(headers or {})})
         attempt = 0
         while True:
             tried: builtins.list[str] = []

@@ -36,12 +36,26 @@ from spine.core.batch import by_level, creates
 from spine.core.clock import HLC, hlc_from_ms, hlc_ms
 from spine.core.conditions import Condition, check, fences_after
 from spine.core.consistency import Level, Policy
-from spine.core.errors import PeerUnavailable, QuorumUnavailable, SpineError, Timeout
+from spine.core.errors import (
+    PeerUnavailable,
+    QuorumUnavailable,
+    SessionUnavailable,
+    SpineError,
+    Superseded,
+    Timeout,
+)
 from spine.core.expiry import Lifecycle, masked
 from spine.core.messages import Forward
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
-from spine.core.quorum import meets_floor, one_is_enough, resolve, tally_read, write_shortfall
+from spine.core.quorum import (
+    ReadTally,
+    meets_floor,
+    one_is_enough,
+    resolve,
+    tally_read,
+    write_shortfall,
+)
 from spine.core.requests import (
     ItemResult,
     WriteOp,
@@ -51,7 +65,7 @@ from spine.core.requests import (
 )
 from spine.core.ringmap import Placement
 from spine.core.routing import Route, catch_up_peers, live, route, split_writes
-from spine.core.session import SessionToken
+from spine.core.session import SessionToken, WriteSeq
 from spine.core.validation import normalise
 from spine.core.versioning import mint, seen_hlc
 from spine.ports import RecordStore, Transport
@@ -75,10 +89,12 @@ class Got:
         if self.settled:
             token.forget(key, self.record.version)
         else:
-            token.observe(key, self.record.version)
+            token.saw(key, self.record)
 
 
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
+SUPERSEDED = Superseded("this session has already written this key again since this write "
+                        "(Spine-Write-Seq): it was not applied", field="Spine-Write-Seq")
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 
@@ -223,7 +239,7 @@ class Coordinator:
         enough = one_is_enough(level, token, key)
         if enough and local:
             rec = self.store.get(namespace, mid)
-            if meets_floor(rec, floor):
+            if meets_floor(rec, floor) and not (token is not None and token.stale_for(key, rec)):
                 settled = rec is not None and self._settled(key, rec, rt)
                 if settled:
                     self.metrics.settled_reads.inc()
@@ -245,11 +261,28 @@ class Coordinator:
             )
             answers = {**answers, **more}
             tally = tally_read(answers, r, floor)
+        if tally.error is None and token is not None and token.stale_for(key, tally.outcome.newest):
+            tally = await self._past_own_write(namespace, mid, prefs, token, key)
         if isinstance(tally.error, QuorumUnavailable):
             self.metrics.quorum_failures.inc("read", level.label)
         if tally.error is not None:
             raise tally.error
         return tally.outcome.newest, False
+
+    async def _past_own_write(
+        self, namespace: str, mid: str, owners: Sequence[str], token: SessionToken, key: str
+    ) -> ReadTally:
+        """The answers held an earlier write of this session with a larger HLC than its last
+        one (minted late: `spine.core.model.merge`): ask every owner, whose answers merge to the
+        later write if any holds it; else the session cannot be served here."""
+        answers = await self.rep.read(namespace, mid, list(owners), len(owners),
+                                      timeout=self.read_timeout, doubted=True)
+        tally = tally_read(answers, 1, token.floor(key))
+        if tally.error is None and token.stale_for(key, tally.outcome.newest):
+            err = SessionUnavailable("no reachable replica holds this session's last write",
+                                     reached=len(answers))
+            return ReadTally(tally.outcome, err)
+        return tally
 
     async def settle(self, rec: Record) -> Record:
         """A version the change feed is about to deliver, made safe to deliver: see
@@ -274,11 +307,13 @@ class Coordinator:
         *,
         forwarded: bool = False,
         deadline: int | None = None,
+        by: WriteSeq | None = None,
     ) -> list[ItemResult]:
         """Upsert or delete keys; one result per op, in order. `token` (read only) holds the
         session's floors; merge each successful item's version into it. `deadline` (an HLC value,
         set on forwarded writes): no new version is minted after it — the forwarding node has
-        given up by then and may have written the key itself."""
+        given up by then and may have written the key itself. `by`: the client's number for
+        this write (monotonic writes, DESIGN §4), stored with each new version."""
         results: dict[int, ItemResult] = {}
         routes = [self._route(namespace, op.id) for op in ops]
         plan = split_writes(routes, self.node_id, forwarded=forwarded)
@@ -286,7 +321,7 @@ class Coordinator:
         for target, idxs in plan.forward.items():
             try:
                 got = await self._forward_writes(target, namespace, [ops[i] for i in idxs],
-                                                 requested, token, agent)
+                                                 requested, token, agent, by)
             except Timeout as e:  # the outcome there is unknown: never written twice
                 results.update((i, ItemResult(ops[i].id, error=e)) for i in idxs)
                 continue
@@ -297,7 +332,7 @@ class Coordinator:
         if local:
             local.sort()
             got = await self._write_local(namespace, [ops[i] for i in local], requested, token,
-                                          agent, deadline)
+                                          agent, deadline, by)
             results.update(zip(local, got, strict=True))
         return [results[i] for i in range(len(ops))]
 
@@ -309,6 +344,7 @@ class Coordinator:
         requested: Level | None,
         token: SessionToken | None,
         agent: str | None,
+        by: WriteSeq | None,
     ) -> list[ItemResult] | None:
         body = [[op.id, None if op.body is None else body_to_wire(op.body)] for op in ops]
         # The target must mint its versions well before we give up on it (our call's timeout is
@@ -317,7 +353,8 @@ class Coordinator:
         budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
         deadline = hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
         msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
-                      token.encode() if token is not None else None, agent, deadline)
+                      token.encode() if token is not None else None, agent, deadline,
+                      None if by is None else by.encode())
         reply = await self._forward([target], msg)
         if reply is None:
             return None
@@ -331,27 +368,33 @@ class Coordinator:
         token: SessionToken | None,
         agent: str | None,
         deadline: int | None = None,
+        by: WriteSeq | None = None,
     ) -> list[ItemResult]:
         olds = self.store.get_many([(namespace, op.id) for op in ops])
         if token is not None:
             await self._catch_up(namespace, ops, olds, token)
+        out: dict[int, ItemResult] = {}
+        if by is not None:  # a later write of this session is here already: this one came late
+            out = {i: ItemResult(op.id, error=SUPERSEDED) for i, (op, old) in
+                   enumerate(zip(ops, olds, strict=True)) if old is not None
+                   and old.writer == by.writer and old.writer_seq > by.seq}
         now = self.hlc.now()  # an expired version counts as absent: a write over it creates
         olds = [masked(old, now) for old in olds]
         created = creates(ops, olds)
         vectors = await self._vectors(ops)
-        out: dict[int, ItemResult] = {}
-        for level, idxs in by_level(self.policy, ops, olds, requested).items():
+        for level, every in by_level(self.policy, ops, olds, requested).items():
+            idxs = [i for i in every if i not in out]
             if level is Level.STRONG:
                 for i in idxs:
                     out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent,
-                                                      deadline)
+                                                      deadline, by=by)
                 continue
             if self._expired(deadline):
                 for i in idxs:
                     out[i] = ItemResult(ops[i].id, error=EXPIRED)
                 continue
             records = [
-                self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None)
+                self._new_record(namespace, ops[i], olds[i], vectors[i], token, agent, None, by)
                 for i in idxs
             ]
             sets = [self._route(namespace, ops[i].id) for i in idxs]
@@ -406,6 +449,7 @@ class Coordinator:
         agent: str | None,
         deadline: int | None = None,
         cond: Condition | None = None,
+        by: WriteSeq | None = None,
     ) -> ItemResult:
         """One Paxos round on the key: `cond` judged on the record a quorum holds (none: a strong
         write), the new version minted over it, committed to a quorum."""
@@ -423,7 +467,7 @@ class Coordinator:
                 return err
             if self._expired(deadline):
                 return EXPIRED
-            rec = self._new_record(namespace, op, current, vector, token, agent, clock)
+            rec = self._new_record(namespace, op, current, vector, token, agent, clock, by)
             return replace(rec, fences=fences_after(judged, current))
 
         try:
@@ -443,11 +487,12 @@ class Coordinator:
         cond: Condition,
         token: SessionToken | None,
         agent: str | None,
+        by: WriteSeq | None = None,
     ) -> ItemResult:
         """A write with `If-Match`, `If-None-Match` or `Spine-Fence` (DESIGN §12): one Paxos
         round from this node (any node may propose; nothing is forwarded)."""
         vector = (await self._vectors([op]))[0]
-        return await self._strong_write(namespace, op, vector, token, agent, None, cond)
+        return await self._strong_write(namespace, op, vector, token, agent, None, cond, by)
 
     def _expired(self, deadline: int | None) -> bool:
         if deadline is None or hlc_ms(self.hlc.now()) <= hlc_ms(deadline):
@@ -464,13 +509,15 @@ class Coordinator:
         token: SessionToken | None,
         agent: str | None,
         clock: dict[str, int] | None,
+        by: WriteSeq | None = None,
     ) -> Record:
         floor = token.floor(f"{namespace}/{op.id}") if token is not None else None
         seen = seen_hlc(old, floor)
         hlc = self.hlc.observe(seen) if seen else self.hlc.now()
         ttl = None if op.body is None else self.lifecycle.ttl_s(op.body.ttl_s, op.body.tags)
-        return mint(namespace, op, old, vector, hlc=hlc, node_id=self.node_id, agent=agent,
-                    clock=clock, ttl_s=ttl)
+        rec = mint(namespace, op, old, vector, hlc=hlc, node_id=self.node_id, agent=agent,
+                   clock=clock, ttl_s=ttl)
+        return rec if by is None else replace(rec, writer=by.writer, writer_seq=by.seq)
 
     async def _vectors(self, ops: Sequence[WriteOp]) -> list[bytes | None]:
         out: list[bytes | None] = [None] * len(ops)

@@ -23,7 +23,7 @@ from spine.core.messages import (
     records_to_wire,
 )
 from spine.core.requests import WriteOp, body_from_wire, item_to_wire
-from spine.core.session import SessionToken
+from spine.core.session import SessionToken, WriteSeq
 from spine.ports import RecordStore
 from spine.storage.lmdb_store import Outcome
 
@@ -67,14 +67,15 @@ def build_handlers(
                 got.merge_into(token, f"{msg.namespace}/{msg.id}")
         elif msg.op == "write":
             ops = [WriteOp(i, None if b is None else body_from_wire(b)) for i, b in msg.body]
+            by = None if msg.by is None else WriteSeq.parse(msg.by)
             items = await coordinator.write(
                 msg.namespace, ops, level, token, msg.agent, forwarded=True,
-                deadline=msg.deadline,
+                deadline=msg.deadline, by=by,
             )
             out["results"] = [item_to_wire(x) for x in items]
             for x in items:
                 if token is not None and x.result is not None:
-                    token.observe(f"{msg.namespace}/{x.id}", x.result.record.version)
+                    token.wrote(f"{msg.namespace}/{x.id}", x.result.record.version, by)
         else:
             raise InvalidInput(f"unknown forwarded op {msg.op!r}", field="op")
         # The caller's token with what this request saw (a node of an older release merges it).

@@ -58,6 +58,13 @@ class Conflict(SpineError):
     code = "conflict"
 
 
+class Superseded(Conflict):
+    """A write that the same session has already followed with a later one (Spine-Write-Seq):
+    it arrived late and was not applied (monotonic writes, DESIGN §4)."""
+
+    code = "superseded"
+
+
 class PreconditionFailed(SpineError):
     """An If-Match or If-None-Match condition does not hold; `current` is the key's version
     (or None when it holds no live record)."""
@@ -195,7 +202,7 @@ ERRORS_BY_CODE: dict[str, type[SpineError]] = {
     cls.code: cls
     for cls in (
         InvalidInput, TooLarge, Unauthorized, Forbidden, NotFound, Conflict, Overloaded,
-        PreconditionFailed, Fenced, LeaseHeld,
+        PreconditionFailed, Fenced, LeaseHeld, Superseded,
         QuorumUnavailable, SessionUnavailable, Timeout, ClockSkew, PeerUnavailable,
         FrameTooLarge,
     )

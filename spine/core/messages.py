@@ -101,14 +101,15 @@ class Forward:
     token: str | None = None
     agent: str | None = None
     deadline: int | None = None  # an HLC value: mint no version after it (a late delivery)
+    by: str | None = None  # the client's Spine-Write-Seq of a write
 
     def to_wire(self) -> list[Any]:
         return [self.op, self.namespace, self.id, self.body, self.level, self.token, self.agent,
-                self.deadline]
+                self.deadline, self.by]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Forward:
-        return cls(*w[:8])
+        return cls(*w[:9])
 
 
 @dataclass(frozen=True, slots=True)

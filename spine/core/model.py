@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import orjson
 
 from spine.core.clock import Ordering, Version, hlc_ms, vv_compare, vv_merge
 
@@ -48,6 +49,10 @@ class Record:
     # The HLC at which this version stops being visible (DESIGN §13); 0: it never expires.
     # Part of the version, so a copy of it arriving late (repair, hints) is just as expired.
     expires_hlc: int = 0
+    # The client session that wrote this version and its number for the write (Spine-Write-Seq,
+    # DESIGN §4): one session's later write outranks its earlier ones in `merge`.
+    writer: str | None = None
+    writer_seq: int = 0
 
     @property
     def key(self) -> Key:
@@ -95,6 +100,8 @@ class Record:
             self.deleted,
             dict(self.fences),
             self.expires_hlc,
+            self.writer,
+            self.writer_seq,
         ]
 
     @classmethod
@@ -114,18 +121,54 @@ class Record:
             deleted=bool(w[11]),
             fences=dict(w[12]) if len(w) > 12 else {},
             expires_hlc=int(w[13]) if len(w) > 13 else 0,
+            writer=w[14] if len(w) > 14 and isinstance(w[14], str) else None,
+            writer_seq=int(w[15]) if len(w) > 15 and isinstance(w[15], int) else 0,
         )
 
 
 def merge(a: Record, b: Record) -> Record:
     """The LWW merge: payload of the larger version; version vectors and fences joined (a
-    fence, like a clock entry, only grows: DESIGN §12)."""
-    win, lose = (a, b) if a.version >= b.version else (b, a)
+    fence, like a clock entry, only grows: DESIGN §12).
+
+    Two writes of one session (same `writer`) rank by their `writer_seq` instead (monotonic
+    writes, Terry et al. 1994): a write that was minted late — a node paused with the request in
+    its socket buffer runs it after the client gave up and wrote again elsewhere — can carry a
+    larger HLC than the session's later write. The later write then wins, restamped just above
+    the earlier one (`restamped`), so the order stays the plain total order on versions that
+    every replica, read and anti-entropy round uses, and every replica that meets the two makes
+    the same record."""
+    win, lose = _ranked(a, b)
     same_fences = dict(win.fences) == dict(lose.fences)
     if win.version == lose.version and dict(win.clock) == dict(lose.clock) and same_fences:
         return win
     fences = win.fences if same_fences else vv_merge(win.fences, lose.fences)
     return replace(win, clock=vv_merge(win.clock, lose.clock), fences=fences)
+
+
+def _ranked(a: Record, b: Record) -> tuple[Record, Record]:
+    """(winner, loser) of two versions of one key; see `merge`."""
+    if a.writer is not None and a.writer == b.writer and a.writer_seq != b.writer_seq:
+        later, earlier = (a, b) if a.writer_seq > b.writer_seq else (b, a)
+        if later.version < earlier.version:
+            later = restamped(later, earlier)
+        return later, earlier
+    if a.version != b.version:
+        return (a, b) if a.version > b.version else (b, a)
+    # One version, two records: only a restamp can make this (two nodes' HLC readings never
+    # coincide with one node id); the session's later write wins, then a fixed order on the
+    # payload, so that every replica picks the same one.
+    return (a, b) if _tiebreak(a) >= _tiebreak(b) else (b, a)
+
+
+def _tiebreak(r: Record) -> tuple[int, str, str, bool, tuple[str, ...], bytes, bytes]:
+    meta = orjson.dumps(r.metadata, option=orjson.OPT_SORT_KEYS)
+    return (r.writer_seq, r.writer or "", r.content, r.deleted, r.tags, meta, r.vector or b"")
+
+
+def restamped(later: Record, earlier: Record) -> Record:
+    """`later` (the session's later write) moved just above `earlier`: one HLC tick past it,
+    keeping its own node id; the same on every replica, so they converge on one record."""
+    return replace(later, version=Version(earlier.version.hlc + 1, later.version.node))
 
 
 def is_concurrent(a: Record, b: Record) -> bool:

@@ -147,7 +147,7 @@ class Records:
             return Applied(Outcome.APPLIED, None, rec, False, seq)
         merged = merge(old, rec)
         conflict = is_concurrent(old, rec)
-        if rec.version > old.version:
+        if merged.version != old.version:  # `rec` won, or one session's writes were reordered
             self._put(txn, rk, merged, seq)
             self.history.add(txn, rk, old, conflict)
             return Applied(Outcome.APPLIED, old, merged, conflict, seq)

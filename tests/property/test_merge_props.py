@@ -137,3 +137,52 @@ def test_wire_form_round_trips(r: Record) -> None:
 @given(any_records)
 def test_wire_form_round_trips_through_msgpack(r: Record) -> None:
     assert Record.from_wire(msgpack.unpackb(msgpack.packb(r.to_wire()))) == r
+
+
+# --- one session's writes rank by their number (monotonic writes, DESIGN §4) ---------------------
+
+session_writes = st.lists(
+    st.tuples(st.integers(0, 40), st.sampled_from(NODES), st.sampled_from([None, "s1", "s2"]),
+              st.integers(1, 4)),
+    min_size=1, max_size=6, unique_by=lambda t: (t[0], t[1]),  # one HLC reading per node
+).map(lambda ws: [Record("ns", "k", Version(h, n), content=f"{w}#{q}@{h}", writer=w,
+                         writer_seq=q if w else 0) for h, n, w, q in ws])
+
+
+@settings(max_examples=300, deadline=None)
+@given(session_writes)
+def test_merge_with_writers_is_commutative_and_idempotent(rs: list[Record]) -> None:
+    for a in rs:
+        assert merge(a, a) == a
+        for b in rs:
+            assert merge(a, b) == merge(b, a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(session_writes, st.randoms(use_true_random=False))
+def test_replicas_that_met_writes_in_any_order_converge_by_anti_entropy(
+    rs: list[Record], rnd: Any
+) -> None:
+    # three replicas, each met some of the writes in its own order
+    states = []
+    met: list[Record] = []
+    for _ in range(3):
+        mine = [r for r in rs if rnd.random() < 0.7] or [rs[0]]
+        rnd.shuffle(mine)
+        met += mine
+        states.append(reduce(merge, mine))
+    for _ in range(30):  # anti-entropy: pairs merge what the other holds, until nothing moves
+        before = list(states)
+        for i in range(3):
+            for j in range(3):
+                states[i] = merge(states[i], states[j])
+        if states == before:
+            break
+    assert states[0] == states[1] == states[2]
+    top = states[0]
+    # every write that met a later write of its own session is outranked by it
+    for a in rs:
+        for b in rs:
+            if a.writer and a.writer == b.writer and a.writer_seq < b.writer_seq:
+                assert merge(a, b).content == b.content
+    assert top.version >= max(r.version for r in met)  # nothing met is lost to an older one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from dataclasses import replace
 
@@ -130,13 +131,74 @@ def test_wire_form_round_trips_a_tombstone_without_vector() -> None:
 
 def test_wire_form_is_positional_and_append_only() -> None:
     w = full_record().to_wire()
-    assert len(w) == 14
+    assert len(w) == 16
     assert w[:4] == ["ns", "m1", hlc_from_ms(T0) + 5, "n2"]
     assert w[11] is False
     assert w[12] == {}  # fences, appended (DESIGN §12)
     assert w[13] == 0  # expires_hlc, appended (DESIGN §13): never
     assert Record.from_wire(w[:12]) == full_record()  # a 12-field form from before still reads
     assert Record.from_wire(w[:13]) == full_record()  # and a 13-field one
+    assert w[14:] == [None, 0]  # writer and writer_seq, appended (DESIGN §4): none
+    assert Record.from_wire(w[:14]) == full_record()
+
+
+# --- one session's writes (monotonic writes, DESIGN §4) ---------------------------------------
+
+
+def by(hlc: int, writer: str | None, seq: int, node: str = "n1", content: str = "") -> Record:
+    return rec(hlc, node, content=content or f"{writer}#{seq}", writer=writer, writer_seq=seq)
+
+
+def test_a_sessions_later_write_wins_over_its_earlier_one_minted_with_a_larger_hlc() -> None:
+    early = by(500, "s1", 1, "n1")  # minted late by a node that sat on the request
+    late = by(100, "s1", 2, "n2")
+    for a, b in ((early, late), (late, early)):
+        m = merge(a, b)
+        assert m.content == "s1#2"
+        assert m.version == Version(501, "n2")  # restamped one tick above the earlier write
+        assert m.version > early.version
+    assert merge(merge(early, late), early) == merge(early, late)  # idempotent, stable
+
+
+def test_a_sessions_writes_in_order_merge_as_plain_lww() -> None:
+    a, b = by(100, "s1", 1), by(200, "s1", 2, "n2")
+    assert merge(a, b) == merge(b, a) == b
+
+
+def test_different_writers_or_no_writer_merge_by_version_alone() -> None:
+    early = by(500, "s1", 1)
+    other = by(100, "s2", 2, "n2")
+    anon = rec(100, "n3", content="anon")
+    assert merge(early, other).content == "s1#1"
+    assert merge(anon, early).content == "s1#1"
+    assert merge(early, replace(other, writer=None)).content == "s1#1"
+
+
+def test_a_third_writer_between_them_still_converges_whatever_the_order() -> None:
+    writes = [by(500, "s1", 1, "n1"), by(100, "s1", 2, "n2"), by(300, "s2", 1, "n3")]
+    finals = []
+    for order in itertools.permutations(writes):  # one replica per order of arrival
+        state = order[0]
+        for w in order[1:]:
+            state = merge(state, w)
+        finals.append(state)
+    # anti-entropy then merges replicas pairwise, in any order: all end on one record
+    ends = []
+    for order in itertools.permutations(finals, 3):
+        state = order[0]
+        for other in order[1:]:
+            state = merge(state, other)
+        ends.append(state)
+    assert all(e == ends[0] for e in ends)
+    assert all(merge(ends[0], f) == ends[0] for f in finals)
+    assert ends[0].content == "s1#2"  # some replica met both of s1's writes and ordered them
+
+
+def test_equal_versions_rank_by_the_writers_number() -> None:
+    a = by(100, "s1", 3, "n1", "three")
+    b = by(100, "s1", 1, "n1", "one")
+    b = replace(b, version=a.version)  # only a restamp can make two records of one version
+    assert merge(a, b).content == merge(b, a).content == "three"
 
 
 def test_expiry_travels_on_the_wire_and_shows_as_expires_at() -> None:
