@@ -36,6 +36,7 @@ from spine.core.antientropy import TokenBucket
 from spine.core.errors import Conflict, InvalidInput, NotFound, SpineError
 from spine.core.messages import Tag, Transfer
 from spine.core.metrics import SpineMetrics
+from spine.core.ring import shortfall
 from spine.core.ring_change import CheckAgreement, Claimant, Settle, Status, Wait, agrees
 from spine.core.ringmap import ACTIVE, JOINING, LEAVING, LEFT
 from spine.ports import RecordStore, Transport
@@ -389,9 +390,8 @@ class Rebalancer:
                 "ring": self.keeper.map.digest()}
 
     def _check_room(self, node: str) -> None:
-        stay = [n for n, e in self.keeper.map.entries.items()
+        stay = [e.region for n, e in self.keeper.map.entries.items()
                 if e.state in (ACTIVE, JOINING) and n != node]
-        n = self.keeper.shape[2]
-        if len(stay) < n:
-            raise Conflict(f"without {node} the ring would have {len(stay)} nodes for"
-                           f" replication.n={n}", field="node")
+        short = shortfall(stay, self.keeper.replicas)
+        if short is not None:
+            raise Conflict(f"without {node} the ring would have {short}", field="node")

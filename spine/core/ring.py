@@ -89,6 +89,20 @@ def place(
     return tuple(m for m in order if m in picked)
 
 
+def shortfall(regions: Iterable[str], n: Replicas) -> str | None:
+    """Why a ring of nodes in `regions` (one item per node) cannot hold `n` replicas of every
+    shard, or None when it can: too few nodes, or with a region map too few in some region."""
+    have = list(regions)
+    if isinstance(n, int):
+        return None if len(have) >= n else f"{len(have)} nodes for replication.n={n}"
+    for region in sorted(n):
+        count = have.count(region)
+        if count < n[region]:
+            return (f"{count} nodes in region {region!r} for"
+                    f" replication.n.{region}={n[region]}")
+    return None
+
+
 def owners_in_region(owners: Sequence[str], region: str,
                      regions: Mapping[str, str]) -> tuple[str, ...]:
     """The nodes of `owners` (a preference list) in `region`, in the list's order;

@@ -15,7 +15,7 @@ from spine.admin import format_status
 from spine.core.config import from_dict, load
 from spine.core.consistency import Level
 from spine.core.errors import ConfigError
-from spine.core.ring import Ring, owners_in_region, place, total_replicas
+from spine.core.ring import Ring, owners_in_region, place, shortfall, total_replicas
 from spine.core.ringmap import ACTIVE, JOINING, MAX_SITE, Entry, Placement, RingMap, genesis
 
 Q, VNODES = 128, 32
@@ -132,6 +132,14 @@ def test_owners_in_region_keeps_the_lists_order() -> None:
     assert owners_in_region(owners, "eu", REGIONS) == ("eu2", "eu1")
     assert owners_in_region(owners, "", REGIONS) == ()
     assert owners_in_region(owners, "", {}) == owners
+
+
+def test_shortfall_counts_nodes_per_region_for_a_map() -> None:
+    assert shortfall(["", "", ""], 3) is None
+    assert shortfall(["", ""], 3) == "2 nodes for replication.n=3"
+    assert shortfall(["eu", "eu", "us"], {"eu": 2, "us": 1}) is None
+    assert shortfall(["eu", "us", "us", "us"], {"eu": 2, "us": 1}) == (
+        "1 nodes in region 'eu' for replication.n.eu=2")
 
 
 # ------------------------------------------------------------------ ring map and placement
