@@ -221,7 +221,8 @@ class Node:
             indexed_seq=lambda: self.indexer.indexed_seq,
         )
         self.acceptor = Acceptor(self.store, self.replicator.apply_local,
-                                 any_ballot=cfg.paxos.unsafe_accept_any_ballot)
+                                 any_ballot=cfg.paxos.unsafe_accept_any_ballot,
+                                 clock_check=self.hlc.check)
         self.proposer = Proposer(
             node_id, self._route, self.rpc, self.liveness, self.hlc, self.rt.rng,
             rpc_timeout=t.rpc_ms / 1000, spawn=self.replicator.spawn, metrics=self.metrics,

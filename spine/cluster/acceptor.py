@@ -21,10 +21,12 @@ cost: after a restart, rounds with ballots minted before it are refused once, an
 takes the bound from the refusal (`HLC.observe`, within `clock.max_offset`, which the margin
 stays under) and goes again. Accepted values and commits are written before the answer, as
 before; a promise held only in memory is written out before its key's state leaves memory.
-The bound follows the ballots it is asked to cover, so a peer sending a ballot from far in the
-future (its frames pass the RPC layer's clock check, its ballots are not checked against a
-clock here) would, after this node restarts, leave every key refusing until the clock gets
-there, where before it blocked only the key it was sent for.
+The bound follows the ballots it is asked to cover, so a ballot from far in the future would,
+after this node restarts, leave every key refusing until the clock got there. So a ballot's HLC
+is checked against this node's clock like an RPC frame's (`clock_check`: `HLC.check`, refused
+past `clock.max_offset` ahead of the wall clock) before it is promised or accepted: a proposer
+mints ballots from its HLC, which its peers' frame checks already keep within that offset, so
+only a forged or corrupt ballot is refused (`503 clock_skew` to that round, from this replica).
 """
 
 from __future__ import annotations
@@ -75,9 +77,13 @@ class Acceptor:
         any_ballot: bool = False,
         bound_margin: int = hlc_from_ms(250),
         max_held: int = 8192,
+        clock_check: Callable[[int], None] | None = None,
     ) -> None:
+        """`clock_check` raises ClockSkew for an HLC too far ahead (`HLC.check`); None: no check
+        (unit tests on made-up ballots)."""
         self.store = store
         self.apply = apply
+        self.clock_check = clock_check
         self.any_ballot = any_ballot  # test-only tooth: paxos.unsafe_accept_any_ballot
         self.bound_margin = bound_margin
         self.max_held = max_held
@@ -188,6 +194,8 @@ class Acceptor:
     async def prepare(self, msg: PaxosPrepare) -> list[Any]:
         """Phase 1: a Promise's wire form. A promise is kept in memory when the durable bound
         covers its ballot; the bound is raised (and durable) first when it does not."""
+        if self.clock_check is not None:
+            self.clock_check(msg.ballot.hlc)
         if msg.ballot.hlc >= self._bound and msg.ballot > self.state(msg.namespace,
                                                                      msg.id).promised:
             await self._cover(msg.ballot.hlc)
@@ -206,6 +214,8 @@ class Acceptor:
     async def accept(self, msg: PaxosAccept) -> list[Any]:
         """Phase 2: [accepted, the ballot promised]."""
         assert msg.record is not None  # the decoder requires one
+        if self.clock_check is not None:
+            self.clock_check(msg.ballot.hlc)
         st = self.state(msg.namespace, msg.id)
         new, ok = on_accept(st, msg.ballot, msg.record, any_ballot=self.any_ballot)
         if new is not None:

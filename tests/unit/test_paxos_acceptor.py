@@ -8,9 +8,11 @@ import asyncio
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from spine.cluster.acceptor import BOUND_KEY, Acceptor
-from spine.core.clock import Version, hlc_from_ms
+from spine.core.clock import HLC, Version, hlc_from_ms
+from spine.core.errors import ClockSkew
 from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare
 from spine.core.model import Record
 from spine.core.paxos import AcceptorState, Promise
@@ -147,5 +149,30 @@ def test_a_promise_held_in_memory_is_written_out_before_it_leaves(tmp_path: Path
         spilled = [i for i in range(12) if store.ballots_get("ns", f"k{i}") is not None]
         assert spilled, "nothing was written out"
         store.close()
+
+    asyncio.run(run())
+
+
+def test_a_ballot_from_far_in_the_future_is_refused_and_moves_nothing(tmp_path: Path) -> None:
+    """A forged ballot hours ahead would, through the durable bound, leave every key refusing
+    after a restart: it is checked against the clock like an RPC frame and refused."""
+    now_ms = 1_700_000_000_000
+    hlc = HLC(lambda: now_ms, max_offset_ms=500)
+
+    async def run() -> None:
+        store = open_store(tmp_path)
+        a = Acceptor(store, store.apply, clock_check=hlc.check)
+        far = Version(hlc_from_ms(now_ms + 3_600_000), "evil")
+        with pytest.raises(ClockSkew):
+            await a.prepare(PaxosPrepare("ns", "k", far))
+        with pytest.raises(ClockSkew):
+            await a.accept(PaxosAccept("ns", "k", far, rec("v", far.hlc)))
+        assert store.ballots_get(*BOUND_KEY) is None  # the bound did not move
+        store.close()
+        again = open_store(tmp_path)
+        b = Acceptor(again, again.apply, clock_check=hlc.check)
+        near = Version(hlc_from_ms(now_ms + 100), "p")  # within the offset: served as ever
+        assert Promise.from_wire(await b.prepare(PaxosPrepare("ns", "other", near))).ok
+        again.close()
 
     asyncio.run(run())
