@@ -67,6 +67,12 @@ _FENCE = {"name": "Spine-Fence", "in": "header", "required": False,
                          " higher token of that lease",
           "schema": {"type": "string", "format": FENCE_FORMAT,
                      "pattern": _pattern(coord.FENCE_RE.pattern)}}
+# DESIGN §4: monotonic writes for a client that numbers its writes.
+_WRITE_SEQ = {"name": "Spine-Write-Seq", "in": "header", "required": False,
+              "description": "<writer>:<seq>: this client's number for the write; a later number"
+                             " of the same writer always outranks an earlier one (409 superseded"
+                             " when the earlier arrives after it)",
+              "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._~-]{1,64}:[1-9][0-9]{0,14}$"}}
 _ETAG = {"ETag": {"description": "the record's version, quoted", "required": True,
                   "schema": {"type": "string", "pattern": r'^"[0-9a-f]{16}\.[^"]+"$'}}}
 _LEASE_NAME = {"name": "name", "in": "path", "required": True,
@@ -145,7 +151,8 @@ _WRITE_ERRORS = {
     "507": _resp("insufficient_storage, or too_many_namespaces", _ERR),
 }
 _CONDITION_ERRORS = {
-    "409": _resp("fenced: a Spine-Fence token below one the key accepted", _ERR),
+    "409": _resp("fenced: a Spine-Fence token below one the key accepted; superseded: a"
+                 " later Spine-Write-Seq of this writer is already there", _ERR),
     "412": _resp("precondition_failed: If-Match / If-None-Match does not hold; `current` is"
                  " the key's version (null: no live record)", _ERR),
 }
@@ -173,7 +180,8 @@ def _paths(limits: v.Limits, feed: FeedSection) -> dict[str, Any]:
             "parameters": [_NS, _ID],
             "put": {"summary": "Create or replace a memory (conditionally with If-Match,"
                                " If-None-Match or Spine-Fence)", "requestBody": _body(_WRITE),
-                    "parameters": [*_HEADERS, _INCLUDE_VECTOR, _IF_MATCH, _IF_NONE_MATCH, _FENCE],
+                    "parameters": [*_HEADERS, _INCLUDE_VECTOR, _IF_MATCH, _IF_NONE_MATCH, _FENCE,
+                                   _WRITE_SEQ],
                     "responses": {"200": _resp("replaced", _REC, headers=_ETAG),
                                   "201": _resp("created", _REC, headers=_ETAG),
                                   **_WRITE_ERRORS, **_CONDITION_ERRORS}},
@@ -181,7 +189,8 @@ def _paths(limits: v.Limits, feed: FeedSection) -> dict[str, Any]:
                     "responses": {"200": _resp("the record", _REC, headers=_ETAG),
                                   "404": found, **_READ_ERRORS}},
             "delete": {"summary": "Delete a memory (tombstone; conditionally with If-Match or"
-                                  " Spine-Fence)", "parameters": [*_HEADERS, _IF_MATCH, _FENCE],
+                                  " Spine-Fence)",
+                       "parameters": [*_HEADERS, _IF_MATCH, _FENCE, _WRITE_SEQ],
                        "responses": {"200": _resp("deleted", _ref("Deleted"), headers=_ETAG),
                                      **_WRITE_ERRORS, **_CONDITION_ERRORS}},
         },
@@ -207,7 +216,7 @@ def _paths(limits: v.Limits, feed: FeedSection) -> dict[str, Any]:
                     "responses": {"200": _resp("a page", _ref("Page")), **_READ_ERRORS}},
         },
         "/v1/ns/{ns}/memories/_batch": {
-            "parameters": [_NS, *_HEADERS],
+            "parameters": [_NS, *_HEADERS, _WRITE_SEQ],
             "post": {"summary": "Up to limits.batch_items upserts/deletes in one call",
                      "requestBody": _body(_ref("BatchBody")),
                      "responses": {"200": _resp("one result per item", _ref("BatchResults")),
