@@ -184,12 +184,12 @@ class Node:
         me = self.me
         self.keeper = RingKeeper(
             node_id, self.store, self.rpc, self.liveness,
-            genesis=genesis({"id": n.id, "zone": n.zone, "host": n.host, "port": n.port,
-                             "rpc_port": n.rpc_address[1], "gossip_port": n.gossip_address[1]}
-                            for n in cfg.nodes),
+            genesis=genesis({"id": n.id, "zone": n.zone, "region": n.region, "host": n.host,
+                             "port": n.port, "rpc_port": n.rpc_address[1],
+                             "gossip_port": n.gossip_address[1]} for n in cfg.nodes),
             me=Entry(node_id, JOINING, 0, me.zone, me.host, me.port,
-                     me.rpc_address[1], me.gossip_address[1]),
-            shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.n,
+                     me.rpc_address[1], me.gossip_address[1], region=me.region),
+            shards=shards, vnodes=cfg.ring.vnodes, n=cfg.replication.replicas,
             interval=cfg.ring.sync_interval_ms / 1000, rpc_timeout=t.rpc_ms / 1000,
             now_version=self.hlc.now, sleep=self.rt.sleep, monotonic=self.rt.monotonic,
             rng=self.rt.rng, trailing_window=cfg.ring.drop_grace_s / 2, join=join,
