@@ -12,11 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import structlog
-
 from spine.core.links import MAX_FILE_BYTES, Link, LinkFileError, parse_links
-
-log = structlog.get_logger("spine.runtime")
 
 
 @dataclass
@@ -100,7 +96,10 @@ class LinkTable:
         except (OSError, LinkFileError) as e:
             links, error = {}, str(e)
         if error is not None and error != self.error:
-            log.warning("test_link_file_refused", file=path, error=error)
+            import structlog  # here, not at the top: the client imports this module without it
+
+            structlog.get_logger("spine.runtime").warning(
+                "test_link_file_refused", file=path, error=error)
         self.links, self.error = links, error
 
 
