@@ -87,6 +87,9 @@ class JepsenCluster(ProcessCluster):
     ``overrides`` are deep-merged into the config (e.g. ``{"handoff": {"enabled": False}}``).
     ``sync``: ``storage.sync`` (fsync). Off by default: SIGKILL loses nothing the kernel's page
     cache holds, so kill faults test the same thing, at a fraction of the disk cost.
+    ``regions``: that many regions (node i in region ``r{i % regions}``, each node its own zone),
+    every link between two regions delayed ``region_delay_ms`` each way by the nodes' userspace
+    link layer (`LinkTable`), gossip timed for such links; 0: one region, no delay.
     """
 
     start_timeout = START_TIMEOUT
@@ -103,9 +106,15 @@ class JepsenCluster(ProcessCluster):
         block: int | None = None,
         start: bool = True,
         rng: random.Random | None = None,
+        regions: int = 0,
+        region_delay_ms: float = 60.0,
     ) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
+        if regions < 0 or regions > nodes:
+            raise ValueError("regions must be between 0 and the number of nodes")
+        self.region_count = regions
+        self.region_delay_ms = region_delay_ms
         self._block = AddressBlock(block)
         super().__init__(root, nodes, overrides, sync=sync, rng=rng)
         self.hosts = {n: self._block.host(i) for i, n in enumerate(self.names)}
@@ -119,6 +128,11 @@ class JepsenCluster(ProcessCluster):
         self.clock_offsets: dict[str, int] = {n: 0 for n in self.names}
         for n in self.names:
             self.set_clock(n, 0)
+        self.region_groups: list[list[str]] = (
+            [[n for i, n in enumerate(self.names) if i % regions == r] for r in range(regions)]
+            if regions else [])
+        if self.region_groups:  # the links are slow from the first packet on
+            self.regions(self.region_groups, region_delay_ms)
         if start:
             self.start_all()
 
@@ -140,6 +154,14 @@ class JepsenCluster(ProcessCluster):
         cfg["seeds"] = [f"{h}:{self.base + GOSSIP_OFFSET + i}" for i, h in enumerate(hosts)]
         # Workloads choose their level per request (e.g. eventual for an untagged register).
         cfg["consistency"]["allow_weaker"] = True
+        if self.region_count:
+            for i, node in enumerate(cfg["nodes"]):
+                node["region"] = f"r{i % self.region_count}"
+                node["zone"] = f"r{i % self.region_count}-z{i // self.region_count}"
+            # memberlist's WAN timing: a direct probe must outlast a round trip between regions
+            rtt = int(2 * self.region_delay_ms)
+            cfg.setdefault("gossip", {}).update(
+                protocol_period_ms=max(1000, 4 * rtt), ping_timeout_ms=max(300, 2 * rtt))
         return cfg
 
     def _wait_started(self) -> None:

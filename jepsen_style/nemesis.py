@@ -144,6 +144,13 @@ def bridge(nodes: Sequence[str], rng: random.Random) -> Partition:
     return Partition("bridge", cut_between([a, b]), (a, b, (bridge_node,)))
 
 
+def region_cut(regions: Sequence[Sequence[str]], rng: random.Random) -> Partition:
+    """One whole region cut from the others (a cluster run with ``--regions``)."""
+    lone = tuple(sorted(rng.choice(list(regions))))
+    rest = tuple(sorted(n for g in regions for n in g if n not in lone))
+    return Partition("region", cut_between([lone, rest]), (lone, rest))
+
+
 SHAPES: dict[str, Callable[[Sequence[str], random.Random], Partition]] = {
     "isolate": isolate,
     "halves": halves,
@@ -315,7 +322,10 @@ class PartitionFault:
                 raise ValueError(f"unknown partition shape {s!r} (known: {', '.join(SHAPES)})")
 
     def plan(self, rng: random.Random) -> dict[str, Any]:
-        shape = rng.choice(list(self.shapes))
+        groups = getattr(self.cluster, "region_groups", [])
+        shape = rng.choice(list(self.shapes) + (["region"] if len(groups) > 1 else []))
+        if shape == "region":
+            return region_cut(groups, rng).detail()
         return SHAPES[shape](self.cluster.names, rng).detail()
 
     def start(self, plan: Mapping[str, Any]) -> dict[str, Any]:

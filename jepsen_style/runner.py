@@ -64,6 +64,8 @@ class RunOptions:
     nemesis: list[str] = field(default_factory=lambda: list(FAULTS))
     level: str | None = None
     nodes: int = 5
+    regions: int = 0
+    region_delay_ms: float = 60.0
     out: Path | None = None
     seed: int | None = None
     no_repair: bool = False
@@ -129,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--level", choices=LEVELS, default=None,
                    help="consistency level for every workload (default: each workload's own)")
     r.add_argument("--nodes", type=int, default=5)
+    r.add_argument("--regions", type=int, default=0,
+                   help="spread the nodes over this many regions (node i in r{i %% regions}), "
+                        "links between regions delayed; partitions may cut a whole region")
+    r.add_argument("--region-delay-ms", type=float, default=60.0,
+                   help="one-way delay of every link between two regions (default 60)")
     r.add_argument("--out", type=Path, default=None, help="output directory")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--concurrency", type=int, default=3, help="client processes per workload")
@@ -159,6 +166,8 @@ def parse_args(argv: Sequence[str] | None = None) -> RunOptions:
         build_parser().error(str(e))
     if a.nodes < 1 or a.concurrency < 1 or a.time <= 0:
         build_parser().error("--nodes, --concurrency and --time must be positive")
+    if not 0 <= a.regions <= a.nodes or not 0 <= a.region_delay_ms <= 10_000:
+        build_parser().error("--regions must be in 0..--nodes, --region-delay-ms in 0..10000")
     try:
         cluster_config = dotted(a.config)
     except ValueError as e:
@@ -166,6 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunOptions:
     return RunOptions(
         time=a.time, workloads=[w.strip() for w in a.workload.split(",") if w.strip()],
         nemesis=nemesis, level=a.level, nodes=a.nodes, out=a.out, seed=a.seed,
+        regions=a.regions, region_delay_ms=a.region_delay_ms,
         no_repair=a.test_no_repair, concurrency=a.concurrency, fault_s=a.fault_s,
         heal_s=a.heal_s, quiet_s=a.quiet_s, final_timeout_s=a.final_timeout,
         keep_data=a.keep_data, sync=a.sync, plot=not a.no_plot, workload_options=dict(a.opt),
@@ -445,9 +455,12 @@ def run(opts: RunOptions, registry: Mapping[str, type] | None = None) -> int:
         try:
             if "partition" in opts.nemesis:
                 Nftables.ensure_installed(logger)
-            logger(f"starting {opts.nodes} nodes")
+            where = (f" in {opts.regions} regions, {opts.region_delay_ms:g} ms apart"
+                     if opts.regions else "")
+            logger(f"starting {opts.nodes} nodes{where}")
             cluster = JepsenCluster(out / "cluster", opts.nodes, overrides, sync=opts.sync,
-                                    rng=random.Random(f"{seed}/ports"))
+                                    rng=random.Random(f"{seed}/ports"), regions=opts.regions,
+                                    region_delay_ms=opts.region_delay_ms)
             state.cluster = cluster
             logger(f"cluster up: {', '.join(f'{n}={u}' for n, u in cluster.urls.items())}")
             origin = time.monotonic()

@@ -35,6 +35,7 @@ from jepsen_style.nemesis import (
     majority,
     nft_script,
     parse_faults,
+    region_cut,
     schedule_order,
     skew_plan,
 )
@@ -56,6 +57,19 @@ def test_cut_between_groups() -> None:
     assert link("n3", "n1") == ("n1", "n3")
     with pytest.raises(ValueError):
         link("n1", "n1")
+
+
+def test_region_cut_cuts_one_whole_region_from_the_rest() -> None:
+    regions = [["n1", "n4"], ["n2", "n5"], ["n3", "n6"]]
+    seen = set()
+    for seed in range(20):
+        p = region_cut(regions, random.Random(seed))
+        lone, rest = p.groups
+        assert sorted(lone) in [sorted(g) for g in regions]
+        assert p.cuts == cut_between([lone, rest]) and len(p.cuts) == 2 * 4
+        assert p.shape == "region"
+        seen.add(lone)
+    assert len(seen) == 3
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 7])

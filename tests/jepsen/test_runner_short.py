@@ -125,6 +125,12 @@ def test_parse_args() -> None:
     assert parse_args(["run", "--nemesis", "all"]).nemesis == ["partition", "kill", "pause",
                                                                  "skew", "forge"]
     assert parse_args(["run", "--nemesis", "forge"]).nemesis == ["forge"]
+    o = parse_args(["run", "--nodes", "6", "--regions", "3", "--region-delay-ms", "40"])
+    assert (o.regions, o.region_delay_ms) == (3, 40.0)
+    assert parse_args(["run"]).regions == 0
+    for bad in (["--nodes", "2", "--regions", "3"], ["--region-delay-ms", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["run", *bad])
     with pytest.raises(SystemExit):
         parse_args(["run", "--nemesis", "meteor"])
 
@@ -198,6 +204,44 @@ def test_ci_short_schedule(tmp_path: Path) -> None:
     from tests.jepsen.test_feed_short import assert_feed_run_and_teeth
     # Its 40 s bring two fault starts, the second near the end: one move is what it can promise.
     assert_feed_run_and_teeth(out, results, fault_moves=1)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(200)
+def test_regions_short_schedule(tmp_path: Path) -> None:
+    """Issue 17's regions topology, short: 3 regions x 2 nodes, 60 ms between regions (the
+    nodes' link layer), a partition that cuts one whole region, the session and register
+    workloads: valid, with no monotonic-write violation, and writes paying the delay."""
+    out = tmp_path / "regions"
+    cmd = [sys.executable, "-m", "jepsen_style", "run", "--time", "16", "--workload",
+           "session,register", "--nemesis", "partition", "--nodes", "6", "--regions", "3",
+           "--seed", "1", "--fault-s", "6", "--heal-s", "4", "--quiet-s", "4", "--no-plot",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{tail}"
+    results = json.loads((out / "results.json").read_text())
+    session = results["checkers"]["session"]
+    assert session["valid"] is True and session["monotonic_write_violations"] == 0, session
+    assert session["monotonic_writes_required"] is True
+    assert results["checkers"]["register"]["valid"] is True
+    shapes = [json.loads(x).get("detail", {}).get("shape")
+              for x in (out / "nemesis.jsonl").read_text().splitlines()]
+    assert "region" in shapes, shapes
+    cfg = (out / "cluster" / "cluster.yaml").read_text()
+    assert all(f"region: r{i}" in cfg for i in range(3)), cfg
+    started: dict[tuple[str, int], float] = {}
+    took = []
+    for line in (out / "history.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        who = (e["workload"], e["process"])
+        if e["type"] == "invoke":
+            started[who] = e["time"] if e["f"] == "write" else -1.0
+        elif started.get(who, -1.0) >= 0 and e["type"] == "ok":
+            took.append(e["time"] - started.pop(who))
+    took.sort()
+    assert took and took[len(took) // 2] >= 0.060, took[:20]  # a quorum crosses a region
 
 
 @pytest.mark.integration

@@ -39,7 +39,7 @@ from spine.core.leases import LeaseView
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
 from spine.core.requests import ItemResult, WriteOp, WriteResult
-from spine.core.session import SessionToken
+from spine.core.session import SessionToken, WriteSeq
 from spine.core.validation import Limits
 
 # The handlers keep per-request facts under string keys (as every route of spine.api.http does).
@@ -236,12 +236,14 @@ class FakeCoordinator:
                                              Level.STRONG, "n1"))
 
     async def write(self, ns: str, ops: list[WriteOp], requested: Level | None,
-                    token: SessionToken | None, agent: str | None) -> list[ItemResult]:
+                    token: SessionToken | None, agent: str | None,
+                    by: WriteSeq | None = None) -> list[ItemResult]:
         self.calls += [("write", op, None) for op in ops]
         return [self._answer(op) for op in ops]
 
     async def conditional(self, ns: str, op: WriteOp, cond: Condition,
-                          token: SessionToken | None, agent: str | None) -> ItemResult:
+                          token: SessionToken | None, agent: str | None,
+                          by: WriteSeq | None = None) -> ItemResult:
         self.calls.append(("conditional", op, cond))
         return self._answer(op)
 
