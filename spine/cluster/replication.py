@@ -50,7 +50,11 @@ class Replicator:
         rpc_timeout: float,
         wall_ms: Callable[[], int],
         hints_enabled: bool = True,
+        monotonic: Callable[[], float] | None = None,
+        replicated: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`replicated(node, seconds)`, with `monotonic`: told how long each write took to
+        reach each node that acknowledged it (cross-region replication lag, issue 17)."""
         self.node_id = node_id
         self.store = store
         self.rpc = rpc
@@ -59,6 +63,8 @@ class Replicator:
         self.rpc_timeout = rpc_timeout
         self.wall_ms = wall_ms
         self.hints_enabled = hints_enabled
+        self.monotonic = monotonic
+        self.replicated = replicated
         self._tasks: set[asyncio.Task[Any]] = set()
         self.settlement = Settlement()
         self._outbox: dict[str, list[Notice]] = {}  # notices per peer, not yet sent
@@ -155,9 +161,13 @@ class Replicator:
         *,
         hints_count: bool,
         timeout: float,
+        counted: Sequence[frozenset[str] | None] | None = None,
     ) -> list[int]:
         """Replicate each record to its nodes; acks per record (≥ its `w` means success; `w` is
-        one number for all records or one per record)."""
+        one number for all records or one per record). `counted`, per record: the nodes whose
+        acknowledgements count toward its `w` (None: all; a region-local level counts its
+        region's), though every node of its list is sent it."""
+        started = self.monotonic() if self.monotonic is not None else 0.0
         acks = [0] * len(records)
         held = [0] * len(records)  # acknowledgements by the node itself (no hint): settling
         need = [w] * len(records) if isinstance(w, int) else list(w)
@@ -181,25 +191,28 @@ class Replicator:
             if not local_pending and all(a >= n for a, n in zip(acks, need, strict=True)):
                 done.set()
 
-        def ack(idxs: list[int], *, hinted: bool = False) -> None:
+        def ack(node: str, idxs: list[int], *, hinted: bool = False) -> None:
             for i in idxs:
-                acks[i] += 1
+                only = counted[i] if counted is not None else None
+                acks[i] += only is None or node in only
                 held[i] += not hinted
             check()
+            if not hinted and self.replicated is not None and self.monotonic is not None:
+                self.replicated(node, self.monotonic() - started)
 
         async def one(node: str, idxs: list[int]) -> None:
             nonlocal outstanding, local_pending
             recs = [records[i] for i in idxs]
             try:
                 await self.send(node, recs)
-                ack(idxs)
+                ack(node, idxs)
             except PeerUnavailable:
                 if self.hints_enabled:
                     now = self.wall_ms()
                     await self.store.add_hints([(node, now, r) for r in recs])
                     self.metrics.hints_written.inc(by=len(recs))
                     if hints_count:
-                        ack(idxs, hinted=True)
+                        ack(node, idxs, hinted=True)
             except (InsufficientStorage, StorageFailed) as e:  # our own disk refused the commit
                 local_error.append(e)
             except Exception:
