@@ -37,7 +37,7 @@ from jepsen_style.nemesis import FAULTS, Nemesis, Nftables, parse_faults
 from spine.core.config_env import merge_settings
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN = 0, 1, 2
-LEVELS = ("eventual", "session", "strong")
+LEVELS = ("eventual", "local_session", "session", "local_strong", "strong")
 
 
 @dataclass

@@ -196,7 +196,8 @@ def _client_args(sp: argparse.ArgumentParser) -> None:
                     help="node URL; repeat or comma-separate several for failover"
                          " (default $SPINE_URL or http://127.0.0.1:8788)")
     sp.add_argument("--api-key", help="API key (default $SPINE_API_KEY)")
-    sp.add_argument("--consistency", choices=["eventual", "session", "strong"],
+    sp.add_argument("--consistency", choices=["eventual", "local_session", "session",
+                                              "local_strong", "strong"],
                     help="the level for this command (default: the cluster's)")
     sp.add_argument("--session-file", metavar="PATH",
                     help="where the session token is kept between commands"

@@ -199,7 +199,8 @@ class Node:
         self.replicator = Replicator(
             node_id, self.store, self.rpc, self.liveness, self.metrics,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
-            hints_enabled=cfg.handoff.enabled,
+            hints_enabled=cfg.handoff.enabled, monotonic=self.rt.monotonic,
+            replicated=self._replicated,
         )
         ae = cfg.antientropy
         self.antientropy = AntiEntropy(
@@ -315,6 +316,14 @@ class Node:
     def ring(self) -> Ring:
         """The current ring (reads, quorums, search fan-out, anti-entropy)."""
         return self.keeper.placement.current
+
+    def _replicated(self, node: str, seconds: float) -> None:
+        """A write this node sent reached `node` after `seconds`: replication lag, per region,
+        for the regions other than this node's."""
+        placement = self.placement()
+        region = placement.region_of(node)
+        if region != placement.region_of(self.id):
+            self.metrics.replication_lag.observe(seconds, region)
 
     def placement(self) -> Placement:
         """The current ring, the next one while the ring changes, and the moves between."""

@@ -18,6 +18,7 @@ from spine.core import bodies
 from spine.core import validation as v
 from spine.core.conditions import LEASE_NAME_RE
 from spine.core.config import FeedSection
+from spine.core.consistency import Level
 
 SESSION_FORMAT = "spine-session"
 """The `format` of the Spine-Session header: an opaque token this API handed out earlier."""
@@ -44,7 +45,7 @@ _NS = {"name": "ns", "in": "path", "required": True,
 _ID = {"name": "id", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": _pattern(v.ID_RE.pattern)}}
 _CONSISTENCY = {"name": "Spine-Consistency", "in": "header", "required": False,
-                "schema": {"type": "string", "enum": ["eventual", "session", "strong"]}}
+                "schema": {"type": "string", "enum": [lv.label for lv in Level]}}
 _SESSION = {"name": "Spine-Session", "in": "header", "required": False,
             "description": "a token from an earlier reply's Spine-Session header",
             "schema": {"type": "string", "format": SESSION_FORMAT}}

@@ -35,7 +35,7 @@ from spine.cluster.version_history import gather_history
 from spine.core.batch import by_level, creates
 from spine.core.clock import HLC, hlc_from_ms, hlc_ms
 from spine.core.conditions import Condition, check, fences_after
-from spine.core.consistency import Level, Policy
+from spine.core.consistency import Level, Policy, Quorum, majority
 from spine.core.errors import (
     PeerUnavailable,
     QuorumUnavailable,
@@ -64,7 +64,7 @@ from spine.core.requests import (
     item_from_wire,
 )
 from spine.core.ringmap import Placement
-from spine.core.routing import Route, catch_up_peers, live, route, split_writes
+from spine.core.routing import Route, catch_up_peers, live, localized, route, split_writes
 from spine.core.session import SessionToken, WriteSeq
 from spine.core.validation import normalise
 from spine.core.versioning import mint, seen_hlc
@@ -148,6 +148,22 @@ class Coordinator:
         """The key's owners, write set and coordinators under the current placement."""
         return route(self.placement(), namespace, mid, self.node_id, self.liveness.is_alive)
 
+    def _local(self, rt: Route) -> Route | None:
+        """`rt` within this node's region (a region-local level's route), None when the region
+        holds no owner of the key (the level then acts as its global form)."""
+        placement = self.placement()
+        region = placement.region_of(self.node_id)
+        return localized(rt, lambda nodes: placement.owners_in_region(nodes, region),
+                         self.node_id, self.liveness.is_alive)
+
+    def _routed(self, rt: Route, requested: Level | None) -> Route:
+        """Where a request goes: a region-local level asked for by the client is coordinated
+        by an owner in this node's region, when it has one."""
+        if requested is None or not requested.local:
+            return rt
+        lrt = self._local(rt)
+        return rt if lrt is None else replace(rt, coordinators=lrt.coordinators)
+
     async def _forward(self, targets: list[str], msg: Forward) -> dict[str, Any] | None:
         """Run the request on the first target that answers; None if none could. A write that
         reached a target which then did not answer fails with Timeout (504): the target may have
@@ -202,13 +218,14 @@ class Coordinator:
         judged on this node's HLC now): absent to the caller, yet its version still counts
         toward the session's floors, which the replicas' raw versions were checked against."""
         rt = self._route(namespace, mid)
-        if not forwarded and rt.forwards(self.node_id):
+        to = self._routed(rt, requested)
+        if not forwarded and to.forwards(self.node_id):
             msg = Forward("get", namespace, mid, None, None if requested is None else
-                          int(requested), token.encode() if token is not None else None)
-            reply = await self._forward(list(rt.coordinators), msg)
+                          requested.code, token.encode() if token is not None else None)
+            reply = await self._forward(list(to.coordinators), msg)
             if reply is not None:
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
-                return Got(masked(rec, self.hlc.now()), Level(reply["level"]),
+                return Got(masked(rec, self.hlc.now()), Level.from_code(reply["level"]),
                            reply["coordinator"], reply.get("settled") is True)
         level = self.policy.read_level(requested)
         rec, settled = await self._read_at(namespace, mid, rt, level, token)
@@ -230,12 +247,17 @@ class Coordinator:
         """The record a read at `level` returns, and whether it is settled (only judged for a
         read this node answers alone: a quorum's answer is simply tracked)."""
         key = f"{namespace}/{mid}"
-        prefs = rt.owners
+        lrt = self._local(rt) if level.local else None
+        prefs = rt.owners if lrt is None else lrt.owners  # a local level asks its region only
         floor = token.floor(key) if token is not None else None
         local = self.node_id in prefs
         q = self.policy.quorum(level)
-        if level is Level.STRONG:
-            return await self.strong.read(namespace, mid, prefs, q.r, q.w, floor), False
+        if lrt is not None:
+            q = Quorum(majority(len(prefs)), majority(len(prefs)))
+        if level.base is Level.STRONG:
+            localize = self._local if lrt is not None else None
+            return await self.strong.read(namespace, mid, prefs, q.r, q.w, floor,
+                                          localize=localize), False
         enough = one_is_enough(level, token, key)
         if enough and local:
             rec = self.store.get(namespace, mid)
@@ -315,7 +337,7 @@ class Coordinator:
         given up by then and may have written the key itself. `by`: the client's number for
         this write (monotonic writes, DESIGN §4), stored with each new version."""
         results: dict[int, ItemResult] = {}
-        routes = [self._route(namespace, op.id) for op in ops]
+        routes = [self._routed(self._route(namespace, op.id), requested) for op in ops]
         plan = split_writes(routes, self.node_id, forwarded=forwarded)
         local = list(plan.local)
         for target, idxs in plan.forward.items():
@@ -352,7 +374,7 @@ class Coordinator:
         # create a version newer than writes acknowledged since.
         budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
         deadline = hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
-        msg = Forward("write", namespace, "", body, None if requested is None else int(requested),
+        msg = Forward("write", namespace, "", body, None if requested is None else requested.code,
                       token.encode() if token is not None else None, agent, deadline,
                       None if by is None else by.encode())
         reply = await self._forward([target], msg)
@@ -384,10 +406,10 @@ class Coordinator:
         vectors = await self._vectors(ops)
         for level, every in by_level(self.policy, ops, olds, requested).items():
             idxs = [i for i in every if i not in out]
-            if level is Level.STRONG:
+            if level.base is Level.STRONG:
                 for i in idxs:
                     out[i] = await self._strong_write(namespace, ops[i], vectors[i], token, agent,
-                                                      deadline, by=by)
+                                                      deadline, by=by, local=level.local)
                 continue
             if self._expired(deadline):
                 for i in idxs:
@@ -400,9 +422,16 @@ class Coordinator:
             sets = [self._route(namespace, ops[i].id) for i in idxs]
             w = self.policy.quorum(level).w
             needs = [w + rt.extra for rt in sets]
+            counted: list[frozenset[str] | None] = [None] * len(sets)
+            if level.local:  # a quorum of the region's replicas; the others get it all the same
+                for j, rt in enumerate(sets):
+                    lrt = self._local(rt)
+                    if lrt is not None:
+                        needs[j] = majority(len(lrt.owners)) + lrt.extra
+                        counted[j] = frozenset(lrt.write_to)
             acks = await self.rep.write(
                 records, [rt.write_to for rt in sets], needs,
-                hints_count=level is Level.EVENTUAL, timeout=self.write_timeout,
+                hints_count=level is Level.EVENTUAL, timeout=self.write_timeout, counted=counted,
             )
             for i, rec, a, need in zip(idxs, records, acks, needs, strict=True):
                 short = write_shortfall(a, need)
@@ -450,9 +479,12 @@ class Coordinator:
         deadline: int | None = None,
         cond: Condition | None = None,
         by: WriteSeq | None = None,
+        local: bool = False,
     ) -> ItemResult:
         """One Paxos round on the key: `cond` judged on the record a quorum holds (none: a strong
-        write), the new version minted over it, committed to a quorum."""
+        write), the new version minted over it, committed to a quorum. `local` (local_strong):
+        the round runs among the key's replicas in this node's region, and the other regions'
+        replicas are sent the committed record afterwards (hinted when down)."""
         if self.proposer is None:
             raise RuntimeError("strong and conditional writes need a Paxos proposer")
         cond = cond or Condition()
@@ -470,15 +502,25 @@ class Coordinator:
             rec = self._new_record(namespace, op, current, vector, token, agent, clock, by)
             return replace(rec, fences=fences_after(judged, current))
 
+        level = Level.LOCAL_STRONG if local else Level.STRONG
+        localize = self._local if local else None
         try:
-            rec = await self.proposer.run(namespace, op.id, decide, self.write_timeout)
+            rec = await self.proposer.run(namespace, op.id, decide, self.write_timeout,
+                                          localize=localize)
         except SpineError as e:
             if isinstance(e, QuorumUnavailable):
-                self.metrics.quorum_failures.inc("write", Level.STRONG.label)
+                self.metrics.quorum_failures.inc("write", level.label)
             return ItemResult(op.id, error=e)
+        if local:
+            rt = self._route(namespace, op.id)
+            lrt = self._local(rt)
+            away = [n for n in rt.write_to if lrt is None or n not in lrt.write_to]
+            if away:  # the other regions, asynchronously (need 0: nothing waits for them)
+                self.rep.spawn(self.rep.write([rec], [away], 0, hints_count=False,
+                                              timeout=self.write_timeout))
         old = found[0] if found else None
         created = not rec.deleted and (old is None or old.deleted)
-        return ItemResult(op.id, WriteResult(rec, created, Level.STRONG, self.node_id))
+        return ItemResult(op.id, WriteResult(rec, created, level, self.node_id))
 
     async def conditional(
         self,

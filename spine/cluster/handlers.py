@@ -56,12 +56,12 @@ def build_handlers(
         token = (
             SessionToken.decode(msg.token, session_max_keys) if msg.token is not None else None
         )
-        level = None if msg.level is None else Level(msg.level)
+        level = None if msg.level is None else Level.from_code(msg.level)
         out: dict[str, Any] = {"coordinator": node_id}
         if msg.op == "get":
             got = await coordinator.read(msg.namespace, msg.id, level, token, forwarded=True)
             rec = got.record
-            out.update(record=None if rec is None else rec.to_wire(), level=int(got.level),
+            out.update(record=None if rec is None else rec.to_wire(), level=got.level.code,
                        settled=got.settled)
             if token is not None:
                 got.merge_into(token, f"{msg.namespace}/{msg.id}")

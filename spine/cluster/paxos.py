@@ -90,10 +90,12 @@ class Proposer:
         # rounds of a saturated node, so its saving was lost; a quarter of the RPC timeout.
         self.hedge = rpc_timeout / 4 if hedge is None else hedge
 
-    async def run(self, namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
+    async def run(self, namespace: str, mid: str, decide: Decide, timeout: float,
+                  localize: Callable[[Route], Route | None] | None = None) -> Record:
         """Carry out one change of a key: the record committed, or the error (412/409 from
         `decide`; 503 quorum_unavailable when nothing of it was accepted; 504 when its fate is
-        unknown)."""
+        unknown). `localize` (local_strong): the key's route within one region, whose replicas
+        alone then take part (the route as it is when it gives None)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         mine: Record | None = None  # our change, once sent for acceptance
@@ -101,6 +103,8 @@ class Proposer:
         while True:
             attempt += 1
             rt = self.route(namespace, mid)
+            if localize is not None:
+                rt = localize(rt) or rt
             # this node first: its own acceptor answers without a round trip
             nodes = sorted(live(rt.write_to, self.liveness.is_alive),
                            key=lambda n: n != self.node_id)

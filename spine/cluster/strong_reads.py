@@ -54,12 +54,17 @@ class StrongReads:
         r: int,
         w: int,
         floor: Version | None,
+        *,
+        localize: Callable[[Route], Route | None] | None = None,
     ) -> Record | None:
         """The newest version a quorum (`r`) of the live `prefs` holds, on a quorum (`w`) before
-        it is returned; it must meet `floor` (a session's), else SessionUnavailable."""
+        it is returned; it must meet `floor` (a session's), else SessionUnavailable. `localize`
+        (local_strong): the write-back goes to the key's write set within one region."""
         abd = StrongRead(live(prefs, self.liveness.is_alive), r, w, floor)
         answers = await self._read_quorum(namespace, mid, abd.start())
         rt = self.route(namespace, mid)
+        if localize is not None:
+            rt = localize(rt) or rt
         step = abd.on_answers(answers, (rt.write_to, rt.extra))
         if isinstance(step, WriteQuorum):
             step = abd.on_acks(await self._write_quorum(step))

@@ -404,7 +404,7 @@ class Config:
         """The consistency policy these settings describe."""
         n = self.replication.n
         quorums: dict[Level, Quorum] = {}
-        for level in Level:
+        for level in (Level.EVENTUAL, Level.SESSION, Level.STRONG):
             q: QuorumSection = getattr(self.consistency.levels, level.label)
             default = Policy(n=n).quorum(level)
             quorums[level] = Quorum(q.w or default.w, q.r or default.r)

@@ -162,14 +162,15 @@ def _validate_topology(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Cross-field checks that a single value cannot express."""
-    levels = {"eventual", "session", "strong"}
+    levels = {lv.label for lv in Level}
+    names = ", ".join(lv.label for lv in Level)
     if cfg.consistency.default not in levels:
-        raise ConfigError("consistency.default: must be eventual, session or strong",
+        raise ConfigError(f"consistency.default: must be one of {names}",
                           field="consistency.default")
     for tag_name, lvl in cfg.consistency.overrides.items():
         if lvl not in levels:
             where = f"consistency.overrides.{tag_name}"
-            raise ConfigError(f"{where}: must be eventual, session or strong", field=where)
+            raise ConfigError(f"{where}: must be one of {names}", field=where)
     n = cfg.replication.n
     for name in ("eventual", "session", "strong"):
         q: QuorumSection = getattr(cfg.consistency.levels, name)

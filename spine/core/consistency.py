@@ -15,26 +15,63 @@ from spine.core.errors import InvalidInput
 
 
 class Level(enum.IntEnum):
-    """Consistency levels, ordered from weakest to strongest."""
+    """Consistency levels, ordered from weakest to strongest (what `max` of two means).
+
+    The region-local forms (issue 17) are acknowledged by a quorum of the key's replicas in
+    the coordinator's region; the other regions get the write through the normal replication,
+    hints and anti-entropy. Each ranks just below its global form. Without regions (or where
+    the coordinator's region holds every replica) a local form is its global one.
+    """
 
     EVENTUAL = 0
-    SESSION = 1
-    STRONG = 2
+    LOCAL_SESSION = 1
+    SESSION = 2
+    LOCAL_STRONG = 3
+    STRONG = 4
 
     @classmethod
     def parse(cls, text: str, field: str = "Spine-Consistency") -> Level:
-        """`eventual | session | strong` (case-insensitive) → Level."""
+        """`eventual | local_session | session | local_strong | strong` (case-insensitive)."""
         try:
             return cls[text.strip().upper()]
         except KeyError:
             raise InvalidInput(
-                "consistency must be one of eventual, session, strong", field=field
+                "consistency must be one of eventual, local_session, session, local_strong,"
+                " strong", field=field,
             ) from None
 
     @property
     def label(self) -> str:
         """The lowercase name used in headers, config and metrics."""
         return self.name.lower()
+
+    @property
+    def local(self) -> bool:
+        """Whether this is a region-local form."""
+        return self in (Level.LOCAL_SESSION, Level.LOCAL_STRONG)
+
+    @property
+    def base(self) -> Level:
+        """The global form: SESSION for LOCAL_SESSION, STRONG for LOCAL_STRONG, else itself."""
+        return _BASE.get(self, self)
+
+    @property
+    def code(self) -> int:
+        """The number messages carry (0, 1, 2 as before the local forms; 3, 4 for them)."""
+        return _CODE[self]
+
+    @classmethod
+    def from_code(cls, code: object) -> Level:
+        """Inverse of `code`; InvalidInput for anything else (a peer's bytes are hostile)."""
+        for level, c in _CODE.items():
+            if c == code and type(code) is int:
+                return level
+        raise InvalidInput(f"unknown level code {code!r}", field="level")
+
+
+_BASE = {Level.LOCAL_SESSION: Level.SESSION, Level.LOCAL_STRONG: Level.STRONG}
+_CODE = {Level.EVENTUAL: 0, Level.SESSION: 1, Level.STRONG: 2, Level.LOCAL_SESSION: 3,
+         Level.LOCAL_STRONG: 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +98,10 @@ class Policy:
     quorums: Mapping[Level, Quorum] = field(default_factory=dict)
 
     def quorum(self, level: Level) -> Quorum:
-        """w and r for a level (eventual 1/1, others a majority of n unless configured)."""
+        """w and r for a level (eventual 1/1, others a majority of n unless configured). A
+        local form's is its global form's; the coordinator takes a majority of the region's
+        replicas instead (`spine.core.routing.localized`)."""
+        level = level.base
         if level in self.quorums:
             return self.quorums[level]
         if level is Level.EVENTUAL:

@@ -198,6 +198,10 @@ class SpineMetrics:
             "forwarded writes refused because they arrived after their deadline")
         self.session_waits = r.counter(
             "spine_session_escalations_total", "session reads that had to ask more replicas")
+        self.replication_lag = r.histogram(
+            "spine_replication_lag_seconds",
+            "how long a write this node coordinated took to reach a replica in another region",
+            ("region",))
         self.settled_reads = r.counter(
             "spine_session_settled_reads_total",
             "reads answered by this replica alone with a version every owner holds (left out of "

@@ -60,7 +60,7 @@ def one_is_enough(level: Level, token: SessionToken | None, key: str) -> bool:
     """
     if level is Level.EVENTUAL:
         return True
-    return level is Level.SESSION and token is not None and not token.needs_quorum(key)
+    return level.base is Level.SESSION and token is not None and not token.needs_quorum(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ def item_to_wire(item: ItemResult) -> list[Any]:
     """A batch item result for a Forward reply."""
     if item.result is not None:
         r = item.result
-        return [item.id, r.record.to_wire(), r.created, int(r.level), None, r.coordinator]
+        return [item.id, r.record.to_wire(), r.created, r.level.code, None, r.coordinator]
     err = item.error
     assert err is not None
     return [item.id, None, False, 0, [err.code, err.message, err.field, err.details]]
@@ -64,7 +64,7 @@ def item_from_wire(w: list[Any]) -> ItemResult:
     """Inverse of `item_to_wire`."""
     if w[1] is not None:
         return ItemResult(
-            w[0], WriteResult(Record.from_wire(w[1]), bool(w[2]), Level(w[3]), w[5])
+            w[0], WriteResult(Record.from_wire(w[1]), bool(w[2]), Level.from_code(w[3]), w[5])
         )
     code, message, field, details = w[4]
     cls = ERRORS_BY_CODE.get(code, PeerUnavailable)

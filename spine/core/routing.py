@@ -56,6 +56,21 @@ def route(
     return Route(shard, owners, write_to, extra, coordinators(owners, self_id, is_alive))
 
 
+def localized(
+    rt: Route, in_region: Callable[[Sequence[str]], tuple[str, ...]], self_id: str,
+    is_alive: IsAlive,
+) -> Route | None:
+    """The route of a region-local level (issue 17): the key's owners, write set and coordinators
+    in the coordinator's region (`in_region` keeps a list's nodes of that region, in order).
+    None when the region holds no owner of the key: the level then acts as its global form."""
+    owners = in_region(rt.owners)
+    if not owners:
+        return None
+    more = in_region(rt.write_to[len(rt.owners):])
+    return Route(rt.shard, owners, owners + more, len(more),
+                 coordinators(owners, self_id, is_alive))
+
+
 def live(nodes: Sequence[str], is_alive: IsAlive) -> list[str]:
     """The nodes of `nodes` thought alive, in order: whom a read asks."""
     return [p for p in nodes if is_alive(p)]

@@ -47,8 +47,23 @@ def test_parse_can_name_another_field() -> None:
 
 def test_levels_are_ordered_and_labelled() -> None:
     assert E < S < X
-    assert [lv.label for lv in Level] == ["eventual", "session", "strong"]
+    assert [lv.label for lv in Level] == ["eventual", "local_session", "session",
+                                          "local_strong", "strong"]
     assert all(Level.parse(lv.label) is lv for lv in Level)
+
+
+def test_local_forms_rank_below_their_global_forms_and_keep_the_old_wire_codes() -> None:
+    assert E < Level.LOCAL_SESSION < S < Level.LOCAL_STRONG < X
+    assert Level.LOCAL_SESSION.base is S and Level.LOCAL_STRONG.base is X and S.base is S
+    assert [lv.local for lv in Level] == [False, True, False, True, False]
+    # the codes messages carry: unchanged for the three levels older nodes know
+    assert (E.code, S.code, X.code) == (0, 1, 2)
+    assert all(Level.from_code(lv.code) is lv for lv in Level)
+    for bad in (5, -1, "1", None, True):
+        with pytest.raises(InvalidInput):
+            Level.from_code(bad)
+    pol = Policy(n=5)
+    assert pol.quorum(Level.LOCAL_SESSION) == pol.quorum(S)  # the coordinator takes its region's
 
 
 # --- tags ---------------------------------------------------------------------------------------

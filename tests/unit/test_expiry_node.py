@@ -110,7 +110,8 @@ async def test_a_write_over_an_expired_record_creates_it_anew_and_sets_its_own_e
 async def test_if_none_match_creates_over_an_expired_record(three: tuple[Node, Peers]) -> None:
     node, _peers = three
 
-    async def run_paxos(namespace: str, mid: str, decide: Decide, timeout: float) -> Record:
+    async def run_paxos(namespace: str, mid: str, decide: Decide, timeout: float,
+                        localize: object = None) -> Record:
         """A one-acceptor stand-in for the Paxos round: decide on n1's stored record."""
         current = node.store.get(namespace, mid)
         out = decide(current, dict(current.clock) if current is not None else {})
