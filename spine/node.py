@@ -35,6 +35,7 @@ from spine.cluster.liveness import ProbeLiveness
 from spine.cluster.loopback import Loopback
 from spine.cluster.membership import Gossip, identity_meta, swim_config
 from spine.cluster.paxos import Proposer
+from spine.cluster.peer_latency import PeerLatency
 from spine.cluster.rebalance import Rebalancer
 from spine.cluster.replication import Replicator
 from spine.cluster.ringkeeper import RingKeeper
@@ -46,6 +47,7 @@ from spine.core.consistency import Level
 from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
+from spine.core.peer_stats import PeerStats
 from spine.core.quota import NamespaceQuota
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, Entry, Placement, genesis
@@ -166,8 +168,11 @@ class Node:
             token_bytes=self.rt.token_bytes, max_frame=cfg.rpc.max_frame_bytes,
             registry=self.metrics.registry, links=self.links,
         )
+        # Every call to a peer is timed: reads and search prefer the fastest peers and hedge.
+        self.peer_stats = PeerStats(hedge_max=t.rpc_ms / 2000)
+        timed = PeerLatency(self.rpc_client, self.peer_stats, self.rt.monotonic)
         # Calls to this node itself are answered from its own handler table (built last).
-        self.rpc: Transport = Loopback(node_id, self.rpc_client, lambda: self.handlers)
+        self.rpc: Transport = Loopback(node_id, timed, lambda: self.handlers)
         # Liveness for routing, hints and fan-out: SWIM gossip, or RPC probes without it.
         self.gossip: Gossip | None = None
         self.liveness: Gossip | ProbeLiveness
@@ -200,7 +205,7 @@ class Node:
             node_id, self.store, self.rpc, self.liveness, self.metrics,
             rpc_timeout=t.rpc_ms / 1000, wall_ms=self.rt.wall_ms,
             hints_enabled=cfg.handoff.enabled, monotonic=self.rt.monotonic,
-            replicated=self._replicated,
+            replicated=self._replicated, stats=self.peer_stats,
         )
         ae = cfg.antientropy
         self.antientropy = AntiEntropy(
@@ -245,7 +250,7 @@ class Node:
         self.fanout = FanOut(
             node_id, self.ring, self.rpc, self.liveness,
             lambda: sorted(self.keeper.placement.current.members), t.search_ms / 1000,
-            now_hlc=self.hlc.now,
+            now_hlc=self.hlc.now, stats=self.peer_stats, metrics=self.metrics,
         )
         self.handoff = Handoff(
             self.store, self.replicator, self.liveness, self.metrics,

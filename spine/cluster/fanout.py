@@ -1,4 +1,4 @@
-"""Requests answered by every live node together: paged listing (and, later, search).
+"""Requests answered by every live node together: paged listing, and search over a covering set.
 
 Each node answers from what it stores; the coordinator merges by id keeping the newest version,
 drops tombstones, and reports the shards for which no replica answered (`partial`).
@@ -18,7 +18,9 @@ from spine.cluster.rpc import Handler
 from spine.core.errors import PeerUnavailable
 from spine.core.expiry import is_expired
 from spine.core.messages import ListPage, Message
+from spine.core.metrics import SpineMetrics
 from spine.core.model import Record, merge
+from spine.core.peer_stats import PeerStats
 from spine.core.ring import Ring, covering_set
 from spine.ports import RecordStore, Transport
 
@@ -50,9 +52,12 @@ class FanOut:
         members: Callable[[], list[str]],
         timeout: float,
         now_hlc: Callable[[], int] | None = None,
+        stats: PeerStats | None = None,
+        metrics: SpineMetrics | None = None,
     ) -> None:
         """`now_hlc`: this node's HLC, on which listings judge expiry (DESIGN §13); without it
-        nothing is hidden as expired."""
+        nothing is hidden as expired. `stats`: how fast each peer answers lately; the covering
+        set then prefers fast nodes and hedges slow ones (`ask_cover`)."""
         self.node_id = node_id
         self.ring = ring
         self.rpc = rpc
@@ -60,6 +65,8 @@ class FanOut:
         self.members = members
         self.timeout = timeout
         self.now_hlc = now_hlc
+        self.stats = stats
+        self.metrics = metrics
 
     async def _ask(self, nodes: list[str], msg: Message) -> tuple[dict[str, Any], set[str]]:
         """Ask `nodes` in parallel (this node answers from its own handler): answers, and who
@@ -88,22 +95,88 @@ class FanOut:
         out, _ = await self._ask(self._live(), msg)
         return out
 
-    async def ask_cover(self, msg: Message, rounds: int = 3) -> dict[str, Any]:
+    async def ask_cover(self, msg: Message) -> dict[str, Any]:
         """Answers from a covering set of live nodes: every shard with a live replica is asked
-        once; a node that fails is replaced by the next cover of what it would have answered."""
+        once, of its fastest nodes (`stats`); a node that fails is replaced at once by a cover of
+        what it would have answered, and one that has not answered within its hedge delay (its
+        recent p95) gets such a cover asked beside it (speculative retry, "The Tail at Scale").
+        The first answers that cover every such shard are returned; calls still out are
+        cancelled."""
         ring = self.ring()
+        live = self._live()
+        stats = self.stats
+        rank = stats.rank if stats is not None else None
+        target = {s for s in range(ring.shards) if set(ring.preference_list(s)) & set(live)}
+        holds = {n: set(ring.shards_of(n)) for n in live}
+        loop = asyncio.get_running_loop()
         out: dict[str, Any] = {}
         failed: set[str] = set()
-        for _ in range(rounds):
-            todo = [n for n in covering_set(ring, self._live(failed), self.node_id)
-                    if n not in out]
-            if not todo:
-                break
-            got, lost = await self._ask(todo, msg)
-            out.update(got)
-            failed |= lost
-            if not lost:
-                break
+        asked: set[str] = set()
+        flying: dict[asyncio.Task[Any], str] = {}
+        started: dict[str, float] = {}
+        hedged: set[str] = set()
+
+        def uncovered(slow: set[str]) -> list[int]:
+            """Shards no answer holds and no call in flight, except to `slow`, may bring (all
+            in flight slow: the shards no answer holds yet)."""
+            got: set[int] = set()
+            for n in [*out, *(m for m in flying.values() if m not in slow)]:
+                got |= holds.get(n, set())
+            return sorted(target - got)
+
+        def ask(nodes: list[str]) -> int:
+            fresh = [n for n in nodes if n not in asked]
+            for n in fresh:
+                asked.add(n)
+                started[n] = loop.time()
+                flying[asyncio.create_task(self.rpc.call(n, msg, self.timeout))] = n
+            return len(fresh)
+
+        def cover(shards: list[int], slow: set[str]) -> list[str]:
+            free = [n for n in live if n not in asked and n not in failed and n not in slow]
+            return covering_set(ring, free, None, rank=rank, shards=shards) if shards else []
+
+        ask(covering_set(ring, live, self.node_id, rank=rank))
+        try:
+            while flying and uncovered(set(flying.values())):
+                wait: float | None = None
+                if stats is not None:
+                    dues = [started[n] + stats.hedge_after(n) for n in flying.values()
+                            if n != self.node_id and n not in hedged]
+                    wait = max(0.0, min(dues) - loop.time()) if dues else None
+                finished, _ = await asyncio.wait(
+                    flying, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                lost = False
+                for t in finished:
+                    node = flying.pop(t)
+                    e = t.exception()
+                    if isinstance(e, PeerUnavailable):
+                        failed.add(node)
+                        lost = True
+                        if "code" not in e.details:
+                            self.liveness.report_failure(node)
+                    elif e is not None:
+                        raise e
+                    else:
+                        out[node] = t.result()
+                if lost:
+                    ask(cover(uncovered(set()), set()))
+                if stats is None:
+                    continue
+                now = loop.time()
+                late = {n for n in flying.values() if n != self.node_id and n not in hedged
+                        and now >= started[n] + stats.hedge_after(n)}
+                if late:
+                    hedged |= late
+                    slow = {n for n in flying.values() if n in hedged}
+                    extra = ask(cover(uncovered(slow), slow))
+                    if extra and self.metrics is not None:
+                        self.metrics.search_speculative.inc(by=extra)
+        finally:
+            for t in flying:
+                t.cancel()
+            if flying:
+                await asyncio.gather(*flying, return_exceptions=True)
         return out
 
     async def list_page(

@@ -25,6 +25,7 @@ from spine.core.errors import InsufficientStorage, PeerUnavailable, SpineError, 
 from spine.core.messages import Apply, Read, records_from_wire
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
+from spine.core.peer_stats import PeerStats
 from spine.core.quorum import meets_floor, resolve
 from spine.core.settlement import MAX_NOTICES, Notice, Settlement
 from spine.ports import RecordStore, Transport
@@ -52,9 +53,12 @@ class Replicator:
         hints_enabled: bool = True,
         monotonic: Callable[[], float] | None = None,
         replicated: Callable[[str, float], None] | None = None,
+        stats: PeerStats | None = None,
     ) -> None:
         """`replicated(node, seconds)`, with `monotonic`: told how long each write took to
-        reach each node that acknowledged it (cross-region replication lag, issue 17)."""
+        reach each node that acknowledged it (cross-region replication lag, issue 17).
+        `stats`: how fast each peer answers lately; reads then ask the fastest replicas first
+        and hedge (`read`)."""
         self.node_id = node_id
         self.store = store
         self.rpc = rpc
@@ -65,6 +69,7 @@ class Replicator:
         self.hints_enabled = hints_enabled
         self.monotonic = monotonic
         self.replicated = replicated
+        self.stats = stats
         self._tasks: set[asyncio.Task[Any]] = set()
         self.settlement = Settlement()
         self._outbox: dict[str, list[Notice]] = {}  # notices per peer, not yet sent
@@ -253,20 +258,49 @@ class Replicator:
         """Ask `nodes` for a key; return once `r` answered (and one meets `floor`) or all did.
         `doubted`: ask them even if liveness holds them down (a verdict that may be stale).
 
-        When every answer is in, replicas that answered with an older version are repaired.
+        With `stats`, the `r` fastest-ranked nodes are asked first (this node first of all),
+        one more each time the slowest asked has not answered within its hedge delay
+        (speculative retry), and one more at once when one fails or the answers miss `floor`.
+        Without, every node is asked at once. Either way the answer is the same: only who is
+        asked when differs.
+
+        When every answer is in, replicas that answered with an older version are repaired;
+        with `repair`, the nodes not asked before the reply are asked then, for the repair.
         """
         answers: dict[str, Record | None] = {}
         local_error: list[StorageFailed] = []
         done = asyncio.Event()
-        outstanding = len(nodes)
+        pending = self._ranked(nodes) if self.stats is not None else list(nodes)
+        pending.reverse()  # popped from the end: fastest first
+        flying: list[str] = []
+        tasks: list[asyncio.Task[Any]] = []
+        replied = False
 
         def enough() -> bool:
             if len(answers) < r:
                 return False
             return floor is None or any(meets_floor(x, floor) for x in answers.values())
 
+        def launch() -> bool:
+            if not pending:
+                return False
+            node = pending.pop()
+            flying.append(node)
+            tasks.append(self.spawn(one(node)))
+            return True
+
+        def top_up() -> None:
+            """After an answer or a failure: ask more at once if the asked cannot be enough."""
+            if replied or done.is_set():
+                return
+            while len(answers) + len(flying) < r and launch():
+                pass
+            if len(answers) >= r and not flying:  # r answered, none meets the floor
+                launch()
+            if not flying and not pending:
+                done.set()
+
         async def one(node: str) -> None:
-            nonlocal outstanding
             try:
                 answers[node] = await self.read_one(node, namespace, mid, doubted=doubted)
                 if enough():
@@ -276,20 +310,59 @@ class Replicator:
             except StorageFailed as e:  # our own LMDB refuses reads (MDB_PANIC)
                 local_error.append(e)
             finally:
-                outstanding -= 1
-                if outstanding == 0:
-                    done.set()
+                flying.remove(node)
+                top_up()
 
-        tasks = [self.spawn(one(n)) for n in nodes]
+        first = len(pending) if self.stats is None else max(1, r)
+        for _ in range(first):
+            launch()
         if tasks:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
+            await self._hedge(done, pending, flying, launch, timeout)
+        replied = True
         if local_error and len(answers) < r:
             raise local_error[0]  # say why (503 storage_failed) rather than "too few answers"
         snapshot = dict(answers)
         if repair and tasks:
+            while launch():  # the rest, for the repair only
+                pass
             self.spawn(self._repair_after(tasks, answers, timeout))
         return snapshot
+
+    def _ranked(self, nodes: Sequence[str]) -> list[str]:
+        """`nodes` fastest first: this node (no network hop), then by `stats`."""
+        assert self.stats is not None
+        others = self.stats.rank(n for n in nodes if n != self.node_id)
+        return [self.node_id, *others] if self.node_id in nodes else others
+
+    async def _hedge(
+        self,
+        done: asyncio.Event,
+        pending: list[str],
+        flying: list[str],
+        launch: Callable[[], bool],
+        timeout: float,
+    ) -> None:
+        """Wait for `done` up to `timeout`; meanwhile, each time the slowest node in flight
+        has not answered within its hedge delay, ask the next one ("The Tail at Scale")."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done.is_set():
+            left = end - loop.time()
+            if left <= 0:
+                return
+            wait = left
+            if pending and self.stats is not None:
+                wait = min(left, self._hedge_delay(flying))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), wait)
+            if not done.is_set() and pending and wait < left and launch():
+                self.metrics.read_speculative.inc()
+
+    def _hedge_delay(self, flying: Sequence[str]) -> float:
+        assert self.stats is not None
+        peers = [n for n in flying if n != self.node_id]
+        return max((self.stats.hedge_after(n) for n in peers),
+                   default=self.stats.hedge_after(self.node_id))
 
     async def read_one(
         self, node: str, namespace: str, mid: str, *, doubted: bool = False

@@ -222,6 +222,12 @@ class SpineMetrics:
             "chosen, reproposed (an interrupted change completed), contended (a higher ballot "
             "won; retried), refused (the condition failed)", ("outcome",))
         self.rpc_errors = r.counter("spine_rpc_errors_total", "failed internal calls", ("peer",))
+        self.read_speculative = r.counter(
+            "spine_read_speculative_total", "replica reads sent because the replicas asked first"
+            " had not answered within their recent p95 (speculative retry)")
+        self.search_speculative = r.counter(
+            "spine_search_speculative_total", "search fan-out nodes asked because a node of the"
+            " covering set had not answered within its recent p95")
         self.clock_rejects = r.counter(
             "spine_clock_skew_rejects_total", "messages refused for a clock too far ahead")
         self.overloaded = r.counter("spine_overloaded_total", "requests refused with 429")

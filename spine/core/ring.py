@@ -189,21 +189,33 @@ class Ring:
         return place(self.walk_order(shard), self.members, self.regions, self.replicas)
 
 
-def covering_set(ring: Ring, live: Iterable[str], prefer: str | None = None) -> list[str]:
+def covering_set(
+    ring: Ring,
+    live: Iterable[str],
+    prefer: str | None = None,
+    *,
+    rank: Callable[[list[str]], list[str]] | None = None,
+    shards: Iterable[int] | None = None,
+) -> list[str]:
     """A small set of live nodes that together hold every shard that has a live replica.
 
     Greedy set cover, starting from `prefer` (the coordinator itself, whose answer costs no
-    network hop). With N replicas on N nodes one node covers everything.
+    network hop). With N replicas on N nodes one node covers everything. `rank` orders nodes
+    fastest first (`spine.core.peer_stats.PeerStats.rank`): among nodes that would cover as many
+    shards, the faster is chosen. `shards`: cover only these (default: every shard).
     """
     alive = set(live)
-    uncovered = {s for s in range(ring.shards) if alive.intersection(ring.preference_list(s))}
+    wanted = range(ring.shards) if shards is None else shards
+    uncovered = {s for s in wanted if alive.intersection(ring.preference_list(s))}
     holds = {n: set(ring.shards_of(n)) for n in alive}
+    order = sorted(holds) if rank is None else rank(sorted(holds))
     chosen: list[str] = []
     if prefer is not None and prefer in alive:
         chosen.append(prefer)
         uncovered -= holds[prefer]
     while uncovered:
-        best = max(sorted(holds), key=lambda n: len(holds[n] & uncovered))
+        # max() keeps the first of equals: the fastest (or smallest id) of the best covers.
+        best = max(order, key=lambda n: len(holds[n] & uncovered))
         gain = holds[best] & uncovered
         if not gain:
             break
