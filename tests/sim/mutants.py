@@ -68,9 +68,11 @@ def early_ack(mp: pytest.MonkeyPatch) -> None:
 
     async def write(self: replication.Replicator, records: Sequence[Record],
                     prefs: Sequence[Sequence[str]], w: int | Sequence[int], *,
-                    hints_count: bool, timeout: float) -> list[int]:
+                    hints_count: bool, timeout: float,
+                    counted: Sequence[frozenset[str] | None] | None = None) -> list[int]:
         need = [w] * len(records) if isinstance(w, int) else list(w)
-        acks = await real(self, records, prefs, 1, hints_count=hints_count, timeout=timeout)
+        acks = await real(self, records, prefs, 1, hints_count=hints_count, timeout=timeout,
+                          counted=counted)
         return [n if a >= 1 else a for a, n in zip(acks, need, strict=True)]
     mp.setattr(replication.Replicator, "write", write)
 
