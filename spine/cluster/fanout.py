@@ -20,7 +20,7 @@ from spine.core.expiry import is_expired
 from spine.core.messages import ListPage, Message
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record, merge
-from spine.core.peer_stats import PeerStats
+from spine.core.peer_stats import HedgeBudget, PeerStats
 from spine.core.ring import Ring, covering_set
 from spine.ports import RecordStore, Transport
 
@@ -67,6 +67,11 @@ class FanOut:
         self.now_hlc = now_hlc
         self.stats = stats
         self.metrics = metrics
+        # The fan-out's own calls, timed apart: a search takes longer than a read, and costs
+        # the asked node more, so it is hedged only past its p99.
+        self.call_stats = PeerStats(
+            hedge_max=timeout / 2 if stats is None else stats.hedge_max, quantile=0.99)
+        self.budget = HedgeBudget()  # hedged searches: at most ~5% more
 
     async def _ask(self, nodes: list[str], msg: Message) -> tuple[dict[str, Any], set[str]]:
         """Ask `nodes` in parallel (this node answers from its own handler): answers, and who
@@ -99,7 +104,8 @@ class FanOut:
         """Answers from a covering set of live nodes: every shard with a live replica is asked
         once, of its fastest nodes (`stats`); a node that fails is replaced at once by a cover of
         what it would have answered, and one that has not answered within its hedge delay (its
-        recent p95) gets such a cover asked beside it (speculative retry, "The Tail at Scale").
+        recent p99) gets such a cover asked beside it (speculative retry, "The Tail at Scale";
+        within `budget`: about one search in twenty).
         The first answers that cover every such shard are returned; calls still out are
         cancelled."""
         ring = self.ring()
@@ -129,19 +135,20 @@ class FanOut:
             for n in fresh:
                 asked.add(n)
                 started[n] = loop.time()
-                flying[asyncio.create_task(self.rpc.call(n, msg, self.timeout))] = n
+                flying[asyncio.create_task(self._timed(n, msg))] = n
             return len(fresh)
 
         def cover(shards: list[int], slow: set[str]) -> list[str]:
             free = [n for n in live if n not in asked and n not in failed and n not in slow]
             return covering_set(ring, free, None, rank=rank, shards=shards) if shards else []
 
+        self.budget.request()
         ask(covering_set(ring, live, self.node_id, rank=rank))
         try:
             while flying and uncovered(set(flying.values())):
                 wait: float | None = None
                 if stats is not None:
-                    dues = [started[n] + stats.hedge_after(n) for n in flying.values()
+                    dues = [started[n] + self.hedge_after(n) for n in flying.values()
                             if n != self.node_id and n not in hedged]
                     wait = max(0.0, min(dues) - loop.time()) if dues else None
                 finished, _ = await asyncio.wait(
@@ -165,19 +172,44 @@ class FanOut:
                     continue
                 now = loop.time()
                 late = {n for n in flying.values() if n != self.node_id and n not in hedged
-                        and now >= started[n] + stats.hedge_after(n)}
+                        and now >= started[n] + self.hedge_after(n)}
                 if late:
                     hedged |= late
                     slow = {n for n in flying.values() if n in hedged}
-                    extra = ask(cover(uncovered(slow), slow))
-                    if extra and self.metrics is not None:
-                        self.metrics.search_speculative.inc(by=extra)
+                    alt = cover(uncovered(slow), slow)
+                    # Over budget: wait for the late node (or its failure) as before hedging.
+                    if alt and self.budget.take():
+                        extra = ask(alt)
+                        if self.metrics is not None:
+                            self.metrics.search_speculative.inc(by=extra)
         finally:
             for t in flying:
                 t.cancel()
             if flying:
                 await asyncio.gather(*flying, return_exceptions=True)
         return out
+
+    def hedge_after(self, node: str) -> float:
+        """How long a search call to `node` may take before a cover is asked beside it: from
+        the search calls' own latencies (slower than the reads and writes `stats` mostly
+        sees), never below what `stats` gives."""
+        mine = self.call_stats.hedge_after(node)
+        return mine if self.stats is None else max(mine, self.stats.hedge_after(node))
+
+    async def _timed(self, node: str, msg: Message) -> Any:
+        """`rpc.call`, its latency kept in `call_stats` (a transport failure: its timeout)."""
+        loop = asyncio.get_running_loop()
+        self.call_stats.started(node)
+        t0 = loop.time()
+        took: float | None = None
+        try:
+            return await self.rpc.call(node, msg, self.timeout)
+        except PeerUnavailable as e:
+            if "code" not in e.details:
+                took = max(loop.time() - t0, self.timeout)
+            raise
+        finally:
+            self.call_stats.finished(node, loop.time() - t0 if took is None else took)
 
     async def list_page(
         self,

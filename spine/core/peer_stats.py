@@ -29,6 +29,7 @@ MIN_SAMPLES = 8  # a p95 from fewer samples is noise: fall back to twice the EWM
 HEDGE_MIN = 0.005  # seconds: never hedge sooner (a hedge is one more request)
 HEDGE_MAX = 1.0  # seconds: never wait longer before hedging
 HEDGE_DEFAULT = 0.05  # seconds: the hedge delay for a peer with no samples
+EWMA_CAP = 4.0  # the hedge delay is at most this many times the peer's EWMA
 
 
 @dataclass(slots=True)
@@ -149,10 +150,39 @@ class PeerStats:
         return xs[max(0, math.ceil(self.quantile * len(xs)) - 1)]
 
     def hedge_after(self, node: str) -> float:
-        """Seconds to wait on `node` before asking one more replica: its recent p95 (twice its
-        EWMA with few samples; `hedge_default` with none), clamped to [hedge_min, hedge_max]."""
+        """Seconds to wait on `node` before asking one more replica: its recent p95, at most
+        EWMA_CAP times its EWMA (twice its EWMA with few samples; `hedge_default` with none),
+        clamped to [hedge_min, hedge_max]."""
         q = self.percentile(node)
+        e = self.ewma(node)
         if q is None:
-            e = self.ewma(node)
             q = self.hedge_default if e is None else 2 * e
+        elif e is not None:
+            # The window can hold a slow spell the EWMA has forgotten (a peer that was slowed
+            # and recovered): never wait much longer than the peer now takes.
+            q = min(q, EWMA_CAP * e)
         return min(self.hedge_max, max(self.hedge_min, q))
+
+
+class HedgeBudget:
+    """At most `ratio` extra requests per request, plus a burst ("The Tail at Scale" keeps
+    hedges to a few percent of the load: on a box whose peers are all slow because all are
+    busy, hedging only adds work). A token bucket counted in requests, not time."""
+
+    def __init__(self, ratio: float = 0.05, burst: float = 5.0) -> None:
+        if ratio < 0 or burst < 1:
+            raise ValueError("ratio >= 0, burst >= 1")
+        self.ratio = ratio
+        self.burst = burst
+        self.tokens = burst
+
+    def request(self) -> None:
+        """One request went out: earn `ratio` of a hedge."""
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def take(self) -> bool:
+        """Whether one hedge may be sent now (and spend it)."""
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spine.core.peer_stats import MIN_SAMPLES, PeerStats
+from spine.core.peer_stats import MIN_SAMPLES, HedgeBudget, PeerStats
 
 
 def feed(s: PeerStats, node: str, *latencies: float) -> None:
@@ -134,3 +134,28 @@ def test_bad_settings_are_refused() -> None:
         PeerStats(alpha=0)
     with pytest.raises(ValueError):
         PeerStats(max_peers=0)
+
+
+def test_a_slow_spell_the_ewma_forgot_does_not_hold_the_hedge_delay_up() -> None:
+    s = PeerStats(hedge_min=0.001, hedge_max=1.0, window=64)
+    feed(s, "a", *[0.100] * 40)  # slowed...
+    feed(s, "a", *[0.002] * 24)  # ...and recovered: the window still holds the slow spell
+    assert s.percentile("a") == pytest.approx(0.100)
+    ewma = s.ewma("a")
+    assert ewma is not None and s.hedge_after("a") == pytest.approx(4 * ewma)
+    assert s.hedge_after("a") < 0.011
+
+
+def test_the_hedge_budget_allows_a_burst_then_ratio_per_request() -> None:
+    b = HedgeBudget(ratio=0.25, burst=2)
+    assert b.take() and b.take() and not b.take()
+    for _ in range(3):
+        b.request()
+    assert not b.take()
+    b.request()
+    assert b.take() and not b.take()
+    for _ in range(1000):
+        b.request()
+    assert b.tokens == 2  # never more than the burst
+    with pytest.raises(ValueError):
+        HedgeBudget(burst=0.5)
