@@ -222,7 +222,10 @@ class Coordinator:
         if not forwarded and to.forwards(self.node_id):
             msg = Forward("get", namespace, mid, None, None if requested is None else
                           requested.code, token.encode() if token is not None else None)
-            reply = await self._forward(list(to.coordinators), msg)
+            # the owner that has answered fastest lately first (a paused one last: issue 17)
+            stats = self.rep.stats
+            targets = list(to.coordinators) if stats is None else stats.rank(to.coordinators)
+            reply = await self._forward(targets, msg)
             if reply is not None:
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
                 return Got(masked(rec, self.hlc.now()), Level.from_code(reply["level"]),

@@ -71,3 +71,26 @@ async def test_a_forward_refused_before_sending_is_written_here(tmp_path: Path) 
     finally:
         await node.replicator.stop()
         node.store.close()
+
+
+async def test_a_read_is_forwarded_to_the_owner_that_answered_fastest_lately(
+        tmp_path: Path) -> None:
+    """A node that does not own the key asks the fastest owner first (issue 17): a paused
+    owner, slow in the peer statistics, is asked last, not waited on first."""
+    peers = LostReply(sent=False)  # every forward refused: the order of the asks is the point
+    node = await started(tmp_path, ["n1", "n2", "n3", "n4"], peers)
+    try:
+        mid = _not_owned(node)
+        p = node.placement()
+        owners = list(p.owners(p.shard(NS, mid)))
+        stats = node.peer_stats
+        for i, owner in enumerate(owners):  # the first owner is the slowest, the last the fastest
+            for _ in range(5):
+                stats.started(owner)
+                stats.finished(owner, 0.5 / (i + 1))
+        await node.coordinator.read(NS, mid, Level.SESSION, None)
+        asked = [n for n, m in peers.calls if isinstance(m, Forward)]
+        assert asked == list(reversed(owners)), (owners, asked)
+    finally:
+        await node.replicator.stop()
+        node.store.close()
