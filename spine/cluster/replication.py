@@ -259,8 +259,9 @@ class Replicator:
         `doubted`: ask them even if liveness holds them down (a verdict that may be stale).
 
         With `stats`, the `r` fastest-ranked nodes are asked first (this node first of all),
-        one more each time the slowest asked has not answered within its hedge delay
-        (speculative retry), and one more at once when one fails or the answers miss `floor`.
+        one more each time a node asked has not answered within its own hedge delay (its recent
+        p95: speculative retry), and one more at once when one fails or the answers miss
+        `floor`.
         Without, every node is asked at once. Either way the answer is the same: only who is
         asked when differs.
 
@@ -273,8 +274,10 @@ class Replicator:
         pending = self._ranked(nodes) if self.stats is not None else list(nodes)
         pending.reverse()  # popped from the end: fastest first
         flying: list[str] = []
+        launched: dict[str, float] = {}  # node → when it was asked (loop time)
         tasks: list[asyncio.Task[Any]] = []
         replied = False
+        loop = asyncio.get_running_loop()
 
         def enough() -> bool:
             if len(answers) < r:
@@ -286,6 +289,7 @@ class Replicator:
                 return False
             node = pending.pop()
             flying.append(node)
+            launched[node] = loop.time()
             tasks.append(self.spawn(one(node)))
             return True
 
@@ -317,7 +321,7 @@ class Replicator:
         for _ in range(first):
             launch()
         if tasks:
-            await self._hedge(done, pending, flying, launch, timeout)
+            await self._hedge(done, pending, flying, launched, launch, timeout)
         replied = True
         if local_error and len(answers) < r:
             raise local_error[0]  # say why (503 storage_failed) rather than "too few answers"
@@ -339,30 +343,36 @@ class Replicator:
         done: asyncio.Event,
         pending: list[str],
         flying: list[str],
+        launched: dict[str, float],
         launch: Callable[[], bool],
         timeout: float,
     ) -> None:
-        """Wait for `done` up to `timeout`; meanwhile, each time the slowest node in flight
-        has not answered within its hedge delay, ask the next one ("The Tail at Scale")."""
+        """Wait for `done` up to `timeout`; meanwhile, each time a node in flight has not
+        answered within its own hedge delay, ask the next one, once per late node ("The Tail
+        at Scale"): a paused local replica is covered after its few milliseconds, not after
+        the slowest (remote) replica's delay."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
+        hedged: set[str] = set()  # late nodes already covered by another ask
         while not done.is_set():
-            left = end - loop.time()
+            now = loop.time()
+            left = end - now
             if left <= 0:
                 return
-            wait = left
+            late_at, late = left, None
             if pending and self.stats is not None:
-                wait = min(left, self._hedge_delay(flying))
+                for n in flying:
+                    if n not in hedged and n != self.node_id:
+                        at = launched[n] + self.stats.hedge_after(n) - now
+                        if at < late_at:
+                            late_at, late = at, n
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), wait)
-            if not done.is_set() and pending and wait < left and launch():
+                await asyncio.wait_for(done.wait(), max(0.0, late_at))
+            if done.is_set() or late is None:
+                continue
+            hedged.add(late)
+            if late in flying and launch():
                 self.metrics.read_speculative.inc()
-
-    def _hedge_delay(self, flying: Sequence[str]) -> float:
-        assert self.stats is not None
-        peers = [n for n in flying if n != self.node_id]
-        return max((self.stats.hedge_after(n) for n in peers),
-                   default=self.stats.hedge_after(self.node_id))
 
     async def read_one(
         self, node: str, namespace: str, mid: str, *, doubted: bool = False

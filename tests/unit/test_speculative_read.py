@@ -37,6 +37,7 @@ class Peers:
         self.held = held
         self.hang: set[str] = set()
         self.fail: set[str] = set()
+        self.delay: dict[str, float] = {}  # seconds a node takes to answer
         self.calls: list[str] = []
         self.replies: dict[str, Any] = {}
 
@@ -48,6 +49,8 @@ class Peers:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(asyncio.Event().wait(), timeout)
             raise PeerUnavailable(f"{node} did not answer", node=node)
+        if node in self.delay:
+            await asyncio.sleep(self.delay[node])
         if isinstance(msg, Read):
             return records_to_wire([self.held.get(node)])
         return self.replies.get(node, [])
@@ -141,6 +144,25 @@ async def test_a_quorum_read_hedges_past_a_hanging_replica(cleanup: list[Replica
     assert sorted(got) == ["n0", "n2"]
     assert s.peers.calls[:2] == ["n0", "n1"]  # this node first (fast), then the best peer
     assert took < 0.5 and s.metrics.read_speculative.get() == 1
+
+
+@pytest.mark.asyncio
+async def test_a_hanging_fast_replica_is_hedged_after_its_own_delay_not_the_slowest_asked(
+    cleanup: list[Replicator],
+) -> None:
+    """Regions: a quorum of 3 asks two near replicas (1 ms) and a far one (60 ms). When a near
+    one hangs (paused), the next is asked once the near one is late by its own p95, not once the
+    far one is: the read takes about one far round trip, not two."""
+    stats = warmed(n1=0.001, n2=0.001, far1=0.06, far2=0.06)
+    s = Setup({n: rec(1) for n in ("n1", "n2", "far1", "far2")}, stats)
+    cleanup.append(s.rep)
+    s.peers.delay.update(far1=0.06, far2=0.06)
+    s.peers.hang.add("n1")
+    got, took = await s.read(["n1", "n2", "far1", "far2"], 3)
+    assert sorted(got) == ["far1", "far2", "n2"]
+    assert s.peers.calls[:3] == ["n1", "n2", "far1"] and "far2" in s.peers.calls
+    assert s.metrics.read_speculative.get() == 1
+    assert took < 0.06 + 0.04, took  # one far round trip (+ n1's few ms), never two
 
 
 @pytest.mark.asyncio
