@@ -179,3 +179,21 @@ async def test_a_read_never_answers_the_session_with_its_own_earlier_write(node:
     other.observe("ns/a", Version(1_000, "n3"))  # a session that did not write it reads it
     rec, _, _ = await node.coordinator.get("ns", "a", Level.SESSION, other)
     assert rec is not None and rec.content == "one"
+
+
+@pytest.mark.asyncio
+async def test_writes_follow_reads_a_write_is_ordered_after_what_the_session_read(
+        node: Node) -> None:
+    """Writes-follow-reads (Terry et al. 1994), per key: a session that read version v of a key
+    (from another replica, stamped by a clock ahead of this coordinator's, within
+    clock.max_offset) and then writes that key through a coordinator whose own copy is older
+    gets a version after v: the token's floor is observed before the new version is minted."""
+    now = node.hlc.now()
+    await node.replicator.apply_local([Record("ns", "a", Version(now - 1, "n1"),
+                                              content="older")])
+    seen = Version(now + (400 << 16), "n9")  # what the session read elsewhere
+    tok = SessionToken(8)
+    tok.observe("ns/a", seen)
+    [item] = await node.coordinator.write("ns", [put("after")], Level.SESSION, tok, None,
+                                          by=WriteSeq("s1", 1))
+    assert item.result is not None and item.result.record.version > seen
