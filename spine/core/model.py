@@ -160,6 +160,12 @@ def _ranked(a: Record, b: Record) -> tuple[Record, Record]:
     return (a, b) if _tiebreak(a) >= _tiebreak(b) else (b, a)
 
 
+def wins_tie(new: Record, old: Record) -> bool:
+    """At one version (only a restamp makes two records of one), whether `new` wins the
+    tie-break `merge` uses; strictly, so a copy of the same record arriving again does not."""
+    return new.version == old.version and _tiebreak(new) > _tiebreak(old)
+
+
 def _tiebreak(r: Record) -> tuple[int, str, str, bool, tuple[str, ...], bytes, bytes]:
     meta = orjson.dumps(r.metadata, option=orjson.OPT_SORT_KEYS)
     return (r.writer_seq, r.writer or "", r.content, r.deleted, r.tags, meta, r.vector or b"")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from spine.core.model import Record, is_concurrent, merge
+from spine.core.model import Record, is_concurrent, merge, wins_tie
 from spine.storage.changelog import BeginRead, ChangeLog
 from spine.storage.feed_log import FeedLog
 from spine.storage.history import History
@@ -147,7 +147,8 @@ class Records:
             return Applied(Outcome.APPLIED, None, rec, False, seq)
         merged = merge(old, rec)
         conflict = is_concurrent(old, rec)
-        if merged.version != old.version:  # `rec` won, or one session's writes were reordered
+        if merged.version != old.version or wins_tie(rec, old):
+            # `rec` won, or one session's writes were reordered (`merge`)
             self._put(txn, rk, merged, seq)
             self.history.add(txn, rk, old, conflict)
             return Applied(Outcome.APPLIED, old, merged, conflict, seq)

@@ -197,3 +197,21 @@ async def test_writes_follow_reads_a_write_is_ordered_after_what_the_session_rea
     [item] = await node.coordinator.write("ns", [put("after")], Level.SESSION, tok, None,
                                           by=WriteSeq("s1", 1))
     assert item.result is not None and item.result.record.version > seen
+
+
+@pytest.mark.asyncio
+async def test_two_records_of_one_version_end_the_same_whichever_came_first(
+        node: Node) -> None:
+    """Only restamps make two records of one version (two later writes of a session moved
+    above the same earlier one by one node); replicas must keep the same one whatever the order
+    of arrival, and a copy of the stored record arriving again changes nothing."""
+    v = Version(9_000, "n3")
+    three = Record("ns", "t", v, content="three", writer="s1", writer_seq=3)
+    two = Record("ns", "t", v, content="two", writer="s1", writer_seq=2)
+    await node.replicator.apply_local([two])
+    [first] = await node.replicator.apply_local([three])
+    assert first.outcome.name == "APPLIED" and node.store.get("ns", "t") == three
+    [again] = await node.replicator.apply_local([three])
+    assert again.outcome.name == "STALE"  # the same record again: nothing rewritten
+    [lost] = await node.replicator.apply_local([two])
+    assert lost.outcome.name == "STALE" and node.store.get("ns", "t") == three
