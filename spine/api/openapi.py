@@ -27,6 +27,9 @@ ETAG_FORMAT = "spine-etag"
 too; the format lets a generator that keeps header values to letters and digits draw one)."""
 FENCE_FORMAT = "spine-fence"
 """The `format` of the Spine-Fence header: `<lease>=<token>` (with its pattern, as for ETags)."""
+WRITE_SEQ_FORMAT = "spine-write-seq"
+"""The `format` of the Spine-Write-Seq header: `<writer>:<seq>` (with its pattern, as for ETags)."""
+WRITE_SEQ_PATTERN = r"^[A-Za-z0-9._~-]{1,64}:[1-9][0-9]{0,14}$"
 
 CURSOR_FORMAT = bodies.CURSOR_FORMAT
 """The `format` of a change-feed cursor (query `cursor`, header `Last-Event-ID`)."""
@@ -73,7 +76,8 @@ _WRITE_SEQ = {"name": "Spine-Write-Seq", "in": "header", "required": False,
               "description": "<writer>:<seq>: this client's number for the write; a later number"
                              " of the same writer always outranks an earlier one (409 superseded"
                              " when the earlier arrives after it)",
-              "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._~-]{1,64}:[1-9][0-9]{0,14}$"}}
+              "schema": {"type": "string", "format": WRITE_SEQ_FORMAT,
+                         "pattern": WRITE_SEQ_PATTERN}}
 _ETAG = {"ETag": {"description": "the record's version, quoted", "required": True,
                   "schema": {"type": "string", "pattern": r'^"[0-9a-f]{16}\.[^"]+"$'}}}
 _LEASE_NAME = {"name": "name", "in": "path", "required": True,

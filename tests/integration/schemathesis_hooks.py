@@ -20,6 +20,8 @@ from spine.core.session import SessionToken
 SESSION_FORMAT = "spine-session"  # spine.api.openapi.SESSION_FORMAT
 ETAG_FORMAT = "spine-etag"  # spine.api.openapi.ETAG_FORMAT
 FENCE_FORMAT = "spine-fence"  # spine.api.openapi.FENCE_FORMAT
+WRITE_SEQ_FORMAT = "spine-write-seq"  # spine.api.openapi.WRITE_SEQ_FORMAT
+WRITE_SEQ_RE = r"^[A-Za-z0-9._~-]{1,64}:[1-9][0-9]{0,14}$"  # spine.api.openapi.WRITE_SEQ_PATTERN
 CURSOR_FORMAT = "spine-cursor"  # the change feed's cursor, as spine.api.openapi declares it
 
 
@@ -51,3 +53,4 @@ schemathesis.openapi.format(CURSOR_FORMAT, st.builds(
                     max_size=3),
 ))
 schemathesis.openapi.format(FENCE_FORMAT, st.from_regex(FENCE_RE, fullmatch=True))
+schemathesis.openapi.format(WRITE_SEQ_FORMAT, st.from_regex(WRITE_SEQ_RE, fullmatch=True))

@@ -271,7 +271,7 @@ def test_cluster_view_shape(shared_cluster: LocalCluster) -> None:
             assert {"id", "address", "zone", "state"} <= set(m), m
             assert m["address"] == f"127.0.0.1:{c.port(mid)}"
             assert m["state"] == "active"
-        assert view["ring"] == {"shards": 256, "vnodes": 128, "n": 3}
+        assert view["ring"] == {"shards": 256, "vnodes": 128, "n": 3, "n_by_region": {}}
         emb = view["embedder"]
         assert {"name", "dim", "fingerprint"} <= set(emb)
         assert emb["dim"] == 384 and isinstance(emb["name"], str)
