@@ -92,6 +92,10 @@ class Got:
             token.saw(key, self.record)
 
 
+# An owner whose latency score (`PeerStats.score`) is past both of these, against the best
+# owner's, is asked last when a read is forwarded.
+SLOW_FACTOR = 4.0
+SLOW_MARGIN_S = 0.020
 EXPIRED = Timeout("the forwarded write arrived after its deadline and was not applied")
 SUPERSEDED = Superseded("this session has already written this key again since this write "
                         "(Spine-Write-Seq): it was not applied", field="Spine-Write-Seq")
@@ -164,6 +168,23 @@ class Coordinator:
         lrt = self._local(rt)
         return rt if lrt is None else replace(rt, coordinators=lrt.coordinators)
 
+    def _forward_order(self, targets: Sequence[str]) -> list[str]:
+        """The owners to forward a read to: in preference order (which spreads keys over the
+        owners), except that an owner far slower lately than the best one — paused, or
+        overloaded — goes last (Cassandra's dynamic snitch and its badness threshold: ranking
+        every read by latency alone sent every node's forwards to the one fastest owner, and
+        cost a quarter of the read throughput in bench/slow_replica.py)."""
+        stats = self.rep.stats
+        if stats is None or len(targets) < 2:
+            return list(targets)
+        scores = {t: stats.score(t) for t in targets}
+        known = [x for x in scores.values() if x is not None]
+        if not known:
+            return list(targets)
+        bar = max(SLOW_FACTOR * min(known), min(known) + SLOW_MARGIN_S)
+        slow = [t for t in targets if (x := scores[t]) is not None and x > bar]
+        return [t for t in targets if t not in slow] + slow
+
     async def _forward(self, targets: list[str], msg: Forward) -> dict[str, Any] | None:
         """Run the request on the first target that answers; None if none could. A write that
         reached a target which then did not answer fails with Timeout (504): the target may have
@@ -222,10 +243,7 @@ class Coordinator:
         if not forwarded and to.forwards(self.node_id):
             msg = Forward("get", namespace, mid, None, None if requested is None else
                           requested.code, token.encode() if token is not None else None)
-            # the owner that has answered fastest lately first (a paused one last: issue 17)
-            stats = self.rep.stats
-            targets = list(to.coordinators) if stats is None else stats.rank(to.coordinators)
-            reply = await self._forward(targets, msg)
+            reply = await self._forward(self._forward_order(to.coordinators), msg)
             if reply is not None:
                 rec = None if reply["record"] is None else Record.from_wire(reply["record"])
                 return Got(masked(rec, self.hlc.now()), Level.from_code(reply["level"]),
