@@ -82,12 +82,16 @@ def test_local_levels_do_not_pay_the_trip_to_the_other_region(cluster: _Regions)
             ("local_session", "session", "local_strong", "strong")}
     for level, xs in took.items():
         print(f"\n{level} write through n1 (region a), {DELAY_MS} ms to region b: {_ms(xs)}")
-    assert statistics.median(took["session"]) >= DELAY_MS / 1000, _ms(took["session"])
-    assert statistics.median(took["strong"]) >= DELAY_MS / 1000, _ms(took["strong"])
-    assert statistics.median(took["local_session"]) < DELAY_MS / 1000 / 2, \
-        _ms(took["local_session"])
-    assert statistics.median(took["local_strong"]) < DELAY_MS / 1000 / 2, \
-        _ms(took["local_strong"])
+    p50 = {level: statistics.median(xs) for level, xs in took.items()}
+    assert p50["session"] >= DELAY_MS / 1000, _ms(took["session"])
+    assert p50["strong"] >= DELAY_MS / 1000, _ms(took["strong"])
+    # The local forms skip the trip to region b: at least half of it (30 ms) faster than their
+    # global forms. (Relative, not absolute: on a loaded box every write is slower. Quiet: 16
+    # against 70 ms and 15 against 196 ms; under a CI run 30 against 94 and 71 against 221.)
+    assert p50["local_session"] + DELAY_MS / 1000 / 2 < p50["session"], \
+        (_ms(took["local_session"]), _ms(took["session"]))
+    assert p50["local_strong"] + DELAY_MS / 1000 / 2 < p50["strong"], \
+        (_ms(took["local_strong"]), _ms(took["strong"]))
 
 
 @pytest.mark.timeout(240)
