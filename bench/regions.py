@@ -28,15 +28,13 @@ import json
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.slow_replica import run_load, summary  # noqa: E402  (the same load generator)
 from tests.harness.cluster import ProcessCluster  # noqa: E402
 from tests.harness.http_client import parse_metrics  # noqa: E402
 
@@ -56,49 +54,6 @@ class RegionsCluster(ProcessCluster):
         cfg["gossip"] = {"protocol_period_ms": 1000, "ping_timeout_ms": 300}
         cfg.setdefault("embedder", {})["name"] = "hash"
         return cfg
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def summary(lat: list[float], errors: int, seconds: float) -> dict[str, float]:
-    return {"ops_s": round(len(lat) / seconds, 1), "p50_ms": round(pct(lat, 0.5) * 1000, 1),
-            "p99_ms": round(pct(lat, 0.99) * 1000, 1), "errors": errors, "n": len(lat)}
-
-
-async def run_load(urls: list[str], seconds: float, concurrency: int, method: str,
-                   path_of: Any, headers_of: Any, body_of: Any = None) -> tuple[list[float], int]:
-    """`concurrency` clients round-robin over `urls` for `seconds`: latencies of 2xx, errors."""
-    lat: list[float] = []
-    errors = 0
-    end = time.perf_counter() + seconds
-
-    async def client(k: int, http: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        i = 0
-        while time.perf_counter() < end:
-            url = urls[(k + i) % len(urls)]
-            t0 = time.perf_counter()
-            try:
-                async with http.request(method, url + path_of(k, i), headers=headers_of(k, i),
-                                        json=None if body_of is None else body_of(k, i)) as r:
-                    await r.read()
-                    if r.status < 300:
-                        lat.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            i += 1
-
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        await asyncio.gather(*(client(k, http) for k in range(concurrency)))
-    return lat, errors
 
 
 def lag(c: RegionsCluster, nodes: list[str]) -> dict[str, dict[str, float]]:

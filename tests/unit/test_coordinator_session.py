@@ -3,6 +3,7 @@ back in its results, and the caller merges it. A one-node Node in process, no li
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,12 @@ class NoPeers:
         pass
 
 
-@pytest_asyncio.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
+@contextlib.asynccontextmanager
+async def one_node(path: Path) -> AsyncIterator[Node]:
+    """A one-node cluster's Node on a store under `path`; stopped and closed on the way out."""
     cfg = from_dict({
         "nodes": [{"id": "n1", "host": "127.0.0.1"}], "replication": {"n": 1},
-        "storage": {"path": str(tmp_path)}, "embedder": {"name": "hash"},
+        "storage": {"path": str(path)}, "embedder": {"name": "hash"},
     })
     n = Node(cfg, "n1", transport=NoPeers())
     n.store.start()
@@ -47,6 +49,12 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     finally:
         await n.replicator.stop()
         n.store.close()
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with one_node(tmp_path) as n:
+        yield n
 
 
 def body(text: str) -> WriteBody:

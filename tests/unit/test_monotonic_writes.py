@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 
 from spine.core.clock import Version
-from spine.core.config import from_dict
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput, SessionUnavailable, Superseded
 from spine.core.model import Record
@@ -22,6 +21,7 @@ from spine.core.requests import WriteOp
 from spine.core.session import SessionToken, WriteSeq
 from spine.core.validation import WriteBody
 from spine.node import Node
+from tests.unit.test_coordinator_session import one_node
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -105,30 +105,10 @@ def test_a_token_with_a_bad_writer_or_number_is_refused(body: list[Any]) -> None
 # --- one node, real store -----------------------------------------------------------------------
 
 
-class NoPeers:
-    async def call(self, node: str, msg: Any, timeout: float) -> Any:
-        raise AssertionError(f"a one-node cluster called {node}")
-
-    def drop(self, node: str) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest_asyncio.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    cfg = from_dict({
-        "nodes": [{"id": "n1", "host": "127.0.0.1"}], "replication": {"n": 1},
-        "storage": {"path": str(tmp_path)}, "embedder": {"name": "hash"},
-    })
-    n = Node(cfg, "n1", transport=NoPeers())
-    n.store.start()
-    try:
+    async with one_node(tmp_path) as n:  # the coordinator's session tests' one-node Node
         yield n
-    finally:
-        await n.replicator.stop()
-        n.store.close()
 
 
 def put(text: str, mid: str = "a") -> WriteOp:
