@@ -96,20 +96,25 @@ def test_modes_filters_session_overlay_recency_and_bad_input(cluster: LocalClust
             assert ids_of(dict(newest)) == order, (mode, newest)
             assert 0 < newest["results"][1]["score"] < newest["results"][0]["score"] <= 1
 
-    # Expiry (§13): a memory with ttl_s is found until it expires, then by no mode.
-    writer.put(ns, "brief", "the zanzibar offsite badge code", ttl_s=1)
+    # Expiry (§13): a memory with ttl_s is found until it expires, then by no mode. The TTL
+    # leaves the three searches room under a loaded CI box (with ttl_s=1 they once took longer
+    # than the second and found nothing); each is checked to have started inside it.
+    ttl_s = 4
+    writer.put(ns, "brief", "the zanzibar offsite badge code", ttl_s=ttl_s)
     put_at = time.monotonic()
     reader.session = writer.session
     for mode in MODES:
-        assert ids_of(dict(reader.search(ns, "zanzibar badge", k=1, mode=mode))) == ["brief"]
+        asked_at = time.monotonic() - put_at
+        found = ids_of(dict(reader.search(ns, "zanzibar badge", k=1, mode=mode)))
+        assert found == ["brief"] or asked_at > ttl_s - 0.5, (mode, asked_at, found)
 
     def gone() -> bool:
         return all("brief" not in ids_of(search(c, node, ns, {"query": "zanzibar badge",
                                                                "k": 5, "mode": mode}))
                    for node in c.names for mode in MODES)
 
-    c.wait_until(gone, 5.0, 0.05, "the expired memory to leave every search")
-    assert time.monotonic() - put_at < 3.0
+    c.wait_until(gone, ttl_s + 8.0, 0.05, "the expired memory to leave every search")
+    assert time.monotonic() - put_at < ttl_s + 2.0
 
     # Bad input: a 400 naming the field.
     for bad, field in [({"query": "x", "mode": "semantic"}, "mode"),
