@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import os
-import socket
 from pathlib import Path
 from typing import Literal
 
 import structlog
-from aiohttp import web
 
 from spine.api.auth import Authenticator
 from spine.api.gauges import register_gauges
-from spine.api.http import Services, build_app, mint_id
-from spine.api.limits import HttpLimits, LimitedRunner
-from spine.api.readiness import readiness, serves_clients
-from spine.api.views import cluster_view, shards_view
+from spine.api.http import Services
+from spine.api.listener import HttpListener, auth_mode, check_exposure, node_services
 from spine.cluster.acceptor import Acceptor
 from spine.cluster.antientropy import AntiEntropy
 from spine.cluster.coordinator import Coordinator
@@ -44,43 +38,22 @@ from spine.cluster.search import SearchService
 from spine.core.clock import HLC, hlc_from_ms
 from spine.core.config import Config
 from spine.core.consistency import Level
-from spine.core.errors import ConfigError
 from spine.core.messages import Ping
 from spine.core.metrics import SpineMetrics
 from spine.core.peer_stats import PeerStats
-from spine.core.quota import NamespaceQuota
 from spine.core.ring import Ring, shard_of
 from spine.core.ringmap import JOINING, Entry, Placement, genesis
 from spine.core.routing import Route, route
-from spine.core.secret_policy import check_secret_policy
+from spine.fault_control import FaultControl
 from spine.ports import GossipNetFactory, Transport
-from spine.runtime import (
-    CLOCK_FILE_ENV,
-    LINK_FILE_ENV,
-    LinkTable,
-    Runtime,
-    follow_clock_file,
-    follow_link_file,
-)
+from spine.runtime import Runtime
 from spine.storage.embedders import auto_threads, make_embedder
 from spine.storage.graph_builder import BuildPolicy
 from spine.storage.indexer import Indexer
 from spine.storage.lmdb_store import Store
-from spine.tls import HttpsSite, build_contexts
+from spine.tls import build_contexts
 
 log = structlog.get_logger("spine.node")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only loopback addresses."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, None)
-        except OSError:
-            return False
-        return all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 class Node:
@@ -105,15 +78,7 @@ class Node:
         self.me = cfg.node(node_id)
         self.id = node_id
         self.rt = runtime or Runtime()
-        if not cfg.auth.keys and not is_loopback(self.me.host) and not (
-            insecure or cfg.auth.insecure
-        ):
-            raise ConfigError(
-                f"node {node_id} listens on {self.me.host}, not loopback, and auth.keys is empty:"
-                " add API keys or start with --insecure",
-                field="auth.keys",
-            )
-        check_secret_policy(cfg, node_id, on_loopback=is_loopback(self.me.host))
+        check_exposure(cfg, node_id, insecure=insecure)
         # Certificates are read now, so a bad `tls` section fails before anything is opened.
         self.tls = build_contexts(cfg.tls, node_id)
         self.metrics = SpineMetrics()
@@ -155,18 +120,16 @@ class Node:
         self.indexer.register_metrics(self.metrics.registry)
         self.hlc = HLC(self.rt.wall_ms, cfg.clock.max_offset_ms, last=self.store.max_hlc)
         t = cfg.timeouts
-        # Test-only link delay and loss, from the file the harness names (`set_link`).
-        self._link_file = os.environ.get(LINK_FILE_ENV) or None
-        self.links = LinkTable(self.rt) if self._link_file else None
-        if self.links is not None and self._link_file is not None:
-            self.links.load(self._link_file)  # in force before the first packet
+        # Test-only clock skew, link delay and loss, from the files the process harness names.
+        self.faults = FaultControl(self.rt, self.metrics.registry)
+        links = self.faults.links
         self.rpc_client: Transport = transport if transport is not None else RpcClient(
             node_id, cfg.cluster.keyring(), self.hlc,
             {n.id: n.rpc_address for n in cfg.nodes}, t.connect_ms / 1000,
             local_addr=self.me.host if self.me.host != "0.0.0.0" else None,
             ssl=self.tls.rpc_client,
             token_bytes=self.rt.token_bytes, max_frame=cfg.rpc.max_frame_bytes,
-            registry=self.metrics.registry, links=self.links,
+            registry=self.metrics.registry, links=links,
         )
         # Every call to a peer is timed: reads and search prefer the fastest peers and hedge.
         self.peer_stats = PeerStats(hedge_max=t.rpc_ms / 2000)
@@ -178,8 +141,8 @@ class Node:
         self.liveness: Gossip | ProbeLiveness
         if cfg.gossip.enabled:
             self.liveness = self.gossip = self._make_gossip(gossip_net)
-            if self.links is not None and isinstance(self.gossip.net, GossipSockets):
-                self.gossip.net.use_links(self.links, {
+            if links is not None and isinstance(self.gossip.net, GossipSockets):
+                self.gossip.net.use_links(links, {
                     "{}:{}".format(*n.gossip_address): n.id for n in cfg.nodes})
         else:
             self.liveness = ProbeLiveness(
@@ -300,19 +263,7 @@ class Node:
             registry=self.metrics.registry,
         )
         self.auth = Authenticator(cfg.auth.keys, agents_see_cluster=cfg.auth.agents_see_cluster)
-        self._runner: web.AppRunner | None = None
-        self._clock_task: asyncio.Task[None] | None = None
-        self._link_task: asyncio.Task[None] | None = None
-        if self.links is not None:
-            links = self.links
-            self.metrics.registry.gauge(
-                "spine_test_link_delay_ms", "test-only: the delay this node adds to what it"
-                " sends each peer (SPINE_TEST_LINK_FILE)", ("peer",),
-                lambda: {(p,): lk.delay_ms for p, lk in links.links.items()})
-            self.metrics.registry.gauge(
-                "spine_test_link_loss", "test-only: the share of what this node sends each peer"
-                " that it drops (SPINE_TEST_LINK_FILE)", ("peer",),
-                lambda: {(p,): lk.loss for p, lk in links.links.items()})
+        self._http: HttpListener | None = None
         self.draining = False  # /readyz answers 503 from the first moment of a shutdown
         register_gauges(self)
 
@@ -382,73 +333,21 @@ class Node:
 
     async def start(self) -> None:
         """Open storage, start listeners and background loops."""
-        lim = self.cfg.limits
-        self._services = Services(
-            node_id=self.id, coordinator=self.coordinator, fanout=self.fanout,
-            metrics=self.metrics, auth=self.auth, limits=self.cfg.limits_value(),
-            dim=self.cfg.embedder.dim, session_max_keys=self.cfg.session.max_keys,
-            body_bytes=lim.body_bytes, max_inflight=lim.max_inflight,
-            cluster_view=functools.partial(cluster_view, self),
-            shards_view=functools.partial(shards_view, self),
-            readiness=functools.partial(readiness, self),
-            serves_clients=functools.partial(serves_clients, self),
-            storage_problem=self.store.disk.failure,
-            mint_id=mint_id(self.rt.wall_ms, self.rt.token_bytes),
-            search=self.search.handle,
-            http=HttpLimits.from_section(lim), clock=self.rt.monotonic,
-            quota=NamespaceQuota(lim.max_namespaces, self.indexer.indexes.holds,
-                                 self.indexer.indexes.count),
-            list_page_bytes=lim.list_page_bytes,
-            admin={a: functools.partial(self.rebalancer.admin, a)
-                   for a in ("join", "decommission", "remove")},
-            leases=self.leases, max_lease_ttl_ms=self.cfg.paxos.max_lease_ttl_ms,
-            settlement=self.replicator.settlement,
-            feed=self.feed, feed_limits=self.cfg.feed,
-        )
+        self._services = node_services(self)
         await self._open_storage()
         host, rpc_port = self.me.rpc_address
         await self.rpc_server.start(host, rpc_port, ssl=self.tls.rpc_server)
         await self._join_cluster()
-        clock_file = os.environ.get(CLOCK_FILE_ENV)
-        if clock_file:
-            self._clock_task = asyncio.create_task(follow_clock_file(self.rt, clock_file))
-            log.warning("test_clock_control", file=clock_file)
-        if self.links is not None and self._link_file is not None:
-            self._link_task = asyncio.create_task(follow_link_file(self.links, self._link_file))
-            log.warning("test_link_control", file=self._link_file)
-        self._runner = LimitedRunner(
-            build_app(self._services), self._services.http, access_log=None, handle_signals=False
+        self.faults.start()
+        self._http = HttpListener(
+            self._services, self.me.host, self.me.port, self.metrics.registry,
+            ssl_context=self.tls.http, handshake_timeout=self.cfg.tls.handshake_timeout_ms / 1000,
+            sleep=self.rt.sleep,
         )
-        guard = self._runner.guard
-        self.metrics.registry.gauge(
-            "spine_http_connections_refused", "HTTP connections closed at once: past"
-            " limits.client_connections from one address, since start", (),
-            lambda: {(): float(guard.refused)})
-        self.metrics.registry.gauge(
-            "spine_http_head_timeouts", "HTTP connections closed for not sending a request head"
-            " within limits.header_timeout_ms, since start", (),
-            lambda: {(): float(guard.head_timeouts)})
-        self.metrics.registry.gauge(
-            "spine_http_connections", "open HTTP connections", (),
-            lambda: {(): float(sum(guard.open.values()))})
-        await self._runner.setup()
-        site: web.TCPSite
-        if self.tls.http is None:
-            site = web.TCPSite(self._runner, self.me.host, self.me.port, reuse_address=True)
-        else:
-            site = HttpsSite(self._runner, self.me.host, self.me.port, reuse_address=True,
-                             ssl_context=self.tls.http,
-                             handshake_timeout=self.cfg.tls.handshake_timeout_ms / 1000)
-        await site.start()
-        if self.auth.enabled:
-            auth = "on"
-        elif is_loopback(self.me.host):
-            auth = "off: every listener is on loopback"
-        else:
-            auth = "off: --insecure"
+        await self._http.start()
         log.info(
             "node_started", http=f"{self.me.host}:{self.me.port}",
-            rpc=f"{host}:{rpc_port}", auth=auth,
+            rpc=f"{host}:{rpc_port}", auth=auth_mode(self.auth, self.me.host),
             tls={"http": self.tls.http is not None, "rpc": self.tls.rpc_server is not None,
                  "gossip": self.tls.gossip_server is not None},
             members=len(self.keeper.placement.current.members),
@@ -488,16 +387,10 @@ class Node:
         moves traffic away first), then stop listeners and loops, let the writer finish, close
         storage."""
         self.draining = True
-        if self._runner is not None and self.cfg.shutdown.drain_ms > 0:
-            log.info("node_draining", drain_ms=self.cfg.shutdown.drain_ms)
-            await self.rt.sleep(self.cfg.shutdown.drain_ms / 1000)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._clock_task is not None:
-            self._clock_task.cancel()
-        if self._link_task is not None:
-            self._link_task.cancel()
+        if self._http is not None:
+            await self._http.close(self.cfg.shutdown.drain_ms)
+            self._http = None
+        self.faults.stop()
         await self.rebalancer.stop()
         await self.keeper.stop()
         await self.handoff.stop()
