@@ -35,6 +35,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -59,15 +60,27 @@ def module_path(name: str) -> str:
     return f"spine/cluster/{name}.py" if name in SERVICES else f"spine/core/{name}.py"
 
 
-def sync_tree() -> None:
+def sync_tree(head: bool = False) -> None:
     """Copy the work tree's files (tracked and untracked, not ignored) into WORKDIR, touching
-    only the files whose bytes differ, and delete the ones that are gone."""
+    only the files whose bytes differ, and delete the ones that are gone. With `head`, the files
+    as committed at HEAD instead (leaves out edits others have under way in the work tree)."""
+    if head:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            copy_files(Path(tmp), {str(f.relative_to(tmp)) for f in Path(tmp).rglob("*")
+                                   if f.is_file()})
+        return
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                          check=True, capture_output=True).stdout
-    files = {f for f in out.decode().split("\0") if f and (ROOT / f).is_file()}
+    copy_files(ROOT, {f for f in out.decode().split("\0") if f and (ROOT / f).is_file()})
+
+
+def copy_files(src_root: Path, files: set[str]) -> None:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     for rel in files:
-        src, dst = ROOT / rel, WORKDIR / rel
+        src, dst = src_root / rel, WORKDIR / rel
         if dst.is_file() and dst.read_bytes() == src.read_bytes():
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +89,12 @@ def sync_tree() -> None:
         shutil.copyfile(src, dst)
     for top in ("spine", "tests"):
         for path in (WORKDIR / top).rglob("*.py"):
-            if str(path.relative_to(WORKDIR)) not in files:
+            rel = str(path.relative_to(WORKDIR))
+            if rel not in files:
                 path.unlink()
+                # and mutmut's copy, mutants and verdicts of it (a module split out and back)
+                for suffix in ("", ".meta", ".spans"):
+                    (WORKDIR / "mutants" / (rel + suffix)).unlink(missing_ok=True)
 
 
 def run_mutmut(modules: list[str], workers: int, rerun: bool,
@@ -215,6 +232,8 @@ def main() -> int:
     ap.add_argument("--report", action="store_true", help="print the last figures, run nothing")
     ap.add_argument("--no-sync", action="store_true", help="test the copy in runs/mutation as it "
                     "is, without bringing in the work tree's changes (resume on the same snapshot)")
+    ap.add_argument("--head", action="store_true", help="test the files as committed at HEAD, "
+                    "not the work tree (whose edits under way may not even import)")
     ap.add_argument("--rerun", action="store_true", help="test every mutant of the modules "
                     "again (default: only those without a verdict, so a stopped run resumes)")
     ap.add_argument("--survivors", action="store_true", help="also list surviving mutants "
@@ -232,7 +251,7 @@ def main() -> int:
     modules = args.modules or DEFAULT
     rc = 0
     if not args.report and not args.no_sync:
-        sync_tree()
+        sync_tree(args.head)
     if args.sample is not None or args.list:
         if not args.report:
             generate()  # the names a sample is drawn from
