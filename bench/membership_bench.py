@@ -8,7 +8,7 @@ nothing.
         [--ae-shards-per-round N] [--repair-timeout S] [--seed S] [--json OUT] [--logs DIR]
 
 Both parts run on `tests/integration/cluster.py`'s LocalCluster (the integration-test harness:
-config from `spine.core.config.local_cluster` deep-merged with overrides, `storage.sync: false`,
+config from `spine.core.local_cluster` deep-merged with overrides, `storage.sync: false`,
 `liveness.probe_interval_ms: 200`), but on fixed ports: HTTP on base+i, RPC on base+1000+i,
 gossip (UDP and TCP) on base+2000+i. Every process started is SIGKILLed and reaped at the end
 (`LocalCluster.close()`, which also checks that the ports are free again).

@@ -109,7 +109,8 @@ def write_local_config(
     """Write the cluster.yaml `spine up` runs (mode 0600, random secret kept across runs), with
     `extra` (the user's `--config`) laid over the generated settings; ConfigError if the result
     is not a valid config."""
-    from spine.core.config import from_dict, local_cluster  # server modules: not for `spine get`
+    from spine.core.config import from_dict  # server modules: not for `spine get`
+    from spine.core.local_cluster import local_cluster
 
     data.mkdir(parents=True, exist_ok=True)
     cfg_path = data / "cluster.yaml"

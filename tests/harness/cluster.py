@@ -1,7 +1,7 @@
 """A cluster of real Spine processes: N `python -m spine serve` nodes sharing one cluster.yaml.
 
 `ProcessCluster(root, nodes, overrides)` picks free ports, writes `<root>/cluster.yaml` (from
-`spine.core.config.local_cluster`, deep-merged with `overrides`), and starts each node in its
+`spine.core.local_cluster`, deep-merged with `overrides`), and starts each node in its
 own session (process group), logging to `<root>/logs/<node>.log`, from `<root>`. Faults are
 plain signals to that group: `kill` (SIGKILL), `stop` (SIGTERM), `pause`/`resume`
 (SIGSTOP/SIGCONT); `start` restarts a node on its data directory and ports. Nothing sleeps to
@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from spine.core.config import local_cluster
 from spine.core.config_env import merge_settings
+from spine.core.local_cluster import local_cluster
 from spine.runtime import LINK_FILE_ENV
 from tests.harness.http_client import Reply, http_request, parse_metrics
 from tests.harness.ports import GOSSIP_OFFSET, HOST, RPC_OFFSET, free_base_port

@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 import structlog
 
 from spine.cluster.gossip_transport import Codec
-from spine.core.config import Config, from_dict, local_cluster
+from spine.core.config import Config, from_dict
 from spine.core.config_env import merge_settings
+from spine.core.local_cluster import local_cluster
 from spine.core.swim_auth import GossipAuth
 from spine.node import Node
 from spine.runtime import Runtime

@@ -16,8 +16,9 @@ from spine import commands as cm
 from spine.admin import watch
 from spine.cli import main
 from spine.client import NotFound, SpineHTTPError, Unreachable
-from spine.core.config import from_dict, hash_key, local_cluster
+from spine.core.config import from_dict, hash_key
 from spine.core.errors import InvalidInput
+from spine.core.local_cluster import local_cluster
 from spine.explain import explain, http_error
 
 

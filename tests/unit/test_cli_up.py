@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from spine.cli import write_local_config
-from spine.core.config import from_dict, local_cluster
+from spine.core.config import from_dict
+from spine.core.local_cluster import local_cluster
 
 
 def secret_of(path: Path) -> str:

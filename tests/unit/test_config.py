@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from spine.core.config import Config, from_dict, hash_key, load, local_cluster
+from spine.core.config import Config, from_dict, hash_key, load
 from spine.core.consistency import Level, Quorum
 from spine.core.errors import ConfigError
+from spine.core.local_cluster import local_cluster
 from spine.core.validation import Limits
 
 SHA = "a" * 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from spine.core.config import local_cluster
+from spine.core.local_cluster import local_cluster
 from spine.supervisor import RESTART_MAX_S, RESTART_MIN_S, STABLE_S, listeners, restart_delay
 
 

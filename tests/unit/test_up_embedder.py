@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from spine.cli import write_local_config
-from spine.core.config import ConfigError, from_dict, local_cluster
+from spine.core.config import ConfigError, from_dict
+from spine.core.local_cluster import local_cluster
 from spine.storage.embedders import minilm_available
 
 
