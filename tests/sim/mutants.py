@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from spine.cluster import acceptor, coordinator, handoff, paxos, replication, ringkeeper
+from spine.cluster import acceptor, handoff, paxos, reads, replication, ringkeeper
 from spine.core import abd, feed, quorum, ring_change, settlement
 from spine.core.consistency import Level
 from spine.core.messages import PaxosCommit
@@ -100,7 +100,7 @@ def ignore_needs_quorum(mp: pytest.MonkeyPatch) -> None:
     def one_is_enough(level: Level, token: SessionToken | None, key: str) -> bool:
         return level is Level.EVENTUAL or (level is Level.SESSION and token is not None)
     mp.setattr(quorum, "one_is_enough", one_is_enough)
-    mp.setattr(coordinator, "one_is_enough", one_is_enough)
+    mp.setattr(reads, "one_is_enough", one_is_enough)
 
 
 def hints_not_rerouted(mp: pytest.MonkeyPatch) -> None:

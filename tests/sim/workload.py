@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from spine.cluster.coordinator import Got
+from spine.cluster.reads import Got
 from spine.core.clock import Version
 from spine.core.conditions import Condition
 from spine.core.consistency import Level

@@ -23,7 +23,7 @@ from spine.api import coordination as coord
 from spine.api.auth import Authenticator
 from spine.api.http import Services, build_app
 from spine.api.openapi import openapi_document
-from spine.cluster.coordinator import Got
+from spine.cluster.reads import Got
 from spine.core.clock import Version
 from spine.core.conditions import Condition, Fence, etag
 from spine.core.consistency import Level
