@@ -17,8 +17,8 @@ Protocol, per protocol period T (scaled by Lifeguard's local health multiplier):
      confirm the suspicion (Lifeguard §IV-B).
 Every change is piggybacked on the next pings and acks a bounded number of times (SWIM §4.1);
 every message also carries its sender's own record, so any direct contact settles a stale
-suspicion. A full-state push-pull runs every `push_pull_interval` (memberlist), also toward one
-DEAD member so that a healed partition finds its way back (Serf's reconnect). The `accept` hook
+suspicion. A full-state push-pull runs every `push_pull_interval`, also toward one DEAD member,
+and reaps long-gone members (`spine.core.swim_sync`). The `accept` hook
 vets each new member's identity (cluster, shard count, embedder): a refused one is never added
 (a known one is forgotten), shows up in the events, and is told why by a `Refuse` answering its
 push-pull (heeded nowhere else).
@@ -68,6 +68,7 @@ from spine.core.swim_messages import (
 )
 from spine.core.swim_probe import Probe, ProbeOrder, Relay, Relays
 from spine.core.swim_suspicion import Suspicion
+from spine.core.swim_sync import FullSync, as_heard_in_full_state
 
 __all__ = [
     "MAX_INCARNATION", "AcceptHook", "Dropped", "Event", "Member", "MemberState", "Meta",
@@ -111,15 +112,13 @@ class Swim:
         self._inc = 0
         self._left = False
         self._started = False
-        self._seeds: list[str] = []
         self._members: dict[str, Member] = {}  # everyone but self
-        self._gone_at: dict[str, float] = {}  # when a member became DEAD/LEFT, for reaping
         self._suspicions: dict[str, Suspicion] = {}
         self._queue = BroadcastQueue()  # newest update per member, to piggyback
         self._seq = first_seq
         self._probe: Probe | None = None
         self._next_probe_at = math.inf
-        self._next_push_pull = math.inf
+        self._sync = FullSync(self.config, rng)  # push-pull rounds, seeds, reaping
         self._probe_order = ProbeOrder(rng)
         self._relays = Relays()
         self._awareness = 0
@@ -168,7 +167,7 @@ class Swim:
         """When `tick` has work next (math.inf before `join`); a message may bring it closer."""
         if not self._started:
             return math.inf
-        due = [self._next_push_pull]
+        due = [self._sync.next_round]
         if not self._left:
             p = self._probe
             due.append(self._next_probe_at if p is None else p.next_due())
@@ -184,13 +183,13 @@ class Swim:
         Pass no seeds for the first node. Until a member is known, every push-pull round asks
         the seeds again, so the seeds need not be up first.
         """
-        self._seeds = [s for s in seeds if s != self.address]
+        self._sync.seeds = [s for s in seeds if s != self.address]
         if not self._started:
             self._started = True
             self._next_probe_at = now + self._rng.uniform(0, self.config.protocol_period)
-            self._next_push_pull = now + self._rng.uniform(0, self.config.push_pull_interval)
+            self._sync.schedule(now)
             self._queue.enqueue(Update(self.me(), self.self_id))
-        return [self._push_pull_to(s) for s in self._seeds]
+        return [self._push_pull_to(s) for s in self._sync.seeds]
 
     def leave(self, now: float) -> list[Outbound]:
         """Leave gracefully: become LEFT (final for this incarnation), stop probing, and tell
@@ -225,11 +224,11 @@ class Swim:
         for node_id, s in list(self._suspicions.items()):  # after the probe: it may confirm one
             if now >= s.deadline:
                 self._set(replace(self._members[node_id], state=DEAD), self.self_id, now)
-        if now >= self._next_push_pull:
-            self._next_push_pull = now + self.config.push_pull_interval
-            self._reap(now)
+        if self._sync.due(now):
+            for node_id in self._sync.reapable(now):
+                self._forget(node_id, now)
             if not self._left:
-                self._push_pull_round(out)
+                out.extend(self._push_pull_to(a) for a in self._sync.peers(self._members))
         return out
 
     def receive(self, src_address: str, msg: Message, now: float) -> list[Outbound]:
@@ -259,16 +258,14 @@ class Swim:
         return tuple(self.members())
 
     def merge_state(self, remote: Iterable[Member], now: float) -> list[Outbound]:
-        """Fold a peer's full state into ours under the precedence rules. A peer's DEAD verdict
-        on a member we know becomes only a SUSPECT here (memberlist): the member gets its chance
-        to refute, which is what lets the two sides of a healed partition meet again. Accusers
-        do not travel in full state, so these suspicions are anonymous: they never count as a
-        Lifeguard confirmation, here or wherever they are gossiped on."""
+        """Fold a peer's full state into ours under the precedence rules, a DEAD verdict on a
+        member we know taken as SUSPECT (`as_heard_in_full_state`). Accusers do not travel in
+        full state, so these suspicions are anonymous: they never count as a Lifeguard
+        confirmation, here or wherever they are gossiped on."""
         out: list[Outbound] = []
         for m in remote:
-            if m.state is DEAD and (m.node_id == self.self_id or m.node_id in self._members):
-                m = replace(m, state=SUSPECT)
-            self._apply(Update(m, ANONYMOUS), now, out)
+            known = m.node_id == self.self_id or m.node_id in self._members
+            self._apply(Update(as_heard_in_full_state(m, known), ANONYMOUS), now, out)
         return out
 
     # ------------------------------------------------------------------------------ handlers
@@ -423,9 +420,9 @@ class Swim:
             self._events.append(Transition(now, node_id, was, new.state, new.incarnation))
         if new.state in _GONE:
             if old is None or old.state not in _GONE:
-                self._gone_at[node_id] = now
+                self._sync.gone(node_id, now)
         elif old is None or old.state in _GONE:
-            self._gone_at.pop(node_id, None)
+            self._sync.forget(node_id)
             self._probe_order.add(node_id)  # probe it this round
         if new.state is SUSPECT:
             self._suspicions[node_id] = Suspicion.begin(self.config, self._cluster_size(), by,
@@ -466,27 +463,12 @@ class Swim:
             picked.append(Update(m, self.self_id))
         return self._queue.fill(picked, self.config, self._cluster_size())
 
-    def _push_pull_round(self, out: list[Outbound]) -> None:
-        alive = sorted(k for k, m in self._members.items() if m.state is ALIVE)
-        if alive:
-            out.append(self._push_pull_to(self._members[self._rng.choice(alive)].address))
-        else:
-            out.extend(self._push_pull_to(s) for s in self._seeds)
-        dead = sorted(k for k, m in self._members.items() if m.state is DEAD)
-        if dead:  # reconnect: one DEAD member per round, in case it was only cut off
-            out.append(self._push_pull_to(self._members[self._rng.choice(dead)].address))
-
     def _push_pull_to(self, address: str) -> Outbound:
         return Outbound(address, PushPull(self.self_id, self.push_pull_state(), False))
 
-    def _reap(self, now: float) -> None:
-        for node_id, since in list(self._gone_at.items()):
-            if now - since >= self.config.dead_reap_after:
-                self._forget(node_id, now)
-
     def _forget(self, node_id: str, now: float) -> None:
         old = self._members.pop(node_id)
-        self._gone_at.pop(node_id, None)
+        self._sync.forget(node_id)
         self._suspicions.pop(node_id, None)
         self._queue.discard(node_id)
         self._events.append(Transition(now, node_id, old.state, None, old.incarnation))
