@@ -14,6 +14,12 @@ bench/results/<timestamp>.json. It measures; it asserts nothing.
 wrk talks to one host, so every wrk thread is pinned to one node (round-robin, see
 bench/lua/common.lua): --threads is rounded up to a multiple of the node count and
 --connections down to a multiple of --threads.
+
+--owner-routing: each wrk thread asks its node only for keys that node owns, as a token-aware
+client (Cassandra's drivers) or a client reading `/v1/cluster/shards` would route: no request is
+forwarded. With N=3 on 3 nodes every node owns every key, so it changes nothing there; on more
+nodes it takes out the forward hop that a load balancer's random node costs (the key lists are
+computed here from the cluster's own shard map, `spine.core.ring.shard_of`).
 """
 
 from __future__ import annotations
@@ -209,6 +215,44 @@ def preload(urls: list[str], keys: int, batch: int = 1000) -> float:
     return time.monotonic() - t0
 
 
+def owner_key_lists(urls: list[str], keys: int, put_keys: int, out: Path) -> dict[str, Any]:
+    """For each node (in `urls` order, the order wrk threads are pinned in) and each id prefix
+    the scenarios use, the indices of the ids that node owns, one file per (prefix, node):
+    `out/<prefix>-<node index>.txt`. Returns a summary (keys per node per prefix)."""
+    from spine.core.ring import shard_of
+
+    _, _, view = http("GET", f"{urls[0]}/v1/cluster/shards")
+    owners = [set(s["preference_list"]) for s in view["shards"]]
+    ids = []
+    for u in urls:
+        _, _, v = http("GET", f"{u}/v1/cluster/shards")
+        ids.append(v["node"])
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    for prefix, n in (("k", keys), ("p", put_keys), ("s", put_keys), ("e", put_keys)):
+        per_node: list[list[int]] = [[] for _ in urls]
+        for i in range(n):
+            held = owners[shard_of(NS, f"{prefix}-{i}", len(owners))]
+            for j, node in enumerate(ids):
+                if node in held:
+                    per_node[j].append(i)
+        for j, idx in enumerate(per_node):
+            (out / f"{prefix}-{j}.txt").write_text("\n".join(map(str, idx)) + "\n")
+        summary[prefix] = [len(x) for x in per_node]
+    return summary
+
+
+def forwards(urls: list[str]) -> float:
+    """Requests forwarded to another node so far, summed over the nodes (`spine_forwards_total`)."""
+    total = 0.0
+    for u in urls:
+        with urllib.request.urlopen(f"{u}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("spine_forwards_total"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def session_token(url: str) -> str:
     """One token from any request: a GET of a key the scenarios never read."""
     _, headers, _ = http("GET", f"{url}/v1/ns/{NS}/memories/token-probe")
@@ -225,16 +269,20 @@ def run_wrk(wrk: str, sc: Scenario, urls: list[str], ports: list[int], args: arg
     env = dict(os.environ)
     env.update(sc.env)
     env["SPINE_PORTS"] = " ".join(str(p) for p in ports)
+    if args.keys_dir:
+        env["SPINE_KEYS_DIR"] = args.keys_dir
     if token:
         env["SPINE_TOKEN"] = token
     cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--timeout", "10s",
            "-s", str(LUA / sc.script), urls[0] + "/"]
     ticks0 = {p: proc_cpu_ticks(p) for p in node_pids}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fwd0 = forwards(urls)
     busy0, total0 = machine_busy()
     t0 = time.monotonic()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    fwd1 = forwards(urls)
     busy1, total1 = machine_busy()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ticks1 = {p: proc_cpu_ticks(p) for p in node_pids}
@@ -264,6 +312,7 @@ def run_wrk(wrk: str, sc: Scenario, urls: list[str], ports: list[int], args: arg
         "non_2xx": w["err_status"], "socket_errors": errors,
         "status_counts": {k: w[k] for k in ("s200", "s201", "s404", "s503", "sother") if w[k]},
         "gets": w["gets"], "puts": w["puts"],
+        "forwarded_share": round((fwd1 - fwd0) / reqs, 3) if reqs else None,
         "node_cpu_s": round(node_cpu, 2),
         "node_cpu_per_node_s": [round(v, 2) for v in per_node.values()],
         "node_us_per_op": round(node_cpu / reqs * 1e6, 1) if reqs else None,
@@ -387,9 +436,12 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR", default="",
                     help="py-spy record node n1 during each scenario into DIR (collapsed stacks) "
                          "and print its top functions")
+    ap.add_argument("--owner-routing", action="store_true",
+                    help="each wrk thread asks its node only for keys it owns (no forwards)")
     ap.add_argument("--pause", type=int, default=0,
                     help="seconds to wait before each scenario (e.g. to attach a profiler)")
     args = ap.parse_args()
+    args.keys_dir = ""
     duration = 5 if args.quick else args.duration
     args.threads = -(-max(1, args.threads) // args.nodes) * args.nodes
     args.connections = max(args.threads, args.connections // args.threads * args.threads)
@@ -427,6 +479,11 @@ def main() -> int:
         took = preload(urls, args.keys)
         print(f"# preload {args.keys} keys in {took:.1f}s ({args.keys / took:.0f}/s); "
               f"wrk -t{args.threads} -c{args.connections} -d{duration}s", flush=True)
+        if args.owner_routing:
+            args.keys_dir = str(data / "owned")
+            held = owner_key_lists(urls, args.keys, args.put_keys, Path(args.keys_dir))
+            print(f"# owner routing: ids owned per node (k- of {args.keys}): {held['k']}",
+                  flush=True)
         for sc in todo:
             if args.pause:
                 print(f"# {sc.name} starts in {args.pause}s (node pids {node_pids})", flush=True)
@@ -446,7 +503,7 @@ def main() -> int:
                   f"p99 {r['p99_ms']:6.2f}  p99.9 {r['p999_ms']:7.2f} ms  non2xx {r['non_2xx']}  "
                   f"node {r['node_us_per_op']:.0f} µs/op  wrk {r['gen_us_per_op']:.0f} µs/op "
                   f"({r['gen_cpu_share'] * 100:.0f}%)  busy {r['machine_busy_cores']:.2f} cores "
-                  f"(other {r['other_busy_cores']:.2f})",
+                  f"(other {r['other_busy_cores']:.2f})  forwarded {r['forwarded_share']:.0%}",
                   flush=True)
     except KeyboardInterrupt:
         print("# interrupted", file=sys.stderr)
@@ -485,7 +542,7 @@ def main() -> int:
             "wrk": wrk_version, "threads": args.threads, "connections": args.connections,
             "duration_s": duration, "keys": args.keys, "put_keys": args.put_keys,
             "fsync": not args.no_sync, "nodes": args.nodes,
-            "embedder": args.embedder,
+            "embedder": args.embedder, "owner_routing": args.owner_routing,
         }
         out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
         print(f"\n# figures written to {out.relative_to(REPO)}")

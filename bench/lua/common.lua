@@ -29,6 +29,7 @@ function M.setup(thread)
     end
   end
   thread.addr = addrs[(counter % #addrs) + 1]
+  thread:set("node", counter % #addrs)  -- 0-based index of the thread's node in SPINE_PORTS
   counter = counter + 1
   thread:set("tid", counter)
   table.insert(threads, thread)
@@ -38,6 +39,21 @@ end
 function M.init()
   math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
   for _ = 1, 10 do math.random() end
+end
+
+-- A function returning random id numbers for ids `<prefix>-0 .. <prefix>-(n-1)`. With
+-- SPINE_KEYS_DIR set (run_bench.py --owner-routing), only the ones the thread's node owns, read
+-- from SPINE_KEYS_DIR/<prefix>-<node>.txt: no request is forwarded to another node.
+function M.picker(prefix, n)
+  local dir = M.env("SPINE_KEYS_DIR", nil)
+  if dir == nil then
+    return function() return math.random(0, n - 1) end
+  end
+  local owned = {}
+  for line in io.lines(dir .. "/" .. prefix .. "-" .. tostring(node or 0) .. ".txt") do
+    owned[#owned + 1] = tonumber(line)
+  end
+  return function() return owned[math.random(#owned)] end
 end
 
 local words = {

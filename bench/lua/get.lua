@@ -11,11 +11,15 @@ local token = c.env("SPINE_TOKEN", nil)
 local headers = {}
 if token then headers["Spine-Session"] = token end
 local prefix = "/v1/ns/" .. ns .. "/memories/k-"
+local pick
 
 setup = c.setup
 done = c.done
-function init(args) c.init() end
+function init(args)
+  c.init()
+  pick = c.picker("k", nkeys)
+end
 
 function request()
-  return wrk.format("GET", prefix .. math.random(0, nkeys - 1), headers)
+  return wrk.format("GET", prefix .. pick(), headers)
 end

@@ -16,7 +16,7 @@ local token = c.env("SPINE_TOKEN", nil)
 -- SPINE_TOKEN_UPDATE=0: keep the starting token (a comparison run; a real client updates it).
 local update = c.env("SPINE_TOKEN_UPDATE", "1") ~= "0"
 local prefix = "/v1/ns/" .. ns .. "/memories/k-"
-local bodies
+local bodies, pick
 local get_headers = {}
 local put_headers = { ["Content-Type"] = "application/json" }
 
@@ -25,10 +25,11 @@ done = c.done
 function init(args)
   c.init()
   bodies = c.bodies(64, bytes, "[]")
+  pick = c.picker("k", nkeys)
 end
 
 function request()
-  local path = prefix .. math.random(0, nkeys - 1)
+  local path = prefix .. pick()
   if math.random(100) <= put_pct then
     puts = (puts or 0) + 1
     put_headers["Spine-Session"] = token

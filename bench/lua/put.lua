@@ -12,9 +12,10 @@ local nkeys = tonumber(c.env("SPINE_PUT_KEYS", "100000"))
 local bytes = tonumber(c.env("SPINE_CONTENT_BYTES", "200"))
 local level = c.env("SPINE_LEVEL", nil)
 local tags = c.env("SPINE_TAGS", "[]")
-local prefix = "/v1/ns/" .. ns .. "/memories/" .. c.env("SPINE_PREFIX", "p") .. "-"
+local letter = c.env("SPINE_PREFIX", "p")
+local prefix = "/v1/ns/" .. ns .. "/memories/" .. letter .. "-"
 local token = c.env("SPINE_TOKEN", nil)
-local bodies
+local bodies, pick
 local headers = { ["Content-Type"] = "application/json" }
 if level then headers["Spine-Consistency"] = level end
 
@@ -23,12 +24,13 @@ done = c.done
 function init(args)
   c.init()
   bodies = c.bodies(64, bytes, tags)
+  pick = c.picker(letter, nkeys)
 end
 
 function request()
   headers["Spine-Session"] = token
   puts = (puts or 0) + 1
-  return wrk.format("PUT", prefix .. math.random(0, nkeys - 1), headers,
+  return wrk.format("PUT", prefix .. pick(), headers,
     bodies[math.random(#bodies)])
 end
 
