@@ -6,9 +6,10 @@ and the index is persisted with the LMDB watermark it reflects so that start-up 
 came after (`IndexSet.save_all` / `load_all`).
 
 A namespace costs little until it outgrows exact search: it holds its vectors in a numpy array
-(brute force, recall 1.0) and gets an hnswlib graph only once it has more than `exact_max` live
-records, so a node can hold many small namespaces (an empty hnswlib graph preallocates its whole
-capacity: ~2.6 MiB per namespace at 1,024 slots and 384 dimensions).
+(brute force, recall 1.0: `spine.storage.exact_search`) and gets an hnswlib graph only once it
+has more than `exact_max` live records, so a node can hold many small namespaces (an empty
+hnswlib graph preallocates its whole capacity: ~2.6 MiB per namespace at 1,024 slots and 384
+dimensions).
 
 Indexing is off the write path (as Qdrant's appendable segments and Milvus's growing segments):
 an upsert only stores the vector and marks its label *pending*; `build` inserts pending labels
@@ -44,6 +45,17 @@ import numpy.typing as npt
 
 from spine.core.errors import InvalidInput
 from spine.core.recall_probe import RecallProbe
+from spine.storage.exact_search import (
+    FloatArray,
+    Hits,
+    Labels,
+    Predicate,
+    best_of,
+    estimate_matches,
+    matching_labels,
+    pending_labels,
+    top_k,
+)
 from spine.storage.index_snapshot import (
     INDEX_FORMAT,
     IndexCorrupt,
@@ -57,9 +69,6 @@ from spine.storage.rwlock import RWLock
 __all__ = ["INDEX_FORMAT", "IndexCorrupt", "VectorIndex"]
 
 _MAX_K = 10_000
-
-Predicate = Callable[[str], bool]
-FloatArray = npt.NDArray[np.float32]
 
 
 class VectorIndex:
@@ -349,19 +358,22 @@ class VectorIndex:
                 found = self._hnsw(q, min(k, in_graph), None)
                 if found is None:
                     return self._exact(q, k, None)
-                found = _best(found, self._exact(q, k, self._pending_labels(None)), k)
+                pending = pending_labels(self._pending, self._keys, None)
+                found = best_of(found, self._exact(q, k, pending), k)
                 if not probe:
                     return found
                 truth = self._exact(q, k, None)
                 self.probe.fold(found, truth)
                 return truth
             if (live <= self.exact_max or in_graph == 0 or self.poor_recall
-                    or self._estimate(predicate) <= max(self.exact_max, 2 * k)):
-                return self._exact(q, k, self._matching_labels(predicate))
+                    or estimate_matches(self._keys, live, predicate)
+                    <= max(self.exact_max, 2 * k)):
+                return self._exact(q, k, matching_labels(self._labels, predicate))
             found = self._hnsw(q, k, predicate)
             if found is None:
-                return self._exact(q, k, self._matching_labels(predicate))
-            return _best(found, self._exact(q, k, self._pending_labels(predicate)), k)
+                return self._exact(q, k, matching_labels(self._labels, predicate))
+            pending = pending_labels(self._pending, self._keys, predicate)
+            return best_of(found, self._exact(q, k, pending), k)
 
     @property
     def recall(self) -> float | None:
@@ -374,62 +386,9 @@ class VectorIndex:
         searched exactly (`spine.core.recall_probe`)."""
         return self.probe.poor
 
-    def _pending_labels(self, predicate: Predicate | None) -> npt.NDArray[np.int64]:
-        keys = self._keys
-        if predicate is None:
-            return np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
-        return np.fromiter(
-            (label for label in self._pending if predicate(keys[label] or "")), dtype=np.int64
-        )
-
-    def _matching_labels(self, predicate: Predicate) -> npt.NDArray[np.int64]:
-        return np.fromiter(
-            (label for key, label in self._labels.items() if predicate(key)), dtype=np.int64
-        )
-
-    def _estimate(self, predicate: Predicate) -> float:
-        """Live records matching `predicate`, estimated from an evenly strided sample of ~512."""
-        step = max(1, len(self._keys) // 512)
-        sample = [key for key in self._keys[::step] if key is not None]
-        if not sample:
-            return 0.0
-        hits = sum(1 for key in sample if predicate(key))
-        return hits / len(sample) * len(self._labels)
-
-    def _exact(
-        self, q: FloatArray, k: int, labels: npt.NDArray[np.int64] | None
-    ) -> list[tuple[str, float]]:
-        """Brute force over `labels` (None: every live label), best k first.
-
-        A contiguous matmul over every slot costs a fifth of a gather of the same rows
-        (`_vecs[labels]` copies them), so a large share of the slots is scored whole and
-        the wanted rows picked from the scores; a small share is gathered.
-        """
-        n = len(self._keys)
-        if labels is not None and labels.shape[0] == 0:
-            return []
-        if labels is None or 4 * labels.shape[0] > n:
-            every = self._vecs[:n] @ q
-            if labels is None:
-                if self._free:
-                    every[np.asarray(self._free, dtype=np.int64)] = -np.inf
-                labels = np.arange(n, dtype=np.int64)
-                scores = every
-            else:
-                scores = every[labels]
-        else:
-            scores = self._vecs[labels] @ q
-        live = len(self._labels) if labels.shape[0] == n else labels.shape[0]
-        k = min(k, live)
-        if k <= 0:
-            return []
-        if scores.shape[0] > k:
-            top = np.argpartition(-scores, k - 1)[:k]
-            order = top[np.argsort(-scores[top], kind="stable")]
-        else:
-            order = np.argsort(-scores, kind="stable")
-        keys = self._keys
-        return [(keys[int(labels[i])] or "", min(1.0, max(-1.0, float(scores[i])))) for i in order]
+    def _exact(self, q: FloatArray, k: int, labels: Labels | None) -> Hits:
+        """Brute force over `labels` (None: every live label), best k first (`top_k`)."""
+        return top_k(self._vecs, self._keys, self._free, len(self._labels), q, k, labels)
 
     def _hnsw(
         self, q: FloatArray, k: int, predicate: Predicate | None
@@ -528,13 +487,3 @@ class VectorIndex:
             state.graph.set_num_threads(1)
             out._index = state.graph
         return out
-
-
-def _best(
-    a: list[tuple[str, float]], b: list[tuple[str, float]], k: int
-) -> list[tuple[str, float]]:
-    """The k best of two result lists (no key is in both), best first."""
-    if not b:
-        return a
-    return sorted(a + b, key=lambda hit: -hit[1])[:k]
-
