@@ -1,0 +1,56 @@
+"""spine.cluster.antientropy: what the mutants that survived the unit tests and the simulation
+seeds changed (bench/mutation.py --sample 0.1, 2026-12-03): a shard transfer's reconcile step
+(`sync_shards`, paced by the transfer's own bucket and counted in its tally; in the simulation
+anti-entropy's own rounds repair whatever a transfer leaves undone) and the shard view's root.
+Each test names the mutants it kills. The three-node world of test_antientropy_service."""
+
+from __future__ import annotations
+
+import pytest
+
+from spine.cluster.antientropy import Tally
+from spine.core.antientropy import TokenBucket
+from tests.unit.test_antientropy_service import (  # noqa: F401 (world: its fixture)
+    NOW_MS,
+    SHARDS,
+    World,
+    build_all,
+    rec,
+    world,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.asyncio
+async def test_a_transfer_step_is_paced_by_its_own_bucket_and_counted_in_its_tally(
+    world: World,  # noqa: F811 (the imported fixture)
+) -> None:
+    """`_sync_peer(peer, shards, bucket, tally)` with the bucket None (sync_shards__mutmut_4:
+    paced by anti-entropy's own 10,000/s instead of the transfer's cap) or the tally left out
+    (sync_shards__mutmut_9: the transfer's records and bytes never counted)."""
+    w = world
+    recs = [rec(f"k{i}", NOW_MS + i) for i in range(250)]
+    await w.put("n1", recs)
+    await build_all(w)
+    shards = list(range(SHARDS))
+    tally = Tally()
+    equal = await w.aes["n2"].sync_shards("n1", shards, TokenBucket(100, 100, w.mono), tally)
+    assert equal and not any(equal.values())  # n2 held none of them
+    assert tally.records == 250 and tally.bytes == sum(r.size() for r in recs)
+    assert w.contents("n2") == w.contents("n1")
+    # Only the pacing sleeps move the virtual clock: all past the bucket's burst of 100 is waited.
+    assert sum(w.slept) == pytest.approx((250 - 100) / 100, rel=0.05)
+
+
+@pytest.mark.asyncio
+async def test_a_shards_root_is_shown_as_16_hex_digits(world: World) -> None:  # noqa: F811
+    """`None if r is None else f"{r:016x}"` -> always None (root_hex__mutmut_4)."""
+    w = world
+    await w.put("n1", [rec(f"k{i}", NOW_MS + i) for i in range(40)])
+    await build_all(w)
+    ae = w.aes["n1"]
+    held = [s for s in range(SHARDS) if ae.root(s)]
+    assert held
+    for s in held:
+        assert ae.root_hex(s) == f"{ae.root(s):016x}"
