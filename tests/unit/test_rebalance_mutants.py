@@ -16,6 +16,7 @@ import pytest_asyncio
 from spine.cluster.rebalance import Copy, Rebalancer
 from spine.cluster.ringkeeper import RingKeeper
 from spine.core.errors import Conflict, InvalidInput, NotFound
+from spine.core.messages import Transfer
 from spine.core.metrics import SpineMetrics
 from spine.core.ringmap import ACTIVE, LEAVING, Entry, genesis
 from tests.unit.test_runtime_injection import MetaStore, Peers
@@ -172,3 +173,11 @@ async def test_a_shard_owned_again_is_not_dropped(world: World) -> None:
     await world.rb._drop(held)
     assert world.store.keys[held] == [b"a", b"b"] and world.store.purged == []
 
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_transfer_op_is_refused_naming_the_op(world: World) -> None:
+    """`field="op"` -> `"XXopXX"` (_handle__mutmut_23)."""
+    with pytest.raises(InvalidInput) as e:
+        await world.rb._handle("n2", Transfer("bogus", "", 0))
+    assert e.value.field == "op"

@@ -71,3 +71,14 @@ async def test_a_rejoin_with_a_clock_behind_its_old_entry_still_wins() -> None:
     e = k.map.get("n1")
     assert e is not None and (e.state, e.version) == (JOINING, 51)
     await k.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_removed_node_restarted_without_join_stays_out() -> None:
+    """`self.join and self.state() in (None, LEFT)` -> `or` (start__mutmut_19): a node the ring
+    removed, restarted with its stored map and no `join`, put itself back as joining."""
+    k = keeper(Peers(), join=False)
+    await k.adopt([Entry("n1", LEFT, 50, "", "127.0.0.1", 1, 2, 3)])
+    await k.start([])
+    assert k.state() == LEFT
+    await k.stop()

@@ -84,3 +84,15 @@ async def test_a_version_no_quorum_can_take_is_refused() -> None:
     reps.refuse |= {"n2", "n3"}
     with pytest.raises(QuorumUnavailable, match="could not write the version to a quorum"):
         await strong(reps).settle(rec(6))
+
+
+@pytest.mark.asyncio
+async def test_a_local_strong_read_writes_back_within_its_region() -> None:
+    """`rt = localize(rt) or rt` -> `localize(None)` (read__mutmut_29): the write-back of a
+    local_strong read goes to the key's write set within this region, as `localize` makes it."""
+    reps = Replicas({"n1": rec(5), "n2": rec(3), "n3": rec(3)})
+    region = Route(0, ("n1", "n2"), ("n1", "n2"), 0, ("n1",))
+    got = await strong(reps).read("ns", "k", OWNERS, 2, 2, None,
+                                  localize=lambda rt: region if rt.owners == OWNERS else None)
+    assert got == rec(5)
+    assert [p for _, p, _ in reps.writes] == [[["n2"]]]  # not n3, outside the region
