@@ -22,7 +22,6 @@ from spine.api.changes import ChangeRoutes
 from spine.api.coordination import LeaseRoutes, condition_of
 from spine.api.errors import error_body, error_response, status_of
 from spine.api.limits import CLOSE_AFTER, HttpLimits, LimitedRequestHandler
-from spine.api.openapi import openapi_document
 from spine.cluster.coordinator import Coordinator
 from spine.cluster.fanout import FanOut
 from spine.core import validation as v
@@ -478,6 +477,8 @@ class _Handlers:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
+        from spine.api.openapi import openapi_document  # only this path needs it: not at start
+
         return _json(openapi_document(self.svc.dim, self.svc.limits, self.svc.max_lease_ttl_ms,
                                       feed=self.svc.feed_limits))
 
