@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -21,6 +20,8 @@ from spine.core.errors import ConfigError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `spine --help` and `spine up` never run a loop
+
     from spine.core.config import load
     from spine.logs import configure
     from spine.node import run_node
@@ -33,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _install_uvloop() -> None:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
