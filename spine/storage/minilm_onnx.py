@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import os
 import struct
 import threading
@@ -88,9 +89,11 @@ def weights_digest(path: Path) -> str:
 
 
 def _read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:
-    """The tensors of a safetensors file (8-byte header length, JSON header, raw data)."""
+    """The tensors of a safetensors file (8-byte header length, JSON header, raw data), as
+    read-only views of the file mapped into memory: no copy of its ~90 MB is made here."""
     dtypes = {"F32": np.float32, "I64": np.int64}
-    raw = path.read_bytes()
+    with open(path, "rb") as f:
+        raw = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     base = 8 + n
