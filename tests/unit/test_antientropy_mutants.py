@@ -6,10 +6,15 @@ Each test names the mutants it kills. The three-node world of test_antientropy_s
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from spine.cluster.antientropy import Tally
 from spine.core.antientropy import TokenBucket
+from spine.core.errors import InvalidInput, PeerUnavailable
+from spine.core.messages import ShardFetch, ShardTreeQuery
 from tests.unit.test_antientropy_service import (  # noqa: F401 (world: its fixture)
     NOW_MS,
     SHARDS,
@@ -54,3 +59,44 @@ async def test_a_shards_root_is_shown_as_16_hex_digits(world: World) -> None:  #
     assert held
     for s in held:
         assert ae.root_hex(s) == f"{ae.root(s):016x}"
+
+
+@pytest.mark.asyncio
+async def test_the_peer_handlers_refusals_name_the_field_and_the_fault(
+    world: World,  # noqa: F811 (the imported fixture)
+) -> None:
+    """A hostile or mismatched peer is told which field is wrong and why: `field="shape"`
+    (_handle_tree__mutmut_6), the queries' error text (_handle_tree__mutmut_9: `None`), and
+    `field="pairs"` (_handle_fetch__mutmut_11)."""
+    await build_all(world)
+    handlers = world.aes["n1"].handlers()
+    with pytest.raises(InvalidInput) as e:
+        await handlers[ShardTreeQuery.TAG]("n2", ShardTreeQuery(4, 2, [(0, 0, [])]))
+    assert e.value.field == "shape"
+    with pytest.raises(InvalidInput) as e:
+        await handlers[ShardTreeQuery.TAG]("n2", ShardTreeQuery(16, 3, [(0, 7, [0])]))
+    assert e.value.field == "queries" and str(e.value) not in ("", "None")
+    with pytest.raises(InvalidInput) as e:
+        await handlers[ShardFetch.TAG]("n2", ShardFetch(0, [0], [["not", "a", "pair", 4]]))
+    assert e.value.field == "pairs"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_anti_entropy_call_is_counted_against_its_peer(
+    world: World,  # noqa: F811 (the imported fixture)
+) -> None:
+    """`rpc_errors.inc(peer)` -> `inc(None)` (_call__mutmut_7): n3 thought alive, but its
+    calls fail."""
+    w = world
+    await build_all(w)
+    ae = w.aes["n1"]
+    answer = ae.rpc.call
+
+    async def n3_fails(node: str, msg: Any, timeout: float) -> Any:
+        if node == "n3":
+            raise PeerUnavailable("n3 reset the connection", node="n3")
+        return await answer(node, msg, timeout)
+
+    ae.rpc = SimpleNamespace(call=n3_fails)  # type: ignore[assignment]
+    await w.rounds(["n1"])
+    assert ae.rpc_errors.get("n3") >= 1 and ae.rpc_errors.get("n2") == 0
