@@ -98,18 +98,23 @@ def copy_files(src_root: Path, files: set[str]) -> None:
 
 
 def run_mutmut(modules: list[str], workers: int, rerun: bool,
-               sample: dict[str, list[str]] | None = None) -> int:
+               sample: dict[str, list[str]] | None = None, retest: bool = False) -> int:
     """Run the modules' mutants (or only the `sample`'s, by module). mutmut tests every mutant it
     is given by name again, so unless `rerun`, name only the ones without a verdict yet (an
-    interrupted run resumes; a function that changed since gets new, unverdicted mutants); a
-    first run names whole modules."""
+    interrupted run resumes; a function that changed since gets new, unverdicted mutants) and,
+    with `retest`, the survivors (after tests were added for them); a first run names whole
+    modules."""
+
+    def wanted(code: int | None) -> bool:
+        return rerun or code is None or (retest and STATUS.get(code) in ("survived", "no tests"))
+
     if sample is not None:
-        names = [k for m in modules for k in sample[m] if rerun or codes(module_path(m))[k] is None]
+        names = [k for m in modules for k in sample[m] if wanted(codes(module_path(m))[k])]
         if not names:
             return 0
     else:
         names = [] if rerun else [k for m in modules for k, code in codes(module_path(m)).items()
-                                  if code is None]
+                                  if wanted(code)]
     if not names:
         names = [module_path(m)[:-3].replace("/", ".") + ".*" for m in modules]
         if not rerun and all(codes(module_path(m)) for m in modules):
@@ -236,6 +241,8 @@ def main() -> int:
                     "not the work tree (whose edits under way may not even import)")
     ap.add_argument("--rerun", action="store_true", help="test every mutant of the modules "
                     "again (default: only those without a verdict, so a stopped run resumes)")
+    ap.add_argument("--retest", action="store_true", help="test the survivors again too (after "
+                    "adding tests for them), besides the mutants without a verdict")
     ap.add_argument("--survivors", action="store_true", help="also list surviving mutants "
                     "(inspect one with `cd runs/mutation && mutmut show NAME`)")
     ap.add_argument("--sample", type=float, metavar="F", help="test a seeded random fraction F "
@@ -265,7 +272,7 @@ def main() -> int:
             print("\n".join(sorted(codes(module_path(m))) if sample is None else sample[m]))
         return 0
     if not args.report:
-        rc = run_mutmut(modules, args.workers, args.rerun, sample)
+        rc = run_mutmut(modules, args.workers, args.rerun, sample, args.retest)
     if sample is not None:
         print(f"sample: {args.sample:g} of each module's mutants, seed {args.sample_seed}, "
               f"{sum(map(len, sample.values()))} of {sum(len(codes(module_path(m))) for m in modules)}")
