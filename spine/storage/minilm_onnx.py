@@ -165,8 +165,10 @@ def _pb_attribute(name: str, value: Any) -> bytes:
         body, kind = b"".join(_pb_int(8, v) for v in value), _ATTR_INTS
     elif isinstance(value, float):
         body, kind = _varint(2 << 3 | 5) + struct.pack("<f", value), _ATTR_FLOAT
-    else:
+    elif isinstance(value, int):
         body, kind = _pb_int(3, value), _ATTR_INT
+    else:
+        raise TypeError(f"attribute {name}: {type(value).__name__} is not written here")
     return _pb_str(1, name) + body + _pb_int(20, kind)
 
 
