@@ -181,3 +181,21 @@ async def test_an_unknown_transfer_op_is_refused_naming_the_op(world: World) -> 
     with pytest.raises(InvalidInput) as e:
         await world.rb._handle("n2", Transfer("bogus", "", 0))
     assert e.value.field == "op"
+
+
+@pytest.mark.asyncio
+async def test_the_transfer_metrics_keep_their_names_and_help(world: World) -> None:
+    """The /metrics names and help texts dashboards and alerts read (__init__ mutants 53, 57,
+    62, 80: a help text None or a name upper-cased), and the pending gauge's value
+    (__init__mutmut_101: `sum(None)`, which failed every scrape)."""
+    text = world.metrics.registry.render()
+    for name, help_ in [
+        ("spine_transfer_records_total", "records pulled into this node by shard transfers"),
+        ("spine_transfer_bytes_total", "payload bytes pulled into this node by shard transfers"),
+        ("spine_transfer_dropped_records_total",
+         "records purged from shards this node no longer owns (after the grace)"),
+        ("spine_transfer_last_seconds",
+         "how long this node's last completed set of shard copies took"),
+    ]:
+        assert f"# HELP {name} {help_}\n" in text
+    assert "\nspine_transfers_pending 0\n" in text

@@ -138,3 +138,28 @@ async def test_each_conflicting_apply_counts_once() -> None:
     rep = replicator(Net({}), store=ConflictStore())
     await rep.apply_local([rec(1), rec(2)])
     assert rep.metrics.conflicts.get() == 2
+
+
+@pytest.mark.asyncio
+async def test_every_settle_notice_waiting_for_a_peer_goes_out_with_its_next_apply() -> None:
+    """`box = self._outbox.get(node)` -> `None` (_settled__mutmut_8): each settled write
+    replaced the peer's waiting notices, so only the last reached it."""
+    net = Net({})
+    rep = replicator(net)
+    a = Record("ns", "a", Version(3, "n0"), {"n0": 3}, content="a")
+    b = Record("ns", "b", Version(4, "n0"), {"n0": 4}, content="b")
+    acks = await rep.write([a, b], [["n1", "n2"], ["n1", "n2"]], 2, hints_count=False,
+                           timeout=1.0)
+    assert acks == [2, 2]  # both settled at once: two notices wait for n1
+    sent: list[Apply] = []
+    answer = net.call
+
+    async def keep(node: str, msg: Message, timeout: float) -> Any:
+        if isinstance(msg, Apply) and node == "n1":
+            sent.append(msg)
+        return await answer(node, msg, timeout)
+
+    net.call = keep  # type: ignore[method-assign]
+    await rep.send("n1", [])
+    assert sorted(n[1] for n in sent[0].notices) == ["a", "b"]
+    await rep.stop()

@@ -82,3 +82,28 @@ async def test_a_removed_node_restarted_without_join_stays_out() -> None:
     await k.start([])
     assert k.state() == LEFT
     await k.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_keeper_says_where_its_map_came_from() -> None:
+    """`origin` (the readiness view's `ring_from`): "genesis", "peer" for a joining node
+    (__init__mutmut_38: "XXpeerXX") and "stored" when restarted on its own map
+    (__init__mutmut_33: None)."""
+    store = MetaStore()
+    first = RingKeeper(
+        "n1", store, Peers(), AllAlive(),  # type: ignore[arg-type]
+        genesis=genesis({"id": n, "host": "127.0.0.1"} for n in NODES),
+        me=Entry("n1", JOINING, 0, "", "127.0.0.1", 1, 2, 3), shards=8, vnodes=4, n=3,
+        interval=1.0, rpc_timeout=1.0, now_version=lambda: 1, sleep=_nothing,
+        monotonic=lambda: 0.0, rng=random.Random(1), trailing_window=1.0)
+    assert first.origin == "genesis"
+    await first.start([])
+    await first.stop()
+    again = RingKeeper(
+        "n1", store, Peers(), AllAlive(),  # type: ignore[arg-type]
+        genesis=genesis({"id": n, "host": "127.0.0.1"} for n in NODES),
+        me=Entry("n1", JOINING, 0, "", "127.0.0.1", 1, 2, 3), shards=8, vnodes=4, n=3,
+        interval=1.0, rpc_timeout=1.0, now_version=lambda: 1, sleep=_nothing,
+        monotonic=lambda: 0.0, rng=random.Random(1), trailing_window=1.0)
+    assert again.origin == "stored"
+    assert keeper(Peers(), join=True).origin == "peer"

@@ -34,13 +34,15 @@ class Replicas:
         self.held = held
         self.refuse: set[str] = set()
         self.writes: list[tuple[list[Record], list[list[str]], Any]] = []
+        self.timeouts: list[float] = []
 
     async def read(self, namespace: str, mid: str, nodes: Sequence[str], r: int,
                    **_kw: Any) -> dict[str, Record | None]:
         return {n: self.held.get(n) for n in nodes}
 
     async def write(self, records: Sequence[Record], prefs: Sequence[Sequence[str]],
-                    w: int | Sequence[int], **_kw: Any) -> list[int]:
+                    w: int | Sequence[int], *, timeout: float, **_kw: Any) -> list[int]:
+        self.timeouts.append(timeout)
         self.writes.append((list(records), [list(p) for p in prefs], w))
         acked = [n for n in prefs[0] if n not in self.refuse]
         for n in acked:
@@ -56,7 +58,7 @@ class Alive:
 def strong(reps: Replicas, extra: int = 0) -> StrongReads:
     route = Route(0, OWNERS, OWNERS + (("n4",) if extra else ()), extra, OWNERS)
     return StrongReads(lambda ns, mid: route, reps, Alive(), Policy(n=3),  # type: ignore[arg-type]
-                       SpineMetrics(), read_timeout=1.0, write_timeout=1.0)
+                       SpineMetrics(), read_timeout=1.0, write_timeout=2.0)
 
 
 @pytest.mark.asyncio
@@ -69,6 +71,7 @@ async def test_a_version_newer_than_the_quorum_holds_is_written_to_the_write_set
     assert got == rec(6)
     assert reps.writes == [([rec(6)], [["n1", "n2", "n3", "n4"]], 3)]  # W = 2, plus 1 extra
     assert [reps.held[n] for n in OWNERS] == [rec(6)] * 3
+    assert reps.timeouts == [2.0]  # the write timeout (__init__mutmut_7: None, no bound)
 
 
 @pytest.mark.asyncio
