@@ -6,6 +6,7 @@ kills. A real RingKeeper on an in-memory map; no sockets, no sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,8 +55,9 @@ class ShardStore:
 
     async def purge(self, keys: list[bytes]) -> None:
         self.purged += keys
+        gone = set(keys)
         for shard, held in self.keys.items():
-            self.keys[shard] = [k for k in held if k not in set(keys)]
+            self.keys[shard] = [k for k in held if k not in gone]
 
 
 async def _nothing(_seconds: float) -> None:
@@ -199,3 +201,68 @@ async def test_the_transfer_metrics_keep_their_names_and_help(world: World) -> N
     ]:
         assert f"# HELP {name} {help_}\n" in text
     assert "\nspine_transfers_pending 0\n" in text
+
+
+class Syncs:
+    """Anti-entropy's `sync_shards` as a shard copy sees it: scripted answers, each pulling
+    some records, and every call recorded."""
+
+    def __init__(self, answers: list[tuple[dict[int, bool], int, int]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, list[int]]] = []
+
+    async def sync_shards(self, peer: str, shards: list[int], bucket: Any,
+                          tally: Any) -> dict[int, bool]:
+        self.calls.append((peer, shards))
+        equal, records, size = self.answers.pop(0) if self.answers else ({}, 0, 0)
+        tally.records += records
+        tally.bytes += size
+        return equal
+
+
+@pytest.mark.asyncio
+async def test_a_shard_copy_counts_every_pass_and_times_the_whole_set(world: World) -> None:
+    """`c.bytes += tally.bytes` -> `=` (_sync_until_equal__mutmut_14: only the last pass's
+    bytes); `took = monotonic() - started_at` -> `+` (_copy__mutmut_21: the last-copy gauge)."""
+    rb = world.rb
+    rb.ae = Syncs([({3: False}, 5, 100), ({3: True}, 2, 40)])  # type: ignore[assignment]
+    c = Copy(3, ("n2", "n3"))
+    rb._copies, rb._started_at = {3: c}, 10.0
+    rb.monotonic = lambda: 14.0
+    await rb._copy(c)
+    assert (c.state, c.source, c.records, c.bytes) == ("copied", "n2", 7, 140)
+    assert rb.last_duration.values[()] == 4.0
+
+
+@pytest.mark.asyncio
+async def test_a_copy_no_source_answers_for_waits(world: World) -> None:
+    """`c.state = "waiting"` -> `"XXwaitingXX"` (_copy__mutmut_40): the transfer view's state
+    after every source failed."""
+    rb = world.rb
+    rb.ae = Syncs([])  # type: ignore[assignment]
+    c = Copy(3, ("n2", "n3"))
+    rb._copies = {3: c}
+    await rb._copy(c)
+    assert c.state == "waiting" and [p for p, _ in rb.ae.calls] == ["n2", "n3"]
+
+
+@pytest.mark.asyncio
+async def test_a_copied_shard_is_not_copied_again(world: World) -> None:
+    """`c.state != "copied"` -> `!= "COPIED"` (_copy_loop__mutmut_4): every turn synced every
+    shard again, copied or not."""
+    rb = world.rb
+    rb.ae = Syncs([])  # type: ignore[assignment]
+    rb._plan()
+    rb._copies = {3: Copy(3, ("n2",), "copied")}
+    turns = 0
+
+    async def three_turns() -> None:  # the loop's nap, ending it at the fourth
+        nonlocal turns
+        turns += 1
+        if turns > 3:
+            raise asyncio.CancelledError
+
+    rb._nap = three_turns  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await rb._copy_loop()
+    assert rb.ae.calls == []
