@@ -47,6 +47,10 @@ from spine.storage.indexer import Indexer
 
 EmbedFn = Callable[[list[str]], Awaitable[list[bytes | None]]]
 RRF_K = 60
+# How long a node's answer waits for its index to hold what it committed before the search came
+# (a quarter of the default fan-out timeout, timeouts.search_ms): past it, it answers with what
+# is searchable, as it did before it waited.
+INDEX_WAIT_S = 0.5
 
 
 @dataclass(slots=True)
@@ -154,7 +158,10 @@ class SearchService:
     async def local(self, msg: Search) -> list[Any]:
         """This node's answer to a Search message: `[[record wire without vector, score], ...]`
         in vector mode, else `[[record wire, vector score | None, keyword score | None], ...]`,
-        the union of its top k of each ranking the mode asks for."""
+        the union of its top k of each ranking the mode asks for. It answers with every change
+        this node committed before the message arrived (`Indexer.caught_up`), waiting at most
+        INDEX_WAIT_S for its index to get there."""
+        await self.indexer.caught_up(INDEX_WAIT_S)
         mode = msg.mode
         if mode == "vector":
             vec = np.frombuffer(msg.vector, dtype=np.float32)

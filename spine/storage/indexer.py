@@ -31,6 +31,13 @@ documents become searchable at a tantivy commit, made when no further batch is q
 the one applied (so under load one commit covers many batches). A failed text commit makes the
 indexer `behind` with the text index marked for a rebuild from LMDB at the catch-up, so the
 text index, too, never claims or misses a change LMDB disagrees with.
+
+A search of this node first waits (`caught_up`, bounded) until every change handed to the index
+thread before it arrived is searchable (`searchable_seq`: applied, and the text committed). A
+write is handed over inside its commit, before it is acknowledged, so a search that starts after
+a write's acknowledgement finds it on every node that committed it: a version settled on every
+owner (DESIGN §4, which session tokens then stop carrying) is found by a search without the
+session's overlay.
 """
 
 from __future__ import annotations
@@ -99,6 +106,10 @@ class Indexer:
         self._pending_lock = threading.Lock()
         self.indexed_seq = 0
         self.persisted_seq = 0
+        self.enqueued_seq = 0  # the last change handed to the index thread (on_commit)
+        self.searchable_seq = 0  # every change up to it is applied and its text committed
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # searches in caught_up
+        self._waiters_lock = threading.Lock()
         self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
         self.update_failures = 0  # failed updates and failed catch-ups
         self._retry_every = 1  # while behind: commits between catch-up tries (doubles, to 256)
@@ -122,10 +133,12 @@ class Indexer:
         if watermark is None:
             self._rebuild(scan)
             self.indexed_seq = self.persisted_seq = self.store.seq
+            self.enqueued_seq = self.searchable_seq = self.indexed_seq
             return "rebuilt"
         self.indexed_seq = self.persisted_seq = watermark
         replayed = self._replay()
         self.texts.commit()
+        self.enqueued_seq = self.searchable_seq = self.indexed_seq
         return f"loaded snapshot at {watermark}, replayed {replayed} changes"
 
     def _replay(self) -> int:
@@ -193,6 +206,7 @@ class Indexer:
         the index in step without a thread."""
         with self._pending_lock:
             self._pending += 1
+            self.enqueued_seq = max(self.enqueued_seq, applied[-1].seq)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # the store's writer thread
@@ -222,6 +236,39 @@ class Indexer:
                           indexed_seq=self.indexed_seq)
             return
         self.indexed_seq = max(self.indexed_seq, applied[-1].seq)
+        if last:  # the text is committed: everything applied so far is searchable
+            self._searchable(self.indexed_seq)
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait until every change handed to the index thread before this call is searchable
+        on this node; False if that took longer than `timeout` (the index is behind: a large
+        backlog, or a failed update waiting for its catch-up) and the search goes ahead."""
+        target = self.enqueued_seq
+        if self.searchable_seq >= target:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._waiters_lock:
+            if self.searchable_seq >= target:  # the index thread got there meanwhile
+                return True
+            self._waiters.append((target, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._waiters_lock:
+                self._waiters = [(t, f) for t, f in self._waiters if f is not fut]
+
+    def _searchable(self, seq: int) -> None:
+        """On the index thread: changes up to `seq` are searchable; wake the searches waiting
+        for no more than that."""
+        with self._waiters_lock:
+            self.searchable_seq = max(self.searchable_seq, seq)
+            ready = [f for t, f in self._waiters if t <= self.searchable_seq]
+            self._waiters = [(t, f) for t, f in self._waiters if t > self.searchable_seq]
+        for fut in ready:
+            fut.get_loop().call_soon_threadsafe(_wake, fut)
 
     async def catch_up(self) -> int:
         """After a failed update: replay the change log on the index thread; changes applied."""
@@ -237,6 +284,7 @@ class Indexer:
                 self._rebuild_text(list(self.store.iter_all()))
             replayed = self._replay()  # the watermark moves only past what was applied
             self._commit_text()
+            self._searchable(self.indexed_seq)
         except Exception:
             self.update_failures += 1
             self._retry_every = min(2 * self._retry_every, 256)
@@ -425,6 +473,11 @@ class Indexer:
         self._writer.shutdown(wait=True)
         self._queries.shutdown(wait=True)
         self.texts.close()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():  # it may have timed out meanwhile
+        fut.set_result(None)
 
 
 _EMPTY_TEXT = TextIndex()  # never written: estimates with a namespace this node has no index of

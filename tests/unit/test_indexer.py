@@ -14,6 +14,7 @@ import asyncio
 import json
 import random
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -553,3 +554,49 @@ async def test_replay_drops_a_record_deleted_and_purged_after_the_snapshot(
             assert_same(index_contents(fresh), model.contents(), "index after recovery")
         finally:
             await fresh.stop()
+
+
+# -- a search waits for what its node committed ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_caught_up_waits_for_the_index_thread_then_the_write_is_searchable(
+    tmp_path: Path,
+) -> None:
+    """A write committed (and so acknowledged) while the index thread is busy: `caught_up`
+    holds the search until the index has it, vector and keyword alike, and says False when
+    the thread takes longer than the caller's bound."""
+    nrng = np.random.default_rng(9)
+    model = Model()
+    async with opened(tmp_path) as o:
+        store, indexer = o.store, o.indexer
+        await apply(store, indexer, [model.put("alpha", "old", unit(nrng))])
+        assert await indexer.caught_up(0.01)  # nothing handed over since: at once
+
+        busy = threading.Event()
+        release = threading.Event()
+
+        def block() -> None:
+            busy.set()
+            release.wait(10)
+
+        blocker = indexer._writer.submit(block)  # the index thread, busy with earlier work
+        assert busy.wait(5)
+        fresh = model.put("alpha", "fresh", unit(nrng))
+        await store.apply([fresh])  # committed: a replica would acknowledge it now
+        assert indexer.enqueued_seq == store.seq > indexer.searchable_seq
+        assert await indexer.caught_up(0.05) is False  # bounded: the thread is still busy
+        q = np.frombuffer(fresh.vector or b"", np.float32)
+        assert "fresh" not in await search_ids(indexer, "alpha", q, 1, [[], [], None, None, None])
+
+        waiting = asyncio.ensure_future(indexer.caught_up(10.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        release.set()
+        assert await waiting is True
+        blocker.result(5)
+        assert indexer.searchable_seq >= store.seq
+        assert await search_ids(indexer, "alpha", q, 1, [[], [], None, None, None]) == ["fresh"]
+        hits = await indexer.keyword("alpha", "alpha/fresh", 1, [[], [], None, None, None])
+        assert [r.id for r, _ in hits] == ["fresh"]  # its text committed too
+        assert not indexer._waiters  # the woken and the timed-out waiter both left
