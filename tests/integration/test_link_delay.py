@@ -108,13 +108,18 @@ def test_a_delayed_link_slows_only_the_writes_that_cross_it(cluster: _Cluster) -
               " (n2<->n3 undelayed)")
         # n1 needs one of n2, n3 to acknowledge, and both are behind 60 ms.
         assert statistics.median(slow) >= DELAY_MS / 1000, _ms(slow)
-        # n2 has n3 at hand: the delayed link to n1 is not on its quorum's path.
-        assert statistics.median(fast) < 0.040, _ms(fast)
+        # n2 has n3 at hand: the delayed link to n1 is not on its quorum's path. A write whose
+        # quorum crossed it could not finish in less than the delay itself; that is the bound
+        # (an absolute 40 ms failed at 45.6 ms on a loaded CI box), and the slowed writes must
+        # stand clear of it.
+        margin = DELAY_MS / 2 / 1000
+        assert statistics.median(fast) < DELAY_MS / 1000, (_ms(fast), _ms(base2))
+        assert statistics.median(fast) < statistics.median(slow) - margin, (_ms(fast), _ms(slow))
         c.clear_links()
         c.wait_links()
         after = _put_seconds(c, "n1", "after")
         print(f"links cleared: n1-coordinated write {_ms(after)}")
-        assert statistics.median(after) < 0.040, _ms(after)
+        assert statistics.median(after) < DELAY_MS / 1000, (_ms(after), _ms(base1))
     finally:
         c.clear_links()
 
