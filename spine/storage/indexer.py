@@ -28,7 +28,8 @@ spine.storage.text_index), updated from the same batches on the same thread. It 
 `recover` builds it from the same LMDB scan that loads the attributes, and the replay after the
 vector snapshot re-applies later changes to both (upserts and deletes are idempotent). Its
 documents become searchable at a tantivy commit, made when no further batch is queued behind
-the one applied (so under load one commit covers many batches). A failed text commit makes the
+the one applied (so under load one commit covers many batches), and at least every
+TEXT_COMMIT_S while batches keep coming. A failed text commit makes the
 indexer `behind` with the text index marked for a rebuild from LMDB at the catch-up, so the
 text index, too, never claims or misses a change LMDB disagrees with.
 
@@ -65,6 +66,7 @@ from spine.storage.text_index import TextIndex, TextIndexSet, record_tokens, tok
 from spine.storage.vector_index import VectorIndex
 
 log = structlog.get_logger("spine.indexer")
+TEXT_COMMIT_S = 0.05  # the longest a sustained load keeps applied text from being searchable
 
 Attrs = tuple[frozenset[str], str | None, dict[str, Any]]
 
@@ -110,6 +112,8 @@ class Indexer:
         self.searchable_seq = 0  # every change up to it is applied and its text committed
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # searches in caught_up
         self._waiters_lock = threading.Lock()
+        self._monotonic = monotonic
+        self._text_at = monotonic()  # when the text index last committed
         self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
         self.update_failures = 0  # failed updates and failed catch-ups
         self._retry_every = 1  # while behind: commits between catch-up tries (doubles, to 256)
@@ -225,9 +229,12 @@ class Indexer:
                 with contextlib.suppress(Exception):  # counted and logged by _catch_up
                     self._catch_up()
             return
+        # The text commits once no batch waits behind this one, or, under a load that keeps
+        # the queue from draining, once TEXT_COMMIT_S has passed since the last commit.
+        commit = last or self._monotonic() - self._text_at >= TEXT_COMMIT_S
         try:
             self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
-            if last:
+            if commit:
                 self._commit_text()
         except Exception:
             self.behind = True
@@ -236,7 +243,7 @@ class Indexer:
                           indexed_seq=self.indexed_seq)
             return
         self.indexed_seq = max(self.indexed_seq, applied[-1].seq)
-        if last:  # the text is committed: everything applied so far is searchable
+        if commit:  # the text is committed: everything applied so far is searchable
             self._searchable(self.indexed_seq)
 
     async def caught_up(self, timeout: float) -> bool:
@@ -303,6 +310,7 @@ class Indexer:
         except Exception:
             self._text_broken = True
             raise
+        self._text_at = self._monotonic()
 
     def _apply_records(self, records: Sequence[Record]) -> None:
         upserts: dict[str, dict[str, Record]] = {}
