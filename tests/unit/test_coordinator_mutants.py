@@ -36,3 +36,19 @@ async def test_a_keys_history_holds_its_versions_from_its_live_replicas(node: No
     got = await c.history("ns", "a")
     assert [r.version for r, _ in got][:1] == [max(versions)]
     assert all(not concurrent for _, concurrent in got)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("level", [Level.SESSION, Level.STRONG], ids=lambda lv: lv.label)
+async def test_a_forwarded_write_past_its_deadline_is_refused_as_expired(
+    node: Node, level: Level
+) -> None:
+    """A forwarded write whose deadline (an HLC value) has passed mints nothing and answers
+    EXPIRED, at a quorum level (_write_local__mutmut_75: the answer None; _79: no error) and at
+    the strong level (_write_local__mutmut_62: the deadline not passed to the Paxos round)."""
+    c = node.coordinator
+    items = await c.write("ns", [WriteOp("a", body("late")), WriteOp("b", body("late"))], level,
+                          SessionToken(4), None, forwarded=True, deadline=1)
+    assert [(i.id, i.result) for i in items] == [("a", None), ("b", None)]
+    assert all(i.error is not None and "after its deadline" in str(i.error) for i in items)
+    assert node.store.get("ns", "a") is None and node.store.get("ns", "b") is None
