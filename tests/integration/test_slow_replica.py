@@ -104,8 +104,13 @@ def test_quorum_reads_route_around_a_paused_replica_before_it_is_declared_down(
             f"quorum-read p99 {p99(took) * 1000:.1f} ms with n3 paused (reads took "
             f"{reads_for:.2f} s; n1 still holds n3 alive: {still_alive}); "
             f"slowest {sorted(took)[-5:]}")
-        assert c.metric("n1", "spine_read_speculative_total") + c.metric(
-            "n2", "spine_read_speculative_total") >= 1
+        # Whether a hedge was needed is not asserted: once read repair's asks to the paused n3
+        # hang, they count as calls in flight and rank n3 last, so a coordinator may never ask it
+        # first (a CI run counted no hedge at all, with every read fast). The latency above is
+        # the property; tests/unit/test_speculative_read.py covers the hedge itself.
+        hedges = c.metric("n1", "spine_read_speculative_total") + c.metric(
+            "n2", "spine_read_speculative_total")
+        print(f"hedged reads: {hedges:.0f}")
     finally:
         if c.is_running("n3"):
             c.resume("n3")
