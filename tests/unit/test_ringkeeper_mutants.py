@@ -38,9 +38,9 @@ async def _nothing(_seconds: float) -> None:
     return None
 
 
-def keeper(rpc: Any, *, join: bool, now_version: int = 1) -> RingKeeper:
+def keeper(rpc: Any, *, join: bool, now_version: int = 1, store: Any = None) -> RingKeeper:
     return RingKeeper(
-        "n1", MetaStore(), rpc, AllAlive(),  # type: ignore[arg-type]
+        "n1", store if store is not None else MetaStore(), rpc, AllAlive(),  # type: ignore[arg-type]
         genesis=genesis({"id": n, "host": "127.0.0.1"} for n in NODES),
         me=Entry("n1", JOINING, 0, "", "127.0.0.1", 1, 2, 3),
         shards=8, vnodes=4, n=3, interval=1.0, rpc_timeout=1.0,
@@ -90,20 +90,10 @@ async def test_the_keeper_says_where_its_map_came_from() -> None:
     (__init__mutmut_38: "XXpeerXX") and "stored" when restarted on its own map
     (__init__mutmut_33: None)."""
     store = MetaStore()
-    first = RingKeeper(
-        "n1", store, Peers(), AllAlive(),  # type: ignore[arg-type]
-        genesis=genesis({"id": n, "host": "127.0.0.1"} for n in NODES),
-        me=Entry("n1", JOINING, 0, "", "127.0.0.1", 1, 2, 3), shards=8, vnodes=4, n=3,
-        interval=1.0, rpc_timeout=1.0, now_version=lambda: 1, sleep=_nothing,
-        monotonic=lambda: 0.0, rng=random.Random(1), trailing_window=1.0)
+    first = keeper(Peers(), join=False, store=store)
     assert first.origin == "genesis"
     await first.start([])
     await first.stop()
-    again = RingKeeper(
-        "n1", store, Peers(), AllAlive(),  # type: ignore[arg-type]
-        genesis=genesis({"id": n, "host": "127.0.0.1"} for n in NODES),
-        me=Entry("n1", JOINING, 0, "", "127.0.0.1", 1, 2, 3), shards=8, vnodes=4, n=3,
-        interval=1.0, rpc_timeout=1.0, now_version=lambda: 1, sleep=_nothing,
-        monotonic=lambda: 0.0, rng=random.Random(1), trailing_window=1.0)
+    again = keeper(Peers(), join=False, store=store)
     assert again.origin == "stored"
     assert keeper(Peers(), join=True).origin == "peer"
