@@ -45,7 +45,15 @@ from spine.cluster.rpc import Handler
 from spine.core.clock import ZERO, Version, hlc_from_ms
 from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare, Tag
 from spine.core.model import Record
-from spine.core.paxos import AcceptorState, Promise, on_accept, on_commit, on_prepare
+from spine.core.paxos import (
+    AcceptorState,
+    Promise,
+    on_accept,
+    on_commit,
+    on_prepare,
+    on_warm_accept,
+    settled_at,
+)
 from spine.ports import RecordStore
 
 log = structlog.get_logger("spine.paxos")
@@ -200,6 +208,11 @@ class Acceptor:
                                                                      msg.id).promised:
             await self._cover(msg.ballot.hlc)
         st = self.state(msg.namespace, msg.id)  # decided from here on without an await
+        if msg.after is not None and not self._settled(msg.namespace, msg.id, st, msg.after,
+                                                       msg.expect):
+            # a warm round's guard failed: no promise (the proposer runs a round of the usual
+            # kind), answered as a refusal
+            return Promise(False, st.promised, st.accepted, None, st.committed, None).to_wire()
         new, ok = on_prepare(st, msg.ballot, any_ballot=self.any_ballot)
         if new is not None:
             if msg.ballot.hlc < self._bound:
@@ -217,11 +230,27 @@ class Acceptor:
         if self.clock_check is not None:
             self.clock_check(msg.ballot.hlc)
         st = self.state(msg.namespace, msg.id)
-        new, ok = on_accept(st, msg.ballot, msg.record, any_ballot=self.any_ballot)
+        if msg.after is None:
+            new, ok = on_accept(st, msg.ballot, msg.record, any_ballot=self.any_ballot)
+        elif self.any_ballot or self._settled(msg.namespace, msg.id, st, msg.after, msg.expect):
+            new, ok = on_warm_accept(st, msg.ballot, msg.record, msg.after,
+                                     any_ballot=self.any_ballot)
+        else:
+            new, ok = None, False
         if new is not None:
             await self._persist(msg.namespace, msg.id, new)
             st = new
         return [ok, [st.promised.hlc, st.promised.node]]
+
+    def _settled(self, namespace: str, mid: str, st: AcceptorState, after: Version,
+                 expect: Version | None) -> bool:
+        """A warm round's guard: the key's rounds stand where the proposer's last left them
+        (`settled_at`) and this replica stores that round's version (`expect`), so no write of
+        any level has reached this replica since."""
+        if not settled_at(st, after):
+            return False
+        rec = self.store.get(namespace, mid)
+        return rec is not None and rec.version == expect
 
     async def commit(self, msg: PaxosCommit) -> bool:
         """Phase 3: the record merged into the store, then the ballot noted committed."""

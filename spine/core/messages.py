@@ -271,40 +271,65 @@ def _keyed_record(w: list[Any]) -> tuple[str, str, Version, Record]:
     return ns, mid, ballot_from_wire(w[2]), rec
 
 
+def _warm_to_wire(after: Version | None, expect: Version | None) -> list[Any]:
+    if after is None or expect is None:
+        return []
+    return [[after.hlc, after.node], [expect.hlc, expect.node]]
+
+
+def _warm_from_wire(w: list[Any], at: int) -> tuple[Version | None, Version | None]:
+    """A warm round's guard (`after`, `expect`), appended at `w[at:]`, or none."""
+    if len(w) == at:
+        return None, None
+    if len(w) != at + 2:
+        raise InvalidInput("a warm round's guard is two ballots", field="body")
+    return ballot_from_wire(w[at]), ballot_from_wire(w[at + 1])
+
+
 @dataclass(frozen=True, slots=True)
 class PaxosPrepare:
-    """Phase 1 of a key's Paxos round (spine.core.paxos): promise `ballot`, answer a Promise."""
+    """Phase 1 of a key's Paxos round (spine.core.paxos): promise `ballot`, answer a Promise.
+    A warm round (`after` and `expect` given) promises only while the key is settled at `after`
+    and the stored record's version is `expect`."""
 
     TAG: ClassVar[Tag] = Tag.PAXOS_PREPARE
     namespace: str = ""
     id: str = ""
     ballot: Version = field(default_factory=lambda: Version(0, ""))
+    after: Version | None = None
+    expect: Version | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node]]
+        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node],
+                *_warm_to_wire(self.after, self.expect)]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> PaxosPrepare:
-        return cls(*_key(w[0], w[1]), ballot_from_wire(w[2]))
+        return cls(*_key(w[0], w[1]), ballot_from_wire(w[2]), *_warm_from_wire(w, 3))
 
 
 @dataclass(frozen=True, slots=True)
 class PaxosAccept:
-    """Phase 2: accept `record` under `ballot`; the reply is [accepted, highest promised]."""
+    """Phase 2: accept `record` under `ballot`; the reply is [accepted, highest promised]. A warm
+    round's accept (`after` and `expect` given) stands for its prepare too: taken only while the
+    key is settled at `after` and the stored record's version is `expect` (spine.core.paxos)."""
 
     TAG: ClassVar[Tag] = Tag.PAXOS_ACCEPT
     namespace: str = ""
     id: str = ""
     ballot: Version = field(default_factory=lambda: Version(0, ""))
     record: Record | None = None
+    after: Version | None = None
+    expect: Version | None = None
 
     def to_wire(self) -> list[Any]:
         rec = None if self.record is None else self.record.to_wire()
-        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node], rec]
+        return [self.namespace, self.id, [self.ballot.hlc, self.ballot.node], rec,
+                *_warm_to_wire(self.after, self.expect)]
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> PaxosAccept:
-        return cls(*_keyed_record(w))
+        return cls(*_keyed_record(w), *_warm_from_wire(w, 4))
 
 
 @dataclass(frozen=True, slots=True)

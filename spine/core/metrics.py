@@ -219,8 +219,11 @@ class SpineMetrics:
         self.paxos_rounds = r.counter(
             "spine_paxos_rounds_total",
             "Paxos rounds (strong and conditional writes, lease changes) by how they ended: "
-            "chosen, reproposed (an interrupted change completed), contended (a higher ballot "
-            "won; retried), refused (the condition failed)", ("outcome",))
+            "chosen, warm (chosen by a round with no prepare on the network: this node led the "
+            "key's last round), warm_refused (a warm round's guard refused; a full round "
+            "followed), reproposed (an interrupted change completed), contended (a higher ballot "
+            "won; retried), refused (the condition failed), queue_full (refused 429: too many "
+            "changes of the key waiting their turn on this node)", ("outcome",))
         self.rpc_errors = r.counter("spine_rpc_errors_total", "failed internal calls", ("peer",))
         self.read_speculative = r.counter(
             "spine_read_speculative_total", "replica reads sent because the replicas asked first"

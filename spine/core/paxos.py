@@ -22,6 +22,19 @@ read folded into the prepare:
 5. **Commit**: each replica merges the record into its store (an ordinary versioned record every
    read level sees) and notes the ballot committed; the client is answered after a quorum.
 
+**Warm rounds** (the 1-RTT round of Multi-Paxos and CASPaxos, kept per key and without a leader
+lease): a proposer that saw its previous round on the key chosen by its own acceptor and one other
+(the *partner*; quorum two) skips the networked prepare of its next round there. Its own acceptor
+promises the new ballot, and the partner promises and accepts it in one step, only while the key
+is `settled_at` the previous ballot (promised, accepted and committed there, nothing since) and
+the replica stores that round's record: then each would answer a prepare exactly as the previous
+round left it, so the change is decided on that record as a full round would decide it. A rival's
+prepare, an interrupted change or a write of any level reaching either replica since breaks the
+guard, and the proposer runs a full round. The guards are checked before anything is accepted
+anywhere (this node's promise, then the partner's accept, then this node's accept), so a write
+acknowledged by a majority before the round began, which is on one of the two, stops it before a
+stale change could be accepted and later completed.
+
 Quorum: a majority of the key's owners plus one per pending or trailing owner, from the write set
 (owners, pending and trailing), as `spine.core.routing` gives it for writes during a ring change
 (Cassandra's rule), so any two rounds' quorums meet.
@@ -129,6 +142,26 @@ def on_accept(
     """An accept: (the state to persist or None, accepted?). Accepted when no higher ballot has
     been promised (the proposer's own promise is equal)."""
     if ballot >= st.promised or any_ballot:
+        return replace(st, promised=max(st.promised, ballot), accepted=ballot,
+                       accepted_record=record), True
+    return None, False
+
+
+def settled_at(st: AcceptorState, after: Ballot) -> bool:
+    """Whether the key's rounds stand exactly where a proposer's own last round left them: it
+    promised, accepted and committed `after` and nothing since (a warm round's guard, below)."""
+    return st.promised == after and st.accepted == after and st.committed == after
+
+
+def on_warm_accept(
+    st: AcceptorState, ballot: Ballot, record: Record, after: Ballot, *, any_ballot: bool = False
+) -> tuple[AcceptorState | None, bool]:
+    """A warm round's accept, which stands for a prepare and an accept at once: taken only when
+    the key is `settled_at(after)` and `ballot` is above it (the shell checks the stored record
+    too). Then this acceptor's promise for `ballot` would have answered exactly what the
+    proposer's own acceptor promised it (nothing accepted past the commit of `after`), so
+    promising and accepting in one step is a round of the usual kind."""
+    if (settled_at(st, after) and ballot > after) or any_ballot:
         return replace(st, promised=max(st.promised, ballot), accepted=ballot,
                        accepted_record=record), True
     return None, False

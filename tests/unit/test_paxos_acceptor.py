@@ -12,8 +12,8 @@ import pytest
 
 from spine.cluster.acceptor import BOUND_KEY, Acceptor
 from spine.core.clock import HLC, Version, hlc_from_ms
-from spine.core.errors import ClockSkew
-from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare
+from spine.core.errors import ClockSkew, InvalidInput
+from spine.core.messages import PaxosAccept, PaxosCommit, PaxosPrepare, Tag, decode
 from spine.core.model import Record
 from spine.core.paxos import AcceptorState, Promise
 from spine.storage.lmdb_store import Store
@@ -176,3 +176,77 @@ def test_a_ballot_from_far_in_the_future_is_refused_and_moves_nothing(tmp_path: 
         again.close()
 
     asyncio.run(run())
+
+
+async def _settle(a: Acceptor, ballot: Version, record: Record) -> None:
+    """One full round of `ballot` on the key: prepared, accepted and committed here."""
+    assert Promise.from_wire(await a.prepare(PaxosPrepare("ns", "k", ballot))).ok
+    assert (await a.accept(PaxosAccept("ns", "k", ballot, record)))[0]
+    assert await a.commit(PaxosCommit("ns", "k", ballot, record))
+
+
+def test_a_warm_accept_is_taken_only_where_the_key_stands_as_the_last_round_left_it(
+    tmp_path: Path,
+) -> None:
+    """A warm round's accept stands for its prepare too: taken while the key is settled at the
+    proposer's last ballot and the store holds that round's record, refused once anything moved
+    (another proposer's promise, a write of another level), and never below the last ballot."""
+    async def run() -> None:
+        store = open_store(tmp_path)
+        a = Acceptor(store, store.apply)
+        b1, first = Version(10, "p"), rec("v", 11)
+        await _settle(a, b1, first)
+        warm = {"after": b1, "expect": first.version}
+        assert (await a.accept(PaxosAccept("ns", "k", Version(10, "o"), rec("w", 12),
+                                           **warm)))[0] is False  # not above the last ballot
+        b2 = Version(20, "p")
+        assert (await a.accept(PaxosAccept("ns", "k", b2, rec("w", 21), **warm)))[0] is True
+        st = a.state("ns", "k")
+        assert (st.promised, st.accepted, st.committed) == (b2, b2, b1)
+        assert await a.commit(PaxosCommit("ns", "k", b2, rec("w", 21)))
+        # the same guard again: the key has moved past it
+        assert (await a.accept(PaxosAccept("ns", "k", Version(30, "p"), rec("x", 31),
+                                           **warm)))[0] is False
+        warm = {"after": b2, "expect": Version(21, "n1")}
+        # a plain write landed here since: the stored version is not the round's
+        await store.apply([rec("session", 25)])
+        assert (await a.accept(PaxosAccept("ns", "k", Version(30, "p"), rec("x", 31),
+                                           **warm)))[0] is False
+        st = a.state("ns", "k")
+        assert (st.promised, st.accepted) == (b2, b2)  # nothing taken, nothing promised
+        store.close()
+
+    asyncio.run(run())
+
+
+def test_a_warm_prepare_refused_by_its_guard_promises_nothing(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(tmp_path)
+        a = Acceptor(store, store.apply)
+        b1, first = Version(10, "p"), rec("v", 11)
+        await _settle(a, b1, first)
+        rival = Version(15, "q")  # another proposer's prepare since
+        assert Promise.from_wire(await a.prepare(PaxosPrepare("ns", "k", rival))).ok
+        p = Promise.from_wire(await a.prepare(PaxosPrepare(
+            "ns", "k", Version(20, "p"), after=b1, expect=first.version)))
+        assert not p.ok and p.promised == rival
+        assert a.state("ns", "k").promised == rival
+        ok = Promise.from_wire(await a.prepare(PaxosPrepare(
+            "ns", "k", Version(20, "p"), after=rival, expect=first.version)))
+        assert not ok.ok  # settled means accepted and committed there too, not only promised
+        store.close()
+
+    asyncio.run(run())
+
+
+def test_a_warm_guard_travels_and_a_malformed_one_is_refused() -> None:
+    b, v = Version(20, "p"), Version(11, "n1")
+    for msg in (PaxosPrepare("ns", "k", Version(30, "p"), after=b, expect=v),
+                PaxosAccept("ns", "k", Version(30, "p"), rec("w", 31), after=b, expect=v),
+                PaxosPrepare("ns", "k", Version(30, "p"))):
+        wire = msgpack.unpackb(msgpack.packb(msg.to_wire()), raw=False)
+        assert decode(int(msg.TAG), wire) == msg
+    wire = PaxosPrepare("ns", "k", Version(30, "p"), after=b, expect=v).to_wire()
+    for bad in (wire[:4], [*wire[:4], "x"], [*wire, [1, "p"]], [*wire[:3], [1, "p"], [-1, "q"]]):
+        with pytest.raises(InvalidInput):
+            decode(int(Tag.PAXOS_PREPARE), bad)

@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spine.cluster.acceptor import Acceptor
 from spine.cluster.paxos import Proposer
 from spine.core.clock import HLC, Version
-from spine.core.errors import PeerUnavailable, SpineError
+from spine.core.errors import Overloaded, PeerUnavailable, PreconditionFailed, SpineError
 from spine.core.messages import Message, PaxosAccept, PaxosCommit, PaxosPrepare
 from spine.core.metrics import SpineMetrics
 from spine.core.model import Record
+from spine.core.paxos import Promise
 from spine.core.routing import Route
 from spine.storage.lmdb_store import Store
 from tests.polling import until
@@ -163,5 +166,121 @@ def test_a_refusal_brings_the_third_in_and_a_quorum_decides(tmp_path: Path) -> N
             for n, s in zip(NODES, stores, strict=True):
                 got = s.get("ns", "k")
                 assert got is not None and got.version == rec.version, n
+
+    asyncio.run(run())
+
+
+def if_match(expected: Version, content: str, hlc: int) -> Any:
+    """A conditional write: refused (412) unless the key's current version is `expected`."""
+    def decide(current: Record | None, clock: dict[str, int]) -> Record | SpineError:
+        if current is None or current.version != expected:
+            return PreconditionFailed("the key moved", current=None)
+        n = dict(clock)
+        n["n1"] = n.get("n1", 0) + 1
+        return Record("ns", "k", Version(hlc, "n1"), n, content)
+    return decide
+
+
+def test_the_next_round_from_the_same_node_prepares_nothing_over_the_network(
+    tmp_path: Path,
+) -> None:
+    """After a round this node led, the key's next change is a warm round: a guarded promise
+    from its own acceptor, one accept that is also the partner's promise, then the commits."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            first = await p.run("ns", "k", write("v"), 2.0)
+            net.calls.clear()
+            second = await p.run("ns", "k", if_match(first.version, "w", 20_000), 2.0)
+            assert net.asked("PaxosPrepare") == ["n1"]
+            assert net.asked("PaxosAccept") == ["n2", "n1"]
+            await until(lambda: all(s.get("ns", "k") is not None
+                                    and s.get("ns", "k").content == "w" for s in stores))
+            assert second.version == Version(20_000, "n1")
+            assert p.metrics.paxos_rounds.get("warm") == 1
+
+    asyncio.run(run())
+
+
+def test_a_write_acknowledged_elsewhere_since_is_seen_by_the_next_round(tmp_path: Path) -> None:
+    """A plain write acknowledged by the two other replicas after this node's last round (this
+    node never saw it): the warm round's guard at the partner refuses before anything is
+    accepted, and the full round that follows judges If-Match on what a quorum holds: 412.
+    Without the partner's guard the stale If-Match would succeed and overwrite the write."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            first = await p.run("ns", "k", write("v"), 2.0)
+            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            other = Record("ns", "k", Version(15_000, "n2"), {"n2": 1, "n1": 1}, "session")
+            for s in stores[1:]:
+                await s.apply([other])
+            with pytest.raises(PreconditionFailed):
+                await p.run("ns", "k", if_match(first.version, "w", 20_000), 2.0)
+            assert p.metrics.paxos_rounds.get("warm_refused") == 1
+            for s in stores[1:]:
+                got = s.get("ns", "k")
+                assert got is not None and got.content == "session"
+            st = net.acceptors["n1"].state("ns", "k")
+            assert st.accepted_record is not None and st.accepted_record.content == "v"
+
+    asyncio.run(run())
+
+
+def test_a_write_that_reached_this_node_since_is_seen_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            first = await p.run("ns", "k", write("v"), 2.0)
+            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            other = Record("ns", "k", Version(15_000, "n3"), {"n3": 1, "n1": 1}, "session")
+            for s in (stores[0], stores[2]):
+                await s.apply([other])
+            net.calls.clear()
+            with pytest.raises(PreconditionFailed):
+                await p.run("ns", "k", if_match(first.version, "w", 20_000), 2.0)
+            assert "n2" not in [n for k, n in net.calls if k == "PaxosAccept"]
+
+    asyncio.run(run())
+
+
+def test_a_rival_promise_at_the_partner_sends_the_change_through_a_full_round(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            first = await p.run("ns", "k", write("v"), 2.0)
+            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            rival = Version(p.hlc.now() + 1, "n9")
+            assert Promise.from_wire(await net.acceptors["n2"].prepare(
+                PaxosPrepare("ns", "k", rival))).ok
+            net.calls.clear()
+            rec = await p.run("ns", "k", if_match(first.version, "w", 20_000), 2.0)
+            assert rec.content == "w"
+            assert net.asked("PaxosPrepare") == ["n1", "n1", "n2", "n3"]  # warm, then full
+            assert p.metrics.paxos_rounds.get("warm_refused") == 1
+
+    asyncio.run(run())
+
+
+def test_changes_of_one_key_from_one_node_take_turns_and_the_queue_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """Concurrent changes of a key on this node run one after another (no duel of ballots: no
+    contended round), each after the first warm; past `max_waiting` waiting, 429 at once."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, _):
+            await p.run("ns", "k", write("v"), 2.0)
+            got = await asyncio.gather(*(p.run("ns", "k", write("w" * i), 2.0)
+                                         for i in range(2, 6)))
+            assert [r.content for r in got] == ["w" * i for i in range(2, 6)]
+            assert p.metrics.paxos_rounds.get("contended") == 0
+            assert p.metrics.paxos_rounds.get("warm") == 4
+            assert not p._turns  # nothing left behind
+            p.max_waiting = 1
+            out = await asyncio.gather(*(p.run("ns", "k", write("x" * i), 2.0)
+                                         for i in range(2, 6)), return_exceptions=True)
+            refused = [o for o in out if isinstance(o, Overloaded)]
+            assert len(refused) == 2 and all(isinstance(o, Record) for o in out[:2])
+            assert not p._turns
 
     asyncio.run(run())
