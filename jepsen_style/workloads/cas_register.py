@@ -119,6 +119,10 @@ class CasRegister:
         self.read_fraction = float(option(ctx, self.name, "read_fraction", 0.3))
         self.write_fraction = float(option(ctx, self.name, "write_fraction", 0.15))
         self.create_fraction = float(option(ctx, self.name, "create_fraction", 0.05))
+        # How often a client goes to its own node rather than a random one: a key's next change
+        # from the node that led its last round is a warm round (no prepare on the network),
+        # and this keeps those in the history beside full rounds and their races.
+        self.sticky_fraction = float(option(ctx, self.name, "sticky_fraction", 0.5))
         self._values = itertools.count(1)
         self.seen: dict[str, tuple[str, int | None]] = {}
 
@@ -133,12 +137,15 @@ class CasRegister:
         return key
 
     async def client(self, process: int, stop: asyncio.Event) -> None:
-        """Random reads, writes and cas of random keys through random nodes until ``stop``."""
+        """Random reads, writes and cas of random keys, through this client's own node or a
+        random one (`sticky_fraction`), until ``stop``."""
         rng = self.ctx.rng
+        nodes = list(self.ctx.nodes)
+        home = nodes[process % len(nodes)]
         async with http_client(self.ctx, self.name) as http:
             while not stop.is_set():
                 key = self.pick_key()
-                node = rng.choice(list(self.ctx.nodes))
+                node = home if rng.random() < self.sticky_fraction else rng.choice(nodes)
                 r = rng.random()
                 if r < self.read_fraction:
                     await self.read(http, process, node, key)
@@ -147,7 +154,7 @@ class CasRegister:
                 else:
                     if key not in self.seen:
                         await self.read(http, process, node, key)
-                        node = rng.choice(list(self.ctx.nodes))
+                        node = home if rng.random() < self.sticky_fraction else rng.choice(nodes)
                     known = self.seen.get(key)
                     if known is not None:
                         create = known == ABSENT or rng.random() < self.create_fraction

@@ -314,8 +314,12 @@ class Proposer:
         ballot = Version(self.hlc.now(), self.node_id)
         me = self.node_id
         guard = {"after": after, "expect": last.version}
-        if not Promise.from_wire(await self.rpc.call(
-                me, PaxosPrepare(namespace, mid, ballot, **guard), self.rpc_timeout)).ok:
+        try:
+            promised = Promise.from_wire(await self.rpc.call(
+                me, PaxosPrepare(namespace, mid, ballot, **guard), self.rpc_timeout)).ok
+        except SpineError:  # this node's disk, say: a full round asks the others too
+            promised = False
+        if not promised:
             self.metrics.paxos_rounds.inc("warm_refused")
             return None, None
         try:
@@ -333,10 +337,13 @@ class Proposer:
         if not reply[0]:
             self.metrics.paxos_rounds.inc("warm_refused")
             return None, None
-        mine = _accept_reply(await self.rpc.call(
-            me, PaxosAccept(namespace, mid, ballot, out), self.rpc_timeout))
-        if not mine[0]:
-            return None, out  # overtaken here after the partner took it
+        try:
+            taken = _accept_reply(await self.rpc.call(
+                me, PaxosAccept(namespace, mid, ballot, out), self.rpc_timeout))[0]
+        except SpineError:
+            taken = False
+        if not taken:
+            return None, out  # overtaken (or failed) here after the partner took it
         nodes = sorted(live(targets, self.liveness.is_alive), key=lambda n: n != me)
         await self._commit(nodes, targets, ballot, out, 2, end)
         self.metrics.paxos_rounds.inc("warm")
