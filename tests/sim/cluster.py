@@ -101,6 +101,7 @@ class SimCluster:
         self.down: dict[str, Incarnation] = {}
         self.skew: dict[str, int] = {n: 0 for n in all_ids}
         self._rngs = {n: random.Random(self.rng.random()) for n in all_ids}
+        self._configs: dict[tuple[str, ...], Config] = {}
 
     # ---------------------------------------------------------------- running
 
@@ -140,9 +141,15 @@ class SimCluster:
     # ---------------------------------------------------------------- nodes
 
     def config(self, names: list[str]) -> Config:
-        data = dict(self.settings)
-        data["nodes"] = [n for n in self.settings["nodes"] if n["id"] in names]
-        return from_dict(data)
+        """The validated config of a cluster of `names` (built once per member list: a Config
+        is immutable, and building one costs ~8 ms, ~5% of a seed when done at every start)."""
+        key = tuple(names)
+        cfg = self._configs.get(key)
+        if cfg is None:
+            data = dict(self.settings)
+            data["nodes"] = [n for n in self.settings["nodes"] if n["id"] in names]
+            cfg = self._configs[key] = from_dict(data)
+        return cfg
 
     async def start(self, name: str, *, join: bool = False) -> Node:
         """Start (or restart) `name`; `join`: as a new node joining the ring."""

@@ -84,7 +84,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         # on virtual time (on a real clock time moves by itself). One microsecond at least.
         if 0 < delay < 1e-6:
             delay = 1e-6
-        return super().call_later(delay, callback, *args, context=context)
+        # As the base class's call_later (a TimerHandle at now + delay), one call shorter: a
+        # seed sets ~6,000 timers.
+        return self.call_at(self._now + delay, callback, *args, context=context)
 
     def call_soon_threadsafe(  # type: ignore[override]
         self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
