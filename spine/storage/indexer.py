@@ -27,9 +27,13 @@ Beside each vector index the indexer keeps the namespace's full-text index (DESI
 spine.storage.text_index), updated from the same batches on the same thread. It lives in RAM:
 `recover` builds it from the same LMDB scan that loads the attributes, and the replay after the
 vector snapshot re-applies later changes to both (upserts and deletes are idempotent). Its
-documents become searchable at a tantivy commit, made when no further batch is queued behind
-the one applied (so under load one commit covers many batches), and at least every
-TEXT_COMMIT_S while batches keep coming. A failed text commit makes the
+documents become searchable at a tantivy commit, made when a search needs it and otherwise at
+most every TEXT_IDLE_COMMIT_S: a tantivy commit is costly (it starts fresh indexing threads and
+writes a segment; one per write batch took a third of a node's CPU on the write path at 16
+clients: bench/README.md), and nothing but a search reads the text. A search waiting in
+`caught_up` asks the index thread for a commit, which runs after the batches queued before it;
+while searches wait, the text also commits when no further batch is queued behind the one
+applied, and at least every TEXT_COMMIT_S while batches keep coming. A failed text commit makes the
 indexer `behind` with the text index marked for a rebuild from LMDB at the catch-up, so the
 text index, too, never claims or misses a change LMDB disagrees with.
 
@@ -66,7 +70,8 @@ from spine.storage.text_index import TextIndex, TextIndexSet, record_tokens, tok
 from spine.storage.vector_index import VectorIndex
 
 log = structlog.get_logger("spine.indexer")
-TEXT_COMMIT_S = 0.05  # the longest a sustained load keeps applied text from being searchable
+TEXT_COMMIT_S = 0.05  # with searches waiting: the longest a sustained load delays a commit
+TEXT_IDLE_COMMIT_S = 1.0  # with none: the longest applied text stays uncommitted under writes
 
 Attrs = tuple[frozenset[str], str | None, dict[str, Any]]
 
@@ -112,6 +117,7 @@ class Indexer:
         self.searchable_seq = 0  # every change up to it is applied and its text committed
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # searches in caught_up
         self._waiters_lock = threading.Lock()
+        self._commit_asked = False  # a commit for waiting searches is queued on the index thread
         self._monotonic = monotonic
         self._text_at = monotonic()  # when the text index last committed
         self.behind = False  # an update failed: commits after indexed_seq wait for catch_up
@@ -229,9 +235,12 @@ class Indexer:
                 with contextlib.suppress(Exception):  # counted and logged by _catch_up
                     self._catch_up()
             return
-        # The text commits once no batch waits behind this one, or, under a load that keeps
-        # the queue from draining, once TEXT_COMMIT_S has passed since the last commit.
-        commit = last or self._monotonic() - self._text_at >= TEXT_COMMIT_S
+        # The text commits for the searches waiting once no batch waits behind this one, or,
+        # under a load that keeps the queue from draining, once TEXT_COMMIT_S has passed since
+        # the last commit; with no search waiting, every TEXT_IDLE_COMMIT_S.
+        since = self._monotonic() - self._text_at
+        commit = (since >= TEXT_IDLE_COMMIT_S
+                  or (bool(self._waiters) and (last or since >= TEXT_COMMIT_S)))
         try:
             self._apply_records([a.new for a in applied if a.outcome.value == "applied"])
             if commit:
@@ -258,6 +267,10 @@ class Indexer:
             if self.searchable_seq >= target:  # the index thread got there meanwhile
                 return True
             self._waiters.append((target, fut))
+            ask = not self._commit_asked
+            self._commit_asked = True
+        if ask:  # a commit after the batches queued so far (the index thread is FIFO)
+            self._pending_commit(asyncio.get_running_loop())
         try:
             await asyncio.wait_for(fut, timeout)
             return True
@@ -266,6 +279,28 @@ class Indexer:
         finally:
             with self._waiters_lock:
                 self._waiters = [(t, f) for t, f in self._waiters if f is not fut]
+
+    def _pending_commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        fut = loop.run_in_executor(self._writer, self._commit_for_waiters)
+        fut.add_done_callback(_log_commit_failure)
+
+    def _commit_for_waiters(self) -> None:
+        """On the index thread, after the batches queued before a search: commit what is applied
+        (unless an update failed: the catch-up commits), and ask again if a search that came
+        meanwhile still waits for batches queued after this."""
+        with self._waiters_lock:
+            self._commit_asked = False
+        if self.behind or self.searchable_seq >= self.indexed_seq:
+            self._searchable(self.searchable_seq)
+            return
+        try:
+            self._commit_text()
+        except Exception:
+            self.behind = True
+            self.update_failures += 1
+            log.exception("index_text_commit_failed", indexed_seq=self.indexed_seq)
+            return
+        self._searchable(self.indexed_seq)
 
     def _searchable(self, seq: int) -> None:
         """On the index thread: changes up to `seq` are searchable; wake the searches waiting
@@ -481,6 +516,11 @@ class Indexer:
         self._writer.shutdown(wait=True)
         self._queries.shutdown(wait=True)
         self.texts.close()
+
+
+def _log_commit_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("index_commit_job_failed", error=repr(fut.exception())[:200])
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

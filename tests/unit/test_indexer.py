@@ -73,7 +73,8 @@ def make_indexer(store: Store, path: Path, fingerprint: str = FINGERPRINT) -> In
 
 
 async def caught_up(indexer: Indexer, store: Store, timeout: float = 10.0) -> None:
-    """Poll until the index thread has applied every commit of the store."""
+    """Poll until the index thread has applied every commit of the store, then wait as a search
+    does (`Indexer.caught_up`), so the text is committed too."""
     deadline = time.monotonic() + timeout
     while indexer.indexed_seq != store.seq:
         if time.monotonic() > deadline:
@@ -81,6 +82,7 @@ async def caught_up(indexer: Indexer, store: Store, timeout: float = 10.0) -> No
                 f"index stuck at seq {indexer.indexed_seq}, store at {store.seq}"
             )
         await asyncio.sleep(0.001)
+    assert await indexer.caught_up(max(0.001, deadline - time.monotonic()))
 
 
 @dataclass

@@ -138,6 +138,8 @@ async def test_a_failed_text_commit_is_rebuilt_from_lmdb_at_catch_up(
 
         monkeypatch.setattr(TextIndexSet, "commit", flaky)
         await o.store.apply([model.put("alpha", "b", unit(nrng))])
+        # a search asks for the commit (nothing else does within TEXT_IDLE_COMMIT_S); it fails
+        assert not await o.indexer.caught_up(0.2)
         deadline = time.monotonic() + 10
         while not o.indexer.behind:
             assert time.monotonic() < deadline, "the failed commit never made the indexer behind"
