@@ -131,6 +131,15 @@ class SimNet:
             self.loop.call_soon(fn, context=ctx)
 
 
+class _TimedOut(Exception):
+    """A call's timer went off before any answer (only ever raised inside `SimTransport`)."""
+
+
+def _settle(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
 class SimTransport:
     """`spine.ports.Transport` for one node, over a `SimNet`."""
 
@@ -138,31 +147,42 @@ class SimTransport:
         self.net, self.node, self.hlc = net, node, hlc
 
     async def call(self, node: str, msg: Message, timeout: float) -> Any:
-        try:
-            return await asyncio.wait_for(self._call(node, msg), timeout)
-        except TimeoutError:  # the request went out: the peer may have acted on it
-            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node,
-                                  sent=True) from None
+        """As `RpcClient.call`: the reply, or PeerUnavailable (`sent` once the request went).
 
-    async def _call(self, node: str, msg: Message) -> Any:
+        One future per call, settled by the first answer, the refusal or the timeout's timer,
+        whichever comes first: no task and no `wait_for` per call (they were half of a seed's
+        tasks and timers)."""
         net = self.net
+        loop = net.loop
+        if timeout <= 0:  # as wait_for: no time left, nothing is sent
+            await asyncio.sleep(0)
+            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node, sent=True)
+        fut: asyncio.Future[Any] = loop.create_future()
         me = net.up.get(self.node)
         dst = net.up.get(node)
         if dst is None or me is None:  # the peer is down: the connection is refused
-            await asyncio.sleep(net.delay())
-            raise PeerUnavailable(f"{node}: connection refused", node=node)
-        data = msgpack.packb([int(msg.TAG), self.hlc.now(), msg.to_wire()], use_bin_type=True)
-        fut: asyncio.Future[Any] = net.loop.create_future()
-        # A request rides a TCP connection and the RPC client never resends one, so a peer
-        # acts on it at most once; duplicates test that every message a node may get twice
-        # (after a reconnect's replay by handoff or anti-entropy) is idempotent. A Forward is
-        # not (it runs a client's write), and is never sent twice.
-        copies = net.copies()
-        for _ in range(1 if msg.TAG is Tag.FORWARD else copies):
-            if net.passes(self.node, node):
-                net.deliver(self.node, node, dst,
-                            lambda: net.loop.create_task(self._serve(dst, me, data, fut)))
-        return await fut
+            loop.call_later(net.delay(), _settle, fut,
+                            PeerUnavailable(f"{node}: connection refused", node=node))
+        else:
+            data = msgpack.packb([int(msg.TAG), self.hlc.now(), msg.to_wire()],
+                                 use_bin_type=True)
+            # A request rides a TCP connection and the RPC client never resends one, so a peer
+            # acts on it at most once; duplicates test that every message a node may get twice
+            # (after a reconnect's replay by handoff or anti-entropy) is idempotent. A Forward
+            # is not (it runs a client's write), and is never sent twice.
+            copies = net.copies()
+            for _ in range(1 if msg.TAG is Tag.FORWARD else copies):
+                if net.passes(self.node, node):
+                    net.deliver(self.node, node, dst,
+                                lambda: loop.create_task(self._serve(dst, me, data, fut)))
+        timer = loop.call_later(timeout, _settle, fut, _TimedOut())
+        try:
+            return await fut
+        except _TimedOut:  # the request went out: the peer may have acted on it
+            raise PeerUnavailable(f"{node} did not answer in {timeout:.2f}s", node=node,
+                                  sent=True) from None
+        finally:
+            timer.cancel()
 
     async def _serve(self, dst: Endpoint, src: Endpoint, data: bytes,
                      fut: asyncio.Future[Any]) -> None:

@@ -64,7 +64,11 @@ class VirtualLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         self._now = 0.0
         super().__init__(_VirtualSelector(self))
-        self.tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        # Each node's live tasks in creation order (a dict as an ordered set): a crash cancels
+        # them in that order, the same in every process. (Sorted by name, "Task-N" from one
+        # counter per process, the order hung on how many tasks the process had made before:
+        # two runs of a seed in one process, or a pool worker's later seeds, could differ.)
+        self.tasks: dict[str, dict[asyncio.Task[Any], None]] = {}
         self.set_task_factory(self._make_task)  # type: ignore[arg-type]
 
     def time(self) -> float:
@@ -111,15 +115,15 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         ctx = kwargs.get("context")
         node = ctx.get(NODE) if ctx is not None else NODE.get()
         if node is not None:
-            owned = self.tasks.setdefault(node, set())
-            owned.add(task)
-            task.add_done_callback(owned.discard)
+            owned = self.tasks.setdefault(node, {})
+            owned[task] = None
+            task.add_done_callback(lambda t: owned.pop(t, None))
         return task
 
     def cancel_node(self, node: str) -> int:
         """Cancel every task of `node` (its crash); how many."""
-        owned = self.tasks.pop(node, set())
-        for t in sorted(owned, key=lambda t: t.get_name()):
+        owned = self.tasks.pop(node, {})
+        for t in list(owned):
             t.cancel()
         return len(owned)
 
