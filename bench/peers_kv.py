@@ -88,7 +88,8 @@ class KvBench:
         self.duration = duration
         self.warmup = warmup
         self.args = SimpleNamespace(threads=THREADS,
-                                    connections=max(THREADS, connections // THREADS * THREADS))
+                                    connections=max(THREADS, connections // THREADS * THREADS),
+                                    keys_dir="")  # run_bench's --owner-routing: not used here
         self.spine_scenarios = {s.name: s for s in scenarios(keys, put_keys)}
         base = {"SPINE_KEYS": str(keys), "SPINE_PUT_KEYS": str(put_keys),
                 "SPINE_CONTENT_BYTES": str(VALUE_BYTES)}
