@@ -268,7 +268,7 @@ def test_changes_of_one_key_from_one_node_take_turns_and_the_queue_is_bounded(
     """Concurrent changes of a key on this node run one after another (no duel of ballots: no
     contended round), each after the first warm; past `max_waiting` waiting, 429 at once."""
     async def run() -> None:
-        async with setup(tmp_path) as (p, net, _):
+        async with setup(tmp_path) as (p, _net, _):
             await p.run("ns", "k", write("v"), 2.0)
             got = await asyncio.gather(*(p.run("ns", "k", write("w" * i), 2.0)
                                          for i in range(2, 6)))
