@@ -9,6 +9,7 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -47,6 +48,13 @@ _POSITIVE = {
 }
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A config section's resolved field types: the same for every build, and resolving them
+    (`typing.get_type_hints`) was most of a config load's CPU."""
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type[T], data: object, path: str) -> T:
     """An instance of the dataclass `cls` from `data`, every field checked (ConfigError naming
     the key path otherwise)."""
@@ -54,7 +62,7 @@ def build(cls: type[T], data: object, path: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: must be a mapping", field=path)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]  # a class is hashable
     known = {f.name: f for f in fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
