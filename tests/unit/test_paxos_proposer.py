@@ -181,6 +181,13 @@ def if_match(expected: Version, content: str, hlc: int) -> Any:
     return decide
 
 
+async def first_round(p: Proposer, stores: list[Store]) -> Record:
+    """The key's first change, from n1, once every replica stores it (the next one is warm)."""
+    first = await p.run("ns", "k", write("v"), 2.0)
+    await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+    return first
+
+
 def test_the_next_round_from_the_same_node_prepares_nothing_over_the_network(
     tmp_path: Path,
 ) -> None:
@@ -208,8 +215,7 @@ def test_a_write_acknowledged_elsewhere_since_is_seen_by_the_next_round(tmp_path
     Without the partner's guard the stale If-Match would succeed and overwrite the write."""
     async def run() -> None:
         async with setup(tmp_path) as (p, net, stores):
-            first = await p.run("ns", "k", write("v"), 2.0)
-            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            first = await first_round(p, stores)
             other = Record("ns", "k", Version(15_000, "n2"), {"n2": 1, "n1": 1}, "session")
             for s in stores[1:]:
                 await s.apply([other])
@@ -230,8 +236,7 @@ def test_a_write_that_reached_this_node_since_is_seen_before_anything_is_sent(
 ) -> None:
     async def run() -> None:
         async with setup(tmp_path) as (p, net, stores):
-            first = await p.run("ns", "k", write("v"), 2.0)
-            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            first = await first_round(p, stores)
             other = Record("ns", "k", Version(15_000, "n3"), {"n3": 1, "n1": 1}, "session")
             for s in (stores[0], stores[2]):
                 await s.apply([other])
@@ -248,8 +253,7 @@ def test_a_rival_promise_at_the_partner_sends_the_change_through_a_full_round(
 ) -> None:
     async def run() -> None:
         async with setup(tmp_path) as (p, net, stores):
-            first = await p.run("ns", "k", write("v"), 2.0)
-            await until(lambda: all(s.get("ns", "k") is not None for s in stores))
+            first = await first_round(p, stores)
             rival = Version(p.hlc.now() + 1, "n9")
             assert Promise.from_wire(await net.acceptors["n2"].prepare(
                 PaxosPrepare("ns", "k", rival))).ok
