@@ -286,8 +286,8 @@ class Indexer:
 
     def _commit_for_waiters(self) -> None:
         """On the index thread, after the batches queued before a search: commit what is applied
-        (unless an update failed: the catch-up commits), and ask again if a search that came
-        meanwhile still waits for batches queued after this."""
+        (unless an update failed: the catch-up commits). A search that waits for batches queued
+        after this one is served when they are applied (searches waiting: commit at the last)."""
         with self._waiters_lock:
             self._commit_asked = False
         if self.behind or self.searchable_seq >= self.indexed_seq:
