@@ -246,10 +246,7 @@ class Indexer:
             if commit:
                 self._commit_text()
         except Exception:
-            self.behind = True
-            self.update_failures += 1
-            log.exception("index_update_failed", first_seq=applied[0].seq,
-                          indexed_seq=self.indexed_seq)
+            self._failed("index_update_failed", first_seq=applied[0].seq)
             return
         self.indexed_seq = max(self.indexed_seq, applied[-1].seq)
         if commit:  # the text is committed: everything applied so far is searchable
@@ -270,7 +267,7 @@ class Indexer:
             ask = not self._commit_asked
             self._commit_asked = True
         if ask:  # a commit after the batches queued so far (the index thread is FIFO)
-            self._pending_commit(asyncio.get_running_loop())
+            asyncio.get_running_loop().run_in_executor(self._writer, self._commit_for_waiters)
         try:
             await asyncio.wait_for(fut, timeout)
             return True
@@ -280,10 +277,6 @@ class Indexer:
             with self._waiters_lock:
                 self._waiters = [(t, f) for t, f in self._waiters if f is not fut]
 
-    def _pending_commit(self, loop: asyncio.AbstractEventLoop) -> None:
-        fut = loop.run_in_executor(self._writer, self._commit_for_waiters)
-        fut.add_done_callback(_log_commit_failure)
-
     def _commit_for_waiters(self) -> None:
         """On the index thread, after the batches queued before a search: commit what is applied
         (unless an update failed: the catch-up commits). A search that waits for batches queued
@@ -291,16 +284,19 @@ class Indexer:
         with self._waiters_lock:
             self._commit_asked = False
         if self.behind or self.searchable_seq >= self.indexed_seq:
-            self._searchable(self.searchable_seq)
             return
         try:
             self._commit_text()
         except Exception:
-            self.behind = True
-            self.update_failures += 1
-            log.exception("index_text_commit_failed", indexed_seq=self.indexed_seq)
+            self._failed("index_text_commit_failed")
             return
         self._searchable(self.indexed_seq)
+
+    def _failed(self, event: str, **details: int) -> None:
+        """An update or commit failed on the index thread: behind until a catch-up; logged."""
+        self.behind = True
+        self.update_failures += 1
+        log.exception(event, indexed_seq=self.indexed_seq, **details)
 
     def _searchable(self, seq: int) -> None:
         """On the index thread: changes up to `seq` are searchable; wake the searches waiting
@@ -516,11 +512,6 @@ class Indexer:
         self._writer.shutdown(wait=True)
         self._queries.shutdown(wait=True)
         self.texts.close()
-
-
-def _log_commit_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("index_commit_job_failed", error=repr(fut.exception())[:200])
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
