@@ -205,6 +205,7 @@ class Node:
             session_max_keys=cfg.session.max_keys, dim=cfg.embedder.dim,
             embed=self.embed.embed, proposer=self.proposer,
             ignore_fences=cfg.paxos.unsafe_ignore_fences, lifecycle=cfg.lifecycle.value(),
+            leader=self.acceptor.leader,
         )
         self.leases = Leases(
             node_id, self.proposer, self.coordinator.get, self.hlc,

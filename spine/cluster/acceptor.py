@@ -52,6 +52,7 @@ from spine.core.paxos import (
     on_commit,
     on_prepare,
     on_warm_accept,
+    round_leader,
     settled_at,
 )
 from spine.ports import RecordStore
@@ -119,6 +120,12 @@ class Acceptor:
         self._held[key] = _Held(st)
         self._trim()
         return st
+
+    def leader(self, namespace: str, mid: str, me: str, write_to: Sequence[str],
+               is_alive: Callable[[str], bool]) -> str | None:
+        """The other live replica that led the key's latest round here (`round_leader`), if
+        any: where this node forwards a conditional write of the key."""
+        return round_leader(self.state(namespace, mid), me, write_to, is_alive)
 
     def _promise(self, key: tuple[str, str], st: AcceptorState) -> None:
         """Make `st` (a new promise, below the durable bound) the key's state, in memory only."""

@@ -34,7 +34,7 @@ from spine.cluster.replication import Replicator
 from spine.cluster.version_history import gather_history
 from spine.core.batch import by_level, creates
 from spine.core.clock import HLC, hlc_from_ms, hlc_ms
-from spine.core.conditions import Condition, check, fences_after
+from spine.core.conditions import Condition, check, condition_to_wire, fences_after
 from spine.core.consistency import Level, Policy, majority
 from spine.core.errors import (
     PeerUnavailable,
@@ -66,6 +66,9 @@ EXPIRED = Timeout("the forwarded write arrived after its deadline and was not ap
 SUPERSEDED = Superseded("this session has already written this key again since this write "
                         "(Spine-Write-Seq): it was not applied", field="Spine-Write-Seq")
 Embed = Callable[[list[str]], Awaitable[list[bytes | None]]]
+# (namespace, id, this node, the key's write set, is_alive) -> the other live replica that led
+# the key's latest round (`Acceptor.leader`), or None
+Leader = Callable[[str, str, str, Sequence[str], Callable[[str], bool]], str | None]
 
 
 class Coordinator:
@@ -91,6 +94,7 @@ class Coordinator:
         proposer: Proposer | None = None,
         ignore_fences: bool = False,
         lifecycle: Lifecycle | None = None,
+        leader: Leader | None = None,
     ) -> None:
         self.node_id = node_id
         self.placement = placement
@@ -107,6 +111,7 @@ class Coordinator:
         self.embed = embed
         self.dim = dim
         self.proposer = proposer
+        self.leader = leader  # where a conditional write runs (None: always here)
         self.ignore_fences = ignore_fences  # test-only tooth: paxos.unsafe_ignore_fences
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         self.reads = Reads(node_id, store, replicator, liveness, hlc, policy, metrics,
@@ -150,7 +155,7 @@ class Coordinator:
             except PeerUnavailable as e:
                 if "code" not in e.details:
                     self.liveness.report_failure(target)
-                    if msg.op == "write" and e.details.get("sent"):
+                    if msg.op != "get" and e.details.get("sent"):
                         raise Timeout(f"the write went to {target}, which did not answer in"
                                       " time: it may or may not have been applied") from None
                 continue
@@ -243,18 +248,21 @@ class Coordinator:
         by: WriteSeq | None,
     ) -> list[ItemResult] | None:
         body = [[op.id, None if op.body is None else body_to_wire(op.body)] for op in ops]
-        # The target must mint its versions well before we give up on it (our call's timeout is
-        # read + write timeouts): a request delivered late, after a partition heals, must not
-        # create a version newer than writes acknowledged since.
-        budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
-        deadline = hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
         msg = Forward("write", namespace, "", body, None if requested is None else requested.code,
-                      token.encode() if token is not None else None, agent, deadline,
-                      None if by is None else by.encode())
+                      token.encode() if token is not None else None, agent,
+                      self._forward_deadline(), None if by is None else by.encode())
         reply = await self._forward([target], msg)
         if reply is None:
             return None
         return [item_from_wire(x) for x in reply["results"]]
+
+    def _forward_deadline(self) -> int:
+        """The HLC after which a forwarded write mints no version. The target must mint well
+        before we give up on it (our call's timeout is read + write timeouts): a request
+        delivered late, after a partition heals, must not create a version newer than writes
+        acknowledged since."""
+        budget_ms = int((self.read_timeout + self.write_timeout) * 1000 / 2)
+        return hlc_from_ms(hlc_ms(self.hlc.now()) + budget_ms)
 
     async def _write_local(
         self,
@@ -404,11 +412,50 @@ class Coordinator:
         token: SessionToken | None,
         agent: str | None,
         by: WriteSeq | None = None,
+        *,
+        forwarded: bool = False,
+        deadline: int | None = None,
     ) -> ItemResult:
         """A write with `If-Match`, `If-None-Match` or `Spine-Fence` (DESIGN §12): one Paxos
-        round from this node (any node may propose; nothing is forwarded)."""
+        round. It runs on the node that led the key's latest round when this node's acceptor
+        names another live replica (`round_leader`): there the key is warm (no prepare over the
+        network; a failed condition costs one call, `Proposer._warm_refusal`) and the key's
+        changes take turns instead of duelling with ballots from several nodes. Forwarded once
+        at most; here when the leader cannot be reached before the request was sent (any node
+        may propose), 504 when it was sent and no answer came (it may have been applied).
+        `deadline` (forwarded): no version is minted after it, as for a forwarded write."""
+        if not forwarded and self.leader is not None:
+            rt = self._route(namespace, op.id)
+            if self.node_id in rt.write_to:
+                lead = self.leader(namespace, op.id, self.node_id, rt.write_to,
+                                   self.liveness.is_alive)
+                if lead is not None:
+                    try:
+                        got = await self._forward_conditional(lead, namespace, op, cond, token,
+                                                              agent, by)
+                    except Timeout as e:  # its outcome there is unknown: never proposed twice
+                        return ItemResult(op.id, error=e)
+                    if got is not None:
+                        return got
         vector = (await self._vectors([op]))[0]
-        return await self._strong_write(namespace, op, vector, token, agent, None, cond, by)
+        return await self._strong_write(namespace, op, vector, token, agent, deadline, cond, by)
+
+    async def _forward_conditional(
+        self,
+        target: str,
+        namespace: str,
+        op: WriteOp,
+        cond: Condition,
+        token: SessionToken | None,
+        agent: str | None,
+        by: WriteSeq | None,
+    ) -> ItemResult | None:
+        body = [None if op.body is None else body_to_wire(op.body), condition_to_wire(cond)]
+        msg = Forward("cas", namespace, op.id, body, None,
+                      token.encode() if token is not None else None, agent,
+                      self._forward_deadline(), None if by is None else by.encode())
+        reply = await self._forward([target], msg)
+        return None if reply is None else item_from_wire(reply["results"][0])
 
     def _expired(self, deadline: int | None) -> bool:
         if deadline is None or hlc_ms(self.hlc.now()) <= hlc_ms(deadline):

@@ -10,6 +10,7 @@ from spine.cluster.fanout import list_handler
 from spine.cluster.replication import Replicator
 from spine.cluster.rpc import Handler
 from spine.cluster.version_history import local_history
+from spine.core.conditions import condition_from_wire
 from spine.core.consistency import Level
 from spine.core.errors import InvalidInput
 from spine.core.messages import (
@@ -76,6 +77,20 @@ def build_handlers(
             for x in items:
                 if token is not None and x.result is not None:
                     token.wrote(f"{msg.namespace}/{x.id}", x.result.record.version, by)
+        elif msg.op == "cas":  # a conditional write, sent to the node that led its key's rounds
+            if not isinstance(msg.body, list) or len(msg.body) != 2:
+                raise InvalidInput("a forwarded conditional write is [body, condition]",
+                                   field="body")
+            raw, cond = msg.body
+            op = WriteOp(msg.id, None if raw is None else body_from_wire(raw))
+            by = None if msg.by is None else WriteSeq.parse(msg.by)
+            item = await coordinator.conditional(
+                msg.namespace, op, condition_from_wire(cond), token, msg.agent, by,
+                forwarded=True, deadline=msg.deadline,
+            )
+            out["results"] = [item_to_wire(item)]
+            if token is not None and item.result is not None:
+                token.wrote(f"{msg.namespace}/{msg.id}", item.result.record.version, by)
         else:
             raise InvalidInput(f"unknown forwarded op {msg.op!r}", field="op")
         # The caller's token with what this request saw (a node of an older release merges it).

@@ -55,6 +55,7 @@ from spine.core.paxos import (
     count_accepts,
     quorum_size,
     read_promises,
+    stands_at,
 )
 from spine.core.routing import Route, live
 from spine.ports import Transport
@@ -308,9 +309,13 @@ class Proposer:
         have been accepted somewhere (the caller's next round finds out)."""
         after, last, partner = warm
         out = decide(last, dict(last.clock))
-        if isinstance(out, SpineError):
-            return None, None  # judged again by a full round, on what a quorum holds
         loop = asyncio.get_running_loop()
+        if isinstance(out, SpineError):
+            if await self._warm_refusal(namespace, mid, warm, end):
+                self.metrics.paxos_rounds.inc("refused")
+                self._remember(namespace, mid, after, last, [self.node_id, partner])
+                raise out
+            return None, None  # judged again by a full round, on what a quorum holds
         ballot = Version(self.hlc.now(), self.node_id)
         me = self.node_id
         guard = {"after": after, "expect": last.version}
@@ -349,6 +354,30 @@ class Proposer:
         self.metrics.paxos_rounds.inc("warm")
         self._remember(namespace, mid, ballot, out, [me, partner])
         return out, None
+
+    async def _warm_refusal(self, namespace: str, mid: str,
+                            warm: tuple[Ballot, Record, str], end: float) -> bool:
+        """Whether a condition that fails on a warm key's last record may be answered so (412,
+        409) without a round: this node's acceptor and the last round's partner, each asked in
+        turn, still stand where that round left the key and store its record (the warm guard,
+        checked by a prepare at the last ballot itself, which promises nothing and changes
+        nothing). Then nothing past that round was chosen and no write of any level acknowledged
+        before the earlier of the two checks, which is within this request: any choice or
+        acknowledged write reached a majority, so one of the two, and neither forgets. One call
+        over the network where a full round makes two prepares and leaves the key cold. False:
+        a full round judges it, as before."""
+        after, last, partner = warm
+        loop = asyncio.get_running_loop()
+        msg = PaxosPrepare(namespace, mid, after, after=after, expect=last.version)
+        for node in (self.node_id, partner):
+            try:
+                reply = Promise.from_wire(await self.rpc.call(
+                    node, msg, max(0.001, min(self.rpc_timeout, end - loop.time()))))
+            except (SpineError, ValueError, TypeError, IndexError, KeyError):
+                return False
+            if not stands_at(reply, after, last.version):
+                return False
+        return True
 
     async def _repair(self, step: Current, end: float) -> None:
         """Before a failed condition is answered: the last commit to the promisers lacking it."""

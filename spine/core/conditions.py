@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from spine.core.clock import Version
 from spine.core.errors import Fenced, InvalidInput, PreconditionFailed, SpineError
@@ -88,6 +89,41 @@ def parse_fence(raw: str) -> Fence:
         raise InvalidInput("the Spine-Fence token must be a positive integer",
                            field="Spine-Fence")
     return Fence(name, int(tok))
+
+
+def condition_to_wire(cond: Condition) -> list[Any]:
+    """A condition on the internal wire (a conditional write forwarded to the node that leads
+    its key's rounds): [If-Match version or None, If-None-Match, [lease, token] or None]."""
+    fence = None if cond.fence is None else [cond.fence.lease, cond.fence.token]
+    return [None if cond.if_match is None else cond.if_match.encode(), cond.if_none_match, fence]
+
+
+def condition_from_wire(w: Any) -> Condition:
+    """Inverse of `condition_to_wire`, as hostile as any peer's bytes: InvalidInput naming
+    `condition` for anything else (sizes and ranges as the headers' own parsers bound them)."""
+    bad = InvalidInput("a forwarded condition is malformed", field="condition")
+    if not isinstance(w, list) or len(w) != 3 or not isinstance(w[1], bool):
+        raise bad
+    raw_match, if_none, raw_fence = w
+    if_match = None
+    if raw_match is not None:
+        if not isinstance(raw_match, str) or len(raw_match) > 200:
+            raise bad
+        try:
+            if_match = Version.decode(raw_match)
+        except ValueError:
+            raise bad from None
+    fence = None
+    if raw_fence is not None:
+        if (not isinstance(raw_fence, list) or len(raw_fence) != 2
+                or not isinstance(raw_fence[0], str) or not LEASE_NAME_RE.fullmatch(raw_fence[0])
+                or type(raw_fence[1]) is not int or not 0 < raw_fence[1] <= MAX_TOKEN):
+            raise bad
+        fence = Fence(raw_fence[0], raw_fence[1])
+    cond = Condition(if_match, if_none, fence)
+    if not cond:
+        raise bad  # a forwarded write with no condition is not a conditional write
+    return cond
 
 
 def live(rec: Record | None) -> Record | None:

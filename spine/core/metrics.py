@@ -222,7 +222,8 @@ class SpineMetrics:
             "chosen, warm (chosen by a round with no prepare on the network: this node led the "
             "key's last round), warm_refused (a warm round's guard refused; a full round "
             "followed), reproposed (an interrupted change completed), contended (a higher ballot "
-            "won; retried), refused (the condition failed), queue_full (refused 429: too many "
+            "won; retried), refused (the condition failed; on a warm key confirmed by the last "
+            "round's two acceptors without a round), queue_full (refused 429: too many "
             "changes of the key waiting their turn on this node)", ("outcome",))
         self.rpc_errors = r.counter("spine_rpc_errors_total", "failed internal calls", ("peer",))
         self.read_speculative = r.counter(

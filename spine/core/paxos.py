@@ -45,7 +45,7 @@ The acceptor's three transitions and the proposer's reading of promises are here
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -153,6 +153,14 @@ def settled_at(st: AcceptorState, after: Ballot) -> bool:
     return st.promised == after and st.accepted == after and st.committed == after
 
 
+def stands_at(p: Promise, after: Ballot, expect: Version) -> bool:
+    """Whether a replica's answer to a guarded prepare at `after` itself (a warm refusal's check,
+    which changes nothing) says the key stands where the round `after` left it: promised,
+    accepted and committed there, storing that round's version `expect`."""
+    return (p.promised == after and p.accepted == after and p.committed == after
+            and p.record is not None and p.record.version == expect)
+
+
 def on_warm_accept(
     st: AcceptorState, ballot: Ballot, record: Record, after: Ballot, *, any_ballot: bool = False
 ) -> tuple[AcceptorState | None, bool]:
@@ -165,6 +173,19 @@ def on_warm_accept(
         return replace(st, promised=max(st.promised, ballot), accepted=ballot,
                        accepted_record=record), True
     return None, False
+
+
+def round_leader(st: AcceptorState, me: str, write_to: Sequence[str],
+                 is_alive: Callable[[str], bool]) -> str | None:
+    """Where a conditional write of a key should run, from a replica's acceptor state: at the node
+    whose ballot it promised last (who led the key's latest round) when that is another live
+    replica of the key; None: here. There the change finds the key warm, and it takes its turn
+    with that node's other changes of the key instead of duelling with them from here. Any node
+    may propose, so this is a preference: a wrong or stale answer costs a hop, never safety."""
+    lead = st.promised.node
+    if not lead or lead == me or lead not in write_to or not is_alive(lead):
+        return None
+    return lead
 
 
 def on_commit(st: AcceptorState, ballot: Ballot) -> AcceptorState | None:

@@ -91,6 +91,28 @@ def test_if_none_match_creates_only(shared_cluster: LocalCluster) -> None:
     assert etag_of(remade) != v1
 
 
+def test_a_conditional_write_runs_on_the_node_that_led_the_keys_last_round(
+    shared_cluster: LocalCluster,
+) -> None:
+    """Conditional writes sent to the other nodes are carried out by the node whose round
+    created the key (Spine-Coordinator), where the key is warm; their answers are unchanged."""
+    c, ns = shared_cluster, "coord-leader"
+    made = put(c, "n1", ns, "job", If_None_Match="*")
+    assert made.status == 201 and made.headers["Spine-Coordinator"] == "n1", made.body
+    tag = etag_of(made)
+    for node in ("n2", "n3", "n2"):
+        nxt = put(c, node, ns, "job", {"content": f"via {node}"}, If_Match=tag)
+        assert nxt.status == 200, nxt.body
+        assert nxt.headers["Spine-Coordinator"] == "n1", (node, nxt.headers)
+        stale = put(c, node, ns, "job", {"content": "lost update"}, If_Match=tag)
+        tag = etag_of(nxt)
+        assert error(stale, 412, "precondition_failed")["current"] == tag.strip('"')
+        assert nxt.headers["Spine-Session"]
+        got = c.http(node, "GET", mem(ns, "job"),
+                     headers={"Spine-Session": nxt.headers["Spine-Session"]})
+        assert got.json()["content"] == f"via {node}", got.body
+
+
 def test_lease_acquire_renew_conflict_release_reacquire(shared_cluster: LocalCluster) -> None:
     c, ns = shared_cluster, "coord-lease"
     path = lease(ns, "deploy")

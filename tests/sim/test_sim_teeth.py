@@ -56,7 +56,7 @@ CONTENDED = Knobs(clients=(1, 6, 0), pause=(0.0005, 0.003), faults=(0, 1))
 TEETH: dict[str, Tooth] = {
     # A settle before the pending owners' final sync: a new owner lacks a cold key that only
     # two old owners held, one of which the join replaced.
-    "no_barrier": Tooth((4, 1, 0, 2, 3), COLD, "is missing on"),
+    "no_barrier": Tooth((9, 16, 30, 34), COLD, "is missing on"),
     # Without trailing owners, writes acked by W new owners after the settle miss a quorum of
     # the old owners the cut-off member (still on the changing map) reads from.
     "no_trailing": Tooth((2, 0, 3, 4), AT_SETTLE, "is missing on"),
@@ -98,7 +98,7 @@ TEETH: dict[str, Tooth] = {
     "paxos_early_ack": Tooth((11, 13, 15, 4), CONTENDED, "is missing on"),
     # The change feed delivering a version no quorum holds yet: a replica that logs an older
     # version late makes the consumer see its key go back in time.
-    "feed_unsettled": Tooth((307, 308, 309, 319), Knobs(feed=True), "feed order"),
+    "feed_unsettled": Tooth((313, 324, 329, 335), Knobs(feed=True), "feed order"),
     # The feed's positions moving past a key it could not settle (a partition): never delivered.
     "feed_skips_held": Tooth((301, 302, 306), Knobs(feed=True), "feed lost"),
     # Any replica holding a version taken as proof the consumer has it (not only one whose

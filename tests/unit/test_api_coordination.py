@@ -25,7 +25,13 @@ from spine.api.http import Services, build_app
 from spine.api.openapi import openapi_document
 from spine.cluster.reads import Got
 from spine.core.clock import Version
-from spine.core.conditions import Condition, Fence, etag
+from spine.core.conditions import (
+    Condition,
+    Fence,
+    condition_from_wire,
+    condition_to_wire,
+    etag,
+)
 from spine.core.consistency import Level
 from spine.core.errors import (
     Conflict,
@@ -453,3 +459,25 @@ async def test_lease_refusals() -> None:
     api.leases.error = NotFound("no such lease")
     status, reply, _ = await api.call("GET", "/v1/ns/demo/leases/t")
     assert (status, reply["error"]["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("cond", [
+    Condition(if_match=Version(7, "n2")),
+    Condition(if_none_match=True),
+    Condition(if_match=Version(2**63, "n1"), fence=Fence("deploy.lock", 2**63 - 1)),
+])
+def test_a_condition_crosses_the_internal_wire_unchanged(cond: Condition) -> None:
+    assert condition_from_wire(orjson.loads(orjson.dumps(condition_to_wire(cond)))) == cond
+
+
+@pytest.mark.parametrize("wire", [
+    None, [], [None, False, None],  # no condition at all is not a conditional write
+    [None, "yes", None], ["not a version", False, None], ["0" * 16 + "." + "n" * 300, False, None],
+    [7, False, None], [None, False, ["lock", 0]], [None, False, ["lock", 2**63]],
+    [None, False, ["bad name!", 3]], [None, False, ["lock", True]], [None, False, ["lock"]],
+    [None, True, None, "extra"],
+])
+def test_a_malformed_forwarded_condition_is_invalid_input_naming_it(wire: Any) -> None:
+    with pytest.raises(InvalidInput) as e:
+        condition_from_wire(wire)
+    assert e.value.field == "condition"

@@ -22,6 +22,7 @@ from spine.core.paxos import (
     on_prepare,
     quorum_size,
     read_promises,
+    round_leader,
 )
 
 
@@ -235,3 +236,20 @@ def test_an_accepted_value_without_a_commit_never_stands_for_the_committed_one()
                           "b": promise(committed=B2, stored=rec("v", 5))}, 2)
     assert isinstance(step, Current)
     assert step.record is not None and step.record.content == "v"
+
+
+# --------------------------------------------------------------------------- where a round runs
+
+
+def test_a_conditional_write_goes_to_the_live_replica_that_led_the_last_round() -> None:
+    """The node named by the last promised ballot, if it is another live replica of the key."""
+    owners = ("n1", "n2", "n3")
+    up = {"n1", "n2", "n3"}.__contains__
+    led_by_n2 = AcceptorState(promised=Version(50, "n2"), accepted=B1, committed=B1)
+    assert round_leader(led_by_n2, "n1", owners, up) == "n2"
+    assert round_leader(led_by_n2, "n2", owners, up) is None  # it is this node
+    assert round_leader(led_by_n2, "n1", owners, {"n1", "n3"}.__contains__) is None  # down
+    assert round_leader(led_by_n2, "n1", ("n1", "n3", "n4"), up) is None  # no longer a replica
+    assert round_leader(AcceptorState(), "n1", owners, up) is None  # no round yet
+    after_restart = AcceptorState(promised=Version(2**40, ""))  # the promise floor: nobody's
+    assert round_leader(after_restart, "n1", owners, up) is None

@@ -248,6 +248,52 @@ def test_a_write_that_reached_this_node_since_is_seen_before_anything_is_sent(
     asyncio.run(run())
 
 
+def test_a_failed_condition_on_a_warm_key_costs_one_call_and_leaves_it_warm(
+    tmp_path: Path,
+) -> None:
+    """An If-Match that fails on the warm record: this node's acceptor and the partner confirm
+    the key stands where the last round left it (a prepare at that ballot, which changes
+    nothing), and the 412 is answered; no replica's state moved, so the next change is warm."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            first = await first_round(p, stores)
+            before = {n: a.state("ns", "k") for n, a in net.acceptors.items()}
+            net.calls.clear()
+            with pytest.raises(PreconditionFailed):
+                await p.run("ns", "k", if_match(Version(1, "zz"), "w", 20_000), 2.0)
+            assert net.calls == [("PaxosPrepare", "n1"), ("PaxosPrepare", "n2")]
+            assert {n: a.state("ns", "k") for n, a in net.acceptors.items()} == before
+            assert p.metrics.paxos_rounds.get("refused") == 1
+            net.calls.clear()
+            rec = await p.run("ns", "k", if_match(first.version, "w", 20_000), 2.0)
+            assert rec.content == "w"
+            assert net.asked("PaxosPrepare") == ["n1"]
+            assert p.metrics.paxos_rounds.get("warm") == 1
+
+    asyncio.run(run())
+
+
+def test_a_condition_failing_on_the_warm_record_but_holding_on_a_quorum_succeeds(
+    tmp_path: Path,
+) -> None:
+    """A plain write acknowledged by the partner and the third replica since this node's last
+    round: the If-Match that names it fails on this node's warm record, but the partner's check
+    sees the stored version moved, and a full round judges the condition on what a quorum holds
+    (it holds). Answering the 412 from the warm record would report a superseded version."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, _net, stores):
+            await first_round(p, stores)
+            other = Record("ns", "k", Version(15_000, "n2"), {"n2": 1, "n1": 1}, "session")
+            for s in stores[1:]:
+                await s.apply([other])
+            rec = await p.run("ns", "k", if_match(other.version, "w", 20_000), 2.0)
+            assert rec.content == "w"
+            assert p.metrics.paxos_rounds.get("refused") == 0
+            assert p.metrics.paxos_rounds.get("chosen") == 2
+
+    asyncio.run(run())
+
+
 def test_a_rival_promise_at_the_partner_sends_the_change_through_a_full_round(
     tmp_path: Path,
 ) -> None:
