@@ -15,6 +15,9 @@
 - A key's next change from the node that led its last round is a *warm round*
   (`Proposer._warm_round`, `spine.core.paxos`): no prepare over the network, one guarded accept
   to the last round's partner, then the commits: three remote calls where a full round makes five.
+  A condition that fails there is answered once this node's acceptor and the partner confirm the
+  key stands where that round left it (`_warm_refusal`: one remote call, the key stays warm), and
+  with none for the changes that were already waiting when such a check began.
 
 A change the proposer sent for acceptance and then could not see through is *indeterminate*: a
 later round may still complete it. The proposer says so (504 timeout) rather than answer 503,
@@ -29,7 +32,7 @@ import contextlib
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -80,6 +83,18 @@ class _Turn:
         self.users = 0
 
 
+class _Warm(NamedTuple):
+    """A key whose last round this node led with its own acceptor and `partner`: that round's
+    ballot and record; and `stood_for`: the changes of the key that arrived here (numbered by
+    `Proposer._arrivals`) before a warm refusal's check found both acceptors standing there,
+    0 when none has since the round."""
+
+    after: Ballot
+    last: Record
+    partner: str
+    stood_for: int = 0
+
+
 class Proposer:
     """Runs Paxos rounds on keys from this node."""
 
@@ -118,7 +133,8 @@ class Proposer:
         # (that round's ballot, its record, the other acceptor). Bounded; a hint only (every
         # acceptor checks the guard itself).
         self.max_warm = max_warm
-        self._warm: OrderedDict[tuple[str, str], tuple[Ballot, Record, str]] = OrderedDict()
+        self._warm: OrderedDict[tuple[str, str], _Warm] = OrderedDict()
+        self._arrivals = 0  # changes that reached `run`, numbered in arrival order
         self.max_waiting = max_waiting
         self._turns: dict[tuple[str, str], _Turn] = {}  # keys with a change running here
 
@@ -136,6 +152,8 @@ class Proposer:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         key = (namespace, mid)
+        self._arrivals += 1
+        arrival = self._arrivals
         turn = self._turns.get(key)
         if turn is None:
             turn = self._turns[key] = _Turn()
@@ -152,7 +170,7 @@ class Proposer:
                 raise Overloaded("this key's earlier changes on this node outlasted the"
                                  " write timeout; nothing was applied") from None
             try:
-                return await self._run(namespace, mid, decide, end, localize)
+                return await self._run(namespace, mid, decide, end, localize, arrival)
             finally:
                 turn.lock.release()
         finally:
@@ -161,7 +179,7 @@ class Proposer:
                 del self._turns[key]
 
     async def _run(self, namespace: str, mid: str, decide: Decide, end: float,
-                   localize: Callable[[Route], Route | None] | None) -> Record:
+                   localize: Callable[[Route], Route | None] | None, arrival: int) -> Record:
         loop = asyncio.get_running_loop()
         mine: Record | None = None  # our change, once sent for acceptance
         attempt = 0
@@ -178,9 +196,10 @@ class Proposer:
             if len(nodes) < need or budget <= 0:
                 raise self._gave_up(mine, len(nodes), need)
             warm = self._warm.pop((namespace, mid), None) if mine is None else None
-            if warm is not None and need == 2 and warm[2] in nodes and nodes[0] == self.node_id:
+            if (warm is not None and need == 2 and warm.partner in nodes
+                    and nodes[0] == self.node_id):
                 landed, sent = await self._warm_round(namespace, mid, warm, decide, rt.write_to,
-                                                    end)
+                                                    end, arrival)
                 if landed is not None:
                     return landed
                 if sent is not None:  # accepted somewhere, perhaps: the next round tells
@@ -281,16 +300,18 @@ class Proposer:
         """Keep a chosen round for a warm round on the key next time, when this node's acceptor
         was among those that accepted it, with another to ask."""
         others = [n for n in accepters if n != self.node_id]
-        if self.node_id not in accepters or not others:
-            return
-        self._warm[(namespace, mid)] = (ballot, record, others[0])
+        if self.node_id in accepters and others:
+            self._keep(namespace, mid, _Warm(ballot, record, others[0]))
+
+    def _keep(self, namespace: str, mid: str, warm: _Warm) -> None:
+        self._warm[(namespace, mid)] = warm
         self._warm.move_to_end((namespace, mid))
         while len(self._warm) > self.max_warm:
             self._warm.popitem(last=False)
 
     async def _warm_round(
-        self, namespace: str, mid: str, warm: tuple[Ballot, Record, str], decide: Decide,
-        targets: Sequence[str], end: float,
+        self, namespace: str, mid: str, warm: _Warm, decide: Decide, targets: Sequence[str],
+        end: float, arrival: int,
     ) -> tuple[Record | None, Record | None]:
         """A round on a key whose last round this node led, with no prepare sent over the
         network (the 1-RTT round of Multi-Paxos and CASPaxos, per key; the quorum is two).
@@ -306,14 +327,24 @@ class Proposer:
         majority, so on one of the two replicas, whose guard refuses before anything is
         accepted anywhere. Returns (the record committed, None); (None, None) when nothing was
         accepted (a guard refused: the caller runs a full round); (None, the record) when it may
-        have been accepted somewhere (the caller's next round finds out)."""
-        after, last, partner = warm
+        have been accepted somewhere (the caller's next round finds out).
+
+        A condition that fails on the last round's record is answered after a check
+        (`_warm_refusal`); and with no call at all for a change that arrived before a check
+        that found the key standing there: the moment that check vouches for lies within the
+        change's request too, so its answer is linearizable there."""
+        after, last, partner = warm.after, warm.last, warm.partner
         out = decide(last, dict(last.clock))
         loop = asyncio.get_running_loop()
         if isinstance(out, SpineError):
+            if arrival <= warm.stood_for:
+                self.metrics.paxos_rounds.inc("refused")
+                self._keep(namespace, mid, warm)
+                raise out
+            checked = self._arrivals  # the changes that arrived before the check starts
             if await self._warm_refusal(namespace, mid, warm, end):
                 self.metrics.paxos_rounds.inc("refused")
-                self._remember(namespace, mid, after, last, [self.node_id, partner])
+                self._keep(namespace, mid, warm._replace(stood_for=checked))
                 raise out
             return None, None  # judged again by a full round, on what a quorum holds
         ballot = Version(self.hlc.now(), self.node_id)
@@ -355,8 +386,7 @@ class Proposer:
         self._remember(namespace, mid, ballot, out, [me, partner])
         return out, None
 
-    async def _warm_refusal(self, namespace: str, mid: str,
-                            warm: tuple[Ballot, Record, str], end: float) -> bool:
+    async def _warm_refusal(self, namespace: str, mid: str, warm: _Warm, end: float) -> bool:
         """Whether a condition that fails on a warm key's last record may be answered so (412,
         409) without a round: this node's acceptor and the last round's partner, each asked in
         turn, still stand where that round left the key and store its record (the warm guard,
@@ -366,7 +396,7 @@ class Proposer:
         acknowledged write reached a majority, so one of the two, and neither forgets. One call
         over the network where a full round makes two prepares and leaves the key cold. False:
         a full round judges it, as before."""
-        after, last, partner = warm
+        after, last, partner = warm.after, warm.last, warm.partner
         loop = asyncio.get_running_loop()
         msg = PaxosPrepare(namespace, mid, after, after=after, expect=last.version)
         for node in (self.node_id, partner):

@@ -273,6 +273,53 @@ def test_a_failed_condition_on_a_warm_key_costs_one_call_and_leaves_it_warm(
     asyncio.run(run())
 
 
+def test_failed_conditions_waiting_their_turn_share_one_check(tmp_path: Path) -> None:
+    """Three stale If-Matches arrive while a change of the warm key runs: the first one's check
+    (this node's acceptor and the partner) vouches for a moment inside the other two's requests
+    too, so they are answered with no call. A change that arrives after that check is checked
+    again."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            await first_round(p, stores)
+            net.calls.clear()
+            stale = [p.run("ns", "k", if_match(Version(1, "zz"), "w", 20_000), 2.0)
+                     for _ in range(3)]
+            out = await asyncio.gather(p.run("ns", "k", write("vv"), 2.0), *stale,
+                                       return_exceptions=True)
+            assert isinstance(out[0], Record)
+            assert all(isinstance(o, PreconditionFailed) for o in out[1:]), out
+            assert net.asked("PaxosPrepare") == ["n1", "n1", "n2"]  # the warm round, one check
+            assert p.metrics.paxos_rounds.get("refused") == 3
+            net.calls.clear()
+            with pytest.raises(PreconditionFailed):
+                await p.run("ns", "k", if_match(Version(1, "zz"), "w", 20_000), 2.0)
+            assert net.calls == [("PaxosPrepare", "n1"), ("PaxosPrepare", "n2")]
+
+    asyncio.run(run())
+
+
+def test_a_check_made_before_the_last_change_vouches_for_nothing(tmp_path: Path) -> None:
+    """Stale If-Matches a and c and a change b arrive while a change runs: a is checked; b is
+    chosen; c arrived before a's check, but what that check saw is no longer the key's last
+    record, so c is checked again."""
+    async def run() -> None:
+        async with setup(tmp_path) as (p, net, stores):
+            await first_round(p, stores)
+            net.calls.clear()
+            out = await asyncio.gather(
+                p.run("ns", "k", write("x"), 2.0),
+                p.run("ns", "k", if_match(Version(1, "zz"), "a", 20_000), 2.0),
+                p.run("ns", "k", write("bb"), 2.0),
+                p.run("ns", "k", if_match(Version(1, "zz"), "c", 21_000), 2.0),
+                return_exceptions=True)
+            assert [type(o) for o in out] == [Record, PreconditionFailed, Record,
+                                              PreconditionFailed], out
+            # x's warm round, a's check, b's warm round, c's own check
+            assert net.asked("PaxosPrepare") == ["n1", "n1", "n2", "n1", "n1", "n2"]
+
+    asyncio.run(run())
+
+
 def test_a_condition_failing_on_the_warm_record_but_holding_on_a_quorum_succeeds(
     tmp_path: Path,
 ) -> None:
