@@ -54,6 +54,7 @@ from spine.core.paxos import (
     on_warm_accept,
     round_leader,
     settled_at,
+    taken_already,
 )
 from spine.ports import RecordStore
 
@@ -211,6 +212,8 @@ class Acceptor:
         covers its ballot; the bound is raised (and durable) first when it does not."""
         if self.clock_check is not None:
             self.clock_check(msg.ballot.hlc)
+        if msg.after is not None:
+            await self._commit_pending(msg)
         if msg.ballot.hlc >= self._bound and msg.ballot > self.state(msg.namespace,
                                                                      msg.id).promised:
             await self._cover(msg.ballot.hlc)
@@ -236,7 +239,12 @@ class Acceptor:
         assert msg.record is not None  # the decoder requires one
         if self.clock_check is not None:
             self.clock_check(msg.ballot.hlc)
+        if msg.after is not None:
+            await self._commit_pending(msg)
         st = self.state(msg.namespace, msg.id)
+        if taken_already(st, msg.ballot):  # delivered again: answered once durable, as before
+            await self._persist(msg.namespace, msg.id, st)
+            return [True, [st.promised.hlc, st.promised.node]]
         if msg.after is None:
             new, ok = on_accept(st, msg.ballot, msg.record, any_ballot=self.any_ballot)
         elif self.any_ballot or self._settled(msg.namespace, msg.id, st, msg.after, msg.expect):
@@ -248,6 +256,17 @@ class Acceptor:
             await self._persist(msg.namespace, msg.id, new)
             st = new
         return [ok, [st.promised.hlc, st.promised.node]]
+
+    async def _commit_pending(self, msg: PaxosPrepare | PaxosAccept) -> None:
+        """A warm round's message says its proposer saw its round `after` chosen (it remembers
+        only chosen rounds). A replica that accepted that round but has not had its commit yet
+        (the commit is on its way: the round was answered after a quorum of commits) commits it
+        first, as Multi-Paxos lets the next accept carry the last commit: committing a chosen
+        value is always safe, and the guard then judges the key as that round left it."""
+        st = self.state(msg.namespace, msg.id)
+        if (msg.after is not None and st.accepted == msg.after and st.committed < msg.after
+                and st.accepted_record is not None):
+            await self.commit(PaxosCommit(msg.namespace, msg.id, msg.after, st.accepted_record))
 
     def _settled(self, namespace: str, mid: str, st: AcceptorState, after: Version,
                  expect: Version | None) -> bool:

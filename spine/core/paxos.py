@@ -30,7 +30,9 @@ is `settled_at` the previous ballot (promised, accepted and committed there, not
 the replica stores that round's record: then each would answer a prepare exactly as the previous
 round left it, so the change is decided on that record as a full round would decide it. A rival's
 prepare, an interrupted change or a write of any level reaching either replica since breaks the
-guard, and the proposer runs a full round. The guards are checked before anything is accepted
+guard, and the proposer runs a full round. (A replica that accepted the previous round but has
+not had its commit yet commits it first: the warm message says its proposer saw that round
+chosen, so the commit is only early.) The guards are checked before anything is accepted
 anywhere (this node's promise, then the partner's accept, then this node's accept), so a write
 acknowledged by a majority before the round began, which is on one of the two, stops it before a
 stale change could be accepted and later completed.
@@ -145,6 +147,16 @@ def on_accept(
         return replace(st, promised=max(st.promised, ballot), accepted=ballot,
                        accepted_record=record), True
     return None, False
+
+
+def taken_already(st: AcceptorState, ballot: Ballot) -> bool:
+    """Whether an accept at `ballot` is one this acceptor has taken (its last accepted ballot; a
+    proposer sends one record per ballot): a second delivery of it is answered "accepted" again,
+    whatever was promised since. That is true (the acceptance happened, and every promise made
+    after it reported it), and a refusal would be wrong: the proposer, whose first answer may be
+    lost, would take its change for accepted nowhere and decide the request afresh while the
+    change could still be chosen."""
+    return ballot != ZERO and st.accepted == ballot
 
 
 def settled_at(st: AcceptorState, after: Ballot) -> bool:

@@ -219,6 +219,63 @@ def test_a_warm_accept_is_taken_only_where_the_key_stands_as_the_last_round_left
     asyncio.run(run())
 
 
+def test_a_warm_round_commits_the_last_round_when_its_commit_has_not_arrived(
+    tmp_path: Path,
+) -> None:
+    """The partner accepted the proposer's last round, whose commit is still on its way: the
+    next warm accept (its proposer saw that round chosen) commits it first and is taken, where it
+    would otherwise be refused and cost a full round. A guard naming another round commits
+    nothing."""
+    async def run() -> None:
+        store = open_store(tmp_path)
+        a = Acceptor(store, store.apply)
+        b1, first = Version(10, "p"), rec("v", 11)
+        assert Promise.from_wire(await a.prepare(PaxosPrepare("ns", "k", b1))).ok
+        assert (await a.accept(PaxosAccept("ns", "k", b1, first)))[0]
+        other = {"after": Version(9, "p"), "expect": first.version}
+        assert (await a.accept(PaxosAccept("ns", "k", Version(20, "p"), rec("w", 21),
+                                           **other)))[0] is False
+        assert store.get("ns", "k") is None and a.state("ns", "k").committed < b1
+        warm = {"after": b1, "expect": first.version}
+        b2 = Version(20, "p")
+        assert (await a.accept(PaxosAccept("ns", "k", b2, rec("w", 21), **warm)))[0] is True
+        got = store.get("ns", "k")
+        assert got is not None and got.content == "v"  # the last round, committed
+        st = a.state("ns", "k")
+        assert (st.promised, st.accepted, st.committed) == (b2, b2, b1)
+        assert await a.commit(PaxosCommit("ns", "k", b1, first))  # the late commit: harmless
+        assert a.state("ns", "k").committed == b1
+        store.close()
+
+    asyncio.run(run())
+
+
+def test_an_accept_delivered_twice_is_answered_accepted_twice(tmp_path: Path) -> None:
+    """A second delivery of an accept this acceptor took, plain or warm, answers accepted even
+    after a higher promise or once the warm guard no longer holds (its own acceptance moved the
+    key): its first answer may have been lost, and a refusal would tell the proposer its change
+    was accepted nowhere. A ballot it never accepted is refused as before."""
+    async def run() -> None:
+        store = open_store(tmp_path)
+        a = Acceptor(store, store.apply)
+        b1, first = Version(10, "p"), rec("v", 11)
+        await _settle(a, b1, first)
+        warm = PaxosAccept("ns", "k", Version(20, "p"), rec("w", 21), after=b1,
+                           expect=first.version)
+        assert (await a.accept(warm))[0] is True
+        assert (await a.accept(warm))[0] is True  # the guard no longer holds: still taken
+        rival = Version(30, "q")
+        assert Promise.from_wire(await a.prepare(PaxosPrepare("ns", "k", rival))).ok
+        assert await a.accept(warm) == [True, [30, "q"]]
+        st = a.state("ns", "k")
+        assert (st.promised, st.accepted) == (rival, Version(20, "p"))
+        never = PaxosAccept("ns", "k", Version(25, "p"), rec("x", 26))
+        assert (await a.accept(never))[0] is False
+        store.close()
+
+    asyncio.run(run())
+
+
 def test_a_warm_prepare_refused_by_its_guard_promises_nothing(tmp_path: Path) -> None:
     async def run() -> None:
         store = open_store(tmp_path)
