@@ -37,6 +37,7 @@ from spine.core.clock import HLC, hlc_from_ms, hlc_ms
 from spine.core.conditions import Condition, check, condition_to_wire, fences_after
 from spine.core.consistency import Level, Policy, majority
 from spine.core.errors import (
+    InvalidInput,
     PeerUnavailable,
     QuorumUnavailable,
     SpineError,
@@ -454,7 +455,12 @@ class Coordinator:
         msg = Forward("cas", namespace, op.id, body, None,
                       token.encode() if token is not None else None, agent,
                       self._forward_deadline(), None if by is None else by.encode())
-        reply = await self._forward([target], msg)
+        try:
+            reply = await self._forward([target], msg)
+        except InvalidInput as e:
+            if e.field != "op":
+                raise
+            return None  # a node of an older release, which takes no forwarded `cas`: here
         return None if reply is None else item_from_wire(reply["results"][0])
 
     def _expired(self, deadline: int | None) -> bool:
